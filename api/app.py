@@ -1,0 +1,140 @@
+"""The Starlette application: routes, error mapping, and the lifespan that opens the
+backends, registers the scripts and runs the persister."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import ingest, ops, pixel, reads
+from api.common import json_response
+from api.state import AppState, KeyCache
+from counters.backends import open_redis, resolve_settings
+from counters.clock import Clock, SystemClock
+from counters.config import Settings, load_settings
+from counters.errors import CountersError, Unavailable
+from counters.ingest import Ingestor
+from counters.metrics import Metrics
+from lua import Scripts
+from persist.db import create_pool
+from persist.persister import Persister
+from persist.state import restore_watermarks
+
+log = logging.getLogger("counters.api")
+
+
+def _error_body(exc: CountersError) -> dict[str, dict[str, str]]:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
+async def _counters_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CountersError)
+    state = getattr(request.state, "counters", None)
+    if state is not None and 400 <= exc.status < 500 and request.url.path.startswith("/v1/events"):
+        state.metrics.rejected.labels(exc.code).inc()
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    return json_response(_error_body(exc), exc.status, headers)
+
+
+async def _backend_error(request: Request, exc: Exception) -> Response:
+    backend = "redis" if isinstance(exc, RedisError) else "postgres"
+    return await _counters_error(request, Unavailable(backend, str(exc) or type(exc).__name__))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return json_response(
+        {"error": {"code": code, "message": str(exc.detail)}},
+        exc.status_code,
+        dict(exc.headers or {}),
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path, exc_info=exc)
+    return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
+    """The service. Backends are opened in the lifespan: the configured URLs, else the
+    embedded servers. Runs the persister in-process unless settings turn it off."""
+    base_settings = settings if settings is not None else load_settings()
+    the_clock = clock if clock is not None else SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        resolved = await asyncio.to_thread(resolve_settings, base_settings)
+        assert resolved.redis_url and resolved.database_url
+        redis = open_redis(resolved.redis_url)
+        pool = await create_pool(resolved.database_url)
+        scripts = Scripts(redis)
+        metrics = Metrics()
+
+        async def restore(project: str) -> None:
+            await restore_watermarks(pool, redis, scripts, resolved.key_prefix, project)
+
+        ingestor = Ingestor(
+            redis,
+            scripts,
+            key_prefix=resolved.key_prefix,
+            crosstabs=resolved.crosstabs,
+            dedupe_window_ms=resolved.dedupe_window_seconds * 1000,
+            backlog_cap=resolved.raw_backlog_cap,
+            restore_watermarks=restore,
+        )
+        state = AppState(
+            resolved,
+            the_clock,
+            redis,
+            pool,
+            scripts,
+            ingestor,
+            metrics,
+            KeyCache(resolved.key_cache_seconds),
+        )
+        stop = asyncio.Event()
+        persister_task = None
+        if resolved.persister_enabled:
+            persister = Persister(pool, redis, scripts, resolved, the_clock, metrics)
+            persister_task = asyncio.create_task(persister.run(stop))
+        try:
+            yield {"counters": state, "pixel": pixel.GroupCommitter(ingestor)}
+        finally:
+            stop.set()
+            if persister_task is not None:
+                await persister_task
+            await pool.close()
+            await redis.aclose()
+
+    routes = [
+        Route("/v1/events", ingest.post_events, methods=["POST"]),
+        Route("/v1/pixel.gif", pixel.pixel, methods=["GET"]),
+        Route("/v1/projects/{project}/series", reads.series, methods=["GET"]),
+        Route("/v1/projects/{project}/total", reads.total, methods=["GET"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            CountersError: _counters_error,
+            RedisError: _backend_error,
+            OSError: _backend_error,
+            asyncpg.PostgresError: _backend_error,
+            asyncpg.InterfaceError: _backend_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )

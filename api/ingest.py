@@ -1,0 +1,87 @@
+"""POST /v1/events: a JSON array (or NDJSON) of events, counted all or nothing."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.common import app_state, authorize, bearer_key, json_response
+from counters.errors import BadRequest, Invalid, PayloadTooLarge
+from counters.models import EventIn, batch_decoder, event_decoder, validate_events
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body; 413 as soon as it is longer than limit bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _invalid(exc: msgspec.ValidationError, offset: int | None = None) -> Invalid:
+    text = str(exc)
+    if offset is not None:
+        text = text.replace("`$", f"`$[{offset}]", 1)
+    return Invalid(text)
+
+
+def decode_events(body: bytes, content_type: str) -> list[EventIn]:
+    """Events of a JSON array, a single JSON object or NDJSON; 400 for malformed input,
+    422 naming the event index and field for a wrong value."""
+    if not body.strip():
+        raise BadRequest("empty body: send a JSON array of events", code="empty_body")
+    if "ndjson" in content_type or "jsonlines" in content_type:
+        events: list[EventIn] = []
+        for index, line in enumerate(body.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                events.append(event_decoder.decode(line))
+            except msgspec.ValidationError as exc:
+                raise _invalid(exc, index) from exc
+            except msgspec.DecodeError as exc:
+                raise BadRequest(
+                    f"line {index + 1}: malformed JSON: {exc}", code="malformed_json"
+                ) from exc
+        return events
+    try:
+        if body.lstrip()[:1] == b"{":
+            return [event_decoder.decode(body)]
+        return batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from exc
+
+
+async def post_events(request: Request) -> Response:
+    """Counts a batch; replies {"accepted", "duplicates"}."""
+    state = app_state(request)
+    settings = state.settings
+    project = await authorize(state, bearer_key(request), scope="ingest")
+    body = await read_body(request, settings.max_body_bytes)
+    events = decode_events(body, request.headers.get("content-type", ""))
+    if len(events) > settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",
+            code="too_many_events",
+        )
+    raw = validate_events(
+        events,
+        now_ms=state.clock.now_ms(),
+        max_age_ms=settings.max_event_age_days * 86_400_000,
+        max_future_ms=settings.max_future_seconds * 1000,
+    )
+    reply = await state.ingestor.apply(project, raw)
+    state.metrics.events_accepted.labels(project).inc(reply.accepted)
+    if reply.duplicates:
+        state.metrics.duplicates.labels(project).inc(reply.duplicates)
+    return json_response(reply)

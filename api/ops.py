@@ -1,0 +1,52 @@
+"""GET /healthz and GET /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.common import app_state, json_response
+
+CHECK_TIMEOUT = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    """200 when Redis and Postgres both answer; 503 naming the one(s) that do not."""
+    state = app_state(request)
+
+    async def redis_ok() -> bool:
+        try:
+            return bool(await asyncio.wait_for(state.redis.ping(), CHECK_TIMEOUT))
+        except Exception:  # noqa: BLE001 - any failure means down
+            return False
+
+    async def postgres_ok() -> bool:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                async with state.pool.acquire() as conn:
+                    return bool(await conn.fetchval("SELECT 1") == 1)
+        except Exception:  # noqa: BLE001 - any failure means down
+            return False
+
+    r, p = await asyncio.gather(redis_ok(), postgres_ok())
+    checks = {"redis": "ok" if r else "down", "postgres": "ok" if p else "down"}
+    if r and p:
+        return json_response({"status": "ok", "checks": checks})
+    down = [k for k, v in checks.items() if v == "down"]
+    return json_response(
+        {
+            "status": "unavailable",
+            "checks": checks,
+            "error": {"code": "unavailable", "message": f"{' and '.join(down)} down"},
+        },
+        503,
+        {"Retry-After": "1"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,115 @@
+"""GET /v1/pixel.gif: one event from a query string, always answered with a 1x1 GIF.
+
+Concurrent pixel requests are group-committed: they join one pending batch per project and
+share one script call; each request answers only after Redis has its event."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections import defaultdict
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.common import app_state, authorize
+from counters.errors import CountersError
+from counters.ingest import Ingestor
+from counters.models import EventIn, RawEvent, validate_events
+
+log = logging.getLogger("counters.pixel")
+
+GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+GIF_HEADERS = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
+
+
+def gif() -> Response:
+    """The 1x1 transparent GIF, never cached."""
+    return Response(GIF, 200, GIF_HEADERS, media_type="image/gif")
+
+
+class GroupCommitter:
+    """Joins concurrent single events of one project into one batch."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+        self._pending: dict[str, list[tuple[RawEvent, asyncio.Future[None]]]] = defaultdict(list)
+        self._flushing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, project: str, event: RawEvent) -> None:
+        """Returns once the event is counted (or raises what the batch raised)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[project].append((event, future))
+        if project not in self._flushing:
+            self._flushing.add(project)
+            task = asyncio.create_task(self._flush(project))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await future
+
+    async def _flush(self, project: str) -> None:
+        try:
+            while self._pending.get(project):
+                await asyncio.sleep(0)  # let requests already parsed join this batch
+                batch = self._pending.pop(project)
+                try:
+                    await self._ingestor.apply(project, [ev for ev, _ in batch])
+                except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._flushing.discard(project)
+
+
+def event_from_query(request: Request) -> EventIn:
+    """The event a pixel URL describes (`name`, `ts`, `id`, `uid`, `value`, `d.<dim>`)."""
+    q = request.query_params
+    raw: dict[str, object] = {"name": q.get("name", "")}
+    for field in ("ts", "id", "uid"):
+        if field in q:
+            raw[field] = q[field]
+    if "value" in q:
+        try:
+            raw["value"] = float(q["value"])
+        except ValueError:
+            raw["value"] = q["value"]
+    dims = {k[2:]: v for k, v in q.items() if k.startswith("d.")}
+    if dims:
+        raw["dims"] = dims
+    return msgspec.convert(raw, EventIn)
+
+
+async def pixel(request: Request) -> Response:
+    """Counts one event if it is valid; the GIF is returned whatever happens."""
+    state = app_state(request)
+    committer: GroupCommitter = request.state.pixel
+    try:
+        project = await authorize(state, request.query_params.get("key"), scope="ingest")
+        try:
+            event = event_from_query(request)
+        except msgspec.ValidationError as exc:
+            state.metrics.rejected.labels("invalid").inc()
+            log.debug("pixel rejected: %s", exc)
+            return gif()
+        settings = state.settings
+        (raw,) = validate_events(
+            [event],
+            now_ms=state.clock.now_ms(),
+            max_age_ms=settings.max_event_age_days * 86_400_000,
+            max_future_ms=settings.max_future_seconds * 1000,
+        )
+        await committer.submit(project, raw)
+        state.metrics.events_accepted.labels(project).inc()
+    except CountersError as exc:
+        state.metrics.rejected.labels(exc.code).inc()
+    return gif()

@@ -1,0 +1,156 @@
+"""The read engine: one field of one rollup over buckets, merging the Postgres history with
+the Redis hot buckets and pending late deltas, with no gap and no double count."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from counters.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start
+from counters.errors import Unavailable
+from counters.keys import ProjectKeys, count_field, late_field, sum_field
+from counters.rollups import Rollup, encode_field, rollup_id
+from persist.history import read_history
+
+Piece = tuple[Grain, Sequence[int]]
+TMP_TTL_MS = 30_000
+
+
+class BucketValues(msgspec.Struct):
+    """count and sum (millionths) of every bucket of every piece, plus where its uniques live."""
+
+    counts: list[list[int]]
+    sums: list[list[int]]
+    hll_keys: list[list[list[str]]]
+    """Per piece, per bucket: Redis keys whose union is that bucket's uniques sketch."""
+    tmp_blobs: dict[str, bytes]
+    """Scratch keys to load (Postgres sketches) before counting, and delete after."""
+
+
+def decompose(start: int, end: int) -> list[Piece]:
+    """Splits a minute-aligned [start, end) into the fewest day, hour and minute buckets."""
+    pieces: list[Piece] = []
+
+    def split(lo: int, hi: int, level: int) -> None:
+        if lo >= hi:
+            return
+        grain = (Grain.day, Grain.hour, Grain.minute)[level]
+        if grain is Grain.minute:
+            pieces.append((grain, list(range(lo, hi, MINUTE_MS))))
+            return
+        first = bucket_ceil(lo, grain)
+        last = bucket_start(hi, grain)
+        if first >= last:
+            split(lo, hi, level + 1)
+            return
+        split(lo, first, level + 1)
+        pieces.append((grain, list(range(first, last, grain.value))))
+        split(last, hi, level + 1)
+
+    split(start, end, 0)
+    return pieces
+
+
+async def read_buckets(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    keys: ProjectKeys,
+    name: str,
+    rollup: Rollup,
+    values: Sequence[str],
+    pieces: Sequence[Piece],
+    *,
+    uniques: bool,
+) -> BucketValues:
+    """Exact count and sum of each bucket as of now (Postgres below its watermark, Redis at
+    or above it, plus late deltas Postgres has not applied yet)."""
+    field = encode_field(name, rollup, values)
+    try:
+        async with pool.acquire() as conn:
+            snap = await read_history(
+                conn, keys.project, name, rollup_id(rollup), values, pieces, with_hll=uniques
+            )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
+    cf, sf = count_field(field), sum_field(field)
+    counts: list[list[int]] = []
+    sums: list[list[int]] = []
+    hll_keys: list[list[list[str]]] = []
+    tmp: dict[str, bytes] = {}
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.watermarks, "gen")
+        hot_index: list[tuple[int, int]] = []
+        for p, (grain, buckets) in enumerate(pieces):
+            until = snap.state.until(grain)
+            rows = snap.rows[p]
+            counts.append([0] * len(buckets))
+            sums.append([0] * len(buckets))
+            hll_keys.append([[] for _ in buckets])
+            for i, b in enumerate(buckets):
+                if b < until:
+                    row = rows.get(b)
+                    if row is not None:
+                        counts[p][i] = row.count
+                        sums[p][i] = row.sum_micros
+                        if uniques and row.hll is not None:
+                            t = keys.tmp(uuid.uuid4().hex)
+                            tmp[t] = row.hll
+                            hll_keys[p][i].append(t)
+                else:
+                    hot_index.append((p, i))
+                    pipe.hmget(keys.hot(grain, b), [cf, sf])
+                    if uniques:
+                        hll_keys[p][i].append(keys.hll(grain, b, field))
+        replies = await pipe.execute()
+        gen = int(replies[0] or 0)
+        for (p, i), (c, s) in zip(hot_index, replies[1:], strict=True):
+            counts[p][i] += int(c or 0)
+            sums[p][i] += int(s or 0)
+        pending = list(range(snap.state.late_applied + 1, gen + 1))
+        if pending:
+            pipe = redis.pipeline(transaction=False)
+            late_index: list[tuple[int, int]] = []
+            for g in pending:
+                for p, (grain, buckets) in enumerate(pieces):
+                    fields: list[str] = []
+                    for i, b in enumerate(buckets):
+                        late_index.append((p, i))
+                        fields.append(late_field(grain, b, cf))
+                        fields.append(late_field(grain, b, sf))
+                        if uniques:
+                            hll_keys[p][i].append(keys.late_hll(g, grain, b, field))
+                    if fields:
+                        pipe.hmget(keys.late(g), fields)
+            flat: list[bytes | None] = [v for reply in await pipe.execute() for v in reply]
+            for n, (p, i) in enumerate(late_index):
+                counts[p][i] += int(flat[2 * n] or 0)
+                sums[p][i] += int(flat[2 * n + 1] or 0)
+    except (RedisError, OSError) as exc:
+        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
+    return BucketValues(counts, sums, hll_keys, tmp)
+
+
+async def count_uniques(
+    redis: Redis, values: BucketValues, groups: Sequence[Sequence[str]]
+) -> list[int]:
+    """PFCOUNT of the union of each group of keys (after loading the Postgres sketches)."""
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for key, blob in values.tmp_blobs.items():
+            pipe.set(key, blob, px=TMP_TTL_MS)
+        for group in groups:
+            if group:
+                pipe.pfcount(*group)
+        if values.tmp_blobs:
+            pipe.delete(*values.tmp_blobs)
+        replies = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
+    counted = iter(replies[len(values.tmp_blobs) :])
+    return [int(next(counted)) if group else 0 for group in groups]

@@ -1,0 +1,73 @@
+"""The typed state the lifespan builds and every handler receives."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from redis.asyncio import Redis
+
+from counters.clock import Clock
+from counters.config import Settings
+from counters.errors import Unavailable
+from counters.ingest import Ingestor
+from counters.metrics import Metrics
+from lua import Scripts
+from persist.projects import lookup_key, project_exists
+
+
+@dataclass
+class KeyCache:
+    """Remembers looked-up API keys for a few seconds so ingest does not need Postgres on
+    every request (and keeps working through a short Postgres outage)."""
+
+    ttl: float
+    entries: dict[str, tuple[float, tuple[str, str] | None]] = field(default_factory=dict)
+    projects: dict[str, float] = field(default_factory=dict)
+
+    async def lookup(self, pool: asyncpg.Pool, key: str) -> tuple[str, str] | None:
+        """(project, scope) of the key, or None when it is unknown."""
+        now = time.monotonic()
+        hit = self.entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            async with pool.acquire() as conn:
+                found = await lookup_key(conn, key)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if hit is not None:
+                return hit[1]
+            raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
+        if len(self.entries) > 100_000:
+            self.entries.clear()
+        self.entries[key] = (now + self.ttl, found)
+        return found
+
+    async def exists(self, pool: asyncpg.Pool, project: str) -> bool:
+        """Whether the project exists (positive answers cached)."""
+        now = time.monotonic()
+        if self.projects.get(project, 0.0) > now:
+            return True
+        try:
+            async with pool.acquire() as conn:
+                found = await project_exists(conn, project)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
+        if found:
+            self.projects[project] = now + self.ttl
+        return found
+
+
+@dataclass
+class AppState:
+    """Everything a request handler may use."""
+
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    pool: asyncpg.Pool
+    scripts: Scripts
+    ingestor: Ingestor
+    metrics: Metrics
+    keys: KeyCache

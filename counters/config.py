@@ -1,0 +1,84 @@
+"""Settings: one frozen struct built from defaults, an optional TOML file and COUNTERS_* env."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service, the persister and the CLI need to agree on."""
+
+    redis_url: str | None = None
+    """Redis/Valkey URL; None starts the embedded Valkey under data_dir."""
+    database_url: str | None = None
+    """Postgres URL; None starts the embedded Postgres under data_dir."""
+    data_dir: str = ".counters"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    key_prefix: str = "ctr"
+    """Every Redis key starts with this, so several deployments can share one Redis."""
+    crosstabs: tuple[tuple[str, ...], ...] = ()
+    """Extra rollups over several dims, e.g. (("country", "source"),)."""
+    grace_seconds: float = 30.0
+    """A bucket is closed (and may be persisted) this long after its end."""
+    persist_interval_seconds: float = 1.0
+    persister_enabled: bool = True
+    """Whether `counters serve` runs the persister in-process."""
+    keep_after_copy_seconds: int = 600
+    """How long Redis keeps a bucket after Postgres has it (in-flight reads may still need it)."""
+    dedupe_window_seconds: int = 3600
+    max_batch_events: int = 10_000
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_event_age_days: int = 30
+    max_future_seconds: int = 300
+    raw_backlog_cap: int = 2_000_000
+    """Raw-log entries Redis may hold before ingest answers 503."""
+    key_cache_seconds: float = 10.0
+    """How long the API trusts a looked-up API key without asking Postgres again."""
+
+    def resolved_data_dir(self) -> Path:
+        """Absolute data directory."""
+        return Path(self.data_dir).expanduser().resolve()
+
+
+_LIST_FIELDS = {"crosstabs"}
+
+
+def _parse_crosstabs(text: str) -> list[list[str]]:
+    """`source:country,link:country` -> [["source","country"],["link","country"]]."""
+    return [[d.strip() for d in grp.split(":") if d.strip()] for grp in text.split(",") if grp]
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Defaults, then the TOML file ($COUNTERS_CONFIG or ./counters.toml), then COUNTERS_* env,
+    then explicit overrides. Raises ValueError naming a bad setting."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    toml_path = env.get("COUNTERS_CONFIG") or (
+        "counters.toml" if Path("counters.toml").exists() else None
+    )
+    if toml_path:
+        with open(toml_path, "rb") as fh:
+            raw.update(tomllib.load(fh))
+    fields = set(Settings.__struct_fields__)
+    for name in fields:
+        value = env.get("COUNTERS_" + name.upper())
+        if value is None or value == "":
+            continue
+        raw[name] = _parse_crosstabs(value) if name in _LIST_FIELDS else value
+    if overrides:
+        raw.update(overrides)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"bad setting: {exc}") from exc
+    crosstabs = tuple(tuple(sorted(set(c))) for c in settings.crosstabs if len(set(c)) > 1)
+    return msgspec.structs.replace(settings, crosstabs=crosstabs)

@@ -1,0 +1,73 @@
+"""Errors that map onto HTTP answers: each carries a status, a code and a message."""
+
+from __future__ import annotations
+
+
+class CountersError(Exception):
+    """Base class: status is the HTTP status the API answers with."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(CountersError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(CountersError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(CountersError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(CountersError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(CountersError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(CountersError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Invalid(CountersError):
+    """One field of one event is wrong; nothing of the batch was applied."""
+
+    status = 422
+    code = "invalid"
+
+
+class Unavailable(CountersError):
+    """A backend (Redis or Postgres) cannot be reached; the client should retry."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, backend: str, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(f"{backend} unavailable: {message}", code=f"{backend}_unavailable")
+        self.backend = backend
+        self.retry_after = retry_after
+
+
+class BacklogFull(Unavailable):
+    """The raw-log backlog in Redis is over its cap; ingest must wait for the persister."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__("backlog", message, retry_after=retry_after)
+        self.code = "backlog_full"

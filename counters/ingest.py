@@ -1,0 +1,127 @@
+"""The write path: group a validated batch in Python, then apply it with one script call."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from counters.errors import BacklogFull, Unavailable
+from counters.keys import ProjectKeys
+from counters.models import IngestReply, RawEvent, raw_encoder
+from counters.rollups import Rollup, fields_for
+from lua import Scripts
+
+RestoreWatermarks = Callable[[str], Awaitable[None]]
+Group = list[Any]  # [grain short, bucket (str), field, count, sum micros (str), uids]
+
+_payload_encoder = msgspec.msgpack.Encoder()
+_MAX_ATTEMPTS = 8
+
+
+def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
+    """One group per (grain, bucket, field) the batch touches, with its count, sum and the
+    distinct uids; applying the groups equals applying every event one by one."""
+    acc: dict[tuple[str, int, str], list[Any]] = {}
+    get = acc.get
+    for ev in events:
+        ts = ev.ts
+        buckets = (("m", ts - ts % 60_000), ("h", ts - ts % 3_600_000), ("d", ts - ts % 86_400_000))
+        value = ev.value
+        uid = ev.uid
+        for field in fields_for(ev.name, ev.dims, crosstabs):
+            for grain, bucket in buckets:
+                key = (grain, bucket, field)
+                g = get(key)
+                if g is None:
+                    acc[key] = g = [0, 0, set()]
+                g[0] += 1
+                g[1] += value
+                if uid is not None:
+                    g[2].add(uid)
+    return [
+        [grain, str(bucket), field, g[0], str(g[1]), sorted(g[2])]
+        for (grain, bucket, field), g in acc.items()
+    ]
+
+
+def _first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
+    """Drop repeats of an event id inside one batch; returns (kept, dropped count)."""
+    seen: set[str] = set()
+    kept: list[RawEvent] = []
+    for ev in events:
+        if ev.id is not None:
+            if ev.id in seen:
+                continue
+            seen.add(ev.id)
+        kept.append(ev)
+    return kept, len(events) - len(kept)
+
+
+class Ingestor:
+    """Applies batches for any project; safe to share between concurrent requests."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        *,
+        key_prefix: str,
+        crosstabs: Sequence[Rollup],
+        dedupe_window_ms: int,
+        backlog_cap: int,
+        restore_watermarks: RestoreWatermarks,
+    ) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._prefix = key_prefix
+        self._crosstabs = tuple(crosstabs)
+        self._dedupe_ms = dedupe_window_ms
+        self._cap = backlog_cap
+        self._restore = restore_watermarks
+
+    async def apply(self, project: str, events: list[RawEvent]) -> IngestReply:
+        """Counts every event exactly once unless its id was seen inside the dedupe window;
+        all or nothing. Raises Unavailable (Redis down) or BacklogFull; then nothing counted."""
+        keys = ProjectKeys(self._prefix, project)
+        pending, duplicates = _first_occurrences(events)
+        for _ in range(_MAX_ATTEMPTS):
+            if not pending:
+                return IngestReply(accepted=0, duplicates=duplicates)
+            ids = [ev.id for ev in pending if ev.id is not None]
+            payload = _payload_encoder.encode(
+                [
+                    self._dedupe_ms,
+                    self._cap,
+                    ids,
+                    group_events(pending, self._crosstabs),
+                    len(pending),
+                ]
+            )
+            try:
+                reply = await self._scripts.ingest(
+                    keys=[keys.watermarks, keys.raw],
+                    args=[keys.base, payload, raw_encoder.encode(pending)],
+                )
+            except (RedisError, OSError) as exc:
+                raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
+            status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if status == "OK":
+                return IngestReply(accepted=len(pending), duplicates=duplicates)
+            if status == "DUP":
+                seen = {ids[i - 1] for i in reply[1:]}
+                kept = [ev for ev in pending if ev.id is None or ev.id not in seen]
+                duplicates += len(pending) - len(kept)
+                pending = kept
+            elif status == "NOWM":
+                await self._restore(project)
+            elif status == "BACKLOG":
+                raise BacklogFull(
+                    f"raw-log backlog holds {reply[1]} events (cap {self._cap}); retry later"
+                )
+            else:  # pragma: no cover - the script returns nothing else
+                raise RuntimeError(f"ingest script answered {reply!r}")
+        raise Unavailable("redis", "batch kept colliding with concurrent duplicates; retry")

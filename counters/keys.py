@@ -1,0 +1,91 @@
+"""Every Redis key name counters uses, all inside the project's `{p:<project>}` hash tag.
+
+Layout for prefix X and project P (the Lua scripts derive the names marked * from the
+base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step):
+
+    X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen
+    X:{p:P}:h:<g>:<bucket>         * hash   c<US>field -> count, s<US>field -> sum (micros)
+    X:{p:P}:u:<g>:<bucket>:<field> * HLL    uids of one (field, grain, bucket)
+    X:{p:P}:dirty:<g>              * zset   buckets of grain g with data not yet in Postgres
+    X:{p:P}:raw                      stream the raw log, one entry per accepted event
+    X:{p:P}:id:<event id>          * string dedupe marker, expires after the dedupe window
+    X:{p:P}:late:<gen>             * hash   <g>:<bucket>:c<US>field -> count delta (and s)
+    X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
+    X:{p:P}:late:<gen>:hll         * set    <g>:<bucket>:<field> of every late HLL in gen
+    X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
+
+<g> is m, h or d; <bucket> the bucket start in epoch ms; <US> the unit separator \\x1f.
+"""
+
+from __future__ import annotations
+
+from counters.buckets import Grain
+
+US = "\x1f"
+
+
+class ProjectKeys:
+    """Key names for one project under one prefix."""
+
+    __slots__ = ("base", "project")
+
+    def __init__(self, prefix: str, project: str) -> None:
+        self.project = project
+        self.base = f"{prefix}:{{p:{project}}}:"
+
+    @property
+    def watermarks(self) -> str:
+        """Hash of sealed-until per grain and the current late generation."""
+        return self.base + "wm"
+
+    @property
+    def raw(self) -> str:
+        """The raw-log stream."""
+        return self.base + "raw"
+
+    def hot(self, grain: Grain, bucket: int) -> str:
+        """Hash of count and sum fields of one (grain, bucket)."""
+        return f"{self.base}h:{grain.short}:{bucket}"
+
+    def hll(self, grain: Grain, bucket: int, field: str) -> str:
+        """HyperLogLog of one (field, grain, bucket)."""
+        return f"{self.base}u:{grain.short}:{bucket}:{field}"
+
+    def dirty(self, grain: Grain) -> str:
+        """Sorted set of buckets (score = bucket start) holding data not yet in Postgres."""
+        return f"{self.base}dirty:{grain.short}"
+
+    def event_id(self, event_id: str) -> str:
+        """Dedupe marker of one event id."""
+        return f"{self.base}id:{event_id}"
+
+    def late(self, gen: int) -> str:
+        """Hash of late count/sum deltas of one generation."""
+        return f"{self.base}late:{gen}"
+
+    def late_hll(self, gen: int, grain: Grain, bucket: int, field: str) -> str:
+        """HyperLogLog of late uids for one (field, grain, bucket) in one generation."""
+        return f"{self.base}late:{gen}:u:{grain.short}:{bucket}:{field}"
+
+    def late_hll_index(self, gen: int) -> str:
+        """Set naming every late HLL of one generation as <g>:<bucket>:<field>."""
+        return f"{self.base}late:{gen}:hll"
+
+    def tmp(self, token: str) -> str:
+        """A short-lived scratch key in the project's slot."""
+        return f"{self.base}tmp:{token}"
+
+
+def count_field(field: str) -> str:
+    """Hash field holding the count of a rollup field."""
+    return "c" + US + field
+
+
+def sum_field(field: str) -> str:
+    """Hash field holding the sum (micros) of a rollup field."""
+    return "s" + US + field
+
+
+def late_field(grain: Grain, bucket: int, measure_field: str) -> str:
+    """Field of a late-delta hash: which bucket, then the hot-hash field name."""
+    return f"{grain.short}:{bucket}:{measure_field}"

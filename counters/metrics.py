@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per app or persister (no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    """Every metric counters exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_accepted = Counter(
+            "counters_events_accepted", "Events counted", ["project"], registry=r
+        )
+        self.duplicates = Counter(
+            "counters_events_duplicate",
+            "Events dropped as repeats of a seen id",
+            ["project"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "counters_events_rejected",
+            "Requests or events refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.persister_lag = Gauge(
+            "counters_persister_lag_seconds",
+            "How far Postgres lags the newest closed minute bucket, worst project",
+            registry=r,
+        )
+        self.raw_backlog = Gauge(
+            "counters_raw_backlog_events",
+            "Raw-log events in Redis not yet copied to Postgres, all projects",
+            registry=r,
+        )
+        self.buckets_drained = Counter(
+            "counters_buckets_drained", "Closed buckets copied to Postgres", ["grain"], registry=r
+        )
+        self.late_applied = Counter(
+            "counters_late_deltas_applied", "Late-event deltas applied to Postgres", registry=r
+        )
+        self.raw_copied = Counter(
+            "counters_raw_events_copied", "Raw-log events copied to Postgres", registry=r
+        )
+        self.persister_errors = Counter(
+            "counters_persister_errors", "Persister passes that failed", ["backend"], registry=r
+        )
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of everything."""
+        return generate_latest(self.registry)

@@ -1,0 +1,97 @@
+-- ingest.lua: apply one pre-grouped batch of events for one project, atomically.
+--
+-- KEYS[1]  X:{p:P}:wm   hash: m, h, d = sealed-until per grain (epoch ms); gen = late
+--                       generation; rawn = events in the raw-log stream not yet in Postgres
+-- KEYS[2]  X:{p:P}:raw  stream: the raw log, one entry per batch (fields n, e)
+-- ARGV[1]  key base "X:{p:P}:"; the other keys are derived from it exactly as
+--          counters/keys.py names them (h:, u:, dirty:, id:, late:)
+-- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events]
+--            dedupe_ttl_ms  integer, milliseconds an event id is remembered
+--            backlog_cap    integer, events the raw log may hold (0 = no cap)
+--            ids            array of event-id strings to dedupe, in batch order
+--            groups         array of [grain "m"|"h"|"d", bucket start ms (string),
+--                           field, count (integer), sum in millionths (string), uids]
+--            n_events       integer, events in the raw blob
+-- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
+-- Returns
+--   {"OK", late_groups}     applied everything
+--   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
+--   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
+--   {"BACKLOG", rawn}       raw log over its cap; nothing applied
+
+local wm = redis.call('HMGET', KEYS[1], 'm', 'h', 'd', 'gen', 'rawn')
+if not wm[1] or not wm[2] or not wm[3] or not wm[4] then
+  return {'NOWM'}
+end
+local sealed = {m = tonumber(wm[1]), h = tonumber(wm[2]), d = tonumber(wm[3])}
+local gen = wm[4]
+local rawn = tonumber(wm[5] or '0')
+local base = ARGV[1]
+local p = cmsgpack.unpack(ARGV[2])
+local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
+local blob = ARGV[3]
+
+if cap > 0 and n_events > 0 and rawn + n_events > cap then
+  return {'BACKLOG', rawn}
+end
+
+local dups = {'DUP'}
+for i = 1, #ids do
+  if redis.call('EXISTS', base .. 'id:' .. ids[i]) == 1 then
+    dups[#dups + 1] = i
+  end
+end
+if #dups > 1 then
+  return dups
+end
+for i = 1, #ids do
+  redis.call('SET', base .. 'id:' .. ids[i], '1', 'PX', ttl)
+end
+
+local function pfadd(key, uids)
+  local n = #uids
+  local step = 1000
+  for i = 1, n, step do
+    local j = i + step - 1
+    if j > n then j = n end
+    redis.call('PFADD', key, unpack(uids, i, j))
+  end
+end
+
+local late = 0
+local late_key = base .. 'late:' .. gen
+local marked = {}
+for _, g in ipairs(groups) do
+  local grain, bucket, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5], g[6]
+  if tonumber(bucket) < sealed[grain] then
+    late = late + 1
+    local where = grain .. ':' .. bucket .. ':'
+    redis.call('HINCRBY', late_key, where .. 'c\31' .. field, count)
+    if sum ~= '0' then
+      redis.call('HINCRBY', late_key, where .. 's\31' .. field, sum)
+    end
+    if #uids > 0 then
+      pfadd(late_key .. ':u:' .. where .. field, uids)
+      redis.call('SADD', late_key .. ':hll', where .. field)
+    end
+  else
+    local hot = base .. 'h:' .. grain .. ':' .. bucket
+    redis.call('HINCRBY', hot, 'c\31' .. field, count)
+    if sum ~= '0' then
+      redis.call('HINCRBY', hot, 's\31' .. field, sum)
+    end
+    if #uids > 0 then
+      pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
+    end
+    if not marked[hot] then
+      marked[hot] = true
+      redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+    end
+  end
+end
+
+if n_events > 0 then
+  redis.call('XADD', KEYS[2], '*', 'n', n_events, 'e', blob)
+  redis.call('HINCRBY', KEYS[1], 'rawn', n_events)
+end
+return {'OK', late}

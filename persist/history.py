@@ -1,0 +1,67 @@
+"""Reads of Postgres rollup history, inside one snapshot with the persister state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from counters.buckets import Grain, from_datetime, to_datetime
+from persist.db import Conn
+from persist.persister import TABLE
+from persist.state import PersistState, load_state
+
+
+class HistoryRow(msgspec.Struct, array_like=True):
+    bucket: int
+    count: int
+    sum_micros: int
+    hll: bytes | None
+
+
+class Snapshot(msgspec.Struct):
+    """Postgres rows plus the watermarks they were read with (one REPEATABLE READ snapshot)."""
+
+    state: PersistState
+    rows: list[dict[int, HistoryRow]]
+    """Per requested piece: bucket start -> row, for buckets before that grain's watermark."""
+
+
+async def read_history(
+    conn: Conn,
+    project: str,
+    name: str,
+    rollup: str,
+    values: Sequence[str],
+    pieces: Sequence[tuple[Grain, Sequence[int]]],
+    *,
+    with_hll: bool,
+) -> Snapshot:
+    """Rows for each (grain, buckets) piece that Postgres is authoritative for, read in the
+    same snapshot as the watermarks, so that with the Redis part no bucket is missing or
+    counted twice."""
+    hll_col = "hll" if with_hll else "NULL::bytea"
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        state = await load_state(conn, project, create=False)
+        out: list[dict[int, HistoryRow]] = []
+        for grain, buckets in pieces:
+            until = state.until(grain)
+            wanted = [b for b in buckets if b < until]
+            rows: dict[int, HistoryRow] = {}
+            if wanted:
+                records = await conn.fetch(
+                    f"SELECT bucket, count, sum_micros, {hll_col} AS hll FROM {TABLE[grain]}"
+                    " WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
+                    " AND bucket >= $5 AND bucket < $6",
+                    project,
+                    name,
+                    rollup,
+                    list(values),
+                    to_datetime(wanted[0]),
+                    to_datetime(min(wanted[-1] + grain.value, until)),
+                )
+                for r in records:
+                    b = from_datetime(r["bucket"])
+                    rows[b] = HistoryRow(b, r["count"], r["sum_micros"], r["hll"])
+            out.append(rows)
+    return Snapshot(state, out)

@@ -1,0 +1,63 @@
+"""Projects and API keys. Only a sha256 of each key is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from persist.db import Conn
+
+SCOPES = ("ingest", "read", "admin")
+PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def hash_key(key: str) -> bytes:
+    """Digest stored for a key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def ensure_project(conn: Conn, project: str) -> None:
+    """The project and its persister state row exist afterwards."""
+    if not PROJECT_PATTERN.match(project):
+        raise ValueError(f"project name {project!r} must match {PROJECT_PATTERN.pattern}")
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO projects (project) VALUES ($1) ON CONFLICT DO NOTHING", project
+        )
+        await conn.execute(
+            "INSERT INTO persist_state (project) VALUES ($1) ON CONFLICT DO NOTHING", project
+        )
+
+
+async def create_key(conn: Conn, project: str, scope: str) -> str:
+    """Creates the project if needed and a new random key for it; returns the key (shown once)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    await ensure_project(conn, project)
+    key = f"ck_{scope[0]}_{secrets.token_urlsafe(24)}"
+    await conn.execute(
+        "INSERT INTO api_keys (key_hash, project, scope) VALUES ($1, $2, $3)",
+        hash_key(key),
+        project,
+        scope,
+    )
+    return key
+
+
+async def lookup_key(conn: Conn, key: str) -> tuple[str, str] | None:
+    """(project, scope) of a key, or None when unknown."""
+    row = await conn.fetchrow(
+        "SELECT project, scope FROM api_keys WHERE key_hash = $1", hash_key(key)
+    )
+    return None if row is None else (row["project"], row["scope"])
+
+
+async def project_exists(conn: Conn, project: str) -> bool:
+    """Whether the project has been created."""
+    return bool(await conn.fetchval("SELECT 1 FROM projects WHERE project = $1", project))
+
+
+async def list_projects(conn: Conn) -> list[str]:
+    """Every project, sorted."""
+    return [r["project"] for r in await conn.fetch("SELECT project FROM projects ORDER BY 1")]
