@@ -1,0 +1,5 @@
+"""`python -m counters` is the `counters` command."""
+
+from counters.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Shared fixtures: real Redis/Valkey and Postgres for the whole session.
+
+By default the session starts its own embedded Valkey and Postgres in a temporary data dir.
+COUNTERS_TEST_REDIS_URL / COUNTERS_TEST_DATABASE_URL point it at real servers instead; the
+suite then uses its own key prefix and its own database (created and dropped here), so it
+never touches anything else on those servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from counters import embedded
+from counters.backends import open_redis
+from counters.config import Settings
+from lua import Scripts
+from persist.db import create_pool
+from persist.projects import ensure_project
+from tests.support import Backends, Harness, create_database, drop_database, drop_prefix
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def backends() -> Iterator[Backends]:
+    """URLs of the Redis and the (per-run) Postgres database the suite uses."""
+    redis_url = os.environ.get("COUNTERS_TEST_REDIS_URL")
+    server_url = os.environ.get("COUNTERS_TEST_DATABASE_URL")
+    data_dir: Path | None = None
+    if not redis_url or not server_url:
+        data_dir = Path(tempfile.mkdtemp(prefix="counters-test-"))
+        data_dir.chmod(0o755)
+        redis_url = redis_url or embedded.ensure_valkey(data_dir)
+        server_url = server_url or embedded.ensure_postgres(data_dir)
+    database = f"counters_test_{RUN_ID}"
+    database_url = create_database(server_url, database)
+    prefix = f"cttest{RUN_ID}"
+    try:
+        yield Backends(redis_url, database_url, prefix, data_dir)
+    finally:
+        drop_prefix(redis_url, prefix)
+        drop_database(server_url, database)
+        if data_dir is not None:
+            embedded.stop_embedded(data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(backends: Backends) -> Settings:
+    """Settings pointing at the test backends, with a short grace for fast tests."""
+    return Settings(
+        redis_url=backends.redis_url,
+        database_url=backends.database_url,
+        key_prefix=backends.prefix,
+        grace_seconds=5,
+        persist_interval_seconds=0.2,
+        data_dir=str(backends.data_dir or tempfile.gettempdir()),
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis(backends: Backends) -> AsyncIterator[Redis]:
+    client = open_redis(backends.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pool(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(backends.database_url)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def scripts(redis: Redis) -> Scripts:
+    return Scripts(redis)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def project(pool: asyncpg.Pool) -> str:
+    """A fresh project (its own keys in Redis, its own rows in Postgres)."""
+    name = "t" + uuid.uuid4().hex[:12]
+    async with pool.acquire() as conn:
+        await ensure_project(conn, name)
+    return name
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def harness(
+    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, project: str
+) -> Harness:
+    """Ingest, persist and read one fresh project in-process, on a manual clock."""
+    return Harness.build(settings, redis, pool, scripts, project)

@@ -1,0 +1,195 @@
+"""Test helpers: backend set-up, an in-process harness on a manual clock, waiting on
+conditions with a deadline (never sleeping as synchronisation)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from api.query import count_uniques, decompose, read_buckets
+from counters.buckets import Grain, parse_ts
+from counters.clock import ManualClock
+from counters.config import Settings
+from counters.ingest import Ingestor
+from counters.keys import ProjectKeys
+from counters.metrics import Metrics
+from counters.models import VALUE_SCALE, EventIn, IngestReply, validate_events
+from lua import Scripts
+from persist.persister import Persister, ProjectReport
+from persist.state import restore_watermarks
+
+T = TypeVar("T")
+T0 = parse_ts("2026-03-01T10:00:00Z")
+
+
+@dataclass(frozen=True)
+class Backends:
+    redis_url: str
+    database_url: str
+    prefix: str
+    data_dir: Path | None
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def create_database(server_url: str, database: str) -> str:
+    """Creates an empty database on the server; returns its URL."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return _with_database(server_url, database)
+
+
+def drop_database(server_url: str, database: str) -> None:
+    """Drops the database (and any connection still open to it)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Deletes every key under the prefix."""
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(batch), 500):
+            client.delete(*batch[i : i + 500])
+    finally:
+        client.close()
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
+    """Polls probe until accept(result) holds; fails with the last result after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {result!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Harness:
+    """One project driven in-process: ingest, persist and read on a manual clock."""
+
+    settings: Settings
+    redis: Redis
+    pool: asyncpg.Pool
+    scripts: Scripts
+    project: str
+    clock: ManualClock
+    ingestor: Ingestor
+    persister: Persister
+    keys: ProjectKeys
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        scripts: Scripts,
+        project: str,
+        **overrides: Any,
+    ) -> Harness:
+        settings = msgspec.structs.replace(settings, **overrides)
+        clock = ManualClock(T0)
+
+        async def restore(p: str) -> None:
+            await restore_watermarks(pool, redis, scripts, settings.key_prefix, p)
+
+        ingestor = Ingestor(
+            redis,
+            scripts,
+            key_prefix=settings.key_prefix,
+            crosstabs=settings.crosstabs,
+            dedupe_window_ms=settings.dedupe_window_seconds * 1000,
+            backlog_cap=settings.raw_backlog_cap,
+            restore_watermarks=restore,
+        )
+        persister = Persister(pool, redis, scripts, settings, clock, Metrics())
+        keys = ProjectKeys(settings.key_prefix, project)
+        return cls(settings, redis, pool, scripts, project, clock, ingestor, persister, keys)
+
+    async def ingest(self, *events: dict[str, Any]) -> IngestReply:
+        """Validates (against the manual clock) and applies one batch."""
+        decoded = [msgspec.convert(e, EventIn) for e in events]
+        raw = validate_events(
+            decoded,
+            now_ms=self.clock.now_ms(),
+            max_age_ms=self.settings.max_event_age_days * 86_400_000,
+            max_future_ms=self.settings.max_future_seconds * 1000,
+        )
+        return await self.ingestor.apply(self.project, raw)
+
+    async def persist(self) -> ProjectReport:
+        """One persister pass over this project."""
+        report = await self.persister.persist_project(self.project)
+        assert report is not None, "another persister held the project lock"
+        return report
+
+    async def series(
+        self, name: str, grain: Grain, start: int, end: int, measure: str = "count", **dims: str
+    ) -> list[int | float]:
+        """Per-bucket values, merged exactly as the API merges them."""
+        rollup = tuple(sorted(dims))
+        buckets = list(range(start, end, grain.value))
+        values = await read_buckets(
+            self.pool, self.redis, self.keys, name, rollup, [dims[d] for d in rollup],
+            [(grain, buckets)], uniques=measure == "uniques",
+        )
+        if measure == "uniques":
+            return list(await count_uniques(self.redis, values, values.hll_keys[0]))
+        if measure == "sum":
+            return [s / VALUE_SCALE for s in values.sums[0]]
+        return list(values.counts[0])
+
+    async def total(
+        self, name: str, start: int, end: int, measure: str = "count", **dims: str
+    ) -> int | float:
+        """One value over [start, end) (minute-aligned), as the API's total computes it."""
+        rollup = tuple(sorted(dims))
+        values = await read_buckets(
+            self.pool, self.redis, self.keys, name, rollup, [dims[d] for d in rollup],
+            decompose(start, end), uniques=measure == "uniques",
+        )
+        if measure == "uniques":
+            union = [k for piece in values.hll_keys for b in piece for k in b]
+            return (await count_uniques(self.redis, values, [union]))[0]
+        if measure == "sum":
+            return sum(sum(p) for p in values.sums) / VALUE_SCALE
+        return sum(sum(p) for p in values.counts)
