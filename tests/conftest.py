@@ -26,6 +26,7 @@ from counters.config import Settings
 from lua import Scripts
 from persist.db import create_pool
 from persist.projects import ensure_project
+from tests.service import Service, service_env
 from tests.support import Backends, Harness, create_database, drop_database, drop_prefix
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -102,3 +103,15 @@ async def harness(
 ) -> Harness:
     """Ingest, persist and read one fresh project in-process, on a manual clock."""
     return Harness.build(settings, redis, pool, scripts, project)
+
+
+@pytest.fixture(scope="module")
+def service(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A real `counters serve` (uvicorn) on the test backends, for the module."""
+    workdir = tmp_path_factory.mktemp("service")
+    svc = Service(service_env(backends, workdir), workdir / "service.log")
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()

@@ -1,0 +1,143 @@
+"""The ingest script against a real Valkey/Redis: atomicity, dedupe, grouping, key layout,
+late path, watermark restore and the backlog cap."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.errors import BacklogFull
+from counters.keys import count_field, sum_field
+from counters.rollups import encode_field
+from tests.support import T0, Harness, wait_for
+
+
+def ev(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "click", "ts": T0}
+    base.update(kw)
+    return base
+
+
+async def test_batch_lands_in_hot_hash_grouped(harness: Harness) -> None:
+    events = [
+        ev(dims={"source": "g", "country": "DE"}, uid="u1", value=1.25),
+        ev(dims={"source": "g", "country": "FR"}, uid="u2", value=2),
+        ev(ts=T0 + MINUTE_MS, dims={"source": "b"}, uid="u1"),
+    ]
+    assert (await harness.ingest(*events)).accepted == 3
+    keys = harness.keys
+    minute = await harness.redis.hgetall(keys.hot(Grain.minute, T0))
+    total = encode_field("click", (), ())
+    google = encode_field("click", ("source",), ("g",))
+    # one field per (rollup, dims tuple): total, source=g, country=DE, country=FR
+    assert {k.decode() for k in minute} == {
+        count_field(total), sum_field(total), count_field(google), sum_field(google),
+        count_field(encode_field("click", ("country",), ("DE",))),
+        sum_field(encode_field("click", ("country",), ("DE",))),
+        count_field(encode_field("click", ("country",), ("FR",))),
+        sum_field(encode_field("click", ("country",), ("FR",))),
+    }
+    assert int(minute[count_field(total).encode()]) == 2
+    assert int(minute[sum_field(total).encode()]) == 3_250_000
+    hour = await harness.redis.hgetall(keys.hot(Grain.hour, T0 - T0 % HOUR_MS))
+    assert int(hour[count_field(total).encode()]) == 3
+    assert await harness.redis.pfcount(keys.hll(Grain.day, T0 - T0 % DAY_MS, total)) == 2
+    assert await harness.redis.zscore(keys.dirty(Grain.minute), str(T0)) == T0
+    assert await harness.redis.xlen(keys.raw) == 1  # one stream entry per batch
+    assert int(await harness.redis.hget(keys.watermarks, "rawn")) == 3
+
+
+async def test_dedupe_across_and_within_batches(harness: Harness) -> None:
+    first = await harness.ingest(ev(id="a"), ev(id="b"), ev(id="a"))
+    assert (first.accepted, first.duplicates) == (2, 1)
+    again = await harness.ingest(ev(id="a"), ev(id="c"), ev())
+    assert (again.accepted, again.duplicates) == (2, 1)
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 4
+    raw_events = await harness.redis.hget(harness.keys.watermarks, "rawn")
+    assert int(raw_events) == 4
+
+
+async def test_dedupe_window_expires(harness: Harness, redis: Any) -> None:
+    short = Harness.build(
+        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        dedupe_window_seconds=1,
+    )
+    assert (await short.ingest(ev(id="x"))).accepted == 1
+    assert (await short.ingest(ev(id="x"))).duplicates == 1
+    await wait_for(
+        lambda: redis.exists(short.keys.event_id("x")), lambda n: n == 0, what="id to expire"
+    )
+    assert (await short.ingest(ev(id="x"))).accepted == 1
+
+
+async def test_batch_is_atomic_for_concurrent_readers(harness: Harness) -> None:
+    batch = [ev(uid=f"u{i}") for i in range(2000)]
+    field = count_field(encode_field("click", (), ()))
+    hot = harness.keys.hot(Grain.minute, T0)
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        while not done.is_set():
+            seen.append(int(await harness.redis.hget(hot, field) or 0))
+
+    task = asyncio.create_task(reader())
+    for _ in range(5):
+        await harness.ingest(*batch)
+    done.set()
+    await task
+    assert seen, "reader never ran"
+    assert all(v % 2000 == 0 for v in seen), sorted(set(seen))
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 10_000
+
+
+async def test_missing_watermarks_are_restored_from_postgres(harness: Harness) -> None:
+    await harness.ingest(ev())
+    harness.clock.advance(HOUR_MS)
+    await harness.persist()
+    state = await harness.redis.hgetall(harness.keys.watermarks)
+    await harness.redis.delete(harness.keys.watermarks)  # Redis "lost" its state
+    await harness.ingest(ev())  # an event for an already persisted bucket
+    restored = await harness.redis.hgetall(harness.keys.watermarks)
+    assert restored[b"m"] == state[b"m"]
+    # went to the late area, not over the Postgres row
+    assert not await harness.redis.exists(harness.keys.hot(Grain.minute, T0)) or (
+        await harness.redis.ttl(harness.keys.hot(Grain.minute, T0)) > 0
+    )
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 2
+    await harness.persist()
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 2
+
+
+async def test_late_event_goes_to_late_area_and_is_visible_at_once(harness: Harness) -> None:
+    await harness.ingest(ev(value=1), ev(value=2, uid="a"))
+    harness.clock.advance(HOUR_MS)
+    await harness.persist()
+    gen = int(await harness.redis.hget(harness.keys.watermarks, "gen"))
+    await harness.ingest(ev(value=4, uid="b"))
+    assert await harness.redis.exists(harness.keys.late(gen)) == 1
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 3
+    assert await harness.total("click", T0, T0 + MINUTE_MS, "sum") == 7
+    assert await harness.total("click", T0, T0 + MINUTE_MS, "uniques") == 2
+    await harness.persist()
+    await harness.persist()
+    assert await harness.total("click", T0, T0 + MINUTE_MS) == 3
+    assert await harness.total("click", T0, T0 + MINUTE_MS, "sum") == 7
+    assert await harness.total("click", T0, T0 + MINUTE_MS, "uniques") == 2
+
+
+async def test_backlog_cap_refuses_whole_batch(harness: Harness) -> None:
+    capped = Harness.build(
+        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        raw_backlog_cap=5,
+    )
+    await capped.ingest(*[ev() for _ in range(4)])
+    with pytest.raises(BacklogFull):
+        await capped.ingest(ev(), ev())
+    assert await capped.total("click", T0, T0 + MINUTE_MS) == 4
+    capped.clock.advance(HOUR_MS)
+    await capped.persist()  # copies the raw log, which frees the backlog
+    assert (await capped.ingest(ev(), ev())).accepted == 2
