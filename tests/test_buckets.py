@@ -32,7 +32,11 @@ def ms(
 
 
 def test_grain_sizes_and_lookups() -> None:
-    assert (Grain.minute.value, Grain.hour.value, Grain.day.value) == (60_000, 3_600_000, 86_400_000)
+    assert (Grain.minute.value, Grain.hour.value, Grain.day.value) == (
+        60_000,
+        3_600_000,
+        86_400_000,
+    )
     assert (MINUTE_MS, HOUR_MS, DAY_MS) == (60_000, 3_600_000, 86_400_000)
     assert [g.short for g in GRAINS] == ["m", "h", "d"]
     assert GRAIN_BY_NAME == {"minute": Grain.minute, "hour": Grain.hour, "day": Grain.day}

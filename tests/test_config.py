@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -40,6 +41,8 @@ def test_defaults() -> None:
 
 
 def test_env_is_the_explicit_mapping_not_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("COUNTERS_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("COUNTERS_PORT", "1234")
     assert load_settings({}).port == 8000
     assert load_settings().port == 1234

@@ -61,16 +61,28 @@ async def read_all(c: httpx.AsyncClient, project: str, key: str, start: int) -> 
     headers = {"Authorization": f"Bearer {key}"}
     for measure in ("count", "sum"):
         for source in ("", "google", "bing"):
-            params = {"name": "click", "measure": measure, "grain": "hour",
-                      "from": str(start), "excluding_current": "false"}
+            params = {
+                "name": "click",
+                "measure": measure,
+                "grain": "hour",
+                "from": str(start),
+                "excluding_current": "false",
+            }
             if source:
                 params["source"] = source
             r = await c.get(f"/v1/projects/{project}/series", params=params, headers=headers)
             assert r.status_code == 200, r.text
-            out[f"series:{measure}:{source}"] = [(p["bucket"], p["value"]) for p in r.json()["data"]]
+            out[f"series:{measure}:{source}"] = [
+                (p["bucket"], p["value"]) for p in r.json()["data"]
+            ]
     for measure in ("count", "sum", "uniques"):
-        params = {"name": "click", "measure": measure, "grain": "minute",
-                  "from": str(start), "excluding_current": "false"}
+        params = {
+            "name": "click",
+            "measure": measure,
+            "grain": "minute",
+            "from": str(start),
+            "excluding_current": "false",
+        }
         r = await c.get(f"/v1/projects/{project}/total", params=params, headers=headers)
         assert r.status_code == 200, r.text
         out[f"total:{measure}"] = r.json()["value"]
@@ -97,8 +109,10 @@ async def test_end_to_end(
                 "name": "click",
                 "ts": t - rng.randrange(0, 3 * HOUR_MS),
                 "id": f"e{i}",
-                "dims": {"source": rng.choice(["google", "bing", "mail"]),
-                         "country": rng.choice(["DE", "FR", "US", "BR"])},
+                "dims": {
+                    "source": rng.choice(["google", "bing", "mail"]),
+                    "country": rng.choice(["DE", "FR", "US", "BR"]),
+                },
                 "uid": f"u{rng.randrange(N_UIDS)}",
                 "value": rng.randrange(0, 10_000) / 100,
             }
@@ -114,13 +128,21 @@ async def test_end_to_end(
             assert r.json() == {"accepted": 0, "duplicates": 500}
 
             answers = await read_all(c, project, read, start)
-            buckets = [format_ts(b) for b in range(start, bucket_start(t, _Hour) + HOUR_MS, HOUR_MS)]
+            buckets = [
+                format_ts(b) for b in range(start, bucket_start(t, _Hour) + HOUR_MS, HOUR_MS)
+            ]
             for source in ("", "google", "bing"):
-                expect_count = [truth.count[(b, source)] for b in range(start, start + len(buckets) * HOUR_MS, HOUR_MS)]
+                expect_count = [
+                    truth.count[(b, source)]
+                    for b in range(start, start + len(buckets) * HOUR_MS, HOUR_MS)
+                ]
                 got = answers[f"series:count:{source}"]
                 assert [b for b, _ in got] == buckets
                 assert [v for _, v in got] == expect_count
-                expect_sum = [truth.sum_micros[(b, source)] / 1_000_000 for b in range(start, start + len(buckets) * HOUR_MS, HOUR_MS)]
+                expect_sum = [
+                    truth.sum_micros[(b, source)] / 1_000_000
+                    for b in range(start, start + len(buckets) * HOUR_MS, HOUR_MS)
+                ]
                 assert [v for _, v in answers[f"series:sum:{source}"]] == expect_sum
             assert answers["total:count"] == N_EVENTS
             exact = len(truth.uids[""])
@@ -133,8 +155,11 @@ async def test_end_to_end(
             params = {"name": fresh, "grain": "minute", "excluding_current": "false"}
 
             async def probe() -> int:
-                resp = await c.get(f"/v1/projects/{project}/total", params=params,
-                                   headers={"Authorization": f"Bearer {read}"})
+                resp = await c.get(
+                    f"/v1/projects/{project}/total",
+                    params=params,
+                    headers={"Authorization": f"Bearer {read}"},
+                )
                 value: int = resp.json()["value"]
                 return value
 
@@ -148,25 +173,37 @@ async def test_end_to_end(
                 async with pool.acquire() as conn:
                     row = await conn.fetchrow(
                         "SELECT minute_until, hour_until, late_applied FROM persist_state"
-                        " WHERE project = $1", project)
+                        " WHERE project = $1",
+                        project,
+                    )
                 gen = int(await redis.hget(keys.watermarks, "gen") or 0)
                 rawn = int(await redis.hget(keys.watermarks, "rawn") or 0)
                 open_late = await redis.exists(keys.late(gen), keys.late_hll_index(gen))
                 assert row is not None
-                return (row["minute_until"], row["hour_until"], row["late_applied"], gen,
-                        rawn + open_late)
+                return (
+                    row["minute_until"],
+                    row["hour_until"],
+                    row["late_applied"],
+                    gen,
+                    rawn + open_late,
+                )
 
             edge = now_ms() - 1000
             state = await wait_for(
                 drained,
-                lambda s: s[0] >= bucket_start(edge, _MinuteG) and s[1] >= bucket_start(edge, _Hour)
-                and s[2] == s[3] - 1 and s[4] == 0,
-                timeout=20, what="persister to drain",
+                lambda s: (
+                    s[0] >= bucket_start(edge, _MinuteG)
+                    and s[1] >= bucket_start(edge, _Hour)
+                    and s[2] == s[3] - 1
+                    and s[4] == 0
+                ),
+                timeout=20,
+                what="persister to drain",
             )
             minute_until, hour_until = state[0], state[1]
             doomed = []
             async for k in redis.scan_iter(match=keys.base + "*"):
-                parts = k.decode()[len(keys.base):].split(":")
+                parts = k.decode()[len(keys.base) :].split(":")
                 if parts[0] in ("h", "u") and parts[1] in ("m", "h"):
                     until = minute_until if parts[1] == "m" else hour_until
                     if int(parts[2]) < until:
@@ -178,7 +215,8 @@ async def test_end_to_end(
             assert await read_all(c, project, read, start) == answers
         async with pool.acquire() as conn:
             stored = await conn.fetchval(
-                "SELECT count(*) FROM raw_events WHERE project = $1 AND name = 'click'", project)
+                "SELECT count(*) FROM raw_events WHERE project = $1 AND name = 'click'", project
+            )
         assert stored == N_EVENTS
 
         # stop and restart: nothing lost
@@ -186,8 +224,11 @@ async def test_end_to_end(
         svc.start()
         async with httpx.AsyncClient(base_url=svc.url, timeout=30) as c:
             assert await read_all(c, project, read, start) == answers
-            r = await c.post("/v1/events", json=[{"name": "click", "dims": {"source": "google"}, "uid": "new", "value": 1}],
-                             headers={"Authorization": f"Bearer {ingest}"})
+            r = await c.post(
+                "/v1/events",
+                json=[{"name": "click", "dims": {"source": "google"}, "uid": "new", "value": 1}],
+                headers={"Authorization": f"Bearer {ingest}"},
+            )
             assert r.status_code == 200
             after = await read_all(c, project, read, start)
             assert after["total:count"] == N_EVENTS + 1

@@ -146,8 +146,13 @@ def test_concurrent_ensure_valkey_starts_one_server(data_dir: Path) -> None:
     code = "import sys; from pathlib import Path; from counters.embedded import ensure_valkey; "
     code += "print(ensure_valkey(Path(sys.argv[1])))"
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(data_dir)], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(data_dir)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     outputs = []
@@ -258,9 +263,15 @@ def test_copied_install_runs_as_nobody() -> None:
         bin_dir = embedded._copy_pg_install(dest)
         assert embedded._copy_pg_install(dest) == bin_dir  # reused, not copied again
         for tool in ("initdb", "pg_ctl", "postgres"):
-            proc = subprocess.run([str(bin_dir / tool), "--version"], user="nobody",
-                                  extra_groups=[], cwd="/", capture_output=True, text=True,
-                                  check=False)
+            proc = subprocess.run(
+                [str(bin_dir / tool), "--version"],
+                user="nobody",
+                extra_groups=[],
+                cwd="/",
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr
             assert "18." in proc.stdout
     finally:

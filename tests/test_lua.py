@@ -34,7 +34,10 @@ async def test_batch_lands_in_hot_hash_grouped(harness: Harness) -> None:
     google = encode_field("click", ("source",), ("g",))
     # one field per (rollup, dims tuple): total, source=g, country=DE, country=FR
     assert {k.decode() for k in minute} == {
-        count_field(total), sum_field(total), count_field(google), sum_field(google),
+        count_field(total),
+        sum_field(total),
+        count_field(google),
+        sum_field(google),
         count_field(encode_field("click", ("country",), ("DE",))),
         sum_field(encode_field("click", ("country",), ("DE",))),
         count_field(encode_field("click", ("country",), ("FR",))),
@@ -62,7 +65,11 @@ async def test_dedupe_across_and_within_batches(harness: Harness) -> None:
 
 async def test_dedupe_window_expires(harness: Harness, redis: Any) -> None:
     short = Harness.build(
-        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        harness.settings,
+        harness.redis,
+        harness.pool,
+        harness.scripts,
+        harness.project,
         dedupe_window_seconds=1,
     )
     assert (await short.ingest(ev(id="x"))).accepted == 1
@@ -131,7 +138,11 @@ async def test_late_event_goes_to_late_area_and_is_visible_at_once(harness: Harn
 
 async def test_backlog_cap_refuses_whole_batch(harness: Harness) -> None:
     capped = Harness.build(
-        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        harness.settings,
+        harness.redis,
+        harness.pool,
+        harness.scripts,
+        harness.project,
         raw_backlog_cap=5,
     )
     await capped.ingest(*[ev() for _ in range(4)])

@@ -64,7 +64,9 @@ async def test_drain_copies_closed_buckets_exactly(harness: Harness) -> None:
     # the stored sketch is byte-for-byte what Redis held
     name, rollup, dims, bucket, *_rest, hll = hour_rows[0]
     field = encode_field(name, tuple(rollup.split(",")) if rollup else (), dims)
-    assert hll == await harness.redis.get(harness.keys.hll(Grain.hour, from_datetime(bucket), field))
+    assert hll == await harness.redis.get(
+        harness.keys.hll(Grain.hour, from_datetime(bucket), field)
+    )
 
 
 async def test_redrain_is_harmless(harness: Harness) -> None:
@@ -113,7 +115,9 @@ async def test_raw_log_copied_once_and_trimmed(harness: Harness) -> None:
     await harness.persist()
     await harness.persist()
     async with harness.pool.acquire() as conn:
-        n = await conn.fetchval("SELECT count(*) FROM raw_events WHERE project = $1", harness.project)
+        n = await conn.fetchval(
+            "SELECT count(*) FROM raw_events WHERE project = $1", harness.project
+        )
         ids = await conn.fetchval(
             "SELECT count(*) FROM raw_events WHERE project = $1 AND event_id = 'only-once'",
             harness.project,
@@ -171,7 +175,9 @@ async def test_two_persisters_never_double_apply(harness: Harness) -> None:
     hours = await rows(harness.pool, "rollups_hour", harness.project)
     assert sum(r[4] for r in hours if r[1] == "") == len(events) + 1
     async with harness.pool.acquire() as conn:
-        n = await conn.fetchval("SELECT count(*) FROM raw_events WHERE project = $1", harness.project)
+        n = await conn.fetchval(
+            "SELECT count(*) FROM raw_events WHERE project = $1", harness.project
+        )
     assert n == len(events) + 1
 
 

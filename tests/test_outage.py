@@ -1,0 +1,95 @@
+"""Redis or Postgres down: 503 with Retry-After naming the backend, never a 500, nothing
+lost; both recover without restarting the service."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from counters import embedded
+from tests.service import Service, create_key, service_env
+from tests.support import Backends, create_database
+
+
+@pytest.fixture(scope="module")
+def private() -> Iterator[tuple[Path, Path, str, str]]:
+    """A Valkey and a Postgres of this module's own, so they can be stopped."""
+    vdir = Path(tempfile.mkdtemp(prefix="counters-outage-v-"))
+    pdir = Path(tempfile.mkdtemp(prefix="counters-outage-p-"))
+    for d in (vdir, pdir):
+        d.chmod(0o755)
+    try:
+        redis_url = embedded.ensure_valkey(vdir)
+        server_url = embedded.ensure_postgres(pdir)
+        yield vdir, pdir, redis_url, create_database(server_url, "outage")
+    finally:
+        for d in (vdir, pdir):
+            embedded.stop_embedded(d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_redis_then_postgres_down_and_back(
+    private: tuple[Path, Path, str, str], backends: Backends, tmp_path: Path
+) -> None:
+    vdir, pdir, redis_url, database_url = private
+    own = Backends(redis_url, database_url, "outage", None)
+    env = service_env(own, tmp_path)
+    svc = Service(env, tmp_path / "service.log")
+    svc.start()
+    project = "out" + uuid.uuid4().hex[:6]
+    ingest = {"Authorization": "Bearer " + create_key(env, project, "ingest")}
+    read = {"Authorization": "Bearer " + create_key(env, project, "read")}
+    total_url = f"/v1/projects/{project}/total?name=click&grain=minute&excluding_current=false"
+    try:
+        with httpx.Client(base_url=svc.url, timeout=30) as c:
+            assert c.post("/v1/events", json=[{"name": "click"}], headers=ingest).status_code == 200
+            assert c.get(total_url, headers=read).json()["value"] == 1
+
+            embedded.stop_embedded(vdir)  # Redis down
+            r = c.post("/v1/events", json=[{"name": "click"}], headers=ingest)
+            assert r.status_code == 503 and r.headers["retry-after"]
+            assert r.json()["error"]["code"] == "redis_unavailable"
+            r = c.get(total_url, headers=read)
+            assert r.status_code == 503 and r.headers["retry-after"]
+            h = c.get("/healthz")
+            assert h.status_code == 503 and h.json()["checks"] == {
+                "redis": "down",
+                "postgres": "ok",
+            }
+            pixel = c.get(
+                "/v1/pixel.gif", params={"key": ingest["Authorization"][7:], "name": "click"}
+            )
+            assert pixel.status_code == 200 and pixel.content.startswith(b"GIF")
+
+            assert embedded.ensure_valkey(vdir) == redis_url  # back, same port, AOF intact
+            r = c.post("/v1/events", json=[{"name": "click"}], headers=ingest)
+            assert r.status_code == 200, r.text
+            assert c.get(total_url, headers=read).json()["value"] == 2
+
+            embedded.stop_embedded(pdir)  # Postgres down
+            h = c.get("/healthz")
+            assert h.status_code == 503 and h.json()["checks"] == {
+                "redis": "ok",
+                "postgres": "down",
+            }
+            assert "postgres" in h.json()["error"]["message"]
+            r = c.get(total_url, headers=read)
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert r.json()["error"]["code"] == "postgres_unavailable"
+            # ingest goes on: the key is cached and Redis holds the events
+            r = c.post("/v1/events", json=[{"name": "click"}], headers=ingest)
+            assert r.status_code == 200, r.text
+
+            embedded.ensure_postgres(pdir)
+            r = c.get(total_url, headers=read)
+            assert r.status_code == 200 and r.json()["value"] == 3
+    finally:
+        svc.stop()
+    log = (tmp_path / "service.log").read_text()
+    assert "unexpected error" not in log, log[-3000:]
