@@ -85,17 +85,22 @@ def parse_read(params: Mapping[str, str], now_ms: int, crosstabs: tuple[Rollup, 
     current = bucket_start(now_ms, grain)
     limit = current if excluding_current else current + grain.value
     try:
-        end = bucket_ceil(parse_ts(params["to"]), grain) if "to" in params else limit
-        start = (
-            bucket_start(parse_ts(params["from"]), grain)
-            if "from" in params
-            else end - DEFAULT_BUCKETS * grain.value
-        )
+        raw_end = parse_ts(params["to"]) if "to" in params else None
+        raw_start = parse_ts(params["from"]) if "from" in params else None
     except ValueError as exc:
         raise BadRequest(f"from/to: {exc}", code="bad_parameter") from exc
-    end = min(end, limit)
-    if start > end:
+    if raw_start is not None and raw_end is not None and raw_start > raw_end:
         raise BadRequest("from must be before to", code="bad_parameter")
+    end = limit if raw_end is None else min(bucket_ceil(raw_end, grain), limit)
+    if raw_start is None:
+        start = end - DEFAULT_BUCKETS * grain.value
+    else:
+        start = bucket_start(raw_start, grain)
+        if start > end:
+            raise BadRequest(
+                "from is after the last bucket that can be read (to stops at the current bucket)",
+                code="bad_parameter",
+            )
     filters: dict[str, str] = {}
     for key, value in params.items():
         if key in RESERVED:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime, timedelta
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_MS = re.compile(r"-?[0-9]{1,16}\Z")
 
 
 class Grain(enum.IntEnum):
@@ -69,7 +71,7 @@ def parse_ts(value: str | int | float) -> int:
             raise ValueError("not a finite number")
         return int(value)
     text = value.strip()
-    if text.lstrip("-").isdigit():
+    if _EPOCH_MS.match(text):
         return int(text)
     if len(text) < 20 or text[10] not in "Tt ":
         raise ValueError("expected RFC 3339 (e.g. 2026-11-23T10:00:00Z) or epoch milliseconds")

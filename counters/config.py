@@ -80,5 +80,11 @@ def load_settings(
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ValueError(f"bad setting: {exc}") from exc
-    crosstabs = tuple(tuple(sorted(set(c))) for c in settings.crosstabs if len(set(c)) > 1)
+    crosstabs = tuple(
+        dict.fromkeys(tuple(sorted(set(c))) for c in settings.crosstabs if len(set(c)) > 1)
+    )
+    if "{" in settings.key_prefix or "}" in settings.key_prefix:
+        raise ValueError(
+            "bad setting: key_prefix may not contain { or } (the hash tag is per project)"
+        )
     return msgspec.structs.replace(settings, crosstabs=crosstabs)

@@ -9,12 +9,13 @@ import msgspec
 from counters.buckets import parse_ts
 from counters.errors import Invalid
 
-NAME_PATTERN = "^[a-z0-9_.-]{1,64}$"
-DIM_NAME_PATTERN = "^[a-z0-9_]{1,32}$"
-DIM_VALUE_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,256}$"
+NAME_PATTERN = "^[a-z0-9_.-]{1,64}\\Z"
+DIM_NAME_PATTERN = "^[a-z0-9_]{1,32}\\Z"
+DIM_VALUE_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,256}\\Z"
 MAX_DIMS = 16
 MAX_DIM_VALUE_BYTES = 256
-MAX_ABS_VALUE = 1e12
+MAX_ABS_VALUE = 1e9
+"""Largest |value|: in millionths it stays exact as a float and a bucket's sum fits 64 bits."""
 VALUE_SCALE = 1_000_000
 """Sums are kept as integer millionths: exact, order-independent, reproducible by rebuild."""
 

@@ -249,12 +249,6 @@ def test_crosstab_groups_in_group_events() -> None:
     assert groups[("h", T0, encode_field("click", ("device",), ("ios",)))][3] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_settings does not deduplicate cross-tabs after sorting their dims, so "
-    "COUNTERS_CROSSTABS='source:country,country:source' yields the same rollup twice, "
-    "fields_for emits its field twice and group_events counts each event twice for it",
-)
 def test_crosstab_declared_twice_counts_each_event_once() -> None:
     crosstabs = load_settings({"COUNTERS_CROSSTABS": "source:country,country:source"}).crosstabs
     ev = event(T0, {"country": "DE", "source": "web"}, value=1_000_000)

@@ -113,11 +113,6 @@ def test_name_rejected(name: str) -> None:
     assert "$[0].name" in rejected_by_decoder({"name": name})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NAME_PATTERN ends in `$`, which also matches before a trailing newline, "
-    "so 'click\\n' passes the pattern",
-)
 def test_name_with_trailing_newline_rejected() -> None:
     assert "$[0].name" in rejected_by_decoder({"name": "click\n"})
 
@@ -244,11 +239,6 @@ def test_dim_name_rejected(dim: str) -> None:
     assert "$[0].dims" in rejected_by_decoder({"name": "click", "dims": {dim: "v"}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: DIM_NAME_PATTERN ends in `$`, which also matches before a trailing newline, "
-    "so the dim name 'country\\n' is accepted",
-)
 def test_dim_name_with_trailing_newline_rejected() -> None:
     assert "$[0].dims" in rejected_by_decoder({"name": "click", "dims": {"country\n": "v"}})
 
@@ -297,11 +287,6 @@ def test_dim_value_control_characters_rejected(value: str) -> None:
     assert "$[0].dims" in rejected_by_decoder({"name": "click", "dims": {"city": value}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: DIM_VALUE_PATTERN ends in `$`, which also matches before a trailing newline, "
-    "so the control character in 'US\\n' gets through",
-)
 def test_dim_value_with_trailing_newline_rejected() -> None:
     assert "$[0].dims" in rejected_by_decoder({"name": "click", "dims": {"country": "US\n"}})
 
@@ -328,8 +313,9 @@ def test_dims_wrong_type(dims: Any) -> None:
         (7, 7_000_000),
         (0, 0),
         (-3.25, -3_250_000),
-        (1e12, 10**18),
-        (-1e12, -(10**18)),
+        (1e9, 10**15),
+        (-1e9, -(10**15)),
+        (999_999_999.999999, 999_999_999_999_999),
         (None, 0),
     ],
 )
@@ -340,7 +326,7 @@ def test_value_in_millionths(value: float | None, micros: int) -> None:
     assert to_micros(value) == micros
 
 
-@pytest.mark.parametrize("value", [1e12 + 1, -1e12 - 1, 1_000_000_000_001, 1e13, 1e300, -1e300])
+@pytest.mark.parametrize("value", [1e9 + 1, -1e9 - 1, 1_000_000_001, 1e12, 1e300, -1e300])
 def test_value_out_of_range(value: float) -> None:
     assert "$[0].value" in rejected_by_decoder({"name": "click", "value": value})
 
