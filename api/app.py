@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             dedupe_window_ms=resolved.dedupe_window_seconds * 1000,
             backlog_cap=resolved.raw_backlog_cap,
             restore_watermarks=restore,
+            durable_ack=resolved.durable_ack,
         )
         state = AppState(
             resolved,

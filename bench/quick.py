@@ -97,10 +97,12 @@ async def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             await asyncio.gather(*[worker() for _ in range(args.clients)])
             elapsed = time.perf_counter() - t0
-            print(f"batch ingest: {args.events} events in {elapsed:.2f}s = "
-                  f"{args.events / elapsed:,.0f} events/s "
-                  f"(batches of {args.batch}, {args.clients} clients, 1 worker, 4 dims, "
-                  f"ts spread over {args.spread_seconds}s)")
+            print(
+                f"batch ingest: {args.events} events in {elapsed:.2f}s = "
+                f"{args.events / elapsed:,.0f} events/s "
+                f"(batches of {args.batch}, {args.clients} clients, 1 worker, 4 dims, "
+                f"ts spread over {args.spread_seconds}s)"
+            )
 
             lags = []
             for i in range(args.freshness_samples):
@@ -114,8 +116,10 @@ async def run(args: argparse.Namespace) -> None:
                     if v.json()["value"] == 1:
                         lags.append((time.perf_counter() - acked) * 1000)
                         break
-            print(f"2xx -> readable: median {statistics.median(lags):.2f} ms, "
-                  f"max {max(lags):.2f} ms over {len(lags)} events")
+            print(
+                f"2xx -> readable: median {statistics.median(lags):.2f} ms, "
+                f"max {max(lags):.2f} ms over {len(lags)} events"
+            )
             reads = []
             for _ in range(50):
                 t = time.perf_counter()
@@ -126,8 +130,10 @@ async def run(args: argparse.Namespace) -> None:
                 )
                 r.raise_for_status()
                 reads.append((time.perf_counter() - t) * 1000)
-            print(f"30-bucket minute series (client wall-clock): median "
-                  f"{statistics.median(reads):.2f} ms")
+            print(
+                f"30-bucket minute series (client wall-clock): median "
+                f"{statistics.median(reads):.2f} ms"
+            )
     finally:
         svc.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_future_seconds: int = 300
     raw_backlog_cap: int = 2_000_000
     """Raw-log entries Redis may hold before ingest answers 503."""
+    durable_ack: bool = False
+    """Answer 2xx only once the batch is on disk (WAITAOF, or a server with appendfsync
+    always); a kill -9 of Redis then loses nothing acknowledged."""
     key_cache_seconds: float = 10.0
     """How long the API trusts a looked-up API key without asking Postgres again."""
 

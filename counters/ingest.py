@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from counters.errors import BacklogFull, Unavailable
 from counters.keys import ProjectKeys
@@ -20,6 +20,7 @@ Group = list[Any]  # [grain short, bucket (str), field, count, sum micros (str),
 
 _payload_encoder = msgspec.msgpack.Encoder()
 _MAX_ATTEMPTS = 8
+DURABLE_TIMEOUT_MS = 2000
 
 
 def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
@@ -74,6 +75,7 @@ class Ingestor:
         dedupe_window_ms: int,
         backlog_cap: int,
         restore_watermarks: RestoreWatermarks,
+        durable_ack: bool = False,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -82,6 +84,31 @@ class Ingestor:
         self._dedupe_ms = dedupe_window_ms
         self._cap = backlog_cap
         self._restore = restore_watermarks
+        self._durable = durable_ack
+        self._waitaof: bool | None = None  # None: not probed yet
+
+    async def _wait_on_disk(self) -> None:
+        """Returns once everything this client wrote is fsynced to the AOF."""
+        if self._waitaof is not False:
+            try:
+                local, _ = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "WAITAOF", 1, 0, DURABLE_TIMEOUT_MS
+                )
+            except ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise Unavailable("redis", f"WAITAOF failed: {exc}") from exc
+                self._waitaof = False
+            else:
+                self._waitaof = True
+                if int(local) < 1:
+                    raise Unavailable("redis", "the batch is not on disk yet (WAITAOF timed out)")
+                return
+        config: dict[Any, Any] = await self._redis.config_get("appendfsync")
+        if {config.get("appendfsync"), config.get(b"appendfsync")} & {"always", b"always"}:
+            return
+        raise Unavailable(
+            "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
+        )
 
     async def apply(self, project: str, events: list[RawEvent]) -> IngestReply:
         """Counts every event exactly once unless its id was seen inside the dedupe window;
@@ -110,6 +137,11 @@ class Ingestor:
                 raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if status == "OK":
+                if self._durable:
+                    try:
+                        await self._wait_on_disk()
+                    except (RedisError, OSError) as exc:
+                        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
             if status == "DUP":
                 seen = {ids[i - 1] for i in reply[1:]}

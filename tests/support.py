@@ -140,6 +140,7 @@ class Harness:
             dedupe_window_ms=settings.dedupe_window_seconds * 1000,
             backlog_cap=settings.raw_backlog_cap,
             restore_watermarks=restore,
+            durable_ack=settings.durable_ack,
         )
         persister = Persister(pool, redis, scripts, settings, clock, Metrics())
         keys = ProjectKeys(settings.key_prefix, project)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
-from counters.errors import BacklogFull
+from counters.errors import BacklogFull, Unavailable
 from counters.keys import count_field, sum_field
 from counters.rollups import encode_field
 from tests.support import T0, Harness, wait_for
@@ -152,3 +152,21 @@ async def test_backlog_cap_refuses_whole_batch(harness: Harness) -> None:
     capped.clock.advance(HOUR_MS)
     await capped.persist()  # copies the raw log, which frees the backlog
     assert (await capped.ingest(ev(), ev())).accepted == 2
+
+
+async def test_durable_ack_waits_for_the_aof(harness: Harness) -> None:
+    durable = Harness.build(
+        harness.settings,
+        harness.redis,
+        harness.pool,
+        harness.scripts,
+        harness.project,
+        durable_ack=True,
+    )
+    info = await harness.redis.info("persistence")
+    if not info.get("aof_enabled"):
+        with pytest.raises(Unavailable, match="appendfsync always"):
+            await durable.ingest(ev())
+        return
+    assert (await durable.ingest(ev())).accepted == 1
+    assert durable.ingestor._waitaof is not None
