@@ -5,15 +5,23 @@ Redis and Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from counters.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    import asyncpg
+    from redis.asyncio import Redis
+
+    from persist.persister import Persister
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -66,9 +74,9 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     )
 
 
-@main.command()
-def persist() -> None:
-    """Run the persister alone (several may run; they split projects safely)."""
+@contextlib.asynccontextmanager
+async def _backends(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Pool, Persister]]:
+    """Redis client, migrated pool and a persister on the resolved settings."""
     from counters.backends import open_redis
     from counters.clock import SystemClock
     from counters.metrics import Metrics
@@ -76,23 +84,127 @@ def persist() -> None:
     from persist.db import create_pool
     from persist.persister import Persister
 
+    assert settings.redis_url and settings.database_url
+    redis = open_redis(settings.redis_url)
+    pool = await create_pool(settings.database_url, max_size=4)
+    try:
+        persister = Persister(pool, redis, Scripts(redis), settings, SystemClock(), Metrics())
+        yield redis, pool, persister
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+@main.command()
+def persist() -> None:
+    """Run the persister alone (several may run; they split projects safely)."""
     settings = _settings()
 
     async def run() -> None:
-        assert settings.redis_url and settings.database_url
-        redis = open_redis(settings.redis_url)
-        pool = await create_pool(settings.database_url, max_size=4)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await Persister(pool, redis, Scripts(redis), settings, SystemClock(), Metrics()).run(
-                stop
+        async with _backends(settings) as (_, _, persister):
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await persister.run(stop)
+
+    asyncio.run(run())
+
+
+def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A progress bar with events/s and ETA on a terminal; plain lines otherwise."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, unit="ev", unit_scale=True, file=sys.stderr)
+
+        def update(n: int) -> None:
+            bar.update(n)
+
+        return update, bar.close
+    from persist.rebuild import Ticker
+
+    return Ticker(label, total, lambda line: click.echo(line, err=True)), lambda: None
+
+
+def _ms(text: str, option: str) -> int:
+    from counters.buckets import parse_ts
+
+    try:
+        return parse_ts(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
+@main.command()
+@click.option("--project", required=True, help="Project to rebuild.")
+@click.option("--name", default=None, help="Only this event name.")
+@click.option("--from", "from_", required=True, help="Start (RFC 3339 or epoch ms).")
+@click.option("--to", "to", required=True, help="End, exclusive (RFC 3339 or epoch ms).")
+@click.option("--dry-run", is_flag=True, help="Only print the buckets that differ.")
+def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) -> None:
+    """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
+    ingest keeps running. Idempotent; --dry-run changes nothing."""
+    from persist.projects import project_exists
+    from persist.rebuild import Rebuilder, count_raw, describe
+
+    start, end = _ms(from_, "--from"), _ms(to, "--to")
+    if start >= end:
+        raise click.BadParameter("--from must be before --to", param_hint="--from")
+    settings = _settings()
+
+    async def run() -> None:
+        async with _backends(settings) as (redis, pool, persister):
+            async with pool.acquire() as conn:
+                if not await project_exists(conn, project):
+                    raise click.ClickException(f"unknown project {project!r}")
+            total = await count_raw(pool, project, start, end, name)
+            update, close = _progress(f"rebuild {project}", total)
+            try:
+                report = await Rebuilder(pool, redis, settings, persister).run(
+                    project, start, end, name=name, write=not dry_run, progress=update
+                )
+            finally:
+                close()
+        days = len({d.bucket[:10] for d in report.diffs})
+        done = (
+            f"would rewrite {days} day(s)" if dry_run else f"rewrote {report.written_days} day(s)"
+        )
+        click.echo(
+            f"rebuild {project}: {report.events} events, {report.rows} rollup rows,"
+            f" {report.discrepancies} differ; {done}"
+        )
+        for diff in report.diffs:
+            click.echo("  " + describe(diff))
+        click.echo(f"discrepancies: {report.discrepancies}")
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.option("--days", type=int, default=7, show_default=True, help="Window to check.")
+@click.option("--project", "projects", multiple=True, help="Only these projects.")
+@click.option("--dry-run", is_flag=True, help="Report without correcting.")
+def reconcile(days: int, projects: tuple[str, ...], dry_run: bool) -> None:
+    """Compare every rollup of the last N days with the raw log, report and fix differences."""
+    from counters.clock import SystemClock
+    from persist.projects import list_projects
+    from persist.rebuild import Rebuilder, reconcile_projects
+
+    settings = _settings()
+
+    async def run() -> None:
+        async with _backends(settings) as (redis, pool, persister):
+            async with pool.acquire() as conn:
+                names = list(projects) or await list_projects(conn)
+            await reconcile_projects(
+                Rebuilder(pool, redis, settings, persister),
+                names,
+                now_ms=SystemClock().now_ms(),
+                days=days,
+                write=not dry_run,
+                echo=click.echo,
             )
-        finally:
-            await pool.close()
-            await redis.aclose()
 
     asyncio.run(run())
 

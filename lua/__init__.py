@@ -22,3 +22,4 @@ class Scripts:
         self.restore: AsyncScript = redis.register_script(read_script("restore"))
         self.rotate_late: AsyncScript = redis.register_script(read_script("rotate_late"))
         self.trim_raw: AsyncScript = redis.register_script(read_script("trim_raw"))
+        self.cut: AsyncScript = redis.register_script(read_script("cut"))

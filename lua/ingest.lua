@@ -1,7 +1,8 @@
 -- ingest.lua: apply one pre-grouped batch of events for one project, atomically.
 --
 -- KEYS[1]  X:{p:P}:wm   hash: m, h, d = sealed-until per grain (epoch ms); gen = late
---                       generation; rawn = events in the raw-log stream not yet in Postgres
+--                       generation; rawn = events in the raw-log stream not yet in Postgres;
+--                       rawlast = id of the last raw-log entry ever added
 -- KEYS[2]  X:{p:P}:raw  stream: the raw log, one entry per batch (fields n, e)
 -- ARGV[1]  key base "X:{p:P}:"; the other keys are derived from it exactly as
 --          counters/keys.py names them (h:, u:, dirty:, id:, late:)
@@ -91,7 +92,8 @@ for _, g in ipairs(groups) do
 end
 
 if n_events > 0 then
-  redis.call('XADD', KEYS[2], '*', 'n', n_events, 'e', blob)
+  local id = redis.call('XADD', KEYS[2], '*', 'n', n_events, 'e', blob)
   redis.call('HINCRBY', KEYS[1], 'rawn', n_events)
+  redis.call('HSET', KEYS[1], 'rawlast', id)
 end
 return {'OK', late}

@@ -5,10 +5,11 @@ re-run after a crash at any point without double counting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import asyncpg
@@ -53,6 +54,42 @@ _raw_batch = msgspec.msgpack.Decoder(list[RawEvent])
 _json = msgspec.json.Encoder()
 
 Record = tuple[Any, ...]
+
+
+def stream_key(stream_id: str) -> tuple[int, int]:
+    """Orderable form of a Redis stream id `ms-seq`."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@contextlib.asynccontextmanager
+async def project_lock(conn: Conn, project: str, *, wait: bool) -> AsyncIterator[bool]:
+    """Holds the project's persister lock (a session advisory lock) for the block; yields
+    whether it is held (always True with wait=True)."""
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", PROJECT_LOCK_CLASS, project)
+        held = True
+    else:
+        held = bool(
+            await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))", PROJECT_LOCK_CLASS, project
+            )
+        )
+    try:
+        yield held
+    finally:
+        if held:
+            await conn.execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))", PROJECT_LOCK_CLASS, project
+            )
+
+
+class Cut(msgspec.Struct, frozen=True):
+    """A consistent cut: late generations up to last_gen, watermarks, raw-log position."""
+
+    last_gen: int
+    sealed: dict[Grain, int]
+    stream_id: str
 
 
 class ProjectReport(msgspec.Struct):
@@ -169,30 +206,52 @@ class Persister:
     async def persist_project(self, project: str) -> ProjectReport | None:
         """Runs the protocol once for one project, unless another persister holds it (None)."""
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))", PROJECT_LOCK_CLASS, project
-            ):
-                return None
-            try:
-                keys = ProjectKeys(self.settings.key_prefix, project)
-                await restore_watermarks(
-                    self.pool, self.redis, self.scripts, self.settings.key_prefix, project
-                )
-                report = ProjectReport()
-                # 1. finish buckets sealed earlier but not yet copied
-                report.buckets_copied += await self._copy_sealed(conn, keys)
-                # 2. late deltas: every bucket they touch is now in Postgres
-                report.late_generations += await self._drain_late(conn, keys)
-                # 3. seal what has closed since, and copy it
-                await self._seal(keys)
-                report.buckets_copied += await self._copy_sealed(conn, keys)
-                # 4. the raw log
-                report.raw_events += await self._copy_raw(conn, keys)
-                return report
-            finally:
-                await conn.execute(
-                    "SELECT pg_advisory_unlock($1, hashtext($2))", PROJECT_LOCK_CLASS, project
-                )
+            async with project_lock(conn, project, wait=False) as held:
+                if not held:
+                    return None
+                return await self.run_protocol(conn, ProjectKeys(self.settings.key_prefix, project))
+
+    async def run_protocol(self, conn: Conn, keys: ProjectKeys) -> ProjectReport:
+        """The seal-then-copy protocol, in DESIGN.md's order; the caller holds the lock."""
+        await restore_watermarks(
+            self.pool, self.redis, self.scripts, self.settings.key_prefix, keys.project
+        )
+        report = ProjectReport()
+        # 1. finish buckets sealed earlier but not yet copied
+        report.buckets_copied += await self._copy_sealed(conn, keys)
+        # 2. late deltas: every bucket they touch is now in Postgres
+        report.late_generations += await self._drain_late(conn, keys)
+        # 3. seal what has closed since, and copy it
+        await self._seal(keys)
+        report.buckets_copied += await self._copy_sealed(conn, keys)
+        # 4. the raw log
+        report.raw_events += await self._copy_raw(conn, keys)
+        return report
+
+    async def drain_to_cut(self, conn: Conn, keys: ProjectKeys) -> Cut:
+        """Takes a cut of the project's write stream and brings Postgres exactly to it: every
+        bucket below the cut's watermarks then holds exactly the events of the raw log up to
+        the cut's stream id (all of which are in raw_events). The caller holds the lock."""
+        await restore_watermarks(
+            self.pool, self.redis, self.scripts, self.settings.key_prefix, keys.project
+        )
+        reply = await self.scripts.cut(keys=[keys.watermarks, keys.raw])
+        if _s(reply[0]) == "NOWM":  # pragma: no cover - restored just above
+            raise RuntimeError("watermarks vanished during the cut")
+        cut = Cut(
+            last_gen=int(reply[0]),
+            sealed={g: int(v) for g, v in zip(GRAINS, reply[1:4], strict=True)},
+            stream_id=_s(reply[4]),
+        )
+        await self._copy_sealed(conn, keys)
+        state = await load_state(conn, keys.project)
+        for gen in range(state.late_applied + 1, cut.last_gen + 1):
+            await self._apply_late_generation(conn, keys, gen)
+        while stream_key(state.raw_stream_id) < stream_key(cut.stream_id):
+            if not await self._copy_raw(conn, keys):
+                break
+            state = await load_state(conn, keys.project)
+        return cut
 
     # -- seal and copy --------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ async def restore_watermarks(
                 state.hour_until,
                 state.day_until,
                 state.late_applied + 1,
+                state.raw_stream_id,
             ],
         )
     except (RedisError, OSError) as exc:
