@@ -75,11 +75,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         resolved = await asyncio.to_thread(resolve_settings, base_settings)
+        metrics = Metrics()
         assert resolved.redis_url and resolved.database_url
         redis = open_redis(resolved.redis_url)
         pool = await create_pool(resolved.database_url)
         scripts = Scripts(redis)
-        metrics = Metrics()
 
         async def restore(project: str) -> None:
             await restore_watermarks(pool, redis, scripts, resolved.key_prefix, project)
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             backlog_cap=resolved.raw_backlog_cap,
             restore_watermarks=restore,
             durable_ack=resolved.durable_ack,
+            dim_cap=resolved.dim_cardinality_cap,
+            on_fold=metrics.dims_folded.inc,
         )
         state = AppState(
             resolved,

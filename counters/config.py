@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_future_seconds: int = 300
     raw_backlog_cap: int = 2_000_000
     """Raw-log entries Redis may hold before ingest answers 503."""
+    dim_cardinality_cap: int = 10_000
+    """Distinct values one dim may take per project per UTC day; the rest count as
+    __other__ (0 = no cap)."""
     durable_ack: bool = False
     """Answer 2xx only once the batch is on disk (WAITAOF, or a server with appendfsync
     always); a kill -9 of Redis then loses nothing acknowledged."""

@@ -20,6 +20,9 @@ Group = list[Any]  # [grain short, bucket (str), field, count, sum micros (str),
 
 _payload_encoder = msgspec.msgpack.Encoder()
 _MAX_ATTEMPTS = 8
+OTHER = "__other__"
+"""The value a dim takes once it is past its per-day cardinality cap."""
+DIM_SET_TTL_MS = 2 * 86_400_000
 DURABLE_TIMEOUT_MS = 2000
 
 
@@ -62,6 +65,32 @@ def _first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
     return kept, len(events) - len(kept)
 
 
+def _dim_values(events: list[RawEvent]) -> list[list[str]]:
+    """Every distinct [dim, day start, value] of the batch (other than __other__)."""
+    seen = {
+        (dim, str(ev.ts - ev.ts % 86_400_000), value)
+        for ev in events
+        for dim, value in ev.dims.items()
+        if value != OTHER
+    }
+    return [list(t) for t in sorted(seen)]
+
+
+def _fold(events: list[RawEvent], over: set[tuple[str, ...]]) -> tuple[list[RawEvent], int]:
+    """Events with every over-cap (dim, day, value) replaced by __other__; and how many
+    events changed."""
+    out: list[RawEvent] = []
+    folded = 0
+    for ev in events:
+        day = str(ev.ts - ev.ts % 86_400_000)
+        dims = {d: (OTHER if (d, day, v) in over else v) for d, v in ev.dims.items()}
+        if dims != ev.dims:
+            folded += 1
+            ev = msgspec.structs.replace(ev, dims=dims)
+        out.append(ev)
+    return out, folded
+
+
 class Ingestor:
     """Applies batches for any project; safe to share between concurrent requests."""
 
@@ -76,6 +105,8 @@ class Ingestor:
         backlog_cap: int,
         restore_watermarks: RestoreWatermarks,
         durable_ack: bool = False,
+        dim_cap: int = 0,
+        on_fold: Callable[[int], None] | None = None,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -85,6 +116,8 @@ class Ingestor:
         self._cap = backlog_cap
         self._restore = restore_watermarks
         self._durable = durable_ack
+        self._dim_cap = dim_cap
+        self._on_fold = on_fold
         self._waitaof: bool | None = None  # None: not probed yet
 
     async def _wait_on_disk(self) -> None:
@@ -119,6 +152,7 @@ class Ingestor:
             if not pending:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [ev.id for ev in pending if ev.id is not None]
+            dim_values = _dim_values(pending) if self._dim_cap else []
             payload = _payload_encoder.encode(
                 [
                     self._dedupe_ms,
@@ -126,6 +160,9 @@ class Ingestor:
                     ids,
                     group_events(pending, self._crosstabs),
                     len(pending),
+                    self._dim_cap,
+                    dim_values,
+                    DIM_SET_TTL_MS,
                 ]
             )
             try:
@@ -148,6 +185,11 @@ class Ingestor:
                 kept = [ev for ev in pending if ev.id is None or ev.id not in seen]
                 duplicates += len(pending) - len(kept)
                 pending = kept
+            elif status == "CAP":
+                over = {tuple(dim_values[i - 1]) for i in reply[1:]}
+                pending, folded = _fold(pending, over)
+                if self._on_fold is not None:
+                    self._on_fold(folded)
             elif status == "NOWM":
                 await self._restore(project)
             elif status == "BACKLOG":

@@ -12,6 +12,7 @@ base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step)
     X:{p:P}:late:<gen>             * hash   <g>:<bucket>:c<US>field -> count delta (and s)
     X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
     X:{p:P}:late:<gen>:hll         * set    <g>:<bucket>:<field> of every late HLL in gen
+    X:{p:P}:card:<dim>:<day>       * set    values of one dim seen on one UTC day (the cap)
     X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
 
 <g> is m, h or d; <bucket> the bucket start in epoch ms; <US> the unit separator \\x1f.
@@ -70,6 +71,10 @@ class ProjectKeys:
     def late_hll_index(self, gen: int) -> str:
         """Set naming every late HLL of one generation as <g>:<bucket>:<field>."""
         return f"{self.base}late:{gen}:hll"
+
+    def dim_values(self, dim: str, day: int) -> str:
+        """Set of the values one dim took on one UTC day (for the cardinality cap)."""
+        return f"{self.base}card:{dim}:{day}"
 
     def tmp(self, token: str) -> str:
         """A short-lived scratch key in the project's slot."""

@@ -45,6 +45,16 @@ class Metrics:
         self.raw_copied = Counter(
             "counters_raw_events_copied", "Raw-log events copied to Postgres", registry=r
         )
+        self.dims_folded = Counter(
+            "counters_events_dims_folded",
+            "Events whose dim values went to __other__ (cardinality cap)",
+            registry=r,
+        )
+        self.reconcile_discrepancies = Gauge(
+            "counters_reconcile_discrepancies",
+            "Rollup rows the latest reconcile of each project found different from the raw log",
+            registry=r,
+        )
         self.persister_errors = Counter(
             "counters_persister_errors", "Persister passes that failed", ["backend"], registry=r
         )

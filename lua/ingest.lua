@@ -6,17 +6,24 @@
 -- KEYS[2]  X:{p:P}:raw  stream: the raw log, one entry per batch (fields n, e)
 -- ARGV[1]  key base "X:{p:P}:"; the other keys are derived from it exactly as
 --          counters/keys.py names them (h:, u:, dirty:, id:, late:)
--- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events]
+-- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
+--          dim_values, dim_ttl_ms]
 --            dedupe_ttl_ms  integer, milliseconds an event id is remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
 --            ids            array of event-id strings to dedupe, in batch order
 --            groups         array of [grain "m"|"h"|"d", bucket start ms (string),
 --                           field, count (integer), sum in millionths (string), uids]
 --            n_events       integer, events in the raw blob
+--            dim_cap        integer, distinct values a dim may take per UTC day (0 = no cap)
+--            dim_values     array of [dim, day start ms (string), value]: every distinct one
+--                           in the batch; remembered in the set card:<dim>:<day>
+--            dim_ttl_ms     integer, how long such a set lives after its last new value
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- Returns
 --   {"OK", late_groups}     applied everything
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
+--   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
+--                           folds them into "__other__" and retries; nothing applied
 --   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
 --   {"BACKLOG", rawn}       raw log over its cap; nothing applied
 
@@ -30,6 +37,7 @@ local rawn = tonumber(wm[5] or '0')
 local base = ARGV[1]
 local p = cmsgpack.unpack(ARGV[2])
 local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
+local dim_cap, dim_values, dim_ttl = p[6], p[7], p[8]
 local blob = ARGV[3]
 
 if cap > 0 and n_events > 0 and rawn + n_events > cap then
@@ -45,8 +53,34 @@ end
 if #dups > 1 then
   return dups
 end
+
+local admit = {}
+if dim_cap > 0 then
+  local over = {'CAP'}
+  local sizes = {}
+  for i, dv in ipairs(dim_values) do
+    local key = base .. 'card:' .. dv[1] .. ':' .. dv[2]
+    if redis.call('SISMEMBER', key, dv[3]) == 0 then
+      local n = sizes[key] or redis.call('SCARD', key)
+      if n >= dim_cap then
+        over[#over + 1] = i
+      else
+        sizes[key] = n + 1
+        admit[#admit + 1] = {key, dv[3]}
+      end
+    end
+  end
+  if #over > 1 then
+    return over
+  end
+end
+
 for i = 1, #ids do
   redis.call('SET', base .. 'id:' .. ids[i], '1', 'PX', ttl)
+end
+for _, a in ipairs(admit) do
+  redis.call('SADD', a[1], a[2])
+  redis.call('PEXPIRE', a[1], dim_ttl)
 end
 
 local function pfadd(key, uids)

@@ -141,6 +141,7 @@ class Harness:
             backlog_cap=settings.raw_backlog_cap,
             restore_watermarks=restore,
             durable_ack=settings.durable_ack,
+            dim_cap=settings.dim_cardinality_cap,
         )
         persister = Persister(pool, redis, scripts, settings, clock, Metrics())
         keys = ProjectKeys(settings.key_prefix, project)

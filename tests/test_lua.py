@@ -170,3 +170,24 @@ async def test_durable_ack_waits_for_the_aof(harness: Harness) -> None:
         return
     assert (await durable.ingest(ev())).accepted == 1
     assert durable.ingestor._waitaof is not None
+
+
+async def test_dimension_cardinality_cap_folds_into_other(harness: Harness) -> None:
+    folded: list[int] = []
+    capped = Harness.build(
+        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        dim_cardinality_cap=3,
+    )
+    capped.ingestor._on_fold = folded.append
+    reply = await capped.ingest(*[ev(dims={"source": s, "country": "DE"}) for s in "abcde"])
+    assert reply.accepted == 5 and sum(folded) == 2
+    end = T0 + MINUTE_MS
+    assert [await capped.total("click", T0, end, source=s) for s in "abcde"] == [1, 1, 1, 0, 0]
+    assert await capped.total("click", T0, end, source="__other__") == 2
+    assert await capped.total("click", T0, end, country="DE") == 5  # other dims untouched
+    await capped.ingest(ev(dims={"source": "a"}), ev(dims={"source": "z"}))
+    assert await capped.total("click", T0, end, source="a") == 2
+    assert await capped.total("click", T0, end, source="__other__") == 3
+    capped.clock.advance(DAY_MS)  # a new day starts with a fresh allowance
+    await capped.ingest(ev(ts=T0 + DAY_MS, dims={"source": "z"}))
+    assert await capped.total("click", T0 + DAY_MS, T0 + DAY_MS + MINUTE_MS, source="z") == 1
