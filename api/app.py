@@ -28,6 +28,8 @@ from counters.metrics import Metrics
 from lua import Scripts
 from persist.db import create_pool
 from persist.persister import Persister
+from persist.rebuild import Rebuilder
+from persist.schedule import nightly_reconcile
 from persist.state import restore_watermarks
 
 log = logging.getLogger("counters.api")
@@ -107,16 +109,29 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             KeyCache(resolved.key_cache_seconds),
         )
         stop = asyncio.Event()
-        persister_task = None
+        persister = Persister(pool, redis, scripts, resolved, the_clock, metrics)
+        tasks: list[asyncio.Task[None]] = []
         if resolved.persister_enabled:
-            persister = Persister(pool, redis, scripts, resolved, the_clock, metrics)
-            persister_task = asyncio.create_task(persister.run(stop))
+            tasks.append(asyncio.create_task(persister.run(stop)))
+        if resolved.reconcile_enabled:
+            tasks.append(
+                asyncio.create_task(
+                    nightly_reconcile(
+                        Rebuilder(pool, redis, resolved, persister),
+                        pool,
+                        the_clock,
+                        metrics,
+                        at=resolved.reconcile_at,
+                        days=resolved.reconcile_days,
+                        stop=stop,
+                    )
+                )
+            )
         try:
             yield {"counters": state, "pixel": pixel.GroupCommitter(ingestor)}
         finally:
             stop.set()
-            if persister_task is not None:
-                await persister_task
+            await asyncio.gather(*tasks)
             await pool.close()
             await redis.aclose()
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, json_response
+from persist.schedule import latest_discrepancies
 
 CHECK_TIMEOUT = 2.0
 
@@ -48,5 +49,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
-    return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition (reconcile figures refreshed from Postgres when it answers)."""
+    state = app_state(request)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            async with state.pool.acquire() as conn:
+                state.metrics.reconcile_discrepancies.set(await latest_discrepancies(conn))
+    except Exception:  # noqa: BLE001 - metrics must render even with Postgres down
+        pass
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NoReturn
 
 import msgspec
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from counters.errors import BadRequest
 from counters.keys import ProjectKeys
 from counters.models import DIM_NAME_PATTERN, NAME_PATTERN, VALUE_SCALE
 from counters.rollups import Rollup
+from persist.retention import minute_edge
 
 MEASURES = ("count", "sum", "uniques")
 RESERVED = {"name", "measure", "grain", "from", "to", "excluding_current"}
@@ -67,8 +69,15 @@ def _bool(text: str, param: str) -> bool:
     raise BadRequest(f"{param} must be true or false", code="bad_parameter")
 
 
-def parse_read(params: Mapping[str, str], now_ms: int, crosstabs: tuple[Rollup, ...]) -> ReadQuery:
-    """Validates read parameters; 400 naming the first bad one."""
+def parse_read(
+    params: Mapping[str, str],
+    now_ms: int,
+    crosstabs: tuple[Rollup, ...],
+    *,
+    oldest_minute: int | None = None,
+) -> ReadQuery:
+    """Validates read parameters; 400 naming the first bad one (minute buckets before
+    oldest_minute are past retention)."""
     name = params.get("name")
     if not name:
         raise BadRequest("name is required (e.g. name=click)", code="bad_parameter")
@@ -101,6 +110,8 @@ def parse_read(params: Mapping[str, str], now_ms: int, crosstabs: tuple[Rollup, 
                 "from is after the last bucket that can be read (to stops at the current bucket)",
                 code="bad_parameter",
             )
+    if grain is Grain.minute and oldest_minute is not None and start < oldest_minute:
+        raise_past_retention(oldest_minute)
     filters: dict[str, str] = {}
     for key, value in params.items():
         if key in RESERVED:
@@ -123,6 +134,20 @@ def parse_read(params: Mapping[str, str], now_ms: int, crosstabs: tuple[Rollup, 
     return ReadQuery(name, measure, grain, start, end, rollup, tuple(filters[d] for d in rollup))
 
 
+def raise_past_retention(oldest_minute: int) -> NoReturn:
+    """400 naming the oldest minute bucket still kept."""
+    raise BadRequest(
+        f"minute buckets past retention: the oldest available minute is"
+        f" {format_ts(oldest_minute)} (use grain=hour or day further back)",
+        code="past_retention",
+    )
+
+
+def _oldest_minute(request: Request) -> int:
+    state = app_state(request)
+    return minute_edge(state.clock.now_ms(), state.settings.minute_retention_days)
+
+
 def _value(measure: str, count: int, total: int) -> int | float:
     return count if measure == "count" else total / VALUE_SCALE
 
@@ -133,7 +158,12 @@ async def series(request: Request) -> Response:
     project = await authorize(
         state, bearer_key(request), scope="read", project=request.path_params["project"]
     )
-    q = parse_read(request.query_params, state.clock.now_ms(), state.settings.crosstabs)
+    q = parse_read(
+        request.query_params,
+        state.clock.now_ms(),
+        state.settings.crosstabs,
+        oldest_minute=_oldest_minute(request),
+    )
     buckets = list(range(q.start, q.end, q.grain.value))
     if len(buckets) > MAX_SERIES_BUCKETS:
         raise BadRequest(
@@ -174,6 +204,9 @@ async def total(request: Request) -> Response:
     )
     q = parse_read(request.query_params, state.clock.now_ms(), state.settings.crosstabs)
     pieces = decompose(q.start, q.end)
+    oldest = _oldest_minute(request)
+    if any(g is Grain.minute and b and b[0] < oldest for g, b in pieces):
+        raise_past_retention(oldest)
     keys = ProjectKeys(state.settings.key_prefix, project)
     uniques = q.measure == "uniques"
     values = await read_buckets(

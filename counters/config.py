@@ -39,6 +39,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_future_seconds: int = 300
     raw_backlog_cap: int = 2_000_000
     """Raw-log entries Redis may hold before ingest answers 503."""
+    raw_retention_days: int = 90
+    """Raw-log partitions wholly older than this are dropped."""
+    minute_retention_days: int = 14
+    """Minute rollups older than this are deleted (hour and day rollups are kept forever)."""
+    reconcile_enabled: bool = True
+    """Whether `counters serve` reconciles the recent window nightly."""
+    reconcile_at: str = "03:30"
+    """UTC time of day (HH:MM) of the nightly reconcile."""
+    reconcile_days: int = 7
     dim_cardinality_cap: int = 10_000
     """Distinct values one dim may take per project per UTC day; the rest count as
     __other__ (0 = no cap)."""
@@ -89,6 +98,11 @@ def load_settings(
     crosstabs = tuple(
         dict.fromkeys(tuple(sorted(set(c))) for c in settings.crosstabs if len(set(c)) > 1)
     )
+    if settings.raw_retention_days <= settings.max_event_age_days:
+        raise ValueError("bad setting: raw_retention_days must exceed max_event_age_days")
+    hh, _, mm = settings.reconcile_at.partition(":")
+    if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise ValueError("bad setting: reconcile_at must be HH:MM (UTC)")
     if "{" in settings.key_prefix or "}" in settings.key_prefix:
         raise ValueError(
             "bad setting: key_prefix may not contain { or } (the hash tag is per project)"

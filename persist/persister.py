@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from counters.rollups import decode_field
 from lua import Scripts
 from persist.db import Conn
 from persist.projects import list_projects
+from persist.retention import apply_retention
 from persist.state import UNTIL_COLUMN, load_state, restore_watermarks
 
 log = logging.getLogger("counters.persister")
@@ -34,6 +36,7 @@ log = logging.getLogger("counters.persister")
 PROJECT_LOCK_CLASS = 7_412_002
 PARTITION_LOCK = 7_412_003
 COPY_CHUNK_BUCKETS = 50
+RETENTION_EVERY_SECONDS = 3600.0
 RAW_CHUNK_ENTRIES = 200
 TABLE = {Grain.minute: "rollups_minute", Grain.hour: "rollups_hour", Grain.day: "rollups_day"}
 STAGE_COLUMNS = ["project", "name", "rollup", "dims", "bucket", "count", "sum_micros", "hll"]
@@ -155,6 +158,7 @@ class Persister:
         self.clock = clock
         self.metrics = metrics
         self._partitions: set[int] = set()
+        self._retention_due = 0.0
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -180,9 +184,26 @@ class Persister:
                 pass
 
     async def tick(self) -> dict[str, ProjectReport]:
-        """One pass over every project; returns what it did per project it held the lock of."""
+        """One pass over every project; returns what it did per project it held the lock of.
+        Applies retention at most once an hour."""
         async with self.pool.acquire() as conn:
             projects = await list_projects(conn)
+            if time.monotonic() >= self._retention_due:
+                done = await apply_retention(
+                    conn,
+                    self.clock.now_ms(),
+                    raw_days=self.settings.raw_retention_days,
+                    minute_days=self.settings.minute_retention_days,
+                )
+                if done is not None:
+                    self._retention_due = time.monotonic() + RETENTION_EVERY_SECONDS
+                    self._partitions.clear()
+                    if done.dropped_partitions or done.minute_rows_deleted:
+                        log.info(
+                            "retention: dropped %s, deleted %d minute rows",
+                            ", ".join(done.dropped_partitions) or "no partitions",
+                            done.minute_rows_deleted,
+                        )
         reports: dict[str, ProjectReport] = {}
         lag = 0.0
         backlog = 0

@@ -39,6 +39,7 @@ from counters.rollups import decode_field, encode_field, parse_rollup_id
 from persist.db import Conn
 from persist.hll import same_registers
 from persist.persister import TABLE, Cut, Persister, project_lock, stream_key, upsert_rollups
+from persist.retention import minute_edge, raw_edge
 
 FETCH_ROWS = 5_000
 SCRATCH_TTL_MS = 3_600_000
@@ -117,6 +118,7 @@ class Rebuilder:
         self.redis = redis
         self.settings = settings
         self.persister = persister
+        self._oldest_minute = 0
 
     async def run(
         self,
@@ -133,6 +135,14 @@ class Rebuilder:
         write=False only reports what differs. Records the run in reconcile_runs."""
         first = bucket_start(start, Grain.day)
         last = bucket_ceil(end, Grain.day)
+        now = self.persister.clock.now_ms()
+        kept = raw_edge(now, self.settings.raw_retention_days)
+        if first < kept:
+            raise ValueError(
+                f"the raw log is kept for {self.settings.raw_retention_days} days: nothing"
+                f" before {format_ts(kept)} can be rebuilt"
+            )
+        self._oldest_minute = minute_edge(now, self.settings.minute_retention_days)
         report = RebuildReport(project, first, last)
         started = datetime.now(UTC)
         keys = ProjectKeys(self.settings.key_prefix, project)
@@ -169,7 +179,9 @@ class Rebuilder:
         progress: Progress | None,
     ) -> None:
         limits = {g: min(day + DAY_MS, cut.sealed[g]) for g in GRAINS}
-        if all(limit <= day for limit in limits.values()):
+        lows = {g: day for g in GRAINS}
+        lows[Grain.minute] = max(day, self._oldest_minute)
+        if all(limits[g] <= lows[g] for g in GRAINS):
             return  # nothing of this day is sealed yet
         token = uuid.uuid4().hex
         acc: dict[RowKey, list[int]] = {}
@@ -197,19 +209,19 @@ class Rebuilder:
                         )
                         for r in rows
                     ]
-                    await self._fold(keys, token, events, limits, acc, scratch)
+                    await self._fold(keys, token, events, lows, limits, acc, scratch)
                     report.events += len(events)
                     if progress is not None:
                         progress(len(events))
             blobs = await self._scratch_blobs(scratch)
             rebuilt = {k: (c, s, blobs.get(k)) for k, (c, s) in acc.items()}
-            stored = await self._stored(conn, keys.project, day, limits, name)
+            stored = await self._stored(conn, keys.project, lows, limits, name)
             diffs = _diff(rebuilt, stored)
             report.rows += len(rebuilt)
             report.discrepancies += len(diffs)
             report.diffs.extend(diffs[: max(0, DETAILS_REPORTED - len(report.diffs))])
             if write and diffs:
-                await self._write(conn, keys.project, day, limits, name, rebuilt)
+                await self._write(conn, keys.project, lows, limits, name, rebuilt)
                 report.written_days += 1
         finally:
             if scratch:
@@ -222,6 +234,7 @@ class Rebuilder:
         keys: ProjectKeys,
         token: str,
         events: list[RawEvent],
+        lows: dict[Grain, int],
         limits: dict[Grain, int],
         acc: dict[RowKey, list[int]],
         scratch: dict[RowKey, str],
@@ -233,7 +246,7 @@ class Rebuilder:
         ):
             grain = _GRAIN[grain_s]
             bucket = int(bucket_s)
-            if bucket >= limits[grain]:
+            if bucket >= limits[grain] or bucket < lows[grain]:
                 continue
             key = (grain, bucket, field)
             row = acc.get(key)
@@ -261,18 +274,23 @@ class Rebuilder:
         return out
 
     async def _stored(
-        self, conn: Conn, project: str, day: int, limits: dict[Grain, int], name: str | None
+        self,
+        conn: Conn,
+        project: str,
+        lows: dict[Grain, int],
+        limits: dict[Grain, int],
+        name: str | None,
     ) -> dict[RowKey, tuple[int, int, bytes | None]]:
         out: dict[RowKey, tuple[int, int, bytes | None]] = {}
         for grain in GRAINS:
-            if limits[grain] <= day:
+            if limits[grain] <= lows[grain]:
                 continue
             sql = (
                 f"SELECT name, rollup, dims, bucket, count, sum_micros, hll FROM {TABLE[grain]}"
                 " WHERE project = $1 AND bucket >= $2 AND bucket < $3"
                 + (" AND name = $4" if name else "")
             )
-            args: list[Any] = [project, to_datetime(day), to_datetime(limits[grain])]
+            args: list[Any] = [project, to_datetime(lows[grain]), to_datetime(limits[grain])]
             if name:
                 args.append(name)
             for r in await conn.fetch(sql, *args):
@@ -288,7 +306,7 @@ class Rebuilder:
         self,
         conn: Conn,
         project: str,
-        day: int,
+        lows: dict[Grain, int],
         limits: dict[Grain, int],
         name: str | None,
         rebuilt: dict[RowKey, tuple[int, int, bytes | None]],
@@ -301,13 +319,13 @@ class Rebuilder:
             )
         async with conn.transaction():
             for grain in GRAINS:
-                if limits[grain] <= day:
+                if limits[grain] <= lows[grain]:
                     continue
                 sql = (
                     f"DELETE FROM {TABLE[grain]} WHERE project = $1 AND bucket >= $2"
                     " AND bucket < $3" + (" AND name = $4" if name else "")
                 )
-                args: list[Any] = [project, to_datetime(day), to_datetime(limits[grain])]
+                args: list[Any] = [project, to_datetime(lows[grain]), to_datetime(limits[grain])]
                 if name:
                     args.append(name)
                 await conn.execute(sql, *args)

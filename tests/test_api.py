@@ -172,7 +172,7 @@ async def test_auth_errors(client: httpx.AsyncClient, keys: Keys) -> None:
         ({"name": "ok", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "before"),
         ({"name": "ok", "source": "a", "link": "b"}, "no rollup covers dims link, source"),
         ({"name": "ok", "Bad-Param": "x"}, "unknown parameter"),
-        ({"name": "ok", "grain": "minute", "from": "0"}, "at most 10000"),
+        ({"name": "ok", "grain": "hour", "from": "0"}, "at most 10000"),
     ],
 )
 async def test_bad_read_parameters(
@@ -229,3 +229,22 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
 async def test_unknown_route_is_json_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_minute_series_past_retention_is_400(client: httpx.AsyncClient, keys: Keys) -> None:
+    frm = str(now_ms() - 20 * 86_400_000)
+    r = await client.get(
+        f"/v1/projects/{keys.project}/series",
+        params={"name": "ok", "grain": "minute", "from": frm, "to": str(int(frm) + 600_000)},
+        headers=auth(keys.read),
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "past_retention"
+    assert "oldest available minute" in r.json()["error"]["message"]
+    r = await client.get(
+        f"/v1/projects/{keys.project}/total",
+        params={"name": "ok", "grain": "minute", "from": frm},
+        headers=auth(keys.read),
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "past_retention"
+    text = (await client.get("/metrics")).text
+    assert "counters_reconcile_discrepancies" in text

@@ -175,7 +175,11 @@ async def test_durable_ack_waits_for_the_aof(harness: Harness) -> None:
 async def test_dimension_cardinality_cap_folds_into_other(harness: Harness) -> None:
     folded: list[int] = []
     capped = Harness.build(
-        harness.settings, harness.redis, harness.pool, harness.scripts, harness.project,
+        harness.settings,
+        harness.redis,
+        harness.pool,
+        harness.scripts,
+        harness.project,
         dim_cardinality_cap=3,
     )
     capped.ingestor._on_fold = folded.append
