@@ -248,3 +248,14 @@ async def test_minute_series_past_retention_is_400(client: httpx.AsyncClient, ke
     assert r.status_code == 400 and r.json()["error"]["code"] == "past_retention"
     text = (await client.get("/metrics")).text
     assert "counters_reconcile_discrepancies" in text
+
+
+async def test_late_event_is_readable_at_once(client: httpx.AsyncClient, keys: Keys) -> None:
+    name = "late" + uuid.uuid4().hex[:6]
+    old = now_ms() - 20 * 60_000  # 20 minutes ago: sealed (grace is 1 s here)
+    r = await client.post(
+        "/v1/events", json=[{"name": name, "ts": old, "value": 4}], headers=auth(keys.ingest)
+    )
+    assert r.status_code == 200
+    assert await total(client, keys, name, **{"from": str(old - 60_000)}) == 1
+    assert await total(client, keys, name, measure="sum", **{"from": str(old - 60_000)}) == 4

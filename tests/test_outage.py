@@ -3,18 +3,20 @@ lost; both recover without restarting the service."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from counters import embedded
 from tests.service import Service, create_key, service_env
-from tests.support import Backends, create_database
+from tests.support import Backends, create_database, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,17 @@ def test_redis_then_postgres_down_and_back(
             embedded.ensure_postgres(pdir)
             r = c.get(total_url, headers=read)
             assert r.status_code == 200 and r.json()["value"] == 3
+
+            async def copied() -> int:
+                conn = await asyncpg.connect(database_url)
+                try:
+                    n: int = await conn.fetchval("SELECT count(*) FROM raw_events")
+                    return n
+                finally:
+                    await conn.close()
+
+            # the persister backed off while Postgres was down and catches up now
+            asyncio.run(wait_for(copied, lambda n: n == 3, timeout=30, what="raw log copied"))
     finally:
         svc.stop()
     log = (tmp_path / "service.log").read_text()
