@@ -1,42 +1,96 @@
-"""GET /v1/projects/{project}/series and /total."""
+"""GET /v1/projects/{project}/series and /total: any precision, any IANA time zone,
+uniques over any range, breakdowns, several names; ETag and 304 for pollers."""
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
+from zoneinfo import ZoneInfo
 
 import msgspec
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize, bearer_key, json_response
-from api.query import count_uniques, decompose, read_buckets
-from counters.buckets import GRAIN_BY_NAME, Grain, bucket_ceil, bucket_start, format_ts, parse_ts
+from api.breakdown import Breakdown, TupleCells, read_breakdown
+from api.common import app_state, authorize, bearer_key
+from api.query import BucketValues, count_uniques, decompose, read_buckets
+from api.state import AppState
+from counters.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
 from counters.errors import BadRequest
 from counters.keys import ProjectKeys
 from counters.models import DIM_NAME_PATTERN, NAME_PATTERN, VALUE_SCALE
+from counters.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, label, periods, zone
 from counters.rollups import Rollup
 from persist.retention import minute_edge
 
 MEASURES = ("count", "sum", "uniques")
-RESERVED = {"name", "measure", "grain", "from", "to", "excluding_current"}
+RESERVED = {
+    "name",
+    "measure",
+    "grain",
+    "precision",
+    "tz",
+    "from",
+    "to",
+    "excluding_current",
+    "group_by",
+    "limit",
+    "project",
+}
 MAX_SERIES_BUCKETS = 10_000
+MAX_NAMES = 20
 DEFAULT_BUCKETS = 30
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1_000
+OTHER = "__other__"
 _name_re = re.compile(NAME_PATTERN)
 _dim_re = re.compile(DIM_NAME_PATTERN)
 
+Cell = tuple[Grain, int]
+
 
 class ReadQuery(msgspec.Struct, frozen=True):
-    """A parsed read: one name, measure, grain, bucket-aligned [start, end), dim filters."""
+    """A parsed read: names, measure, precision and zone, the period-aligned [start, end),
+    dim filters, breakdown dims, and the rollup that covers filters and breakdown."""
 
-    name: str
+    names: tuple[str, ...]
     measure: str
-    grain: Grain
+    precision: str
+    tz_name: str
     start: int
     end: int
+    filters: tuple[tuple[str, str], ...]
+    group_by: tuple[str, ...]
+    limit: int
     rollup: Rollup
-    values: tuple[str, ...]
+    alias: str | None = None
+    """The `grain` name the caller used, if any."""
+
+    @property
+    def name(self) -> str:
+        """The first (often the only) name."""
+        return self.names[0]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.tz_name)
+
+    @property
+    def grain(self) -> Grain | None:
+        """The stored grain this precision is (UTC only), else None."""
+        for grain_name, precision in GRAIN_ALIASES.items():
+            if precision == self.precision and self.tz_name == "UTC":
+                return GRAIN_BY_NAME[grain_name]
+        return None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """Filter values in rollup order (when there is no breakdown)."""
+        f = dict(self.filters)
+        return tuple(f[d] for d in self.rollup)
 
 
 class Point(msgspec.Struct):
@@ -48,9 +102,29 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
     name: str
     measure: str
     grain: str
+    precision: str
+    tz: str
     from_: str
     to: str
+    source: str
     data: list[Point]
+
+
+class NamedSeries(msgspec.Struct):
+    name: str
+    dims: dict[str, str]
+    total: int | float
+    data: list[Point]
+
+
+class MultiSeriesReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    precision: str
+    tz: str
+    from_: str
+    to: str
+    source: str
+    series: list[NamedSeries]
 
 
 class TotalReply(msgspec.Struct, rename={"from_": "from"}):
@@ -61,12 +135,47 @@ class TotalReply(msgspec.Struct, rename={"from_": "from"}):
     value: int | float
 
 
+class NamedTotal(msgspec.Struct):
+    name: str
+    value: int | float
+
+
+class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    from_: str
+    to: str
+    totals: list[NamedTotal]
+
+
 def _bool(text: str, param: str) -> bool:
     if text.lower() in ("1", "true", "yes"):
         return True
     if text.lower() in ("0", "false", "no"):
         return False
     raise BadRequest(f"{param} must be true or false", code="bad_parameter")
+
+
+def _names(params: Mapping[str, str]) -> tuple[str, ...]:
+    names = params.getlist("name") if isinstance(params, QueryParams) else [params.get("name")]
+    found = tuple(dict.fromkeys(n for n in names if n))
+    if not found:
+        raise BadRequest("name is required (e.g. name=click)", code="bad_parameter")
+    if len(found) > MAX_NAMES:
+        raise BadRequest(f"at most {MAX_NAMES} names per request", code="bad_parameter")
+    for n in found:
+        if not _name_re.match(n):
+            raise BadRequest(f"name must match {NAME_PATTERN}", code="bad_parameter")
+    return found
+
+
+def _step_back(end: int, n: int, precision: str, tz: ZoneInfo) -> int:
+    size = FIXED_MS.get(precision)
+    if size is not None:
+        return end - n * size
+    start = end
+    for _ in range(n):
+        start = floor(start - 1, precision, tz)
+    return start
 
 
 def parse_read(
@@ -78,21 +187,25 @@ def parse_read(
 ) -> ReadQuery:
     """Validates read parameters; 400 naming the first bad one (minute buckets before
     oldest_minute are past retention)."""
-    name = params.get("name")
-    if not name:
-        raise BadRequest("name is required (e.g. name=click)", code="bad_parameter")
-    if not _name_re.match(name):
-        raise BadRequest(f"name must match {NAME_PATTERN}", code="bad_parameter")
+    names = _names(params)
     measure = params.get("measure", "count")
     if measure not in MEASURES:
         raise BadRequest(f"measure must be one of {', '.join(MEASURES)}", code="bad_parameter")
-    grain_name = params.get("grain", "hour")
-    grain = GRAIN_BY_NAME.get(grain_name)
-    if grain is None:
-        raise BadRequest("grain must be minute, hour or day", code="bad_parameter")
+    alias = params.get("grain")
+    precision = params.get("precision")
+    if precision is None:
+        precision = GRAIN_ALIASES.get("hour" if alias is None else alias)
+        if precision is None:
+            raise BadRequest("grain must be minute, hour or day", code="bad_parameter")
+    elif precision not in PRECISIONS:
+        raise BadRequest(f"precision must be one of {', '.join(PRECISIONS)}", code="bad_parameter")
+    try:
+        tz = zone(params.get("tz"))
+    except ValueError as exc:
+        raise BadRequest(str(exc), code="bad_parameter") from exc
     excluding_current = _bool(params.get("excluding_current", "true"), "excluding_current")
-    current = bucket_start(now_ms, grain)
-    limit = current if excluding_current else current + grain.value
+    current = floor(now_ms, precision, tz)
+    limit = current if excluding_current else ceil(now_ms + 1, precision, tz)
     try:
         raw_end = parse_ts(params["to"]) if "to" in params else None
         raw_start = parse_ts(params["from"]) if "from" in params else None
@@ -100,18 +213,16 @@ def parse_read(
         raise BadRequest(f"from/to: {exc}", code="bad_parameter") from exc
     if raw_start is not None and raw_end is not None and raw_start > raw_end:
         raise BadRequest("from must be before to", code="bad_parameter")
-    end = limit if raw_end is None else min(bucket_ceil(raw_end, grain), limit)
+    end = limit if raw_end is None else min(ceil(raw_end, precision, tz), limit)
     if raw_start is None:
-        start = end - DEFAULT_BUCKETS * grain.value
+        start = _step_back(end, DEFAULT_BUCKETS, precision, tz)
     else:
-        start = bucket_start(raw_start, grain)
+        start = floor(raw_start, precision, tz)
         if start > end:
             raise BadRequest(
                 "from is after the last bucket that can be read (to stops at the current bucket)",
                 code="bad_parameter",
             )
-    if grain is Grain.minute and oldest_minute is not None and start < oldest_minute:
-        raise_past_retention(oldest_minute)
     filters: dict[str, str] = {}
     for key, value in params.items():
         if key in RESERVED:
@@ -124,102 +235,310 @@ def parse_read(
         if not value or len(value.encode()) > 256:
             raise BadRequest(f"filter {key} must be 1..256 bytes", code="bad_parameter")
         filters[key] = value
-    rollup = tuple(sorted(filters))
+    group_by = tuple(d for d in (params.get("group_by") or "").split(",") if d)
+    for d in group_by:
+        if not _dim_re.match(d):
+            raise BadRequest(f"group_by: {d!r} is not a dimension name", code="bad_parameter")
+        if d in filters:
+            raise BadRequest(f"group_by: {d} is also filtered on", code="bad_parameter")
+    try:
+        top = int(params.get("limit", DEFAULT_LIMIT))
+    except ValueError as exc:
+        raise BadRequest("limit must be a whole number", code="bad_parameter") from exc
+    if not 1 <= top <= MAX_LIMIT:
+        raise BadRequest(f"limit must be 1..{MAX_LIMIT}", code="bad_parameter")
+    rollup = tuple(sorted({*filters, *group_by}))
     if len(rollup) > 1 and rollup not in crosstabs:
         raise BadRequest(
             f"no rollup covers dims {', '.join(rollup)}; declare the cross-tab in config"
-            " (crosstabs) to filter on them together",
+            " (crosstabs) to filter or group on them together",
             code="no_rollup",
         )
-    return ReadQuery(name, measure, grain, start, end, rollup, tuple(filters[d] for d in rollup))
+    q = ReadQuery(
+        names,
+        measure,
+        precision,
+        tz.key,
+        start,
+        end,
+        tuple(sorted(filters.items())),
+        tuple(dict.fromkeys(group_by)),
+        top,
+        rollup,
+        alias,
+    )
+    if oldest_minute is not None:
+        _check_retention(plan(q), oldest_minute)
+    return q
 
 
 def raise_past_retention(oldest_minute: int) -> NoReturn:
     """400 naming the oldest minute bucket still kept."""
     raise BadRequest(
         f"minute buckets past retention: the oldest available minute is"
-        f" {format_ts(oldest_minute)} (use grain=hour or day further back)",
+        f" {format_ts(oldest_minute)} (use a coarser precision, or a whole-hour time zone,"
+        " further back)",
         code="past_retention",
     )
 
 
-def _oldest_minute(request: Request) -> int:
-    state = app_state(request)
-    return minute_edge(state.clock.now_ms(), state.settings.minute_retention_days)
+def _check_retention(cells: Sequence[Sequence[Cell]], oldest_minute: int) -> None:
+    for period in cells:
+        for grain, b in period:
+            if grain is Grain.minute and b < oldest_minute:
+                raise_past_retention(oldest_minute)
+
+
+def plan(q: ReadQuery) -> list[list[Cell]]:
+    """The stored buckets composing each output period."""
+    out: list[list[Cell]] = []
+    for s, e in periods(q.start, q.end, q.precision, q.tz):
+        out.append([(g, b) for g, bs in decompose(s - s % 60_000, e - e % 60_000) for b in bs])
+    return out
+
+
+def _need(cells: Sequence[Sequence[Cell]]) -> dict[Grain, list[int]]:
+    need: dict[Grain, set[int]] = {}
+    for period in cells:
+        for g, b in period:
+            need.setdefault(g, set()).add(b)
+    return {g: sorted(bs) for g, bs in need.items()}
 
 
 def _value(measure: str, count: int, total: int) -> int | float:
     return count if measure == "count" else total / VALUE_SCALE
 
 
-async def series(request: Request) -> Response:
-    """Zero-padded values of one measure per bucket."""
+def etag_response(request: Request, body: bytes) -> Response:
+    """200 with an ETag, or 304 when the caller already holds this exact answer."""
+    tag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, 200, headers, media_type="application/json")
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def _authorized(request: Request) -> tuple[AppState, ReadQuery, ProjectKeys]:
     state = app_state(request)
     project = await authorize(
         state, bearer_key(request), scope="read", project=request.path_params["project"]
     )
+    now = state.clock.now_ms()
     q = parse_read(
         request.query_params,
-        state.clock.now_ms(),
+        now,
         state.settings.crosstabs,
-        oldest_minute=_oldest_minute(request),
+        oldest_minute=minute_edge(now, state.settings.minute_retention_days),
     )
-    buckets = list(range(q.start, q.end, q.grain.value))
-    if len(buckets) > MAX_SERIES_BUCKETS:
-        raise BadRequest(
-            f"{len(buckets)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
-            code="too_many_buckets",
-        )
-    keys = ProjectKeys(state.settings.key_prefix, project)
+    return state, q, ProjectKeys(state.settings.key_prefix, project)
+
+
+class _Cells:
+    """count, sum and sketch keys of every stored bucket of one series."""
+
+    def __init__(self, values: BucketValues, need: dict[Grain, list[int]]) -> None:
+        self.values = values
+        self.at: dict[Cell, tuple[int, int]] = {}
+        for p, (grain, buckets) in enumerate(need.items()):
+            for i, b in enumerate(buckets):
+                self.at[(grain, b)] = (p, i)
+
+    def count(self, cells: Sequence[Cell]) -> int:
+        return sum(self.values.counts[p][i] for p, i in map(self.at.__getitem__, cells))
+
+    def sum(self, cells: Sequence[Cell]) -> int:
+        return sum(self.values.sums[p][i] for p, i in map(self.at.__getitem__, cells))
+
+    def hlls(self, cells: Sequence[Cell]) -> list[str]:
+        return [k for p, i in map(self.at.__getitem__, cells) for k in self.values.hll_keys[p][i]]
+
+
+async def _one_series(
+    state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
+) -> tuple[list[int | float], int | float]:
+    """Per-period values and the whole-range value of one name (no breakdown)."""
+    need = _need(cells)
     uniques = q.measure == "uniques"
     values = await read_buckets(
         state.pool,
         state.redis,
         keys,
-        q.name,
+        name,
         q.rollup,
         q.values,
-        [(q.grain, buckets)],
+        list(need.items()),
         uniques=uniques,
     )
+    c = _Cells(values, need)
     if uniques:
-        numbers: list[int | float] = list(
-            await count_uniques(state.redis, values, values.hll_keys[0])
+        groups = [c.hlls(p) for p in cells]
+        union = [k for g in groups for k in g]
+        counted = await count_uniques(state.redis, values, [*groups, union])
+        return list(counted[:-1]), counted[-1]
+    series = [_value(q.measure, c.count(p), c.sum(p)) for p in cells]
+    everything = [cell for p in cells for cell in p]
+    return series, _value(q.measure, c.count(everything), c.sum(everything))
+
+
+async def _breakdown_series(
+    state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
+) -> list[NamedSeries]:
+    """Top `limit` dims tuples by the measure over the range, then __other__."""
+    need = _need(cells)
+    uniques = q.measure == "uniques"
+    filters = dict(q.filters)
+    bd: Breakdown = await read_breakdown(
+        state.pool, state.redis, keys, name, q.rollup, filters, need, uniques=uniques
+    )
+    everything = [cell for p in cells for cell in p]
+    items = list(bd.tuples.items())
+
+    def cell_keys(t: TupleCells, cs: Sequence[Cell]) -> list[str]:
+        return [k for cell in cs for k in t.hlls.get(cell, [])]
+
+    totals: list[int | float]
+    if uniques:
+        totals = list(
+            await count_uniques(
+                state.redis, _blobs(bd), [cell_keys(t, everything) for _, t in items]
+            )
+            if items
+            else []
         )
     else:
-        numbers = [
-            _value(q.measure, c, s) for c, s in zip(values.counts[0], values.sums[0], strict=True)
+        totals = [
+            _value(
+                q.measure,
+                sum(t.counts.get(x, 0) for x in everything),
+                sum(t.sums.get(x, 0) for x in everything),
+            )
+            for _, t in items
         ]
-    data = [Point(format_ts(b), v) for b, v in zip(buckets, numbers, strict=True)]
-    return json_response(
-        SeriesReply(q.name, q.measure, q.grain.name, format_ts(q.start), format_ts(q.end), data)
-    )
+    ranked = sorted(range(len(items)), key=lambda i: (-totals[i], items[i][0]))
+    top, rest = ranked[: q.limit], ranked[q.limit :]
+    group_pos = [q.rollup.index(d) for d in q.group_by]
+    out: list[NamedSeries] = []
+    data: list[int | float]
+    other_data: list[int | float]
+    if uniques:
+        groups: list[list[str]] = []
+        for i in top:
+            groups.extend(cell_keys(items[i][1], p) for p in cells)
+        for p in cells:
+            groups.append([k for i in rest for k in cell_keys(items[i][1], p)])
+        groups.append([k for i in rest for k in cell_keys(items[i][1], everything)])
+        counted: list[int | float] = list(await count_uniques(state.redis, _blobs(bd), groups))
+        n = len(cells)
+        for j, i in enumerate(top):
+            dims = {d: items[i][0][pos] for d, pos in zip(q.group_by, group_pos, strict=True)}
+            data = counted[j * n : (j + 1) * n]
+            out.append(NamedSeries(name, {**filters, **dims}, totals[i], _points(q, data)))
+        other_data = counted[len(top) * n : len(top) * n + n]
+        other_total: int | float = counted[-1]
+    else:
+        for i in top:
+            t = items[i][1]
+            dims = {d: items[i][0][pos] for d, pos in zip(q.group_by, group_pos, strict=True)}
+            data = [
+                _value(
+                    q.measure, sum(t.counts.get(x, 0) for x in p), sum(t.sums.get(x, 0) for x in p)
+                )
+                for p in cells
+            ]
+            out.append(NamedSeries(name, {**filters, **dims}, totals[i], _points(q, data)))
+        rest_t = [items[i][1] for i in rest]
+        other_data = [
+            _value(
+                q.measure,
+                sum(t.counts.get(x, 0) for t in rest_t for x in p),
+                sum(t.sums.get(x, 0) for t in rest_t for x in p),
+            )
+            for p in cells
+        ]
+        other_total = _value(
+            q.measure,
+            sum(t.counts.get(x, 0) for t in rest_t for x in everything),
+            sum(t.sums.get(x, 0) for t in rest_t for x in everything),
+        )
+    other_dims = {**filters, **{d: OTHER for d in q.group_by}}
+    out.append(NamedSeries(name, other_dims, other_total, _points(q, list(other_data))))
+    return out
+
+
+def _blobs(bd: Breakdown) -> BucketValues:
+    return BucketValues([], [], [], bd.tmp_blobs)
+
+
+def _points(q: ReadQuery, data: Sequence[int | float]) -> list[Point]:
+    tz = q.tz
+    return [
+        Point(label(s, tz), v)
+        for (s, _), v in zip(periods(q.start, q.end, q.precision, tz), data, strict=True)
+    ]
+
+
+def _grain_label(q: ReadQuery) -> str:
+    return q.alias or {v: k for k, v in GRAIN_ALIASES.items()}.get(q.precision, q.precision)
+
+
+async def series(request: Request) -> Response:
+    """Zero-padded values per period; with group_by, the top tuples and __other__."""
+    state, q, keys = await _authorized(request)
+    cells = plan(q)
+    if len(cells) > MAX_SERIES_BUCKETS:
+        raise BadRequest(
+            f"{len(cells)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
+            code="too_many_buckets",
+        )
+    tz = q.tz
+    if len(q.names) == 1 and not q.group_by:
+        data, _ = await _one_series(state, keys, q, q.name, cells)
+        reply: msgspec.Struct = SeriesReply(
+            q.name,
+            q.measure,
+            _grain_label(q),
+            q.precision,
+            q.tz_name,
+            label(q.start, tz),
+            label(q.end, tz),
+            "rollups",
+            _points(q, data),
+        )
+    else:
+        out: list[NamedSeries] = []
+        for name in q.names:
+            if q.group_by:
+                out.extend(await _breakdown_series(state, keys, q, name, cells))
+            else:
+                data, whole = await _one_series(state, keys, q, name, cells)
+                out.append(NamedSeries(name, dict(q.filters), whole, _points(q, data)))
+        reply = MultiSeriesReply(
+            q.measure,
+            q.precision,
+            q.tz_name,
+            label(q.start, tz),
+            label(q.end, tz),
+            "rollups",
+            out,
+        )
+    return etag_response(request, _encoder.encode(reply))
 
 
 async def total(request: Request) -> Response:
     """One value over the whole range; uniques are the union of every bucket's sketch."""
-    state = app_state(request)
-    project = await authorize(
-        state, bearer_key(request), scope="read", project=request.path_params["project"]
-    )
-    q = parse_read(request.query_params, state.clock.now_ms(), state.settings.crosstabs)
-    pieces = decompose(q.start, q.end)
-    oldest = _oldest_minute(request)
-    if any(g is Grain.minute and b and b[0] < oldest for g, b in pieces):
-        raise_past_retention(oldest)
-    keys = ProjectKeys(state.settings.key_prefix, project)
-    uniques = q.measure == "uniques"
-    values = await read_buckets(
-        state.pool, state.redis, keys, q.name, q.rollup, q.values, pieces, uniques=uniques
-    )
-    value: int | float
-    if uniques:
-        union = [k for piece in values.hll_keys for bucket in piece for k in bucket]
-        (value,) = await count_uniques(state.redis, values, [union])
+    state, q, keys = await _authorized(request)
+    whole = [[cell for p in plan(q) for cell in p]]
+    values: list[NamedTotal] = []
+    for name in q.names:
+        _, value = await _one_series(state, keys, q, name, whole)
+        values.append(NamedTotal(name, value))
+    tz = q.tz
+    reply: msgspec.Struct
+    if len(values) == 1:
+        reply = TotalReply(q.name, q.measure, label(q.start, tz), label(q.end, tz), values[0].value)
     else:
-        value = _value(
-            q.measure,
-            sum(sum(p) for p in values.counts),
-            sum(sum(p) for p in values.sums),
-        )
-    return json_response(TotalReply(q.name, q.measure, format_ts(q.start), format_ts(q.end), value))
+        reply = MultiTotalReply(q.measure, label(q.start, tz), label(q.end, tz), values)
+    return etag_response(request, _encoder.encode(reply))

@@ -78,7 +78,12 @@ async def test_ingest_and_read_back(client: httpx.AsyncClient, keys: Keys) -> No
         headers=auth(keys.admin),
     )
     body_json = series.json()
-    assert list(body_json) == ["name", "measure", "grain", "from", "to", "data"]
+    assert {"name", "measure", "grain", "from", "to", "data"} <= set(body_json)
+    assert (body_json["precision"], body_json["tz"], body_json["source"]) == (
+        "1m",
+        "UTC",
+        "rollups",
+    )
     assert len(body_json["data"]) == 30 and body_json["data"][-1]["value"] == 1
     assert body_json["data"][0]["bucket"].endswith("Z")
 
