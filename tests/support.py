@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import msgspec
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -207,3 +208,44 @@ class Harness:
         if measure == "sum":
             return sum(sum(p) for p in values.sums) / VALUE_SCALE
         return sum(sum(p) for p in values.counts)
+
+
+class InProcessApp:
+    """The real Starlette app (real Redis and Postgres) on a manual clock, served in-process
+    through httpx's ASGI transport, with its lifespan run around the block."""
+
+    def __init__(self, settings: Settings, clock: ManualClock) -> None:
+        from api.app import create_app
+
+        self.settings = msgspec.structs.replace(
+            settings, persister_enabled=False, reconcile_enabled=False
+        )
+        self.clock = clock
+        self.app = create_app(self.settings, clock)
+        self._lifespan: Any = None
+        self.client: httpx.AsyncClient | None = None
+        self.state: Any = None
+
+    async def __aenter__(self) -> InProcessApp:
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self.state = await self._lifespan.__aenter__()
+
+        async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scope["state"] = dict(self.state)
+            await self.app(scope, receive, send)
+
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=wrapped), base_url="http://app"
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.client is not None
+        await self.client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+    async def persist(self, project: str) -> None:
+        """One persister pass on the app's clock."""
+        s = self.state["counters"]
+        persister = Persister(s.pool, s.redis, s.scripts, s.settings, self.clock, Metrics())
+        await persister.persist_project(project)

@@ -1,0 +1,360 @@
+"""The read API a dashboard needs, in-process on a manual clock (real Redis and Postgres):
+precisions, time zones (DST days, half- and quarter-hour zones), uniques over any range,
+breakdowns with __other__, several names, ETag/304."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+
+from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from counters.clock import ManualClock
+from counters.config import Settings
+from persist.projects import create_key
+from tests.support import InProcessApp
+
+NOW = parse_ts("2026-04-15T12:00:30Z")
+
+
+class Ctx:
+    def __init__(self, app: InProcessApp, project: str, ingest: str, read: str) -> None:
+        self.app = app
+        self.project = project
+        self.ingest_h = {"Authorization": f"Bearer {ingest}"}
+        self.read_h = {"Authorization": f"Bearer {read}"}
+
+    async def post(self, events: list[dict[str, Any]]) -> None:
+        assert self.app.client is not None
+        for i in range(0, len(events), 5000):
+            r = await self.app.client.post(
+                "/v1/events",
+                content=msgspec.json.encode(events[i : i + 5000]),
+                headers=self.ingest_h,
+            )
+            assert r.status_code == 200, r.text
+
+    async def get(self, path: str, **params: Any) -> Any:
+        assert self.app.client is not None
+        r = await self.app.client.get(
+            f"/v1/projects/{self.project}/{path}", params=params, headers=self.read_h
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Ctx]:
+    project = "rd" + uuid.uuid4().hex[:10]
+    async with pool.acquire() as conn:
+        ingest = await create_key(conn, project, "ingest")
+        read = await create_key(conn, project, "read")
+    s = msgspec.structs.replace(
+        settings,
+        max_event_age_days=200,
+        raw_retention_days=400,
+        minute_retention_days=400,
+        crosstabs=(("country", "source"),),
+    )
+    async with InProcessApp(s, ManualClock(NOW)) as app:
+        yield Ctx(app, project, ingest, read)
+
+
+def local_truth(events: list[dict[str, Any]], tz: str, fmt: str) -> Counter[str]:
+    z = ZoneInfo(tz)
+    out: Counter[str] = Counter()
+    for e in events:
+        local = datetime.fromtimestamp(e["ts"] / 1000, z)
+        out[fmt.format(local=local)] += 1
+    return out
+
+
+async def test_sub_hour_precisions_come_from_minutes(ctx: Ctx) -> None:
+    base = parse_ts("2026-04-15T10:00:00Z")
+    events = [{"name": "click", "ts": base + (i * 37 % 60) * MINUTE_MS + i} for i in range(90)]
+    await ctx.post(events)
+    for precision, size in (("5m", 5), ("15m", 15)):
+        body = await ctx.get(
+            "series",
+            name="click",
+            precision=precision,
+            **{"from": str(base), "to": str(base + HOUR_MS)},
+        )
+        assert body["precision"] == precision and len(body["data"]) == 60 // size
+        want = Counter(
+            (e["ts"] - base) // (size * MINUTE_MS) for e in events if e["ts"] < base + HOUR_MS
+        )
+        assert [p["value"] for p in body["data"]] == [want[i] for i in range(60 // size)]
+        assert body["data"][1]["bucket"] == format_ts(base + size * MINUTE_MS)
+
+
+async def test_from_rounds_down_and_to_up_to_the_precision(ctx: Ctx) -> None:
+    body = await ctx.get(
+        "series",
+        name="click",
+        precision="15m",
+        **{"from": "2026-04-15T10:07:00Z", "to": "2026-04-15T10:31:00Z"},
+    )
+    assert (body["from"], body["to"]) == ("2026-04-15T10:00:00Z", "2026-04-15T10:45:00Z")
+
+
+@pytest.mark.parametrize(
+    ("tz", "fmt"),
+    [
+        ("Europe/Berlin", "{local:%Y-%m-%d}"),
+        ("America/New_York", "{local:%Y-%m-%d}"),
+        ("Asia/Kolkata", "{local:%Y-%m-%d}"),
+        ("Asia/Kathmandu", "{local:%Y-%m-%d}"),
+    ],
+)
+async def test_days_in_a_time_zone(ctx: Ctx, tz: str, fmt: str) -> None:
+    rng = random.Random(tz)
+    start = parse_ts("2026-03-26T00:00:00Z")
+    events = [{"name": "view", "ts": start + rng.randrange(6 * DAY_MS)} for _ in range(1500)]
+    await ctx.post(events)
+    await ctx.app.persist(ctx.project)  # the older part now answers from Postgres
+    body = await ctx.get(
+        "series",
+        name="view",
+        precision="1d",
+        tz=tz,
+        **{"from": "2026-03-27T12:00:00Z", "to": "2026-03-31T00:00:00Z"},
+    )
+    truth = local_truth(events, tz, fmt)
+    got = {p["bucket"][:10]: p["value"] for p in body["data"]}
+    assert got == {day: truth[day] for day in got}
+    offset = datetime.fromisoformat(body["data"][0]["bucket"]).utcoffset()
+    assert offset == ZoneInfo(tz).utcoffset(
+        datetime.fromisoformat(body["data"][0]["bucket"]).replace(tzinfo=None)
+    )
+
+
+async def test_dst_day_has_23_hours(ctx: Ctx) -> None:
+    day = parse_ts("2026-03-28T23:00:00Z")  # 2026-03-29 00:00 in Berlin (CET)
+    events = [{"name": "dst", "ts": day + h * HOUR_MS + 60_000} for h in range(23)]
+    await ctx.post(events)
+    days = await ctx.get(
+        "series",
+        name="dst",
+        precision="1d",
+        tz="Europe/Berlin",
+        **{"from": "2026-03-29T00:00:00+01:00", "to": "2026-03-30T00:00:00+02:00"},
+    )
+    assert days["data"] == [{"bucket": "2026-03-29T00:00:00+01:00", "value": 23}]
+    hours = await ctx.get(
+        "series",
+        name="dst",
+        precision="1h",
+        tz="Europe/Berlin",
+        **{"from": "2026-03-29T00:00:00+01:00", "to": "2026-03-30T00:00:00+02:00"},
+    )
+    assert len(hours["data"]) == 23 and all(p["value"] == 1 for p in hours["data"])
+    assert hours["data"][2]["bucket"] == "2026-03-29T03:00:00+02:00"
+
+
+async def test_weeks_and_months(ctx: Ctx) -> None:
+    rng = random.Random(5)
+    start = parse_ts("2026-01-01T00:00:00Z")
+    events = [{"name": "wk", "ts": start + rng.randrange(100 * DAY_MS)} for _ in range(2000)]
+    await ctx.post(events)
+    await ctx.app.persist(ctx.project)
+    weeks = await ctx.get(
+        "series",
+        name="wk",
+        precision="1w",
+        tz="Europe/Berlin",
+        **{"from": "2026-01-05T00:00:00+01:00", "to": "2026-03-30T00:00:00+02:00"},
+    )
+    truth = Counter()
+    z = ZoneInfo("Europe/Berlin")
+    for e in events:
+        d = datetime.fromtimestamp(e["ts"] / 1000, z).date()
+        truth[(d - timedelta(days=d.weekday())).isoformat()] += 1
+    assert {p["bucket"][:10]: p["value"] for p in weeks["data"]} == {
+        p["bucket"][:10]: truth[p["bucket"][:10]] for p in weeks["data"]
+    }
+    assert all(datetime.fromisoformat(p["bucket"]).weekday() == 0 for p in weeks["data"])
+    months = await ctx.get(
+        "series",
+        name="wk",
+        precision="1mo",
+        **{"from": "2026-01-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"},
+    )
+    by_month = Counter(format_ts(e["ts"])[:7] for e in events)
+    assert [p["value"] for p in months["data"]] == [
+        by_month[m] for m in ("2026-01", "2026-02", "2026-03")
+    ]
+
+
+async def test_uniques_over_a_week_are_a_union(ctx: Ctx) -> None:
+    start = parse_ts("2026-04-06T00:00:00Z")  # a Monday
+    events = [
+        {"name": "u", "ts": start + d * DAY_MS + 3600_000, "uid": f"user{i}"}
+        for d in range(7)
+        for i in range(300)
+    ]
+    await ctx.post(events)
+    await ctx.app.persist(ctx.project)
+    week = await ctx.get(
+        "series",
+        name="u",
+        measure="uniques",
+        precision="1w",
+        **{"from": str(start), "to": str(start + 7 * DAY_MS)},
+    )
+    assert len(week["data"]) == 1 and abs(week["data"][0]["value"] - 300) <= 3
+    days = await ctx.get(
+        "series",
+        name="u",
+        measure="uniques",
+        precision="1d",
+        **{"from": str(start), "to": str(start + 7 * DAY_MS)},
+    )
+    assert all(abs(p["value"] - 300) <= 3 for p in days["data"])
+
+
+async def test_breakdown_top_n_and_other(ctx: Ctx) -> None:
+    rng = random.Random(11)
+    base = parse_ts("2026-04-14T00:00:00Z")
+    weights = {"google": 50, "bing": 30, "mail": 12, "ads": 5, "x": 3}
+    events = [
+        {
+            "name": "bd",
+            "ts": base + rng.randrange(36 * HOUR_MS),
+            "dims": {
+                "source": rng.choices(list(weights), list(weights.values()))[0],
+                "country": rng.choice(["DE", "FR"]),
+            },
+            "value": rng.randrange(100) / 10,
+            "uid": f"u{rng.randrange(500)}",
+        }
+        for _ in range(2000)
+    ]
+    await ctx.post(events)
+    await ctx.app.persist(ctx.project)
+    rng_params = {"from": str(base), "to": str(base + 2 * DAY_MS), "excluding_current": "false"}
+    body = await ctx.get(
+        "series", name="bd", precision="1d", group_by="source", limit=2, **rng_params
+    )
+    series = body["series"]
+    assert [s["dims"]["source"] for s in series] == ["google", "bing", "__other__"]
+    by_source = Counter(e["dims"]["source"] for e in events)
+    assert [s["total"] for s in series] == [
+        by_source["google"],
+        by_source["bing"],
+        sum(by_source.values()) - by_source["google"] - by_source["bing"],
+    ]
+    assert sum(sum(p["value"] for p in s["data"]) for s in series) == len(events)
+    # filter + group_by on a cross-tab, and sums
+    de = await ctx.get(
+        "series",
+        name="bd",
+        precision="1d",
+        group_by="source",
+        limit=1,
+        measure="sum",
+        country="DE",
+        **rng_params,
+    )
+    want = (
+        sum(
+            round(e["value"] * 1e6)
+            for e in events
+            if e["dims"]["country"] == "DE" and e["dims"]["source"] == "google"
+        )
+        / 1e6
+    )
+    assert de["series"][0]["dims"] == {"country": "DE", "source": "google"}
+    assert de["series"][0]["total"] == pytest.approx(want)
+    uniq = await ctx.get(
+        "series",
+        name="bd",
+        precision="1d",
+        group_by="source",
+        limit=2,
+        measure="uniques",
+        **rng_params,
+    )
+    other_uids = {e["uid"] for e in events if e["dims"]["source"] not in ("google", "bing")}
+    assert abs(uniq["series"][-1]["total"] - len(other_uids)) <= max(3, 0.02 * len(other_uids))
+
+
+async def test_several_names_and_etag(ctx: Ctx) -> None:
+    base = parse_ts("2026-04-15T11:00:00Z")
+    await ctx.post(
+        [{"name": "a1", "ts": base}, {"name": "a1", "ts": base}, {"name": "b1", "ts": base}]
+    )
+    assert ctx.app.client is not None
+    params = {"name": ["a1", "b1"], "precision": "1h", "excluding_current": "false"}
+    r = await ctx.app.client.get(
+        f"/v1/projects/{ctx.project}/series", params=params, headers=ctx.read_h
+    )
+    body = r.json()
+    assert [(s["name"], s["total"]) for s in body["series"]] == [("a1", 2), ("b1", 1)]
+    tag = r.headers["etag"]
+    again = await ctx.app.client.get(
+        f"/v1/projects/{ctx.project}/series",
+        params=params,
+        headers={**ctx.read_h, "If-None-Match": tag},
+    )
+    assert again.status_code == 304 and again.headers["etag"] == tag and again.content == b""
+    await ctx.post([{"name": "b1", "ts": base}])
+    changed = await ctx.app.client.get(
+        f"/v1/projects/{ctx.project}/series",
+        params=params,
+        headers={**ctx.read_h, "If-None-Match": tag},
+    )
+    assert changed.status_code == 200 and changed.headers["etag"] != tag
+    totals = await ctx.app.client.get(
+        f"/v1/projects/{ctx.project}/total", params=params, headers=ctx.read_h
+    )
+    assert totals.json()["totals"] == [{"name": "a1", "value": 2}, {"name": "b1", "value": 2}]
+
+
+async def test_bad_zone_and_precision(ctx: Ctx) -> None:
+    assert ctx.app.client is not None
+    for params, needle in (
+        ({"tz": "Mars/Olympus"}, "unknown time zone"),
+        ({"precision": "2h"}, "precision"),
+    ):
+        r = await ctx.app.client.get(
+            f"/v1/projects/{ctx.project}/series", params={"name": "x", **params}, headers=ctx.read_h
+        )
+        assert r.status_code == 400 and needle in r.json()["error"]["message"]
+
+
+async def test_uniques_within_2_percent_at_a_million(harness: Any) -> None:
+    from tests.support import Harness
+
+    h: Harness = harness
+    day = h.clock.now_ms() - h.clock.now_ms() % DAY_MS
+    h.clock.set(day + HOUR_MS + 60_000)
+    n = 1_000_000
+    batch = 25_000
+    rng = random.Random(3)
+    offsets = [rng.randrange(HOUR_MS) for _ in range(n)]
+    for start in range(0, n, batch):
+        events = [
+            {"name": "big", "ts": day + offsets[i], "uid": f"visitor-{i}"}
+            for i in range(start, start + batch)
+        ]
+        assert (await h.ingest(*events)).accepted == batch
+    # hot: the union of 40 minute sketches, all still in Redis, never a sum
+    edge = 20 * MINUTE_MS
+    hot = await h.total("big", day + edge, day + HOUR_MS, "uniques")
+    exact = sum(1 for o in offsets if o >= edge)
+    assert abs(hot - exact) / exact < 0.02, (hot, exact)
+    await h.persist()  # now the same from Postgres sketches
+    cold = await h.total("big", day + edge, day + HOUR_MS, "uniques")
+    assert abs(cold - exact) / exact < 0.02, (cold, exact)
+    whole = await h.total("big", day, day + HOUR_MS, "uniques")
+    assert abs(whole - n) / n < 0.02, whole
