@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         Route("/v1/pixel.gif", pixel.pixel, methods=["GET"]),
         Route("/v1/projects/{project}/series", reads.series, methods=["GET"]),
         Route("/v1/projects/{project}/total", reads.total, methods=["GET"]),
+        Route("/v1/series", reads.projects_series, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
     ]

@@ -44,13 +44,13 @@ async def authorize(
     found = await state.keys.lookup(state.pool, key)
     if found is None:
         raise Unauthorized("unknown API key")
-    key_project, key_scope = found
-    if project is not None and project != key_project:
+    key_projects, key_scope = found
+    if project is not None and project not in key_projects:
         if not await state.keys.exists(state.pool, project):
             raise NotFound(f"unknown project {project!r}", code="unknown_project")
-        raise Forbidden(f"this key is for project {key_project!r}, not {project!r}")
+        raise Forbidden(f"this key does not cover project {project!r}")
     if key_scope != scope and key_scope != "admin":
         raise Forbidden(
             f"a {key_scope} key cannot {'write events' if scope == 'ingest' else 'read'}"
         )
-    return key_project
+    return project if project is not None else key_projects[0]

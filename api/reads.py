@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
+from redis.exceptions import RedisError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,7 +21,7 @@ from api.common import app_state, authorize, bearer_key
 from api.query import BucketValues, count_uniques, decompose, read_buckets
 from api.state import AppState
 from counters.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
-from counters.errors import BadRequest
+from counters.errors import BadRequest, Unavailable
 from counters.keys import ProjectKeys
 from counters.models import DIM_NAME_PATTERN, NAME_PATTERN, VALUE_SCALE
 from counters.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, label, periods, zone
@@ -356,12 +358,11 @@ class _Cells:
         return [k for p, i in map(self.at.__getitem__, cells) for k in self.values.hll_keys[p][i]]
 
 
-async def _one_series(
+async def _read_cells(
     state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
-) -> tuple[list[int | float], int | float]:
-    """Per-period values and the whole-range value of one name (no breakdown)."""
+) -> _Cells:
+    """Every stored bucket the periods need, for one name, merged as of now."""
     need = _need(cells)
-    uniques = q.measure == "uniques"
     values = await read_buckets(
         state.pool,
         state.redis,
@@ -370,17 +371,30 @@ async def _one_series(
         q.rollup,
         q.values,
         list(need.items()),
-        uniques=uniques,
+        uniques=q.measure == "uniques",
     )
-    c = _Cells(values, need)
-    if uniques:
+    return _Cells(values, need)
+
+
+async def _values(
+    state: AppState, q: ReadQuery, c: _Cells, cells: list[list[Cell]]
+) -> tuple[list[int | float], int | float]:
+    """Per-period values and the whole-range value (uniques: unions, never sums)."""
+    if q.measure == "uniques":
         groups = [c.hlls(p) for p in cells]
         union = [k for g in groups for k in g]
-        counted = await count_uniques(state.redis, values, [*groups, union])
+        counted = await count_uniques(state.redis, c.values, [*groups, union])
         return list(counted[:-1]), counted[-1]
     series = [_value(q.measure, c.count(p), c.sum(p)) for p in cells]
     everything = [cell for p in cells for cell in p]
     return series, _value(q.measure, c.count(everything), c.sum(everything))
+
+
+async def _one_series(
+    state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
+) -> tuple[list[int | float], int | float]:
+    """Per-period values and the whole-range value of one name (no breakdown)."""
+    return await _values(state, q, await _read_cells(state, keys, q, name, cells), cells)
 
 
 async def _breakdown_series(
@@ -541,4 +555,130 @@ async def total(request: Request) -> Response:
         reply = TotalReply(q.name, q.measure, label(q.start, tz), label(q.end, tz), values[0].value)
     else:
         reply = MultiTotalReply(q.measure, label(q.start, tz), label(q.end, tz), values)
+    return etag_response(request, _encoder.encode(reply))
+
+
+class ProjectSeries(msgspec.Struct):
+    project: str
+    name: str
+    total: int | float
+    data: list[Point]
+
+
+class UnionSeries(msgspec.Struct):
+    name: str
+    total: int | float
+    data: list[Point]
+
+
+class ProjectsReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    precision: str
+    tz: str
+    from_: str
+    to: str
+    source: str
+    projects: list[str]
+    series: list[ProjectSeries]
+    union: list[UnionSeries]
+
+
+MAX_PROJECTS = 20
+
+
+async def _union_uniques(
+    state: AppState, per_project: list[tuple[ProjectKeys, _Cells]], cells: list[list[Cell]]
+) -> tuple[list[int], int]:
+    """Uniques of the union across projects: every sketch is copied into scratch keys in
+    one slot (projects live in different Redis Cluster slots), then counted together."""
+    home = per_project[0][0]
+    blobs: dict[str, bytes] = {}
+    renamed: dict[tuple[int, str], str] = {}
+    try:
+        for n, (_, c) in enumerate(per_project):
+            resident = sorted({k for p in cells for k in c.hlls(p) if k not in c.values.tmp_blobs})
+            fetched = cast(list[bytes | None], await state.redis.mget(resident) if resident else [])
+            found = dict(zip(resident, fetched, strict=True))
+            found.update(c.values.tmp_blobs)
+            for k, blob in found.items():
+                if blob is not None:
+                    new = home.tmp(uuid.uuid4().hex)
+                    blobs[new] = blob
+                    renamed[(n, k)] = new
+    except (RedisError, OSError) as exc:
+        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
+    groups = [
+        [
+            renamed[(n, k)]
+            for n, (_, c) in enumerate(per_project)
+            for k in c.hlls(p)
+            if (n, k) in renamed
+        ]
+        for p in cells
+    ]
+    union = [k for g in groups for k in g]
+    counted = await count_uniques(state.redis, BucketValues([], [], [], blobs), [*groups, union])
+    return list(counted[:-1]), counted[-1]
+
+
+async def projects_series(request: Request) -> Response:
+    """GET /v1/series?project=a&project=b&...: one series per project plus their union
+    (uniques merged across projects, never summed)."""
+    state = app_state(request)
+    projects = list(dict.fromkeys(request.query_params.getlist("project")))
+    if not projects:
+        raise BadRequest("project is required (repeat it for several)", code="bad_parameter")
+    if len(projects) > MAX_PROJECTS:
+        raise BadRequest(f"at most {MAX_PROJECTS} projects per request", code="bad_parameter")
+    key = bearer_key(request)
+    for project in projects:
+        await authorize(state, key, scope="read", project=project)
+    now = state.clock.now_ms()
+    q = parse_read(
+        request.query_params,
+        now,
+        state.settings.crosstabs,
+        oldest_minute=minute_edge(now, state.settings.minute_retention_days),
+    )
+    if q.group_by:
+        raise BadRequest("group_by is not available across projects", code="bad_parameter")
+    cells = plan(q)
+    if len(cells) > MAX_SERIES_BUCKETS:
+        raise BadRequest(
+            f"{len(cells)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
+            code="too_many_buckets",
+        )
+    series: list[ProjectSeries] = []
+    union: list[UnionSeries] = []
+    for name in q.names:
+        per_project: list[tuple[ProjectKeys, _Cells]] = []
+        sums: list[int | float] = [0] * len(cells)
+        whole: int | float = 0
+        for project in projects:
+            keys = ProjectKeys(state.settings.key_prefix, project)
+            c = await _read_cells(state, keys, q, name, cells)
+            if q.measure == "uniques":
+                per_project.append((keys, c))
+            data, total_value = await _values(state, q, c, cells)
+            series.append(ProjectSeries(project, name, total_value, _points(q, data)))
+            if q.measure != "uniques":
+                sums = [a + b for a, b in zip(sums, data, strict=True)]
+                whole += total_value
+        if q.measure == "uniques":
+            counted, union_total = await _union_uniques(state, per_project, cells)
+            union.append(UnionSeries(name, union_total, _points(q, list(counted))))
+        else:
+            union.append(UnionSeries(name, whole, _points(q, sums)))
+    tz = q.tz
+    reply = ProjectsReply(
+        q.measure,
+        q.precision,
+        q.tz_name,
+        label(q.start, tz),
+        label(q.end, tz),
+        "rollups",
+        projects,
+        series,
+        union,
+    )
     return etag_response(request, _encoder.encode(reply))

@@ -23,11 +23,13 @@ class KeyCache:
     every request (and keeps working through a short Postgres outage)."""
 
     ttl: float
-    entries: dict[str, tuple[float, tuple[str, str] | None]] = field(default_factory=dict)
+    entries: dict[str, tuple[float, tuple[tuple[str, ...], str] | None]] = field(
+        default_factory=dict
+    )
     projects: dict[str, float] = field(default_factory=dict)
 
-    async def lookup(self, pool: asyncpg.Pool, key: str) -> tuple[str, str] | None:
-        """(project, scope) of the key, or None when it is unknown."""
+    async def lookup(self, pool: asyncpg.Pool, key: str) -> tuple[tuple[str, ...], str] | None:
+        """(projects, scope) of the key, or None when it is unknown."""
         now = time.monotonic()
         hit = self.entries.get(key)
         if hit is not None and hit[0] > now:

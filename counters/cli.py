@@ -235,14 +235,20 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--project", required=True, help="Project the key belongs to (created if new).")
+@click.option(
+    "--project",
+    "projects",
+    required=True,
+    multiple=True,
+    help="Project the key belongs to (created if new); repeat for a read key over several.",
+)
 @click.option(
     "--scope",
     type=click.Choice(["ingest", "read", "admin"]),
     required=True,
     help="ingest: write events; read: read counters; admin: both.",
 )
-def keys_create(project: str, scope: str) -> None:
+def keys_create(projects: tuple[str, ...], scope: str) -> None:
     """Create a key; it is printed once, on the last line (only its hash is stored)."""
     import asyncpg
 
@@ -255,7 +261,7 @@ def keys_create(project: str, scope: str) -> None:
         conn = await asyncpg.connect(settings.database_url)
         try:
             await do_migrate(conn)
-            return await create_key(conn, project, scope)
+            return await create_key(conn, list(projects), scope)
         finally:
             await conn.close()
 
@@ -263,7 +269,7 @@ def keys_create(project: str, scope: str) -> None:
         key = asyncio.run(run())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"created {scope} key for project {project}:", err=True)
+    click.echo(f"created {scope} key for project {', '.join(projects)}:", err=True)
     click.echo(key)
 
 

@@ -30,27 +30,45 @@ async def ensure_project(conn: Conn, project: str) -> None:
         )
 
 
-async def create_key(conn: Conn, project: str, scope: str) -> str:
-    """Creates the project if needed and a new random key for it; returns the key (shown once)."""
+async def create_key(conn: Conn, project: str | list[str], scope: str) -> str:
+    """Creates the project(s) if needed and a new random key; returns the key (shown once).
+    A read key may cover several projects; an ingest or admin key covers exactly one."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    await ensure_project(conn, project)
+    projects = list(dict.fromkeys([project] if isinstance(project, str) else project))
+    if not projects:
+        raise ValueError("a key needs a project")
+    if len(projects) > 1 and scope != "read":
+        raise ValueError("only read keys may cover several projects")
+    for p in projects:
+        await ensure_project(conn, p)
     key = f"ck_{scope[0]}_{secrets.token_urlsafe(24)}"
-    await conn.execute(
-        "INSERT INTO api_keys (key_hash, project, scope) VALUES ($1, $2, $3)",
-        hash_key(key),
-        project,
-        scope,
-    )
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO api_keys (key_hash, project, scope) VALUES ($1, $2, $3)",
+            hash_key(key),
+            projects[0],
+            scope,
+        )
+        for p in projects[1:]:
+            await conn.execute(
+                "INSERT INTO api_key_projects (key_hash, project) VALUES ($1, $2)",
+                hash_key(key),
+                p,
+            )
     return key
 
 
-async def lookup_key(conn: Conn, key: str) -> tuple[str, str] | None:
-    """(project, scope) of a key, or None when unknown."""
-    row = await conn.fetchrow(
-        "SELECT project, scope FROM api_keys WHERE key_hash = $1", hash_key(key)
+async def lookup_key(conn: Conn, key: str) -> tuple[tuple[str, ...], str] | None:
+    """(projects, scope) of a key (its own project first), or None when unknown."""
+    digest = hash_key(key)
+    row = await conn.fetchrow("SELECT project, scope FROM api_keys WHERE key_hash = $1", digest)
+    if row is None:
+        return None
+    extra = await conn.fetch(
+        "SELECT project FROM api_key_projects WHERE key_hash = $1 ORDER BY project", digest
     )
-    return None if row is None else (row["project"], row["scope"])
+    return (row["project"], *(r["project"] for r in extra)), row["scope"]
 
 
 async def project_exists(conn: Conn, project: str) -> bool:

@@ -358,3 +358,49 @@ async def test_uniques_within_2_percent_at_a_million(harness: Any) -> None:
     assert abs(cold - exact) / exact < 0.02, (cold, exact)
     whole = await h.total("big", day, day + HOUR_MS, "uniques")
     assert abs(whole - n) / n < 0.02, whole
+
+
+async def test_read_key_over_several_projects_and_their_union(ctx: Ctx, pool: asyncpg.Pool) -> None:
+    other = "rd" + uuid.uuid4().hex[:10]
+    async with pool.acquire() as conn:
+        other_ingest = await create_key(conn, other, "ingest")
+        both = await create_key(conn, [ctx.project, other], "read")
+        with pytest.raises(ValueError, match="only read keys"):
+            await create_key(conn, [ctx.project, other], "ingest")
+    base = parse_ts("2026-04-15T09:00:00Z")
+    shared = [{"name": "pv", "ts": base + i * 1000, "uid": f"u{i}"} for i in range(200)]
+    await ctx.post(shared)
+    ctx_other = Ctx(ctx.app, other, other_ingest, both)
+    await ctx_other.post(
+        shared[100:] + [{"name": "pv", "ts": base, "uid": f"v{i}"} for i in range(50)]
+    )
+    assert ctx.app.client is not None
+    params = {
+        "project": [ctx.project, other],
+        "name": "pv",
+        "precision": "1h",
+        "from": str(base),
+        "to": str(base + HOUR_MS),
+    }
+    auth = {"Authorization": f"Bearer {both}"}
+    counts = (await ctx.app.client.get("/v1/series", params=params, headers=auth)).json()
+    assert [s["total"] for s in counts["series"]] == [200, 150]
+    assert counts["union"][0]["total"] == 350
+    uniq = (
+        await ctx.app.client.get(
+            "/v1/series", params={**params, "measure": "uniques"}, headers=auth
+        )
+    ).json()
+    assert [abs(s["total"] - want) <= 2 for s, want in zip(uniq["series"], (200, 150))] == [
+        True,
+        True,
+    ]
+    assert abs(uniq["union"][0]["total"] - 250) <= 3  # merged, not 350
+    # the key covers both project paths too, but not a third project
+    assert (await ctx_other.get("total", name="pv", **{"from": str(base)}))["value"] == 150
+    r = await ctx.app.client.get(
+        "/v1/series", params={**params, "project": [ctx.project, "nosuch"]}, headers=auth
+    )
+    assert r.status_code == 404
+    r = await ctx.app.client.get("/v1/series", params=params, headers=ctx.read_h)
+    assert r.status_code == 403
