@@ -37,6 +37,8 @@ PROJECT_LOCK_CLASS = 7_412_002
 PARTITION_LOCK = 7_412_003
 COPY_CHUNK_BUCKETS = 50
 RETENTION_EVERY_SECONDS = 3600.0
+MAX_BACKOFF_SECONDS = 5.0
+"""Longest wait between tries while a backend is down (catch-up starts within it)."""
 RAW_CHUNK_ENTRIES = 200
 TABLE = {Grain.minute: "rollups_minute", Grain.hour: "rollups_hour", Grain.day: "rollups_day"}
 STAGE_COLUMNS = ["project", "name", "rollup", "dims", "bucket", "count", "sum_micros", "hll"]
@@ -171,13 +173,17 @@ class Persister:
                 await self.tick()
                 delay = self.settings.persist_interval_seconds
             except (RedisError, OSError) as exc:
-                self.metrics.persister_errors.labels("redis").inc()
-                log.warning("persister: redis unavailable: %s", exc)
-                delay = min(max(delay * 2, 0.5), 30.0)
+                backend = "redis" if isinstance(exc, RedisError) else "postgres"
+                self.metrics.persister_errors.labels(backend).inc()
+                log.warning("persister: %s unavailable: %s", backend, exc)
+                if backend == "postgres":
+                    await self.pool.expire_connections()
+                delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.metrics.persister_errors.labels("postgres").inc()
                 log.warning("persister: postgres unavailable: %s", exc)
-                delay = min(max(delay * 2, 0.5), 30.0)
+                await self.pool.expire_connections()
+                delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
