@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from counters.buckets import DAY_MS, GRAINS, Grain, bucket_start, to_datetime
 from counters.clock import Clock
 from counters.config import Settings
+from counters.errors import Unavailable
 from counters.keys import US, ProjectKeys
 from counters.metrics import Metrics
 from counters.models import RawEvent
@@ -183,6 +184,14 @@ class Persister:
                 self.metrics.persister_errors.labels("postgres").inc()
                 log.warning("persister: postgres unavailable: %s", exc)
                 await self.pool.expire_connections()
+                delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
+            except Unavailable as exc:
+                self.metrics.persister_errors.labels(exc.backend).inc()
+                log.warning("persister: %s", exc.message)
+                delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
+            except Exception:  # the loop must outlive any single bad pass
+                self.metrics.persister_errors.labels("other").inc()
+                log.exception("persister: pass failed")
                 delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -74,3 +74,5 @@ async def nightly_reconcile(
                     await conn.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
         except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("nightly reconcile failed, next try tomorrow: %s", exc)
+        except Exception:  # the schedule must outlive any single bad run
+            log.exception("nightly reconcile failed, next try tomorrow")

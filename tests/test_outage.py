@@ -9,6 +9,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -106,3 +107,45 @@ def test_redis_then_postgres_down_and_back(
         svc.stop()
     log = (tmp_path / "service.log").read_text()
     assert "unexpected error" not in log, log[-3000:]
+
+
+async def test_persister_loop_survives_a_dead_redis(settings: Any, pool: Any) -> None:
+    """A pass that fails (here: Redis unreachable while restoring watermarks) is counted and
+    retried; the loop never dies."""
+    from counters.backends import open_redis
+    from counters.clock import SystemClock
+    from counters.metrics import Metrics
+    from lua import Scripts
+    from persist.persister import Persister
+    from tests.service import free_port
+
+    dead = open_redis(f"redis://127.0.0.1:{free_port()}/0")
+    metrics = Metrics()
+    persister = Persister(pool, dead, Scripts(dead), settings, SystemClock(), metrics)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO projects (project) VALUES ('deadredis') ON CONFLICT DO NOTHING"
+        )
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+
+    def errors() -> float:
+        return sum(
+            s.value
+            for m in metrics.registry.collect()
+            if m.name == "counters_persister_errors"
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+
+    async def probe() -> float:
+        return errors()
+
+    await wait_for(probe, lambda n: n >= 2, timeout=20, what="two failed passes")
+    assert not task.done()
+    stop.set()
+    await task
+    await dead.aclose()
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM persist_state WHERE project = 'deadredis'")
+        await conn.execute("DELETE FROM projects WHERE project = 'deadredis'")
