@@ -19,6 +19,7 @@ from starlette.responses import Response
 from api.breakdown import Breakdown, TupleCells, read_breakdown
 from api.common import app_state, authorize, bearer_key
 from api.query import BucketValues, count_uniques, decompose, read_buckets
+from api.raw import Acc, read_raw
 from api.state import AppState
 from counters.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
 from counters.errors import BadRequest, Unavailable
@@ -70,6 +71,8 @@ class ReadQuery(msgspec.Struct, frozen=True):
     rollup: Rollup
     alias: str | None = None
     """The `grain` name the caller used, if any."""
+    source: str = "rollups"
+    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims."""
 
     @property
     def name(self) -> str:
@@ -250,12 +253,7 @@ def parse_read(
     if not 1 <= top <= MAX_LIMIT:
         raise BadRequest(f"limit must be 1..{MAX_LIMIT}", code="bad_parameter")
     rollup = tuple(sorted({*filters, *group_by}))
-    if len(rollup) > 1 and rollup not in crosstabs:
-        raise BadRequest(
-            f"no rollup covers dims {', '.join(rollup)}; declare the cross-tab in config"
-            " (crosstabs) to filter or group on them together",
-            code="no_rollup",
-        )
+    source = "raw" if len(rollup) > 1 and rollup not in crosstabs else "rollups"
     q = ReadQuery(
         names,
         measure,
@@ -268,8 +266,9 @@ def parse_read(
         top,
         rollup,
         alias,
+        source,
     )
-    if oldest_minute is not None:
+    if oldest_minute is not None and source == "rollups":
         _check_retention(plan(q), oldest_minute)
     return q
 
@@ -482,6 +481,53 @@ async def _breakdown_series(
     return out
 
 
+async def _raw_series(
+    state: AppState, keys: ProjectKeys, q: ReadQuery, name: str
+) -> list[NamedSeries]:
+    """The same answers from the raw log: one series, or the top tuples and __other__."""
+    spans = periods(q.start, q.end, q.precision, q.tz)
+    filters = dict(q.filters)
+    uniques = q.measure == "uniques"
+    groups = await read_raw(
+        state.pool, state.redis, keys, name, spans, filters, q.group_by, uniques=uniques
+    )
+    if not q.group_by:
+        groups.setdefault((), [Acc() for _ in spans])
+
+    def measure(accs: Sequence[Acc]) -> int | float:
+        if uniques:
+            return len(set().union(*(a.uids or set() for a in accs)))
+        return _value(q.measure, sum(a.count for a in accs), sum(a.sum_micros for a in accs))
+
+    def series_of(per_group: Sequence[Sequence[Acc]]) -> list[int | float]:
+        return [measure([accs[i] for accs in per_group]) for i in range(len(spans))]
+
+    if not q.group_by:
+        accs = groups[()]
+        return [NamedSeries(name, filters, measure(accs), _points(q, series_of([accs])))]
+    items = sorted(groups.items(), key=lambda kv: (-measure(kv[1]), kv[0]))
+    top, rest = items[: q.limit], items[q.limit :]
+    out = [
+        NamedSeries(
+            name,
+            {**filters, **dict(zip(q.group_by, g, strict=True))},
+            measure(accs),
+            _points(q, series_of([accs])),
+        )
+        for g, accs in top
+    ]
+    rest_accs = [accs for _, accs in rest]
+    out.append(
+        NamedSeries(
+            name,
+            {**filters, **{d: OTHER for d in q.group_by}},
+            measure([a for accs in rest_accs for a in accs]),
+            _points(q, series_of(rest_accs)),
+        )
+    )
+    return out
+
+
 def _blobs(bd: Breakdown) -> BucketValues:
     return BucketValues([], [], [], bd.tmp_blobs)
 
@@ -508,6 +554,32 @@ async def series(request: Request) -> Response:
             code="too_many_buckets",
         )
     tz = q.tz
+    if q.source == "raw":
+        raw_out = [ns for name in q.names for ns in await _raw_series(state, keys, q, name)]
+        raw_reply: msgspec.Struct
+        if len(q.names) == 1 and not q.group_by:
+            raw_reply = SeriesReply(
+                q.name,
+                q.measure,
+                _grain_label(q),
+                q.precision,
+                q.tz_name,
+                label(q.start, tz),
+                label(q.end, tz),
+                "raw",
+                raw_out[0].data,
+            )
+        else:
+            raw_reply = MultiSeriesReply(
+                q.measure,
+                q.precision,
+                q.tz_name,
+                label(q.start, tz),
+                label(q.end, tz),
+                "raw",
+                raw_out,
+            )
+        return etag_response(request, _encoder.encode(raw_reply))
     if len(q.names) == 1 and not q.group_by:
         data, _ = await _one_series(state, keys, q, q.name, cells)
         reply: msgspec.Struct = SeriesReply(
@@ -544,11 +616,15 @@ async def series(request: Request) -> Response:
 async def total(request: Request) -> Response:
     """One value over the whole range; uniques are the union of every bucket's sketch."""
     state, q, keys = await _authorized(request)
-    whole = [[cell for p in plan(q) for cell in p]]
     values: list[NamedTotal] = []
-    for name in q.names:
-        _, value = await _one_series(state, keys, q, name, whole)
-        values.append(NamedTotal(name, value))
+    if q.source == "raw":
+        for name in q.names:
+            values.append(NamedTotal(name, (await _raw_series(state, keys, q, name))[0].total))
+    else:
+        whole = [[cell for p in plan(q) for cell in p]]
+        for name in q.names:
+            _, value = await _one_series(state, keys, q, name, whole)
+            values.append(NamedTotal(name, value))
     tz = q.tz
     reply: msgspec.Struct
     if len(values) == 1:
@@ -640,8 +716,11 @@ async def projects_series(request: Request) -> Response:
         state.settings.crosstabs,
         oldest_minute=minute_edge(now, state.settings.minute_retention_days),
     )
-    if q.group_by:
-        raise BadRequest("group_by is not available across projects", code="bad_parameter")
+    if q.group_by or q.source == "raw":
+        raise BadRequest(
+            "across projects, reads take filters that a rollup covers and no group_by",
+            code="bad_parameter",
+        )
     cells = plan(q)
     if len(cells) > MAX_SERIES_BUCKETS:
         raise BadRequest(

@@ -210,12 +210,11 @@ def test_single_dim_filter_needs_no_crosstab() -> None:
     assert q.values == ("DE",)
 
 
-def test_two_dims_without_crosstab() -> None:
-    err = bad({"source": "web", "country": "DE"}, crosstabs=())
-    assert err.code == "no_rollup"
-    assert "country, source" in err.message
-    err = bad({"source": "web", "device": "ios"})
-    assert err.code == "no_rollup"
+def test_two_dims_without_crosstab_fall_back_to_the_raw_log() -> None:
+    q = read({"source": "web", "country": "DE"}, crosstabs=())
+    assert (q.source, q.rollup) == ("raw", ("country", "source"))
+    assert read({"source": "web", "device": "ios"}).source == "raw"
+    assert read({"source": "web", "country": "DE"}).source == "rollups"
 
 
 def test_two_dims_with_crosstab() -> None:
@@ -228,7 +227,7 @@ def test_two_dims_with_crosstab() -> None:
 
 def test_three_dims_need_their_own_crosstab() -> None:
     params = {"country": "DE", "source": "web", "device": "ios"}
-    assert bad(params).code == "no_rollup"
+    assert read(params).source == "raw"
     q = read(params, crosstabs=(("country", "source"), ("country", "device", "source")))
     assert q.rollup == ("country", "device", "source")
     assert q.values == ("DE", "ios", "web")

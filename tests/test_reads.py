@@ -402,3 +402,57 @@ async def test_read_key_over_several_projects_and_their_union(ctx: Ctx, pool: as
     assert r.status_code == 404
     r = await ctx.app.client.get("/v1/series", params=params, headers=ctx.read_h)
     assert r.status_code == 403
+
+
+async def test_raw_log_fallback_when_no_rollup_covers(ctx: Ctx) -> None:
+    rng = random.Random(21)
+    base = parse_ts("2026-04-15T06:00:00Z")
+    events = [
+        {
+            "name": "rw",
+            "ts": base + rng.randrange(5 * HOUR_MS),
+            "dims": {
+                "source": rng.choice("ab"),
+                "device": rng.choice(["ios", "web", "tv"]),
+                "country": rng.choice(["DE", "FR"]),
+            },
+            "uid": f"u{rng.randrange(80)}",
+            "value": 1.5,
+        }
+        for _ in range(600)
+    ]
+    await ctx.post(events[:400])
+    await ctx.app.persist(ctx.project)  # part of the raw log is in Postgres, part in Redis
+    await ctx.post(events[400:])
+    window = {"from": str(base), "to": str(base + 5 * HOUR_MS)}
+    body = await ctx.get("series", name="rw", precision="1h", source="a", device="ios", **window)
+    assert body["source"] == "raw"
+    want = Counter(
+        (e["ts"] - base) // HOUR_MS
+        for e in events
+        if e["dims"]["source"] == "a" and e["dims"]["device"] == "ios"
+    )
+    assert [p["value"] for p in body["data"]] == [want[i] for i in range(5)]
+    top = await ctx.get(
+        "series",
+        name="rw",
+        precision="1h",
+        group_by="device",
+        limit=1,
+        country="DE",
+        measure="uniques",
+        **window,
+    )
+    de = [e for e in events if e["dims"]["country"] == "DE"]
+    per_device = {
+        d: {e["uid"] for e in de if e["dims"]["device"] == d} for d in ("ios", "web", "tv")
+    }
+    best = max(sorted(per_device), key=lambda d: len(per_device[d]))
+    assert top["source"] == "raw" and top["series"][0]["dims"] == {"country": "DE", "device": best}
+    assert top["series"][0]["total"] == len(per_device[best])  # exact on the raw path
+    rest = set().union(*(u for d, u in per_device.items() if d != best))
+    assert top["series"][1]["total"] == len(rest)
+    total = await ctx.get("total", name="rw", measure="sum", source="b", device="web", **window)
+    assert total["value"] == 1.5 * sum(
+        1 for e in events if e["dims"]["source"] == "b" and e["dims"]["device"] == "web"
+    )
