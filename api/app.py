@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import ingest, ops, pixel, reads
+from api import ingest, openapi, ops, pixel, reads
 from api.common import json_response
 from api.state import AppState, KeyCache
 from counters.backends import open_redis, resolve_settings
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         Route("/v1/projects/{project}/series", reads.series, methods=["GET"]),
         Route("/v1/projects/{project}/total", reads.total, methods=["GET"]),
         Route("/v1/series", reads.projects_series, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
     ]

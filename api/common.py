@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from api.state import AppState
 from counters.errors import Forbidden, NotFound, Unauthorized
+from persist.projects import PROJECT_PATTERN
 
 _encoder = msgspec.json.Encoder()
 
@@ -45,6 +46,8 @@ async def authorize(
     if found is None:
         raise Unauthorized("unknown API key")
     key_projects, key_scope = found
+    if project is not None and not PROJECT_PATTERN.match(project):
+        raise NotFound(f"unknown project {project!r}", code="unknown_project")
     if project is not None and project not in key_projects:
         if not await state.keys.exists(state.pool, project):
             raise NotFound(f"unknown project {project!r}", code="unknown_project")

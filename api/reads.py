@@ -24,7 +24,7 @@ from api.state import AppState
 from counters.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
 from counters.errors import BadRequest, Unavailable
 from counters.keys import ProjectKeys
-from counters.models import DIM_NAME_PATTERN, NAME_PATTERN, VALUE_SCALE
+from counters.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN, VALUE_SCALE
 from counters.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, label, periods, zone
 from counters.rollups import Rollup
 from persist.retention import minute_edge
@@ -51,6 +51,7 @@ MAX_LIMIT = 1_000
 OTHER = "__other__"
 _name_re = re.compile(NAME_PATTERN)
 _dim_re = re.compile(DIM_NAME_PATTERN)
+_value_re = re.compile(DIM_VALUE_PATTERN)
 
 Cell = tuple[Grain, int]
 
@@ -237,8 +238,11 @@ def parse_read(
                 f"unknown parameter {key!r} (dimension names match {DIM_NAME_PATTERN})",
                 code="bad_parameter",
             )
-        if not value or len(value.encode()) > 256:
-            raise BadRequest(f"filter {key} must be 1..256 bytes", code="bad_parameter")
+        if not _value_re.match(value) or len(value.encode()) > 256:
+            raise BadRequest(
+                f"filter {key} must be 1..256 bytes without control characters",
+                code="bad_parameter",
+            )
         filters[key] = value
     group_by = tuple(d for d in (params.get("group_by") or "").split(",") if d)
     for d in group_by:

@@ -9,7 +9,7 @@ import secrets
 from persist.db import Conn
 
 SCOPES = ("ingest", "read", "admin")
-PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 
 
 def hash_key(key: str) -> bytes:
