@@ -7,16 +7,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from api import ingest, openapi, ops, pixel, reads
+from api import catalog, ingest, openapi, ops, pixel, reads
 from api.common import json_response
 from api.state import AppState, KeyCache
 from counters.backends import open_redis, resolve_settings
@@ -33,6 +35,12 @@ from persist.schedule import nightly_reconcile
 from persist.state import restore_watermarks
 
 log = logging.getLogger("counters.api")
+STATIC = Path(__file__).parent / "static"
+
+
+async def dashboard(request: Request) -> Response:
+    """GET /: the dashboard page."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def _error_body(exc: CountersError) -> dict[str, dict[str, str]]:
@@ -141,7 +149,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         Route("/v1/projects/{project}/series", reads.series, methods=["GET"]),
         Route("/v1/projects/{project}/total", reads.total, methods=["GET"]),
         Route("/v1/series", reads.projects_series, methods=["GET"]),
+        Route("/v1/whoami", catalog.whoami, methods=["GET"]),
+        Route("/v1/projects/{project}/catalog", catalog.catalog, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        Route("/", dashboard, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
     ]

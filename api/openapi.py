@@ -8,6 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.catalog import Catalog, WhoAmI
 from api.reads import (
     MEASURES,
     MultiSeriesReply,
@@ -193,6 +194,27 @@ def build() -> dict[str, Any]:
                         "200": {"description": "Series", **_json(_ref("ProjectsReply"))},
                         "304": {"description": "Not modified (If-None-Match)"},
                         **read_errors,
+                    },
+                }
+            },
+            "/v1/whoami": {
+                "get": {
+                    "summary": "The projects and scope of the presented key",
+                    "security": BEARER,
+                    "responses": {
+                        "200": {"description": "The key", **_json(_ref("WhoAmI"))},
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/v1/projects/{project}/catalog": {
+                "get": {
+                    "summary": "Event names of the last 30 days and their dims",
+                    "security": BEARER,
+                    "parameters": [PROJECT],
+                    "responses": {
+                        "200": {"description": "Catalog", **_json(_ref("Catalog"))},
+                        **_errors(401, 403, 404, 503),
                     },
                 }
             },
