@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from counters.rollups import Rollup, fields_for
 from lua import Scripts
 
 RestoreWatermarks = Callable[[str], Awaitable[None]]
-Group = list[Any]  # [grain short, bucket (str), field, count, sum micros (str), uids]
+Group = list[Any]
 
 _payload_encoder = msgspec.msgpack.Encoder()
 _MAX_ATTEMPTS = 8
@@ -26,30 +27,116 @@ DIM_SET_TTL_MS = 2 * 86_400_000
 DURABLE_TIMEOUT_MS = 2000
 
 
-def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
-    """One group per (grain, bucket, field) the batch touches, with its count, sum and the
-    distinct uids; applying the groups equals applying every event one by one."""
-    acc: dict[tuple[str, int, str], list[Any]] = {}
-    get = acc.get
+class _Acc:
+    """Counts, sums and uids per field, for one bucket."""
+
+    __slots__ = ("counts", "sums", "uids")
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.sums: dict[str, int] = {}
+        self.uids: dict[str, set[str]] = {}
+
+    def merge(self, other: _Acc) -> None:
+        self.counts.update(other.counts)
+        for f, v in other.sums.items():
+            self.sums[f] = self.sums.get(f, 0) + v
+        for f, u in other.uids.items():
+            mine = self.uids.get(f)
+            if mine is None:
+                self.uids[f] = set(u)
+            else:
+                mine |= u
+
+
+def _minute_accs(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> dict[int, _Acc]:
+    """Per minute bucket, the counts, sums and uids of every field."""
+    out: dict[int, _Acc] = {}
     for ev in events:
         ts = ev.ts
-        buckets = (("m", ts - ts % 60_000), ("h", ts - ts % 3_600_000), ("d", ts - ts % 86_400_000))
+        minute = ts - ts % 60_000
+        acc = out.get(minute)
+        if acc is None:
+            acc = out[minute] = _Acc()
+        fields = fields_for(ev.name, ev.dims, crosstabs)
+        acc.counts.update(fields)
         value = ev.value
+        if value:
+            sums = acc.sums
+            for f in fields:
+                sums[f] = sums.get(f, 0) + value
         uid = ev.uid
-        for field in fields_for(ev.name, ev.dims, crosstabs):
-            for grain, bucket in buckets:
-                key = (grain, bucket, field)
-                g = get(key)
-                if g is None:
-                    acc[key] = g = [0, 0, set()]
-                g[0] += 1
-                g[1] += value
-                if uid is not None:
-                    g[2].add(uid)
-    return [
-        [grain, str(bucket), field, g[0], str(g[1]), sorted(g[2])]
-        for (grain, bucket, field), g in acc.items()
-    ]
+        if uid is not None:
+            uids = acc.uids
+            for f in fields:
+                known = uids.get(f)
+                if known is None:
+                    uids[f] = {uid}
+                else:
+                    known.add(uid)
+    return out
+
+
+def compact_groups(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
+    """The batch as groups `[targets, field, count, sum (str), uids]`, where targets lists
+    the `[grain, bucket]` the group applies to. A minute that is alone in its hour (and day)
+    carries the hour (and day) targets too, so live traffic sends each field once."""
+    minutes = _minute_accs(events, crosstabs)
+    hours: dict[int, list[int]] = {}
+    for minute in minutes:
+        hours.setdefault(minute - minute % 3_600_000, []).append(minute)
+    days: dict[int, list[int]] = {}
+    for hour in hours:
+        days.setdefault(hour - hour % 86_400_000, []).append(hour)
+    out: list[Group] = []
+
+    def emit(acc: _Acc, targets: list[list[str]]) -> None:
+        sums = acc.sums
+        uids = acc.uids
+        for f, n in acc.counts.items():
+            u = uids.get(f)
+            out.append([targets, f, n, str(sums.get(f, 0)), list(u) if u else []])
+
+    for day, day_hours in days.items():
+        day_target = ["d", str(day)]
+        lone_day = len(day_hours) == 1
+        day_acc: _Acc | None = None if lone_day else _Acc()
+        for hour in day_hours:
+            hour_minutes = hours[hour]
+            hour_target = ["h", str(hour)]
+            if len(hour_minutes) == 1:
+                minute = hour_minutes[0]
+                acc = minutes[minute]
+                targets = [["m", str(minute)], hour_target]
+                if lone_day:
+                    targets.append(day_target)
+                emit(acc, targets)
+                if day_acc is not None:
+                    day_acc.merge(acc)
+                continue
+            hour_acc = _Acc()
+            for minute in hour_minutes:
+                emit(minutes[minute], [["m", str(minute)]])
+                hour_acc.merge(minutes[minute])
+            emit(hour_acc, [hour_target, day_target] if lone_day else [hour_target])
+            if day_acc is not None:
+                day_acc.merge(hour_acc)
+        if day_acc is not None:
+            emit(day_acc, [day_target])
+    return out
+
+
+def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
+    """One group `[grain, bucket (str), field, count, sum (str), sorted uids]` per (grain,
+    bucket, field) the batch touches; applying them equals applying every event one by one."""
+    out: list[Group] = []
+    for targets, field, count, total, uids in compact_groups(events, crosstabs):
+        ordered = sorted(uids)
+        for grain, bucket in targets:
+            out.append([grain, bucket, field, count, total, ordered])
+    order = {"m": 0, "h": 1, "d": 2}
+    out.sort(key=lambda g: (order[g[0]], int(g[1]), g[2]))
+    return out
 
 
 def _first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
@@ -158,7 +245,7 @@ class Ingestor:
                     self._dedupe_ms,
                     self._cap,
                     ids,
-                    group_events(pending, self._crosstabs),
+                    compact_groups(pending, self._crosstabs),
                     len(pending),
                     self._dim_cap,
                     dim_values,

@@ -11,8 +11,9 @@
 --            dedupe_ttl_ms  integer, milliseconds an event id is remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
 --            ids            array of event-id strings to dedupe, in batch order
---            groups         array of [grain "m"|"h"|"d", bucket start ms (string),
---                           field, count (integer), sum in millionths (string), uids]
+--            groups         array of [targets, field, count (integer), sum in millionths
+--                           (string), uids]; targets = array of [grain "m"|"h"|"d", bucket
+--                           start ms (string)] the group adds to
 --            n_events       integer, events in the raw blob
 --            dim_cap        integer, distinct values a dim may take per UTC day (0 = no cap)
 --            dim_values     array of [dim, day start ms (string), value]: every distinct one
@@ -97,30 +98,33 @@ local late = 0
 local late_key = base .. 'late:' .. gen
 local marked = {}
 for _, g in ipairs(groups) do
-  local grain, bucket, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5], g[6]
-  if tonumber(bucket) < sealed[grain] then
-    late = late + 1
-    local where = grain .. ':' .. bucket .. ':'
-    redis.call('HINCRBY', late_key, where .. 'c\31' .. field, count)
-    if sum ~= '0' then
-      redis.call('HINCRBY', late_key, where .. 's\31' .. field, sum)
-    end
-    if #uids > 0 then
-      pfadd(late_key .. ':u:' .. where .. field, uids)
-      redis.call('SADD', late_key .. ':hll', where .. field)
-    end
-  else
-    local hot = base .. 'h:' .. grain .. ':' .. bucket
-    redis.call('HINCRBY', hot, 'c\31' .. field, count)
-    if sum ~= '0' then
-      redis.call('HINCRBY', hot, 's\31' .. field, sum)
-    end
-    if #uids > 0 then
-      pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
-    end
-    if not marked[hot] then
-      marked[hot] = true
-      redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+  local targets, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
+  for _, t in ipairs(targets) do
+    local grain, bucket = t[1], t[2]
+    if tonumber(bucket) < sealed[grain] then
+      late = late + 1
+      local where = grain .. ':' .. bucket .. ':'
+      redis.call('HINCRBY', late_key, where .. 'c\31' .. field, count)
+      if sum ~= '0' then
+        redis.call('HINCRBY', late_key, where .. 's\31' .. field, sum)
+      end
+      if #uids > 0 then
+        pfadd(late_key .. ':u:' .. where .. field, uids)
+        redis.call('SADD', late_key .. ':hll', where .. field)
+      end
+    else
+      local hot = base .. 'h:' .. grain .. ':' .. bucket
+      redis.call('HINCRBY', hot, 'c\31' .. field, count)
+      if sum ~= '0' then
+        redis.call('HINCRBY', hot, 's\31' .. field, sum)
+      end
+      if #uids > 0 then
+        pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
+      end
+      if not marked[hot] then
+        marked[hot] = true
+        redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+      end
     end
   end
 end
