@@ -46,6 +46,8 @@ MODELS: list[Any] = [
     ProjectsReply,
     ErrorReply,
     HealthReply,
+    WhoAmI,
+    Catalog,
 ]
 
 

@@ -273,7 +273,9 @@ def parse_read(
         source,
     )
     if oldest_minute is not None and source == "rollups":
-        _check_retention(plan(q), oldest_minute)
+        if q.precision in ("1m", "5m", "15m") and q.start < oldest_minute:
+            raise_past_retention(oldest_minute)
+        _check_retention([_whole(q)], oldest_minute)
     return q
 
 
@@ -285,6 +287,35 @@ def raise_past_retention(oldest_minute: int) -> NoReturn:
         " further back)",
         code="past_retention",
     )
+
+
+def _whole(q: ReadQuery) -> list[Cell]:
+    """The fewest stored buckets tiling the whole range."""
+    lo, hi = q.start - q.start % 60_000, q.end - q.end % 60_000
+    return [(g, b) for g, bs in decompose(lo, hi) for b in bs]
+
+
+def series_plan(q: ReadQuery, oldest_minute: int) -> list[list[Cell]]:
+    """plan(q), refused (400) when it has too many periods or needs minute buckets past
+    retention; the period count is bounded before any period is built."""
+    shortest = (
+        FIXED_MS.get(q.precision) or {"1d": 23, "1w": 167, "1mo": 671}[q.precision] * 3_600_000
+    )
+    if (q.end - q.start) // shortest > MAX_SERIES_BUCKETS:
+        raise BadRequest(
+            f"too many buckets asked for: at most {MAX_SERIES_BUCKETS} per series (use a coarser"
+            " precision or a shorter range)",
+            code="too_many_buckets",
+        )
+    cells = plan(q)
+    if len(cells) > MAX_SERIES_BUCKETS:
+        raise BadRequest(
+            f"{len(cells)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
+            code="too_many_buckets",
+        )
+    if q.source == "rollups":
+        _check_retention(cells, oldest_minute)
+    return cells
 
 
 def _check_retention(cells: Sequence[Sequence[Cell]], oldest_minute: int) -> None:
@@ -551,12 +582,7 @@ def _grain_label(q: ReadQuery) -> str:
 async def series(request: Request) -> Response:
     """Zero-padded values per period; with group_by, the top tuples and __other__."""
     state, q, keys = await _authorized(request)
-    cells = plan(q)
-    if len(cells) > MAX_SERIES_BUCKETS:
-        raise BadRequest(
-            f"{len(cells)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
-            code="too_many_buckets",
-        )
+    cells = series_plan(q, minute_edge(state.clock.now_ms(), state.settings.minute_retention_days))
     tz = q.tz
     if q.source == "raw":
         raw_out = [ns for name in q.names for ns in await _raw_series(state, keys, q, name)]
@@ -625,7 +651,7 @@ async def total(request: Request) -> Response:
         for name in q.names:
             values.append(NamedTotal(name, (await _raw_series(state, keys, q, name))[0].total))
     else:
-        whole = [[cell for p in plan(q) for cell in p]]
+        whole = [_whole(q)]
         for name in q.names:
             _, value = await _one_series(state, keys, q, name, whole)
             values.append(NamedTotal(name, value))
@@ -725,12 +751,7 @@ async def projects_series(request: Request) -> Response:
             "across projects, reads take filters that a rollup covers and no group_by",
             code="bad_parameter",
         )
-    cells = plan(q)
-    if len(cells) > MAX_SERIES_BUCKETS:
-        raise BadRequest(
-            f"{len(cells)} buckets asked for; at most {MAX_SERIES_BUCKETS} per series",
-            code="too_many_buckets",
-        )
+    cells = series_plan(q, minute_edge(state.clock.now_ms(), state.settings.minute_retention_days))
     series: list[ProjectSeries] = []
     union: list[UnionSeries] = []
     for name in q.names:

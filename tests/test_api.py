@@ -263,3 +263,15 @@ async def test_late_event_is_readable_at_once(client: httpx.AsyncClient, keys: K
     assert r.status_code == 200
     assert await total(client, keys, name, **{"from": str(old - 60_000)}) == 1
     assert await total(client, keys, name, measure="sum", **{"from": str(old - 60_000)}) == 4
+
+
+async def test_huge_minute_range_is_refused_fast(client: httpx.AsyncClient, keys: Keys) -> None:
+    """Found by schemathesis: 1m precision over years must be refused before any work."""
+    t0 = time.monotonic()
+    r = await client.get(
+        f"/v1/projects/{keys.project}/series",
+        params={"name": "ok", "precision": "1h", "from": "2024-05-01T00:00:00Z"},
+        headers=auth(keys.read),
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_buckets"
+    assert time.monotonic() - t0 < 2
