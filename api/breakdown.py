@@ -1,12 +1,12 @@
-"""Breakdowns: every dims tuple of a rollup over a range, merged from Postgres history, Redis
-hot buckets and pending late deltas (the same no-gap, no-double-count cut as api/query.py),
-ranked, with the top N as series and the rest folded into __other__."""
+"""Breakdowns: the dims tuples of a rollup over a range, merged from Postgres history, Redis
+hot buckets and pending late deltas (the same no-gap, no-double-count cut as api/query.py:
+the Postgres snapshot's watermarks decide which buckets come from Redis)."""
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -18,11 +18,13 @@ from counters.buckets import Grain, from_datetime, to_datetime
 from counters.errors import Unavailable
 from counters.keys import US, ProjectKeys
 from counters.rollups import Rollup, rollup_id
+from persist.db import Conn
 from persist.persister import TABLE
-from persist.state import load_state
+from persist.state import PersistState, load_state
 
 Cell = tuple[Grain, int]
-TMP_TTL_MS = 30_000
+Tuple = tuple[str, ...]
+_GRAINS = {g.short: g for g in Grain}
 
 
 class TupleCells(msgspec.Struct):
@@ -32,14 +34,153 @@ class TupleCells(msgspec.Struct):
     sums: dict[Cell, int] = msgspec.field(default_factory=dict)
     hlls: dict[Cell, list[str]] = msgspec.field(default_factory=dict)
 
+    def add(self, other: TupleCells) -> None:
+        for c, v in other.counts.items():
+            self.counts[c] = self.counts.get(c, 0) + v
+        for c, v in other.sums.items():
+            self.sums[c] = self.sums.get(c, 0) + v
+        for c, ks in other.hlls.items():
+            self.hlls.setdefault(c, []).extend(ks)
+
 
 class Breakdown(msgspec.Struct):
-    tuples: dict[tuple[str, ...], TupleCells]
+    tuples: dict[Tuple, TupleCells]
     tmp_blobs: dict[str, bytes]
+
+
+class RankedBreakdown(msgspec.Struct):
+    """For count and sum: the top tuples with their cells, and all tuples summed per cell."""
+
+    top: list[tuple[Tuple, TupleCells]]
+    all_tuples: TupleCells
+    totals: dict[Tuple, int]
+    """Range total of the ranking measure for each top tuple."""
+
+
+class _Scope:
+    """Which fields of which rollup, with some dims fixed by filters."""
+
+    def __init__(self, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
+        self.name = name
+        self.rollup = rollup
+        self.rid = rollup_id(rollup)
+        self.fixed = {rollup.index(d): v for d, v in filters.items()}
+        self.prefix = name + US + self.rid + US
+        self.cond = "".join(f" AND dims[{i + 1}] = ${5 + n}" for n, i in enumerate(self.fixed))
+        self.cond_args: list[Any] = list(self.fixed.values())
+
+    def matches(self, values: Sequence[str]) -> bool:
+        return len(values) == len(self.rollup) and all(
+            values[i] == v for i, v in self.fixed.items()
+        )
 
 
 def _pg_error(exc: Exception) -> Unavailable:
     return Unavailable("postgres", str(exc) or type(exc).__name__)
+
+
+def _redis_error(exc: Exception) -> Unavailable:
+    return Unavailable("redis", str(exc) or type(exc).__name__)
+
+
+async def _redis_cells(
+    redis: Redis,
+    keys: ProjectKeys,
+    state: PersistState,
+    scope: _Scope,
+    need: dict[Grain, list[int]],
+    *,
+    uniques: bool,
+) -> dict[Tuple, TupleCells]:
+    """The cells Redis is authoritative for under this snapshot's watermarks: hot buckets at
+    or past them, and late generations not yet applied."""
+    tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.watermarks, "gen")
+        hot: list[Cell] = []
+        for grain, buckets in need.items():
+            until = state.until(grain)
+            for b in buckets:
+                if b >= until:
+                    hot.append((grain, b))
+                    pipe.hgetall(keys.hot(grain, b))
+        replies = await pipe.execute()
+        gen = int(replies[0] or 0)
+        for cell, h in zip(hot, replies[1:], strict=True):
+            _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None)
+        pending = range(state.late_applied + 1, gen + 1)
+        if pending:
+            pipe = redis.pipeline(transaction=False)
+            for g in pending:
+                pipe.hgetall(keys.late(g))
+            wanted = {(g, b) for g, bs in need.items() for b in bs}
+            for g, h in zip(pending, await pipe.execute(), strict=True):
+                by_cell: dict[Cell, dict[bytes, bytes]] = defaultdict(dict)
+                for k, v in h.items():
+                    grain_s, bucket_s, rest = k.decode().split(":", 2)
+                    cell = (_GRAINS[grain_s], int(bucket_s))
+                    if cell in wanted:
+                        by_cell[cell][rest.encode()] = v
+                for cell, fields in by_cell.items():
+                    _fold_hash(fields, scope, tuples, cell, keys, uniques, late_gen=g)
+    except (RedisError, OSError) as exc:
+        raise _redis_error(exc) from exc
+    return dict(tuples)
+
+
+def _fold_hash(
+    h: dict[bytes, bytes],
+    scope: _Scope,
+    tuples: dict[Tuple, TupleCells],
+    cell: Cell,
+    keys: ProjectKeys,
+    uniques: bool,
+    *,
+    late_gen: int | None,
+) -> None:
+    grain, bucket = cell
+    prefix = scope.prefix
+    for k, v in h.items():
+        kind, _, field = k.decode().partition(US)
+        if not field.startswith(prefix):
+            continue
+        values = tuple(field[len(prefix) :].split(US))
+        if not scope.matches(values):
+            continue
+        t = tuples[values]
+        if kind == "c":
+            t.counts[cell] = t.counts.get(cell, 0) + int(v)
+            if uniques:
+                hll = (
+                    keys.hll(grain, bucket, field)
+                    if late_gen is None
+                    else keys.late_hll(late_gen, grain, bucket, field)
+                )
+                t.hlls.setdefault(cell, []).append(hll)
+        else:
+            t.sums[cell] = t.sums.get(cell, 0) + int(v)
+
+
+def _pg_buckets(state: PersistState, need: dict[Grain, list[int]]) -> list[tuple[Grain, list[Any]]]:
+    out = []
+    for grain, buckets in need.items():
+        wanted = [to_datetime(b) for b in buckets if b < state.until(grain)]
+        if wanted:
+            out.append((grain, wanted))
+    return out
+
+
+async def _in_snapshot(
+    pool: asyncpg.Pool, project: str, body: Callable[[Conn, PersistState], Any]
+) -> Any:
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                state = await load_state(conn, project, create=False)
+                return await body(conn, state)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _pg_error(exc) from exc
 
 
 async def read_breakdown(
@@ -54,118 +195,117 @@ async def read_breakdown(
     uniques: bool,
 ) -> Breakdown:
     """Every dims tuple of `rollup` (values of the filtered dims fixed) with its cells over
-    the needed stored buckets."""
-    rid = rollup_id(rollup)
-    fixed = {rollup.index(d): v for d, v in filters.items()}
-    tuples: dict[tuple[str, ...], TupleCells] = defaultdict(TupleCells)
+    the needed stored buckets, sketches included (for uniques)."""
+    scope = _Scope(name, rollup, filters)
     tmp: dict[str, bytes] = {}
 
-    def matches(values: Sequence[str]) -> bool:
-        return len(values) == len(rollup) and all(values[i] == v for i, v in fixed.items())
+    async def body(conn: Conn, state: PersistState) -> dict[Tuple, TupleCells]:
+        tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
+        for grain, wanted in _pg_buckets(state, need):
+            rows = await conn.fetch(
+                f"SELECT dims, bucket, count, sum_micros,"
+                f" {'hll' if uniques else 'NULL::bytea AS hll'} FROM {TABLE[grain]}"
+                " WHERE project = $1 AND name = $2 AND rollup = $3"
+                f" AND bucket = ANY($4::timestamptz[]){scope.cond}",
+                keys.project,
+                name,
+                scope.rid,
+                wanted,
+                *scope.cond_args,
+            )
+            for r in rows:
+                cell = (grain, from_datetime(r["bucket"]))
+                row = tuples[tuple(r["dims"])]
+                row.counts[cell] = r["count"]
+                row.sums[cell] = r["sum_micros"]
+                if uniques and r["hll"] is not None:
+                    k = keys.tmp(uuid.uuid4().hex)
+                    tmp[k] = r["hll"]
+                    row.hlls.setdefault(cell, []).append(k)
+        for t, cells in (
+            await _redis_cells(redis, keys, state, scope, need, uniques=uniques)
+        ).items():
+            tuples[t].add(cells)
+        return dict(tuples)
 
-    cond = "".join(f" AND dims[{i + 1}] = ${6 + n}" for n, i in enumerate(fixed))
-    cond_args = list(fixed.values())
-    try:
-        async with pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                state = await load_state(conn, keys.project, create=False)
-                for grain, buckets in need.items():
-                    until = state.until(grain)
-                    wanted = {b for b in buckets if b < until}
-                    if not wanted:
-                        continue
-                    rows = await conn.fetch(
-                        f"SELECT dims, bucket, count, sum_micros,"
-                        f" {'hll' if uniques else 'NULL::bytea AS hll'} FROM {TABLE[grain]}"
-                        " WHERE project = $1 AND name = $2 AND rollup = $3"
-                        f" AND bucket >= $4 AND bucket < $5{cond}",
-                        keys.project,
-                        name,
-                        rid,
-                        to_datetime(min(wanted)),
-                        to_datetime(min(max(wanted) + grain.value, until)),
-                        *cond_args,
-                    )
-                    for r in rows:
-                        b = from_datetime(r["bucket"])
-                        if b not in wanted:
-                            continue
-                        t = tuples[tuple(r["dims"])]
-                        t.counts[(grain, b)] = r["count"]
-                        t.sums[(grain, b)] = r["sum_micros"]
-                        if uniques and r["hll"] is not None:
-                            k = keys.tmp(uuid.uuid4().hex)
-                            tmp[k] = r["hll"]
-                            t.hlls.setdefault((grain, b), []).append(k)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise _pg_error(exc) from exc
-
-    prefix = name + US + rid + US
-    try:
-        pipe = redis.pipeline(transaction=False)
-        pipe.hget(keys.watermarks, "gen")
-        hot: list[Cell] = []
-        for grain, buckets in need.items():
-            until = state.until(grain)
-            for b in buckets:
-                if b >= until:
-                    hot.append((grain, b))
-                    pipe.hgetall(keys.hot(grain, b))
-        replies = await pipe.execute()
-        gen = int(replies[0] or 0)
-        for cell, h in zip(hot, replies[1:], strict=True):
-            _fold_hash(h, prefix, matches, tuples, cell, keys, uniques, late_gen=None)
-        pending = range(state.late_applied + 1, gen + 1)
-        if pending:
-            pipe = redis.pipeline(transaction=False)
-            for g in pending:
-                pipe.hgetall(keys.late(g))
-            wanted_cells = {(g, b) for g, bs in need.items() for b in bs}
-            for g, h in zip(pending, await pipe.execute(), strict=True):
-                by_cell: dict[Cell, dict[bytes, bytes]] = defaultdict(dict)
-                for k, v in h.items():
-                    grain_s, bucket_s, rest = k.decode().split(":", 2)
-                    cell = (_GRAINS[grain_s], int(bucket_s))
-                    if cell in wanted_cells:
-                        by_cell[cell][rest.encode()] = v
-                for cell, fields in by_cell.items():
-                    _fold_hash(fields, prefix, matches, tuples, cell, keys, uniques, late_gen=g)
-    except (RedisError, OSError) as exc:
-        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
-    return Breakdown(dict(tuples), tmp)
+    return Breakdown(await _in_snapshot(pool, keys.project, body), tmp)
 
 
-_GRAINS = {g.short: g for g in Grain}
-
-
-def _fold_hash(
-    h: dict[bytes, bytes],
-    prefix: str,
-    matches: Any,
-    tuples: dict[tuple[str, ...], TupleCells],
-    cell: Cell,
+async def read_ranked(
+    pool: asyncpg.Pool,
+    redis: Redis,
     keys: ProjectKeys,
-    uniques: bool,
+    name: str,
+    rollup: Rollup,
+    filters: dict[str, str],
+    need: dict[Grain, list[int]],
     *,
-    late_gen: int | None,
-) -> None:
-    grain, bucket = cell
-    for k, v in h.items():
-        kind, _, field = k.decode().partition(US)
-        if not field.startswith(prefix):
-            continue
-        values = tuple(field[len(prefix) :].split(US))
-        if not matches(values):
-            continue
-        t = tuples[values]
-        if kind == "c":
-            t.counts[cell] = t.counts.get(cell, 0) + int(v)
-            if uniques:
-                hll = (
-                    keys.hll(grain, bucket, field)
-                    if late_gen is None
-                    else keys.late_hll(late_gen, grain, bucket, field)
-                )
-                t.hlls.setdefault(cell, []).append(hll)
-        else:
-            t.sums[cell] = t.sums.get(cell, 0) + int(v)
+    by_sum: bool,
+    limit: int,
+) -> RankedBreakdown:
+    """Top `limit` tuples by count (or sum) without reading every tuple's rows: Postgres
+    ranks and totals per bucket in SQL and returns only the top tuples' rows; the Redis
+    part (hot buckets, pending late deltas) is merged before ranking."""
+    scope = _Scope(name, rollup, filters)
+    measure_col = "sum_micros" if by_sum else "count"
+
+    async def body(conn: Conn, state: PersistState) -> RankedBreakdown:
+        redis_part = await _redis_cells(redis, keys, state, scope, need, uniques=False)
+        totals: dict[Tuple, int] = {
+            t: sum((c.sums if by_sum else c.counts).values()) for t, c in redis_part.items()
+        }
+        everything = TupleCells()
+        for cells in redis_part.values():
+            everything.add(cells)
+        per_grain = _pg_buckets(state, need)
+        for grain, wanted in per_grain:
+            args = [keys.project, name, scope.rid, wanted, *scope.cond_args]
+            where = (
+                f"FROM {TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
+                f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
+            )
+            for r in await conn.fetch(
+                f"SELECT dims, sum({measure_col})::bigint AS m {where} GROUP BY dims", *args
+            ):
+                t = tuple(r["dims"])
+                totals[t] = totals.get(t, 0) + r["m"]
+            for r in await conn.fetch(
+                "SELECT bucket, sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
+                f" {where} GROUP BY bucket",
+                *args,
+            ):
+                cell = (grain, from_datetime(r["bucket"]))
+                everything.counts[cell] = everything.counts.get(cell, 0) + r["c"]
+                everything.sums[cell] = everything.sums.get(cell, 0) + r["s"]
+        top = sorted(totals, key=lambda t: (-totals[t], t))[:limit]
+        cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
+        joined = [US.join(t) for t in top]
+        for grain, wanted in per_grain:
+            if not joined:
+                break
+            n = 5 + len(scope.cond_args)
+            for r in await conn.fetch(
+                f"SELECT dims, bucket, count, sum_micros FROM {TABLE[grain]}"
+                " WHERE project = $1 AND name = $2 AND rollup = $3"
+                f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
+                f" AND array_to_string(dims, E'\\x1f') = ANY(${n}::text[])",
+                keys.project,
+                name,
+                scope.rid,
+                wanted,
+                *scope.cond_args,
+                joined,
+            ):
+                cells = cells_of[tuple(r["dims"])]
+                cell = (grain, from_datetime(r["bucket"]))
+                cells.counts[cell] = r["count"]
+                cells.sums[cell] = r["sum_micros"]
+        for t in top:
+            if t in redis_part:
+                cells_of[t].add(redis_part[t])
+        return RankedBreakdown(
+            [(t, cells_of[t]) for t in top], everything, {t: totals[t] for t in top}
+        )
+
+    result: RankedBreakdown = await _in_snapshot(pool, keys.project, body)
+    return result

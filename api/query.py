@@ -85,6 +85,10 @@ async def read_buckets(
     try:
         pipe = redis.pipeline(transaction=False)
         pipe.hget(keys.watermarks, "gen")
+        # late generations usually do not exist: ask cheaply before building field lists
+        guess = [snap.state.late_applied + 1, snap.state.late_applied + 2]
+        for g in guess:
+            pipe.exists(keys.late(g), keys.late_hll_index(g))
         hot_index: list[tuple[int, int]] = []
         for p, (grain, buckets) in enumerate(pieces):
             until = snap.state.until(grain)
@@ -109,10 +113,17 @@ async def read_buckets(
                         hll_keys[p][i].append(keys.hll(grain, b, field))
         replies = await pipe.execute()
         gen = int(replies[0] or 0)
-        for (p, i), (c, s) in zip(hot_index, replies[1:], strict=True):
+        present = {g for g, n in zip(guess, replies[1:3], strict=True) if n}
+        for (p, i), (c, s) in zip(hot_index, replies[3:], strict=True):
             counts[p][i] += int(c or 0)
             sums[p][i] += int(s or 0)
-        pending = list(range(snap.state.late_applied + 1, gen + 1))
+        unknown = list(range(guess[-1] + 1, gen + 1))
+        if unknown:
+            pipe = redis.pipeline(transaction=False)
+            for g in unknown:
+                pipe.exists(keys.late(g), keys.late_hll_index(g))
+            present |= {g for g, n in zip(unknown, await pipe.execute(), strict=True) if n}
+        pending = sorted(g for g in present if g <= gen)
         if pending:
             pipe = redis.pipeline(transaction=False)
             late_index: list[tuple[int, int]] = []

@@ -16,7 +16,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.breakdown import Breakdown, TupleCells, read_breakdown
+from api.breakdown import Breakdown, TupleCells, read_breakdown, read_ranked
 from api.common import app_state, authorize, bearer_key
 from api.query import BucketValues, count_uniques, decompose, read_buckets
 from api.raw import Acc, read_raw
@@ -325,11 +325,18 @@ def _check_retention(cells: Sequence[Sequence[Cell]], oldest_minute: int) -> Non
                 raise_past_retention(oldest_minute)
 
 
+_STORED = {g.value: g for g in Grain}
+
+
 def plan(q: ReadQuery) -> list[list[Cell]]:
     """The stored buckets composing each output period."""
     out: list[list[Cell]] = []
     for s, e in periods(q.start, q.end, q.precision, q.tz):
-        out.append([(g, b) for g, bs in decompose(s - s % 60_000, e - e % 60_000) for b in bs])
+        grain = _STORED.get(e - s)
+        if grain is not None and s % grain.value == 0:  # the period is one stored bucket
+            out.append([(grain, s)])
+        else:
+            out.append([(g, b) for g, bs in decompose(s - s % 60_000, e - e % 60_000) for b in bs])
     return out
 
 
@@ -431,6 +438,52 @@ async def _one_series(
     return await _values(state, q, await _read_cells(state, keys, q, name, cells), cells)
 
 
+async def _ranked_series(
+    state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
+) -> list[NamedSeries]:
+    """Breakdown by count or sum: ranked in Postgres, only the top tuples' rows read."""
+    filters = dict(q.filters)
+    ranked = await read_ranked(
+        state.pool,
+        state.redis,
+        keys,
+        name,
+        q.rollup,
+        filters,
+        _need(cells),
+        by_sum=q.measure == "sum",
+        limit=q.limit,
+    )
+    group_pos = [q.rollup.index(d) for d in q.group_by]
+    everything = [cell for p in cells for cell in p]
+
+    def series_of(t: TupleCells) -> list[int | float]:
+        return [
+            _value(q.measure, sum(t.counts.get(x, 0) for x in p), sum(t.sums.get(x, 0) for x in p))
+            for p in cells
+        ]
+
+    def whole(t: TupleCells) -> int | float:
+        return _value(
+            q.measure,
+            sum(t.counts.get(x, 0) for x in everything),
+            sum(t.sums.get(x, 0) for x in everything),
+        )
+
+    out: list[NamedSeries] = []
+    rest = TupleCells(dict(ranked.all_tuples.counts), dict(ranked.all_tuples.sums))
+    for values, t in ranked.top:
+        dims = {d: values[pos] for d, pos in zip(q.group_by, group_pos, strict=True)}
+        out.append(NamedSeries(name, {**filters, **dims}, whole(t), _points(q, series_of(t))))
+        for c, v in t.counts.items():
+            rest.counts[c] = rest.counts.get(c, 0) - v
+        for c, v in t.sums.items():
+            rest.sums[c] = rest.sums.get(c, 0) - v
+    other_dims = {**filters, **{d: OTHER for d in q.group_by}}
+    out.append(NamedSeries(name, other_dims, whole(rest), _points(q, series_of(rest))))
+    return out
+
+
 async def _breakdown_series(
     state: AppState, keys: ProjectKeys, q: ReadQuery, name: str, cells: list[list[Cell]]
 ) -> list[NamedSeries]:
@@ -438,6 +491,8 @@ async def _breakdown_series(
     need = _need(cells)
     uniques = q.measure == "uniques"
     filters = dict(q.filters)
+    if not uniques:
+        return await _ranked_series(state, keys, q, name, cells)
     bd: Breakdown = await read_breakdown(
         state.pool, state.redis, keys, name, q.rollup, filters, need, uniques=uniques
     )

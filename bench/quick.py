@@ -142,14 +142,14 @@ async def run(args: argparse.Namespace) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--freshness-samples", type=int, default=20)
     p.add_argument("--spread-seconds", type=int, default=5, help="event times over the last N s")
-    asyncio.run(run(p.parse_args()))
+    asyncio.run(run(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

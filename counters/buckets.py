@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 MINUTE_MS = 60_000
@@ -45,10 +46,9 @@ def bucket_ceil(ts_ms: int, grain: Grain) -> int:
 
 def format_ts(ts_ms: int) -> str:
     """RFC 3339 UTC with a Z suffix; milliseconds only when not zero."""
-    dt = to_datetime(ts_ms)
-    if ts_ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    seconds, ms = divmod(ts_ms, 1000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{ms:03d}Z" if ms else text + "Z"
 
 
 def to_datetime(ts_ms: int) -> datetime:

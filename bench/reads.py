@@ -1,0 +1,595 @@
+"""Reads at volume: the same dashboard questions answered by counters (rollups), by Postgres
+scanning the raw events with the best index it can use, and by DuckDB scanning the same
+events from Parquet, at growing volumes.
+
+    .venv/bin/python -m bench reads [--levels 1000000,10000000] [--quick] [--runs 30]
+
+History: one project, 365 days of events written in time order, 3 names (click 55%),
+1,000 links and 100 affiliates (Zipf), 50 sources, 200 countries, 5 devices, uids out of
+2M. counters' history is loaded through the persister's own code paths (`upsert_rollups`
+for rollups with their HyperLogLog sketches built by Redis PFADD, COPY into the partitioned
+raw log), with the watermarks advanced so every read answers from Postgres history plus
+Redis, exactly as in production. Loaded rollups: the total at minute (last 14 days), hour and
+day grain, every single-dim rollup at day grain; uniques sketches on the total rollup (what
+the questions read; live ingest also writes per-dim hour and minute rows, which these
+queries do not touch: each reads its own index range).
+
+Questions (name=click):
+  sparkline  30-day hourly series          (720 buckets)
+  trend      1-year daily series            (365 buckets)
+  top10      top-10 links over 30 days, daily series each, plus __other__
+  uniques    distinct uids over 30 days (counters: HLL union; raw engines: exact)
+counters latency is server-side (the Server-Timing header) and client wall-clock over a
+keep-alive connection; Postgres and DuckDB are client wall-clock of the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+
+from counters import embedded
+from counters.backends import open_redis
+from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
+from persist.db import create_pool
+from persist.persister import RAW_COLUMNS, upsert_rollups
+from persist.projects import create_key
+from tests.service import Service, service_env
+from tests.support import Backends
+
+NAMES = np.array(["click", "view", "conversion"])
+DIMS = ("link", "source", "country", "device", "affiliate")
+CARD = {"link": 1000, "source": 50, "country": 200, "device": 5, "affiliate": 100}
+ZIPF = {"link", "affiliate"}
+UIDS = 2_000_000
+SPAN_DAYS = 365
+MINUTE_DAYS = 14
+QUESTIONS = ("sparkline", "trend", "top10", "uniques")
+RESULTS = Path(__file__).parent / "RESULTS.md"
+PLOT = Path(__file__).parent / "reads.png"
+
+
+@dataclass
+class History:
+    """Columnar synthetic events, in time order."""
+
+    ts: np.ndarray
+    name: np.ndarray
+    dims: dict[str, np.ndarray]
+    uid: np.ndarray
+    value: np.ndarray
+    end: int
+
+    @property
+    def n(self) -> int:
+        return int(self.ts.size)
+
+
+def generate(n: int, end_ms: int, seed: int = 1) -> History:
+    """n events uniformly over the SPAN_DAYS before end_ms, sorted by time."""
+    rng = np.random.default_rng(seed)
+    span = SPAN_DAYS * DAY_MS
+    ts = np.sort(rng.integers(end_ms - span, end_ms, size=n, dtype=np.int64))
+    name = rng.choice(3, size=n, p=[0.55, 0.35, 0.10]).astype(np.int8)
+    dims: dict[str, np.ndarray] = {}
+    for d in DIMS:
+        k = CARD[d]
+        if d in ZIPF:
+            w = 1.0 / np.arange(1, k + 1)
+            dims[d] = rng.choice(k, size=n, p=w / w.sum()).astype(np.int32)
+        else:
+            dims[d] = rng.integers(0, k, size=n, dtype=np.int32)
+    uid = rng.integers(0, UIDS, size=n, dtype=np.int64)
+    value = np.where(name == 2, rng.integers(100, 100_000, size=n) * 10_000, 0).astype(np.int64)
+    return History(ts, name, dims, uid, value, end_ms)
+
+
+def dim_value(d: str, code: int) -> str:
+    return f"{d[:2]}{code}"
+
+
+# -- counters: load ----------------------------------------------------------------------
+
+
+async def _aggregate_rows(
+    h: History, project: str, grain_ms: int, lo: int, dim: str | None
+) -> list[tuple[Any, ...]]:
+    """Rollup rows (count, sum) of one rollup at one grain, for events at or after lo."""
+    sel = h.ts >= lo
+    bucket = (h.ts[sel] // grain_ms) * grain_ms
+    name = h.name[sel].astype(np.int64)
+    code = h.dims[dim][sel].astype(np.int64) if dim else np.zeros(bucket.size, dtype=np.int64)
+    k = CARD[dim] if dim else 1
+    key = ((bucket // grain_ms) * 3 + name) * k + code
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=h.value[sel], minlength=uniq.size).astype(np.int64)
+    rows = []
+    rollup = dim or ""
+    for u, c, s in zip(uniq.tolist(), counts.tolist(), sums.tolist(), strict=True):
+        code_v = u % k
+        rest = u // k
+        nm = NAMES[rest % 3]
+        b = (rest // 3) * grain_ms
+        dims_list = [dim_value(dim, code_v)] if dim else []
+        rows.append((project, str(nm), rollup, dims_list, to_datetime(b), c, s, None))
+    return rows
+
+
+async def _total_sketches(
+    redis: Any, prefix: str, h: History, grain_ms: int, lo: int
+) -> dict[tuple[str, int], bytes]:
+    """HLL sketch per (name, bucket) of the total rollup, built by PFADD in Redis."""
+    sel = h.ts >= lo
+    bucket = (h.ts[sel] // grain_ms) * grain_ms
+    name = h.name[sel]
+    uid = h.uid[sel]
+    order = np.lexsort((bucket, name))
+    bucket, name, uid = bucket[order], name[order], uid[order]
+    bounds = np.concatenate(
+        ([0], np.flatnonzero((np.diff(bucket) != 0) | (np.diff(name) != 0)) + 1, [bucket.size])
+    )
+    out: dict[tuple[str, int], bytes] = {}
+    tmp = f"{prefix}:{{p:bench-sketch}}:tmp"
+    pipe = redis.pipeline(transaction=False)
+    pending: list[tuple[tuple[str, int], int]] = []  # (name, bucket), index of its GET
+    calls = 0
+    for i in range(bounds.size - 1):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        key = f"{tmp}:{i}"
+        members = [f"u{x}" for x in uid[a:b].tolist()]
+        for j in range(0, len(members), 5000):
+            pipe.pfadd(key, *members[j : j + 5000])
+            calls += 1
+        pipe.get(key)
+        pending.append(((str(NAMES[int(name[a])]), int(bucket[a])), calls))
+        calls += 1
+        pipe.delete(key)
+        calls += 1
+        if len(pending) >= 200:
+            res = await pipe.execute()
+            out.update({k: res[at] for k, at in pending if res[at] is not None})
+            pending, calls = [], 0
+            pipe = redis.pipeline(transaction=False)
+    if pending:
+        res = await pipe.execute()
+        out.update({k: res[at] for k, at in pending if res[at] is not None})
+    return out
+
+
+async def load_counters(
+    pool: asyncpg.Pool, redis: Any, prefix: str, project: str, h: History, log: Any
+) -> float:
+    """Loads history into counters' rollups and raw log; returns seconds taken."""
+    t0 = time.perf_counter()
+    end = h.end
+    plan: list[tuple[int, int, str | None]] = [
+        (DAY_MS, end - SPAN_DAYS * DAY_MS, None),
+        (HOUR_MS, end - SPAN_DAYS * DAY_MS, None),
+        (MINUTE_MS, end - MINUTE_DAYS * DAY_MS, None),
+        *[(DAY_MS, end - SPAN_DAYS * DAY_MS, d) for d in DIMS],
+    ]
+    grains = {DAY_MS: "day", HOUR_MS: "hour", MINUTE_MS: "minute"}
+    from counters.buckets import GRAIN_BY_NAME
+
+    for grain_ms, lo, dim in plan:
+        rows = await _aggregate_rows(h, project, grain_ms, lo, dim)
+        if dim is None and grain_ms != MINUTE_MS:
+            sketches = await _total_sketches(redis, prefix, h, grain_ms, lo)
+            rows = [(*r[:7], sketches.get((r[1], int(r[4].timestamp() * 1000)))) for r in rows]
+        grain = GRAIN_BY_NAME[grains[grain_ms]]
+        async with pool.acquire() as conn:
+            for i in range(0, len(rows), 200_000):
+                async with conn.transaction():
+                    await upsert_rollups(conn, grain, rows[i : i + 200_000], additive=False)
+        log(f"  rollups {grains[grain_ms]:6} {dim or 'total':9} {len(rows):>9,} rows")
+    # the raw log, as the persister copies it
+    async with pool.acquire() as conn:
+        days = sorted({int(x) for x in np.unique(h.ts // DAY_MS * DAY_MS).tolist()})
+        async with conn.transaction():
+            for day in days:
+                start = to_datetime(day)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS raw_events_{start:%Y%m%d} PARTITION OF raw_events"
+                    f" FOR VALUES FROM ('{start.isoformat()}') TO"
+                    f" ('{to_datetime(day + DAY_MS).isoformat()}')"
+                )
+        chunk = 500_000
+        dims_cols = {d: h.dims[d] for d in DIMS}
+        for a in range(0, h.n, chunk):
+            b = min(a + chunk, h.n)
+            recs = []
+            for i, (t, nm, u, v) in enumerate(
+                zip(
+                    h.ts[a:b].tolist(),
+                    h.name[a:b].tolist(),
+                    h.uid[a:b].tolist(),
+                    h.value[a:b].tolist(),
+                    strict=True,
+                )
+            ):
+                dims = (
+                    "{"
+                    + ",".join(f'"{d}":"{dim_value(d, int(dims_cols[d][a + i]))}"' for d in DIMS)
+                    + "}"
+                )
+                recs.append(
+                    (
+                        project,
+                        to_datetime(t),
+                        str(NAMES[nm]),
+                        None,
+                        dims,
+                        v,
+                        f"u{u}",
+                        to_datetime(t),
+                        f"{t}-{i}",
+                        0,
+                    )
+                )
+            await conn.copy_records_to_table("raw_events", records=recs, columns=RAW_COLUMNS)
+        await conn.execute(
+            "UPDATE persist_state SET minute_until = $2, hour_until = $2, day_until = $2"
+            " WHERE project = $1",
+            project,
+            end,
+        )
+    log(f"  raw log {h.n:,} events")
+    return time.perf_counter() - t0
+
+
+# -- baselines --------------------------------------------------------------------------
+
+
+async def load_postgres_raw(pool: asyncpg.Pool, table: str, h: History) -> float:
+    """A plain raw-events table, BRIN on ts and a btree on (name, ts)."""
+    t0 = time.perf_counter()
+    async with pool.acquire() as conn:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.execute(
+            f"CREATE TABLE {table} (ts timestamptz NOT NULL, name text NOT NULL, link text,"
+            " source text, country text, device text, affiliate text, uid text, value bigint)"
+        )
+        chunk = 500_000
+        for a in range(0, h.n, chunk):
+            b = min(a + chunk, h.n)
+            cols = [h.dims[d][a:b].tolist() for d in DIMS]
+            recs = [
+                (
+                    to_datetime(t),
+                    str(NAMES[nm]),
+                    *(dim_value(d, c[i]) for d, c in zip(DIMS, cols, strict=True)),
+                    f"u{u}",
+                    v,
+                )
+                for i, (t, nm, u, v) in enumerate(
+                    zip(
+                        h.ts[a:b].tolist(),
+                        h.name[a:b].tolist(),
+                        h.uid[a:b].tolist(),
+                        h.value[a:b].tolist(),
+                        strict=True,
+                    )
+                )
+            ]
+            await conn.copy_records_to_table(table, records=recs)
+        await conn.execute(f"CREATE INDEX ON {table} USING brin (ts)")
+        await conn.execute(f"CREATE INDEX ON {table} (name, ts)")
+        await conn.execute(f"VACUUM ANALYZE {table}")
+    return time.perf_counter() - t0
+
+
+def write_parquet(path: Path, h: History) -> float:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    cols: dict[str, Any] = {
+        "ts": pa.array(h.ts.astype("datetime64[ms]")),
+        "name": pa.array(NAMES[h.name]),
+    }
+    for d in DIMS:
+        prefix = d[:2]
+        cols[d] = pa.array(np.char.add(prefix, h.dims[d].astype(str)))
+    cols["uid"] = pa.array(np.char.add("u", h.uid.astype(str)))
+    cols["value"] = pa.array(h.value)
+    pq.write_table(pa.table(cols), path, row_group_size=1_000_000)
+    return time.perf_counter() - t0
+
+
+# -- questions ----------------------------------------------------------------------------
+
+
+def windows(end: int) -> dict[str, tuple[int, int]]:
+    return {
+        "sparkline": (end - 30 * DAY_MS, end),
+        "trend": (end - 365 * DAY_MS, end),
+        "top10": (end - 30 * DAY_MS, end),
+        "uniques": (end - 30 * DAY_MS, end),
+    }
+
+
+def pg_sql(table: str, q: str) -> str:
+    base = f"FROM {table} WHERE name = 'click' AND ts >= $1 AND ts < $2"
+    return {
+        "sparkline": f"SELECT date_trunc('hour', ts) AS b, count(*) {base} GROUP BY 1",
+        "trend": f"SELECT date_trunc('day', ts) AS b, count(*) {base} GROUP BY 1",
+        "top10": f"SELECT link, count(*) {base} GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+        "uniques": f"SELECT count(DISTINCT uid) {base}",
+    }[q]
+
+
+def duck_sql(path: Path, q: str, lo: int, hi: int) -> str:
+    base = (
+        f"FROM read_parquet('{path}') WHERE name = 'click'"
+        f" AND ts >= epoch_ms({lo}) AND ts < epoch_ms({hi})"
+    )
+    return {
+        "sparkline": f"SELECT date_trunc('hour', ts) AS b, count(*) {base} GROUP BY 1",
+        "trend": f"SELECT date_trunc('day', ts) AS b, count(*) {base} GROUP BY 1",
+        "top10": f"SELECT link, count(*) {base} GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
+        "uniques": f"SELECT count(DISTINCT uid) {base}",
+    }[q]
+
+
+def counters_request(project: str, q: str, lo: int, hi: int) -> tuple[str, dict[str, str]]:
+    common = {"name": "click", "from": str(lo), "to": str(hi)}
+    if q == "sparkline":
+        return f"/v1/projects/{project}/series", {**common, "precision": "1h"}
+    if q == "trend":
+        return f"/v1/projects/{project}/series", {**common, "precision": "1d"}
+    if q == "top10":
+        return f"/v1/projects/{project}/series", {
+            **common,
+            "precision": "1d",
+            "group_by": "link",
+            "limit": "10",
+        }
+    return f"/v1/projects/{project}/total", {**common, "precision": "1d", "measure": "uniques"}
+
+
+@dataclass
+class Timings:
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, engine: str, q: str, ms: float) -> None:
+        self.samples.setdefault((engine, q), []).append(ms)
+
+    def p(self, engine: str, q: str, pct: float) -> float:
+        xs = sorted(self.samples[(engine, q)])
+        return xs[min(len(xs) - 1, int(round(pct / 100 * (len(xs) - 1))))]
+
+
+async def measure(
+    level: int,
+    h: History,
+    svc_url: str,
+    read_key: str,
+    project: str,
+    pool: asyncpg.Pool,
+    table: str,
+    parquet: Path,
+    runs: int,
+) -> tuple[Timings, dict[str, Any]]:
+    import duckdb
+
+    t = Timings()
+    answers: dict[str, Any] = {}
+    win = windows(h.end)
+    duck = duckdb.connect()
+    async with httpx.AsyncClient(base_url=svc_url, timeout=120) as c:
+        auth = {"Authorization": f"Bearer {read_key}"}
+        for q in QUESTIONS:
+            lo, hi = win[q]
+            path, params = counters_request(project, q, lo, hi)
+            sql = pg_sql(table, q)
+            dsql = duck_sql(parquet, q, lo, hi)
+            # warm-up
+            await c.get(path, params=params, headers=auth)
+            async with pool.acquire() as conn:
+                await conn.fetch(sql, to_datetime(lo), to_datetime(hi))
+            duck.execute(dsql).fetchall()
+            for _ in range(runs):  # interleaved, so the machine's noise hits all alike
+                t0 = time.perf_counter()
+                r = await c.get(path, params=params, headers=auth)
+                t.add("counters (client)", q, (time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200, r.text
+                server = r.headers["server-timing"].split("dur=")[1]
+                t.add("counters (server)", q, float(server))
+                answers.setdefault(("counters", q), r.json())
+                t0 = time.perf_counter()
+                async with pool.acquire() as conn:
+                    rows = await conn.fetch(sql, to_datetime(lo), to_datetime(hi))
+                t.add("postgres", q, (time.perf_counter() - t0) * 1000)
+                answers.setdefault(("postgres", q), rows)
+                if runs <= 10 or _ % 3 == 0:  # duckdb scans are slow: fewer samples
+                    t0 = time.perf_counter()
+                    drows = duck.execute(dsql).fetchall()
+                    t.add("duckdb", q, (time.perf_counter() - t0) * 1000)
+                    answers.setdefault(("duckdb", q), drows)
+    return t, {"level": level, "answers": answers}
+
+
+def check_answers(meta: dict[str, Any]) -> list[str]:
+    """counters agrees with the raw engines (exact counts; uniques within 2%)."""
+    a = meta["answers"]
+    problems = []
+    c = a[("counters", "trend")]["data"]
+    pg = {r["b"].date().isoformat(): r["count"] for r in a[("postgres", "trend")]}
+    for p in c:
+        if pg.get(p["bucket"][:10], 0) != p["value"]:
+            problems.append(
+                f"trend {p['bucket']}: counters {p['value']} vs postgres {pg.get(p['bucket'][:10], 0)}"
+            )
+            break
+    top = [s["dims"]["link"] for s in a[("counters", "top10")]["series"][:10]]
+    pg_top = [r["link"] for r in a[("postgres", "top10")]]
+    if top[:5] != pg_top[:5]:
+        problems.append(f"top10 differs: {top[:5]} vs {pg_top[:5]}")
+    exact = a[("postgres", "uniques")][0][0]
+    got = a[("counters", "uniques")]["value"]
+    if abs(got - exact) / max(exact, 1) > 0.02:
+        problems.append(f"uniques {got} vs exact {exact}")
+    return problems
+
+
+# -- driver -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    mem = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    gib = int(mem.split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores, {gib:.0f} GiB RAM, load {os.getloadavg()[0]:.1f}"
+
+
+async def run(args: argparse.Namespace) -> None:
+    levels = [int(x) for x in args.levels.split(",")]
+    data_dir = Path(tempfile.mkdtemp(prefix="counters-bench-reads-"))
+    data_dir.chmod(0o755)
+    redis_url = os.environ.get("COUNTERS_REDIS_URL") or embedded.ensure_valkey(data_dir)
+    server_url = os.environ.get("COUNTERS_DATABASE_URL") or embedded.ensure_postgres(data_dir)
+    db = "bench_reads_" + uuid.uuid4().hex[:6]
+    conn0 = await asyncpg.connect(server_url)
+    await conn0.execute(f'CREATE DATABASE "{db}"')
+    await conn0.close()
+    database_url = server_url.rsplit("/", 1)[0] + "/" + db
+    prefix = "benchr" + uuid.uuid4().hex[:4]
+    env = service_env(
+        Backends(redis_url, database_url, prefix, data_dir),
+        data_dir / "svc",
+        COUNTERS_PERSISTER_ENABLED="false",
+        COUNTERS_RECONCILE_ENABLED="false",
+        COUNTERS_CROSSTABS="",
+    )
+    (data_dir / "svc").mkdir()
+    pool = await create_pool(database_url, max_size=4)
+    redis = open_redis(redis_url)
+    end = (time.time_ns() // 1_000_000) // HOUR_MS * HOUR_MS
+    rows_out: list[str] = []
+    per_level: dict[int, Timings] = {}
+    svc = Service(env, data_dir / "service.log")
+    svc.start()
+    try:
+        for level in levels:
+            print(f"level {level:,}: generating", flush=True)
+            h = generate(level, end, seed=level)
+            project = f"lvl{level}"
+            async with pool.acquire() as conn:
+                read_key = await create_key(conn, project, "read")
+            secs = await load_counters(pool, redis, prefix, project, h, print)
+            table = f"bench_raw_{level}"
+            pg_secs = await load_postgres_raw(pool, table, h)
+            parquet = data_dir / f"events_{level}.parquet"
+            pq_secs = write_parquet(parquet, h)
+            print(
+                f"  loaded: counters {secs:.0f}s, postgres raw {pg_secs:.0f}s, parquet {pq_secs:.0f}s"
+            )
+            t, meta = await measure(
+                level, h, svc.url, read_key, project, pool, table, parquet, args.runs
+            )
+            problems = check_answers(meta)
+            for p in problems:
+                print("  MISMATCH:", p)
+            per_level[level] = t
+            for q in QUESTIONS:
+                cs = t.p("counters (server)", q, 50)
+                row = [f"{level:,}", q]
+                for eng in ("counters (server)", "counters (client)", "postgres", "duckdb"):
+                    row.append(f"{t.p(eng, q, 50):.2f} / {t.p(eng, q, 99):.2f}")
+                pgx = t.p("postgres", q, 50) / t.p("counters (client)", q, 50)
+                dkx = t.p("duckdb", q, 50) / t.p("counters (client)", q, 50)
+                row.append(f"{pgx:.0f}× / {dkx:.0f}×")
+                rows_out.append("| " + " | ".join(row) + " |")
+                del cs
+                print("  " + rows_out[-1], flush=True)
+            if problems:
+                rows_out.append(
+                    f"| {level:,} | answers | mismatch: {'; '.join(problems)} | | | | |"
+                )
+    finally:
+        svc.stop()
+        await pool.close()
+        await redis.aclose()
+        if not args.keep:
+            conn0 = await asyncpg.connect(server_url)
+            await conn0.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            await conn0.close()
+            if not os.environ.get("COUNTERS_REDIS_URL") or not os.environ.get(
+                "COUNTERS_DATABASE_URL"
+            ):
+                embedded.stop_embedded(data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
+    plot(per_level)
+    flat = {
+        q: per_level[max(levels)].p("counters (server)", q, 50)
+        / per_level[min(levels)].p("counters (server)", q, 50)
+        for q in QUESTIONS
+    }
+    with RESULTS.open("a") as fh:
+        fh.write(
+            f"\n## Reads at volume ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC)\n\n"
+            f"Command: `.venv/bin/python -m bench reads --levels {args.levels} --runs {args.runs}`;"
+            f" {machine()}. p50 / p99 in ms; counters server-side (Server-Timing) and client"
+            " wall-clock over keep-alive HTTP; Postgres (BRIN on ts, btree on (name, ts)) and"
+            " DuckDB (Parquet) are client wall-clock of the query alone. The last column is the"
+            " p50 of each raw engine divided by counters' client p50.\n\n"
+            "| events | question | counters server | counters client | Postgres raw | DuckDB Parquet | PG× / Duck× |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(rows_out)
+            + "\n\ncounters p50 at the largest level / at the smallest (flat is 1.0): "
+            + ", ".join(f"{q} {v:.2f}" for q, v in flat.items())
+            + f"\n\n![latency vs volume]({PLOT.name})\n"
+        )
+    print(f"appended to {RESULTS}; plot {PLOT}")
+
+
+def plot(per_level: dict[int, Timings]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(per_level)
+    fig, axes = plt.subplots(1, len(QUESTIONS), figsize=(16, 4))
+    for ax, q in zip(axes, QUESTIONS, strict=True):
+        for eng in ("counters (server)", "postgres", "duckdb"):
+            ax.plot(levels, [per_level[lv].p(eng, q, 50) for lv in levels], marker="o", label=eng)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(q)
+        ax.set_xlabel("events")
+        ax.set_ylabel("p50 ms")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--levels", default="1000000,10000000")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="one small level, few runs")
+    p.add_argument("--keep", action="store_true", help="keep the servers and data")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.levels, args.runs = "200000,1000000", 10
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
