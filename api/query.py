@@ -95,7 +95,7 @@ async def read_buckets(
             rows = snap.rows[p]
             counts.append([0] * len(buckets))
             sums.append([0] * len(buckets))
-            hll_keys.append([[] for _ in buckets])
+            hll_keys.append([[] for _ in buckets] if uniques else [])
             for i, b in enumerate(buckets):
                 if b < until:
                     row = rows.get(b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,7 @@ def bucket_ceil(ts_ms: int, grain: Grain) -> int:
     return ts_ms if rem == 0 else ts_ms - rem + grain.value
 
 
+@functools.lru_cache(maxsize=65_536)
 def format_ts(ts_ms: int) -> str:
     """RFC 3339 UTC with a Z suffix; milliseconds only when not zero."""
     seconds, ms = divmod(ts_ms, 1000)

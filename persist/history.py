@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from counters.buckets import Grain, from_datetime, to_datetime
+from counters.buckets import Grain, to_datetime
 from persist.db import Conn
 from persist.persister import TABLE
 from persist.state import PersistState, load_state
@@ -50,7 +50,8 @@ async def read_history(
             rows: dict[int, HistoryRow] = {}
             if wanted:
                 records = await conn.fetch(
-                    f"SELECT bucket, count, sum_micros, {hll_col} AS hll FROM {TABLE[grain]}"
+                    f"SELECT (extract(epoch FROM bucket) * 1000)::bigint AS ms, count, sum_micros,"
+                    f" {hll_col} AS hll FROM {TABLE[grain]}"
                     " WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
                     " AND bucket >= $5 AND bucket < $6",
                     project,
@@ -61,7 +62,7 @@ async def read_history(
                     to_datetime(min(wanted[-1] + grain.value, until)),
                 )
                 for r in records:
-                    b = from_datetime(r["bucket"])
+                    b = r["ms"]
                     rows[b] = HistoryRow(b, r["count"], r["sum_micros"], r["hll"])
             out.append(rows)
     return Snapshot(state, out)
