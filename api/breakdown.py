@@ -264,19 +264,20 @@ async def read_ranked(
                 f"FROM {TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
                 f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
             )
+            # one scan: per tuple (ranking) and per bucket (all tuples, for __other__)
             for r in await conn.fetch(
-                f"SELECT dims, sum({measure_col})::bigint AS m {where} GROUP BY dims", *args
-            ):
-                t = tuple(r["dims"])
-                totals[t] = totals.get(t, 0) + r["m"]
-            for r in await conn.fetch(
-                "SELECT bucket, sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
-                f" {where} GROUP BY bucket",
+                f"SELECT dims, bucket, sum({measure_col})::bigint AS m,"
+                " sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
+                f" {where} GROUP BY GROUPING SETS ((dims), (bucket))",
                 *args,
             ):
-                cell = (grain, from_datetime(r["bucket"]))
-                everything.counts[cell] = everything.counts.get(cell, 0) + r["c"]
-                everything.sums[cell] = everything.sums.get(cell, 0) + r["s"]
+                if r["dims"] is not None:
+                    t = tuple(r["dims"])
+                    totals[t] = totals.get(t, 0) + r["m"]
+                else:
+                    cell = (grain, from_datetime(r["bucket"]))
+                    everything.counts[cell] = everything.counts.get(cell, 0) + r["c"]
+                    everything.sums[cell] = everything.sums.get(cell, 0) + r["s"]
         top = sorted(totals, key=lambda t: (-totals[t], t))[:limit]
         cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
         joined = [US.join(t) for t in top]
