@@ -120,17 +120,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         async def restore(project: str) -> None:
             await restore_watermarks(pool, redis, scripts, resolved.key_prefix, project)
 
-        ingestor = Ingestor(
-            redis,
-            scripts,
-            key_prefix=resolved.key_prefix,
-            crosstabs=resolved.crosstabs,
-            dedupe_window_ms=resolved.dedupe_window_seconds * 1000,
-            backlog_cap=resolved.raw_backlog_cap,
-            restore_watermarks=restore,
-            durable_ack=resolved.durable_ack,
-            dim_cap=resolved.dim_cardinality_cap,
-            on_fold=metrics.dims_folded.inc,
+        ingestor = Ingestor.from_settings(
+            redis, scripts, resolved, restore, on_fold=metrics.dims_folded.inc
         )
         state = AppState(
             resolved,
@@ -193,6 +184,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             OSError: _backend_error,
             asyncpg.PostgresError: _backend_error,
             asyncpg.InterfaceError: _backend_error,
+            asyncpg.InternalClientError: _backend_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

@@ -18,7 +18,7 @@ from counters.buckets import Grain, from_datetime, to_datetime
 from counters.errors import Unavailable
 from counters.keys import US, ProjectKeys
 from counters.rollups import Rollup, rollup_id
-from persist.db import Conn
+from persist.db import PG_ERRORS, Conn
 from persist.persister import TABLE
 from persist.state import PersistState, load_state
 
@@ -179,7 +179,7 @@ async def _in_snapshot(
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 state = await load_state(conn, project, create=False)
                 return await body(conn, state)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_ERRORS as exc:
         raise _pg_error(exc) from exc
 
 

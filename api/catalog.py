@@ -3,7 +3,6 @@ and which event names and dims a project has seen lately."""
 
 from __future__ import annotations
 
-import asyncpg
 import msgspec
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -13,6 +12,7 @@ from api.common import app_state, authorize, bearer_key, json_response
 from counters.buckets import DAY_MS, Grain, bucket_start, to_datetime
 from counters.errors import Unauthorized, Unavailable
 from counters.keys import US, ProjectKeys
+from persist.db import PG_ERRORS
 
 CATALOG_DAYS = 30
 
@@ -60,7 +60,7 @@ async def catalog(request: Request) -> Response:
                 project,
                 to_datetime(bucket_start(now, Grain.day) - CATALOG_DAYS * DAY_MS),
             )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_ERRORS as exc:
         raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
     for r in rows:
         dims = seen.setdefault(r["name"], set())

@@ -15,6 +15,7 @@ from counters.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start
 from counters.errors import Unavailable
 from counters.keys import ProjectKeys, count_field, late_field, sum_field
 from counters.rollups import Rollup, encode_field, rollup_id
+from persist.db import PG_ERRORS
 from persist.history import read_history
 
 Piece = tuple[Grain, Sequence[int]]
@@ -75,7 +76,7 @@ async def read_buckets(
             snap = await read_history(
                 conn, keys.project, name, rollup_id(rollup), values, pieces, with_hll=uniques
             )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_ERRORS as exc:
         raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
     cf, sf = count_field(field), sum_field(field)
     counts: list[list[int]] = []

@@ -19,6 +19,7 @@ from counters.buckets import to_datetime
 from counters.errors import Unavailable
 from counters.keys import ProjectKeys
 from counters.models import RawEvent
+from persist.db import PG_ERRORS
 from persist.persister import stream_key
 from persist.state import load_state
 
@@ -114,7 +115,7 @@ async def read_raw(
                         if acc.uids is None:
                             acc.uids = set()
                         acc.uids.add(r["uid"])
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_ERRORS as exc:
         raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
 
     done = stream_key(cursor)

@@ -198,13 +198,18 @@ def parse_read(
     if measure not in MEASURES:
         raise BadRequest(f"measure must be one of {', '.join(MEASURES)}", code="bad_parameter")
     alias = params.get("grain")
+    if alias is not None and alias not in GRAIN_ALIASES:
+        raise BadRequest("grain must be minute, hour or day", code="bad_parameter")
     precision = params.get("precision")
     if precision is None:
-        precision = GRAIN_ALIASES.get("hour" if alias is None else alias)
-        if precision is None:
-            raise BadRequest("grain must be minute, hour or day", code="bad_parameter")
+        precision = GRAIN_ALIASES["hour" if alias is None else alias]
     elif precision not in PRECISIONS:
         raise BadRequest(f"precision must be one of {', '.join(PRECISIONS)}", code="bad_parameter")
+    elif alias is not None and GRAIN_ALIASES[alias] != precision:
+        raise BadRequest(
+            f"grain={alias} and precision={precision} disagree (grain is an alias)",
+            code="bad_parameter",
+        )
     try:
         tz = zone(params.get("tz"))
     except ValueError as exc:
@@ -660,62 +665,31 @@ async def series(request: Request) -> Response:
     state, q, keys = await _authorized(request)
     cells = series_plan(q, minute_edge(state.clock.now_ms(), state.settings.minute_retention_days))
     tz = q.tz
-    if q.source == "raw":
-        raw_out = [ns for name in q.names for ns in await _raw_series(state, keys, q, name)]
-        raw_reply: msgspec.Struct
-        if len(q.names) == 1 and not q.group_by:
-            raw_reply = SeriesReply(
-                q.name,
-                q.measure,
-                _grain_label(q),
-                q.precision,
-                q.tz_name,
-                label(q.start, tz),
-                label(q.end, tz),
-                "raw",
-                raw_out[0].data,
-            )
+    out: list[NamedSeries] = []
+    for name in q.names:
+        if q.source == "raw":
+            out.extend(await _raw_series(state, keys, q, name))
+        elif q.group_by:
+            out.extend(await _breakdown_series(state, keys, q, name, cells))
         else:
-            raw_reply = MultiSeriesReply(
-                q.measure,
-                q.precision,
-                q.tz_name,
-                label(q.start, tz),
-                label(q.end, tz),
-                "raw",
-                raw_out,
-            )
-        return etag_response(request, _encoder.encode(raw_reply))
+            data, whole = await _one_series(state, keys, q, name, cells)
+            out.append(NamedSeries(name, dict(q.filters), whole, _points(q, data)))
+    start, end = label(q.start, tz), label(q.end, tz)
+    reply: msgspec.Struct
     if len(q.names) == 1 and not q.group_by:
-        data, _ = await _one_series(state, keys, q, q.name, cells)
-        reply: msgspec.Struct = SeriesReply(
+        reply = SeriesReply(
             q.name,
             q.measure,
             _grain_label(q),
             q.precision,
             q.tz_name,
-            label(q.start, tz),
-            label(q.end, tz),
-            "rollups",
-            _points(q, data),
+            start,
+            end,
+            q.source,
+            out[0].data,
         )
     else:
-        out: list[NamedSeries] = []
-        for name in q.names:
-            if q.group_by:
-                out.extend(await _breakdown_series(state, keys, q, name, cells))
-            else:
-                data, whole = await _one_series(state, keys, q, name, cells)
-                out.append(NamedSeries(name, dict(q.filters), whole, _points(q, data)))
-        reply = MultiSeriesReply(
-            q.measure,
-            q.precision,
-            q.tz_name,
-            label(q.start, tz),
-            label(q.end, tz),
-            "rollups",
-            out,
-        )
+        reply = MultiSeriesReply(q.measure, q.precision, q.tz_name, start, end, q.source, out)
     return etag_response(request, _encoder.encode(reply))
 
 

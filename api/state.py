@@ -14,6 +14,7 @@ from counters.errors import Unavailable
 from counters.ingest import Ingestor
 from counters.metrics import Metrics
 from lua import Scripts
+from persist.db import PG_ERRORS
 from persist.projects import lookup_key, project_exists
 
 
@@ -37,7 +38,7 @@ class KeyCache:
         try:
             async with pool.acquire() as conn:
                 found = await lookup_key(conn, key)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except PG_ERRORS as exc:
             if hit is not None:
                 return hit[1]
             raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
@@ -54,7 +55,7 @@ class KeyCache:
         try:
             async with pool.acquire() as conn:
                 found = await project_exists(conn, project)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except PG_ERRORS as exc:
             raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
         if found:
             self.projects[project] = now + self.ttl

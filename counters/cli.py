@@ -75,8 +75,11 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
 
 
 @contextlib.asynccontextmanager
-async def _backends(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Pool, Persister]]:
-    """Redis client, migrated pool and a persister on the resolved settings."""
+async def _backends(
+    settings: Settings, *, wait: bool = False
+) -> AsyncIterator[tuple[Redis, asyncpg.Pool, Persister]]:
+    """Redis client, migrated pool and a persister on the resolved settings; with wait=True,
+    waits (backing off up to 5 s) for Postgres to accept connections instead of failing."""
     from counters.backends import open_redis
     from counters.clock import SystemClock
     from counters.metrics import Metrics
@@ -85,8 +88,21 @@ async def _backends(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Po
     from persist.persister import Persister
 
     assert settings.redis_url and settings.database_url
+    from persist.db import PG_ERRORS
+
     redis = open_redis(settings.redis_url)
-    pool = await create_pool(settings.database_url, max_size=4)
+    delay = 0.2
+    while True:
+        try:
+            pool = await create_pool(settings.database_url, max_size=4)
+            break
+        except PG_ERRORS as exc:
+            if not wait:
+                await redis.aclose()
+                raise click.ClickException(f"postgres unavailable: {exc}") from exc
+            logging.getLogger("counters.cli").warning("waiting for postgres: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     try:
         persister = Persister(pool, redis, Scripts(redis), settings, SystemClock(), Metrics())
         yield redis, pool, persister
@@ -101,7 +117,7 @@ def persist() -> None:
     settings = _settings()
 
     async def run() -> None:
-        async with _backends(settings) as (_, _, persister):
+        async with _backends(settings, wait=True) as (_, _, persister):
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from counters.config import Settings
 from counters.errors import BacklogFull, Unavailable
 from counters.keys import ProjectKeys
 from counters.models import IngestReply, RawEvent, raw_encoder
@@ -206,6 +207,29 @@ class Ingestor:
         self._dim_cap = dim_cap
         self._on_fold = on_fold
         self._waitaof: bool | None = None  # None: not probed yet
+
+    @classmethod
+    def from_settings(
+        cls,
+        redis: Redis,
+        scripts: Scripts,
+        settings: Settings,
+        restore_watermarks: RestoreWatermarks,
+        on_fold: Callable[[int], None] | None = None,
+    ) -> Ingestor:
+        """An ingestor configured the way the service runs it."""
+        return cls(
+            redis,
+            scripts,
+            key_prefix=settings.key_prefix,
+            crosstabs=settings.crosstabs,
+            dedupe_window_ms=settings.dedupe_window_seconds * 1000,
+            backlog_cap=settings.raw_backlog_cap,
+            restore_watermarks=restore_watermarks,
+            durable_ack=settings.durable_ack,
+            dim_cap=settings.dim_cardinality_cap,
+            on_fold=on_fold,
+        )
 
     async def _wait_on_disk(self) -> None:
         """Returns once everything this client wrote is fsynced to the AOF."""

@@ -11,6 +11,14 @@ from asyncpg.pool import PoolConnectionProxy
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
 
+PG_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+"""What a Postgres that is down, restarting or unreachable raises (answered with a 503)."""
+
 MIGRATION_LOCK = 7_412_001
 """pg_advisory_lock key held while migrations run."""
 

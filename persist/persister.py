@@ -110,6 +110,14 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def rollup_record(
+    project: str, field: str, bucket: int, count: int, total: int, hll: bytes | None
+) -> Record:
+    """One rollup row, in STAGE_COLUMNS order."""
+    name, rollup, values = decode_field(field)
+    return (project, name, ",".join(rollup), list(values), to_datetime(bucket), count, total, hll)
+
+
 async def _stage(conn: Conn, records: list[Record]) -> None:
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS stage_rollups ("
@@ -180,7 +188,11 @@ class Persister:
                 if backend == "postgres":
                     await self.pool.expire_connections()
                 delay = min(max(delay * 2, 0.5), MAX_BACKOFF_SECONDS)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 self.metrics.persister_errors.labels("postgres").inc()
                 log.warning("persister: postgres unavailable: %s", exc)
                 await self.pool.expire_connections()
@@ -366,20 +378,8 @@ class Persister:
         blobs = await pipe.execute() if order else []
         records: list[Record] = []
         for (bucket, field), blob in zip(order, blobs, strict=True):
-            name, rollup, values = decode_field(field)
             count, total = per_bucket[bucket][field]
-            records.append(
-                (
-                    keys.project,
-                    name,
-                    ",".join(rollup),
-                    list(values),
-                    to_datetime(bucket),
-                    count,
-                    total,
-                    blob,
-                )
-            )
+            records.append(rollup_record(keys.project, field, bucket, count, total, blob))
         return self._Hot(records, {b: list(acc) for b, acc in per_bucket.items()})
 
     async def _release(
@@ -429,19 +429,7 @@ class Persister:
             rows[(g, int(bucket_s), field)][2] = merged
         by_grain: dict[Grain, list[Record]] = defaultdict(list)
         for (g, bucket, field), (count, total, hll) in rows.items():
-            name, rollup, values = decode_field(field)
-            by_grain[g].append(
-                (
-                    keys.project,
-                    name,
-                    ",".join(rollup),
-                    list(values),
-                    to_datetime(bucket),
-                    count,
-                    total,
-                    hll,
-                )
-            )
+            by_grain[g].append(rollup_record(keys.project, field, bucket, count, total, hll))
         async with conn.transaction():
             state = await load_state(conn, keys.project, for_update=True)
             if state.late_applied >= gen:

@@ -38,7 +38,15 @@ from counters.models import RawEvent
 from counters.rollups import decode_field, encode_field, parse_rollup_id
 from persist.db import Conn
 from persist.hll import same_registers
-from persist.persister import TABLE, Cut, Persister, project_lock, stream_key, upsert_rollups
+from persist.persister import (
+    TABLE,
+    Cut,
+    Persister,
+    project_lock,
+    rollup_record,
+    stream_key,
+    upsert_rollups,
+)
 from persist.retention import minute_edge, raw_edge
 
 FETCH_ROWS = 5_000
@@ -313,10 +321,7 @@ class Rebuilder:
     ) -> None:
         by_grain: dict[Grain, list[tuple[Any, ...]]] = {g: [] for g in GRAINS}
         for (grain, bucket, field), (count, total, hll) in rebuilt.items():
-            n, rollup, values = decode_field(field)
-            by_grain[grain].append(
-                (project, n, ",".join(rollup), list(values), to_datetime(bucket), count, total, hll)
-            )
+            by_grain[grain].append(rollup_record(project, field, bucket, count, total, hll))
         async with conn.transaction():
             for grain in GRAINS:
                 if limits[grain] <= lows[grain]:

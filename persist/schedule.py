@@ -11,13 +11,14 @@ from redis.exceptions import RedisError
 from counters.buckets import DAY_MS, Grain, bucket_start
 from counters.clock import Clock
 from counters.metrics import Metrics
-from persist.db import Conn
+from persist.db import PG_ERRORS, Conn
 from persist.projects import list_projects
 from persist.rebuild import Rebuilder, reconcile_projects
 
 log = logging.getLogger("counters.reconcile")
 
 RECONCILE_LOCK = 7_412_005
+_BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, *PG_ERRORS)
 
 
 def next_run(now_ms: int, at: str) -> int:
@@ -72,7 +73,7 @@ async def nightly_reconcile(
                     metrics.reconcile_discrepancies.set(found)
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
-        except (OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _BACKEND_ERRORS as exc:
             log.warning("nightly reconcile failed, next try tomorrow: %s", exc)
         except Exception:  # the schedule must outlive any single bad run
             log.exception("nightly reconcile failed, next try tomorrow")

@@ -12,7 +12,7 @@ from counters.buckets import Grain
 from counters.errors import Unavailable
 from counters.keys import ProjectKeys
 from lua import Scripts
-from persist.db import Conn
+from persist.db import PG_ERRORS, Conn
 
 UNTIL_COLUMN = {Grain.minute: "minute_until", Grain.hour: "hour_until", Grain.day: "day_until"}
 
@@ -67,7 +67,7 @@ async def restore_watermarks(
     try:
         async with pool.acquire() as conn:
             state = await load_state(conn, project)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except PG_ERRORS as exc:
         raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
     try:
         restored = await scripts.restore(

@@ -133,17 +133,7 @@ class Harness:
         async def restore(p: str) -> None:
             await restore_watermarks(pool, redis, scripts, settings.key_prefix, p)
 
-        ingestor = Ingestor(
-            redis,
-            scripts,
-            key_prefix=settings.key_prefix,
-            crosstabs=settings.crosstabs,
-            dedupe_window_ms=settings.dedupe_window_seconds * 1000,
-            backlog_cap=settings.raw_backlog_cap,
-            restore_watermarks=restore,
-            durable_ack=settings.durable_ack,
-            dim_cap=settings.dim_cardinality_cap,
-        )
+        ingestor = Ingestor.from_settings(redis, scripts, settings, restore)
         persister = Persister(pool, redis, scripts, settings, clock, Metrics())
         keys = ProjectKeys(settings.key_prefix, project)
         return cls(settings, redis, pool, scripts, project, clock, ingestor, persister, keys)

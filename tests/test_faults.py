@@ -1,0 +1,45 @@
+"""Fault injection, short form: ~30k events through a real service while a chaos loop kills
+persisters (some mid-drain), restarts Postgres, kill -9s Valkey (durable acknowledgements
+on), kill -9s the service and rebuilds a live range; then every invariant of DESIGN.md is
+checked against the driver's log of acknowledged events (tests/faults/verify.py).
+
+The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
+moments the faults land still depend on timing). The long form is `python -m bench.faults`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.faults import FaultConfig, run_faults
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.mark.timeout(900)
+def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
+    seed = os.environ.get("COUNTERS_FAULTS_SEED")
+    cfg = FaultConfig(
+        events=int(os.environ.get("COUNTERS_FAULTS_EVENTS", "30000")),
+        faults=int(os.environ.get("COUNTERS_FAULTS_FAULTS", "8")),
+        seed=int(seed) if seed else None,
+        rate=800.0,
+        clients=8,
+        persisters=2,
+        uids=5000,
+        drain_timeout=180.0,
+    )
+    report = asyncio.run(run_faults(cfg))
+    with capsys.disabled():
+        print("\n" + report.summary_line())
+    explain = report.summary_line() + "\n" + report.details()
+    kinds = set(cfg.kinds) - set(report.skipped)
+    assert report.events_acked == cfg.events, explain
+    assert set(report.faults) == kinds, explain
+    assert sum(report.faults.values()) == cfg.faults, explain
+    assert report.lost == 0, explain
+    assert report.double == 0, explain
+    assert not report.all_failures(), explain
