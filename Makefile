@@ -39,6 +39,14 @@ pytest: install browser
 
 test: lint typecheck pytest  ## everything CI runs
 
+bench: install  ## every benchmark scenario, results appended to bench/RESULTS.md (BENCH_ARGS=--quick)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
+	$(BIN)/python -m bench all $(BENCH_ARGS)
+
+faults: install  ## the long fault-injection run (1M events, 50 faults)
+	$(BIN)/python -m bench faults --events 1000000 --faults 50
+
 stop: install  ## stop the embedded servers (data kept under .counters/)
 	$(BIN)/counters embedded stop
 
