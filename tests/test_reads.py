@@ -456,3 +456,41 @@ async def test_raw_log_fallback_when_no_rollup_covers(ctx: Ctx) -> None:
     assert total["value"] == 1.5 * sum(
         1 for e in events if e["dims"]["source"] == "b" and e["dims"]["device"] == "web"
     )
+
+
+async def test_breakdown_over_many_tuples_with_live_data(ctx: Ctx) -> None:
+    """Ranking in one scan must agree with the truth whether or not live (Redis) data
+    reorders the top tuples."""
+    rng = random.Random(8)
+    base = parse_ts("2026-04-13T00:00:00Z")
+    links = [f"l{i}" for i in range(60)]
+    old = [
+        {
+            "name": "many",
+            "ts": base + rng.randrange(2 * DAY_MS),
+            "dims": {"link": rng.choices(links, [1 / (i + 1) for i in range(60)])[0]},
+        }
+        for _ in range(3000)
+    ]
+    await ctx.post(old)
+    await ctx.app.persist(ctx.project)
+    window = {"from": str(base), "to": str(base + 3 * DAY_MS), "excluding_current": "false"}
+
+    async def check(events: list[dict[str, Any]]) -> list[str]:
+        body = await ctx.get(
+            "series", name="many", precision="1d", group_by="link", limit=3, **window
+        )
+        truth = Counter(e["dims"]["link"] for e in events)
+        want = sorted(truth, key=lambda k: (-truth[k], k))[:3]
+        got = [s["dims"]["link"] for s in body["series"][:3]]
+        assert got == want
+        assert [s["total"] for s in body["series"][:3]] == [truth[k] for k in want]
+        assert body["series"][3]["total"] == sum(truth.values()) - sum(truth[k] for k in want)
+        return got
+
+    before = await check(old)
+    # live events (still in Redis) push a tail link to the top
+    live = [{"name": "many", "ts": NOW - 60_000, "dims": {"link": "l59"}} for _ in range(1500)]
+    await ctx.post(live)
+    after = await check(old + live)
+    assert after[0] == "l59" and before[0] != "l59"
