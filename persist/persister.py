@@ -40,7 +40,9 @@ COPY_CHUNK_BUCKETS = 50
 RETENTION_EVERY_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 5.0
 """Longest wait between tries while a backend is down (catch-up starts within it)."""
-RAW_CHUNK_ENTRIES = 200
+RAW_CHUNK_ENTRIES = 10
+"""Raw-log stream entries (each a whole batch, up to 10,000 events) copied per transaction:
+small enough that one XRANGE reply stays a few MB while ingest scripts run in between."""
 TABLE = {Grain.minute: "rollups_minute", Grain.hour: "rollups_hour", Grain.day: "rollups_day"}
 STAGE_COLUMNS = ["project", "name", "rollup", "dims", "bucket", "count", "sum_micros", "hll"]
 RAW_COLUMNS = [
