@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import uuid
@@ -432,9 +431,8 @@ def check_answers(meta: dict[str, Any]) -> list[str]:
     pg = {r["b"].date().isoformat(): r["count"] for r in a[("postgres", "trend")]}
     for p in c:
         if pg.get(p["bucket"][:10], 0) != p["value"]:
-            problems.append(
-                f"trend {p['bucket']}: counters {p['value']} vs postgres {pg.get(p['bucket'][:10], 0)}"
-            )
+            want = pg.get(p["bucket"][:10], 0)
+            problems.append(f"trend {p['bucket']}: counters {p['value']} vs postgres {want}")
             break
     top = [s["dims"]["link"] for s in a[("counters", "top10")]["series"][:10]]
     pg_top = [r["link"] for r in a[("postgres", "top10")]]
@@ -496,7 +494,7 @@ async def run(args: argparse.Namespace) -> None:
             parquet = data_dir / f"events_{level}.parquet"
             pq_secs = write_parquet(parquet, h)
             print(
-                f"  loaded: counters {secs:.0f}s, postgres raw {pg_secs:.0f}s, parquet {pq_secs:.0f}s"
+                f"  loaded: counters {secs:.0f}s, raw table {pg_secs:.0f}s, parquet {pq_secs:.0f}s"
             )
             t, meta = await measure(
                 level, h, svc.url, read_key, project, pool, table, parquet, args.runs
@@ -547,7 +545,8 @@ async def run(args: argparse.Namespace) -> None:
             " wall-clock over keep-alive HTTP; Postgres (BRIN on ts, btree on (name, ts)) and"
             " DuckDB (Parquet) are client wall-clock of the query alone. The last column is the"
             " p50 of each raw engine divided by counters' client p50.\n\n"
-            "| events | question | counters server | counters client | Postgres raw | DuckDB Parquet | PG× / Duck× |\n"
+            "| events | question | counters server | counters client | Postgres raw"
+            " | DuckDB Parquet | PG× / Duck× |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n"
             + "\n".join(rows_out)
             + "\n\ncounters p50 at the largest level / at the smallest (flat is 1.0): "

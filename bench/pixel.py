@@ -1,0 +1,334 @@
+"""Scenario 2, pixel: requests/s of single-event GET /v1/pixel.gif on a real `counters serve`
+against an empty Starlette handler that returns the same GIF, served by uvicorn with the same
+settings (uvloop, httptools, one worker, access log off) in a separate process. wrk (keep-alive
+connections) drives both; they run alternately, --rounds times, and the table has the medians
+and the ratio of medians.
+
+Two kinds of counters traffic: --urls distinct generated pixel URLs cycled (5 Zipf dims, uid,
+value on conversions) and one fixed URL (every hit the same event shape, so a group commit
+folds into the fewest Redis updates). The empty handler gets the same URLs.
+
+    .venv/bin/python -m bench.pixel [--quick] [--seconds 10] [--rounds 3] [--connections 32]
+
+Uses COUNTERS_REDIS_URL / COUNTERS_DATABASE_URL when set, else private embedded servers in a
+temporary directory (stopped at the end)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+# The same bytes and headers as api/pixel.py (checked in run(): kept here so the empty app
+# imports nothing of counters).
+GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+GIF_HEADERS = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
+
+
+async def _empty_pixel(request: Request) -> Response:
+    return Response(GIF, 200, GIF_HEADERS, media_type="image/gif")
+
+
+async def _ok(request: Request) -> Response:
+    return Response(b"ok")
+
+
+empty_app = Starlette(
+    routes=[Route("/v1/pixel.gif", _empty_pixel), Route("/healthz", _ok)],
+)
+"""The baseline: `uvicorn bench.pixel:empty_app`."""
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.pixel",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="short smoke run (well under a minute)")
+    p.add_argument("--seconds", type=float, default=None, help="per run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
+    p.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--urls", type=int, default=200, help="distinct pixel URLs cycled")
+    p.add_argument("--uids", type=int, default=100_000, help="uid cardinality")
+    p.add_argument(
+        "--fixed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure one fixed URL (default: in full mode)",
+    )
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--append", action=argparse.BooleanOptionalAction, default=None)
+    a = p.parse_args(argv)
+    a.seconds = a.seconds or (3.0 if a.quick else 10.0)
+    a.rounds = a.rounds or (2 if a.quick else 3)
+    a.fixed = (not a.quick) if a.fixed is None else a.fixed
+    a.profile = (not a.quick) if a.profile is None else a.profile
+    a.append = (not a.quick) if a.append is None else a.append
+    return a
+
+
+@dataclass
+class Series:
+    label: str
+    rates: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    non2xx: int = 0
+    errors: int = 0
+    requests: int = 0
+    cpu: list[dict[str, float]] = field(default_factory=list)
+    per_call: list[float] = field(default_factory=list)
+
+
+class EmptyServer:
+    """uvicorn bench.pixel:empty_app with the service's settings, in its own process."""
+
+    def __init__(self, log_path: Any) -> None:
+        from tests.service import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from bench.common import ROOT, wait_healthy
+
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.pixel:empty_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        wait_healthy(self.url, self.proc, self.log_path, 30)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from api import pixel as product_pixel
+    from bench import generate
+    from bench.common import (
+        CpuMeter,
+        append_results,
+        busy_warning,
+        command,
+        fmt,
+        load_now,
+        log,
+        md_table,
+        median,
+        profile_table,
+        redis_commandstats,
+        require_wrk,
+        run_wrk,
+        stack,
+        start_profile,
+        wrk_script,
+    )
+
+    assert GIF == product_pixel.GIF and GIF_HEADERS == product_pixel.GIF_HEADERS
+    require_wrk()
+    load0 = load_now()
+    busy = busy_warning()
+    with stack() as st:
+        svc = st.service("pixel")
+        key = svc.key("pixel", "ingest")
+        empty = EmptyServer(st.work / "empty.log")
+        empty.start()
+        try:
+            paths = generate.pixel_paths(args.urls, key=key, uids=args.uids)
+            varied_file = st.work / "pixel-urls.txt"
+            varied_file.write_text("\n".join(paths) + "\n")
+            fixed_file = st.work / "pixel-fixed.txt"
+            fixed_file.write_text(paths[0] + "\n")
+            varied = wrk_script(st.work, method="GET", requests_file=varied_file)
+            fixed = wrk_script(st.work, method="GET", requests_file=fixed_file)
+
+            c_var = Series(f"counters, {args.urls} distinct pixel URLs")
+            c_fix = Series("counters, one fixed pixel URL")
+            e_var = Series("empty Starlette handler, same GIF")
+            runs: list[tuple[Series, str, Any, int | None]] = [
+                (c_var, svc.url, varied, svc.pid),
+                (e_var, empty.url, varied, empty.pid),
+            ]
+            if args.fixed:
+                runs.append((c_fix, svc.url, fixed, svc.pid))
+            for _, url, script, _ in runs:  # warm-up
+                run_wrk(url, script, seconds=1, connections=args.connections)
+            for r in range(args.rounds):
+                for series, url, script, pid in runs:
+                    is_counters = url == svc.url
+                    before = svc.metric("counters_events_accepted_total") if is_counters else 0
+                    stats0 = redis_commandstats(st.redis_url)
+                    with CpuMeter(pid, st.redis_url, svc.database_url) as cpu:
+                        res = run_wrk(
+                            url,
+                            script,
+                            seconds=args.seconds,
+                            connections=args.connections,
+                            threads=args.threads,
+                        )
+                    series.rates.append(res.rate)
+                    series.p50.append(res.p50_ms)
+                    series.p99.append(res.p99_ms)
+                    series.non2xx += res.status_errors
+                    series.errors += res.errors
+                    series.requests += res.requests
+                    series.cpu.append({k: v / res.seconds for k, v in cpu.used.items()})
+                    extra = ""
+                    if is_counters:
+                        counted = svc.metric("counters_events_accepted_total") - before
+                        calls = (
+                            redis_commandstats(st.redis_url).get("evalsha", (0, 0))[0]
+                            - (stats0.get("evalsha", (0, 0))[0])
+                        )
+                        series.per_call.append(counted / calls if calls else 0.0)
+                        extra = (
+                            f", counted {counted:,.0f} of {res.requests:,} answered, "
+                            f"{series.per_call[-1]:.1f} events per script call"
+                        )
+                    log(
+                        f"round {r + 1}: {series.label}: {res.rate:,.0f} req/s, p50 "
+                        f"{res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms{extra}"
+                    )
+            rejected = svc.metric("counters_events_rejected_total")
+
+            profile_md = ""
+            if args.profile:
+                out = st.work / "pixel.pyspy.txt"
+                secs = max(5.0, min(args.seconds, 10.0))
+                log(f"profiling the service with py-spy for {secs:.0f}s under the same load")
+                prof = start_profile(svc.pid, secs + 1, out)
+                if prof is not None:
+                    time.sleep(0.5)
+                    run_wrk(svc.url, varied, seconds=secs, connections=args.connections)
+                    prof.wait(timeout=secs + 60)
+                    profile_md = (
+                        f"\npy-spy profile of the service under the distinct-URL load ({secs:.0f}"
+                        " s; share of samples whose stack holds the function):\n\n"
+                        + profile_table(out)
+                        + "\n"
+                    )
+        finally:
+            empty.stop()
+
+    base = median(e_var.rates)
+    rows = []
+    for s in [c_var, *([c_fix] if args.fixed else []), e_var]:
+        m = median(s.rates)
+        rows.append(
+            (
+                s.label,
+                fmt(m),
+                " / ".join(fmt(x) for x in s.rates),
+                f"{median(s.p50):.1f} / {median(s.p99):.1f}",
+                f"{m / base:.2f}",
+            )
+        )
+    table = md_table(
+        ["server", "requests/s (median)", "each round", "p50 / p99 ms", "÷ empty handler"],
+        rows,
+    )
+    cpu_rows = []
+    for s in [c_var, *([c_fix] if args.fixed else []), e_var]:
+        agg = {k: median([d.get(k, 0.0) for d in s.cpu]) for k in ("service", "redis", "loadgen")}
+        m = median(s.rates)
+        cpu_rows.append(
+            (
+                s.label,
+                *(f"{agg[k] * 100:.0f}% ({agg[k] / m * 1e6:.0f} µs/req)" for k in agg),
+            )
+        )
+    cpu_table = md_table(["server", "server process", "Redis", "wrk"], cpu_rows)
+    ratio = median(c_var.rates) / base
+    body = "\n".join(
+        [
+            busy,
+            "",
+            f"wrk {args.threads} thread, {args.connections} keep-alive connections, "
+            f"{args.seconds:.0f} s per run, {args.rounds} rounds alternating; both servers "
+            "uvicorn with uvloop, httptools, one worker, access log off; the service with its "
+            "in-process persister; pixel URLs carry 5 dims, a uid and (conversions) a value, "
+            "no ts.",
+            "",
+            table,
+            "",
+            f"Non-2xx: counters {c_var.non2xx + c_fix.non2xx}, empty {e_var.non2xx}; socket "
+            f"errors: counters {c_var.errors + c_fix.errors}, empty {e_var.errors}; pixel "
+            f"events rejected by the service: {rejected:,.0f}. Events per ingest-script call "
+            f"(group commit): {median(c_var.per_call):.1f} with distinct URLs"
+            + (f", {median(c_fix.per_call):.1f} with the fixed URL" if args.fixed else "")
+            + ".",
+            "",
+            "CPU while each ran (share of one core, and per request):",
+            "",
+            cpu_table,
+            "",
+            f"Target ≥ 0.7 of the empty handler: {'met' if ratio >= 0.7 else 'not met'} "
+            f"({ratio:.2f}).",
+            profile_md,
+        ]
+    )
+    print()
+    print(body)
+    if args.append:
+        append_results(
+            "Scenario 2: pixel (bench.pixel)",
+            command("bench.pixel", argv),
+            body,
+            load_at_start=load0,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return run(parse(argv), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
