@@ -25,8 +25,6 @@ from persist.state import PersistState, load_state
 Cell = tuple[Grain, int]
 Tuple = tuple[str, ...]
 _GRAINS = {g.short: g for g in Grain}
-CANDIDATE_SLACK = 20
-"""Extra tuples a one-scan breakdown ranks beyond the limit, so live data rarely reorders."""
 
 
 class TupleCells(msgspec.Struct):
@@ -70,6 +68,8 @@ class _Scope:
         self.prefix = name + US + self.rid + US
         self.cond = "".join(f" AND dims[{i + 1}] = ${5 + n}" for n, i in enumerate(self.fixed))
         self.cond_args: list[Any] = list(self.fixed.values())
+        # grouping on text hashes faster than on text[]: one dim is the common case
+        self.key_sql = "dims[1]" if len(rollup) == 1 else "array_to_string(dims, E'\\x1f')"
 
     def matches(self, values: Sequence[str]) -> bool:
         return len(values) == len(self.rollup) and all(
@@ -260,10 +260,6 @@ async def read_ranked(
         for cells in redis_part.values():
             everything.add(cells)
         per_grain = _pg_buckets(state, need)
-        if len(per_grain) == 1:
-            fast = await _one_scan(conn, per_grain[0], redis_part, everything)
-            if fast is not None:
-                return fast
         for grain, wanted in per_grain:
             args = [keys.project, name, scope.rid, wanted, *scope.cond_args]
             where = (
@@ -272,13 +268,13 @@ async def read_ranked(
             )
             # one scan: per tuple (ranking) and per bucket (all tuples, for __other__)
             for r in await conn.fetch(
-                f"SELECT dims, bucket, sum({measure_col})::bigint AS m,"
+                f"SELECT {scope.key_sql} AS k, bucket, sum({measure_col})::bigint AS m,"
                 " sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
-                f" {where} GROUP BY GROUPING SETS ((dims), (bucket))",
+                f" {where} GROUP BY GROUPING SETS (({scope.key_sql}), (bucket))",
                 *args,
             ):
-                if r["dims"] is not None:
-                    t = tuple(r["dims"])
+                if r["k"] is not None:
+                    t = tuple(r["k"].split(US))
                     totals[t] = totals.get(t, 0) + r["m"]
                 else:
                     cell = (grain, from_datetime(r["bucket"]))
@@ -295,7 +291,7 @@ async def read_ranked(
                 f"SELECT dims, bucket, count, sum_micros FROM {TABLE[grain]}"
                 " WHERE project = $1 AND name = $2 AND rollup = $3"
                 f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
-                f" AND array_to_string(dims, E'\\x1f') = ANY(${n}::text[])",
+                f" AND {scope.key_sql} = ANY(${n}::text[])",
                 keys.project,
                 name,
                 scope.rid,
@@ -313,79 +309,6 @@ async def read_ranked(
         return RankedBreakdown(
             [(t, cells_of[t]) for t in top], everything, {t: totals[t] for t in top}
         )
-
-    async def _one_scan(
-        conn: Conn,
-        piece: tuple[Grain, list[Any]],
-        redis_part: dict[Tuple, TupleCells],
-        everything: TupleCells,
-    ) -> RankedBreakdown | None:
-        """One scan returns the top candidates' rows, the per-bucket totals of all tuples
-        and the candidates' totals; None when Redis data could change who is on top (then
-        the general path answers)."""
-        grain, wanted = piece
-        k = limit + CANDIDATE_SLACK
-        col = "s" if by_sum else "c"
-        rows = await conn.fetch(
-            f"WITH r AS MATERIALIZED (SELECT dims, bucket, count AS c, sum_micros AS s"
-            f" FROM {TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
-            f" AND bucket = ANY($4::timestamptz[]){scope.cond}),"
-            f" top AS (SELECT dims, sum({col})::bigint AS m FROM r GROUP BY dims"
-            f" ORDER BY m DESC LIMIT {k})"
-            " SELECT 0 AS kind, r.dims, r.bucket, r.c::bigint AS c, r.s::bigint AS s,"
-            " NULL::bigint AS m FROM r JOIN top USING (dims)"
-            " UNION ALL SELECT 1, NULL, bucket, sum(c)::bigint, sum(s)::bigint, NULL"
-            " FROM r GROUP BY bucket"
-            " UNION ALL SELECT 2, dims, NULL, NULL, NULL, m FROM top",
-            keys.project,
-            name,
-            scope.rid,
-            wanted,
-            *scope.cond_args,
-        )
-        cand: dict[Tuple, TupleCells] = {}
-        pg_total: dict[Tuple, int] = {}
-        pg_all = TupleCells()
-        for r in rows:
-            kind = r["kind"]
-            if kind == 0:
-                cells = cand.setdefault(tuple(r["dims"]), TupleCells())
-                cell = (grain, from_datetime(r["bucket"]))
-                cells.counts[cell] = r["c"]
-                cells.sums[cell] = r["s"]
-            elif kind == 1:
-                cell = (grain, from_datetime(r["bucket"]))
-                pg_all.counts[cell] = r["c"]
-                pg_all.sums[cell] = r["s"]
-            else:
-                pg_total[tuple(r["dims"])] = r["m"]
-        complete = len(pg_total) < k  # every tuple Postgres has is a candidate
-        floor = 0 if complete else min(pg_total.values())
-        merged = dict(pg_total)
-        outsiders: list[int] = []  # live totals of tuples whose Postgres part is unknown
-        for t, c in redis_part.items():
-            hot = sum((c.sums if by_sum else c.counts).values())
-            if t in merged:
-                merged[t] += hot
-            elif complete:
-                merged[t] = hot
-            else:
-                outsiders.append(hot)
-        top = sorted(merged, key=lambda t: (-merged[t], t))[:limit]
-        if not complete and len(top) == limit:
-            last = merged[top[-1]]
-            # a tuple below the candidates has at most `floor` in Postgres: it must not be
-            # able to tie with or pass the last one shown
-            if floor >= last or any(floor + hot >= last for hot in outsiders):
-                return None
-        everything.add(pg_all)
-        out = []
-        for t in top:
-            cells = cand.get(t, TupleCells())
-            if t in redis_part:
-                cells.add(redis_part[t])
-            out.append((t, cells))
-        return RankedBreakdown(out, everything, {t: merged[t] for t in top})
 
     result: RankedBreakdown = await _in_snapshot(pool, keys.project, body)
     return result
