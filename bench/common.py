@@ -66,6 +66,17 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def report(
+    title: str, module: str, argv: Sequence[str], body: str, *, append: bool, load_at_start: str
+) -> None:
+    """Prints a scenario's result and, when asked, appends it to RESULTS.md with the command
+    that reproduces it."""
+    print()
+    print(body)
+    if append:
+        append_results(title, command(module, argv), body, load_at_start=load_at_start)
+
+
 def append_results(
     title: str,
     cmd: str,

@@ -34,9 +34,7 @@ import msgspec
 from bench import generate
 from bench.common import (
     ServiceProc,
-    append_results,
     busy_warning,
-    command,
     finish_wrk,
     fmt,
     load_now,
@@ -44,6 +42,7 @@ from bench.common import (
     md_table,
     median,
     percentile,
+    report,
     require_wrk,
     stack,
     start_wrk,
@@ -393,15 +392,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "",
         ]
     )
-    print()
-    print(body)
-    if args.append:
-        append_results(
-            "Scenario 4: freshness and lag (bench.freshness)",
-            command("bench.freshness", argv),
-            body,
-            load_at_start=load0,
-        )
+    report(
+        "Scenario 4: freshness and lag (bench.freshness)",
+        "bench.freshness",
+        argv,
+        body,
+        append=args.append,
+        load_at_start=load0,
+    )
     return 0
 
 

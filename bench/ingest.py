@@ -38,9 +38,7 @@ from bench import generate
 from bench.common import (
     CpuMeter,
     Stack,
-    append_results,
     busy_warning,
-    command,
     finish_wrk,
     fmt,
     load_now,
@@ -49,6 +47,7 @@ from bench.common import (
     median,
     profile_table,
     redis_commandstats,
+    report,
     require_wrk,
     run_wrk,
     stack,
@@ -56,6 +55,7 @@ from bench.common import (
     start_wrk,
     wrk_script,
 )
+from persist.persister import RAW_COLUMNS
 
 BATCH = 1000
 PERSISTER = {
@@ -63,18 +63,6 @@ PERSISTER = {
     "process": "with `--no-persister` and a separate `counters persist` process",
     "off": "with no persister at all",
 }
-RAW_COLUMNS = [
-    "project",
-    "ts",
-    "name",
-    "event_id",
-    "dims",
-    "value_micros",
-    "uid",
-    "received_at",
-    "stream_id",
-    "seq",
-]
 BASELINE_TABLE = """
 CREATE TABLE bench_raw_events (
     project       text NOT NULL,
@@ -741,15 +729,14 @@ def _rounds(
             profile_md,
         ]
     )
-    print()
-    print(body)
-    if args.append:
-        append_results(
-            "Scenario 1: batch ingest (bench.ingest)",
-            command("bench.ingest", argv),
-            body,
-            load_at_start=load0,
-        )
+    report(
+        "Scenario 1: batch ingest (bench.ingest)",
+        "bench.ingest",
+        argv,
+        body,
+        append=args.append,
+        load_at_start=load0,
+    )
     return 0
 
 

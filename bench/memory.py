@@ -37,13 +37,12 @@ from bench import generate
 from bench.common import (
     ROOT,
     Stack,
-    append_results,
     busy_warning,
-    command,
     fmt,
     load_now,
     log,
     md_table,
+    report,
     stack,
 )
 
@@ -496,15 +495,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "",
         ]
     )
-    print()
-    print(body)
-    if args.append:
-        append_results(
-            "Scenario 5: memory (bench.memory)",
-            command("bench.memory", argv),
-            body,
-            load_at_start=load0,
-        )
+    report(
+        "Scenario 5: memory (bench.memory)",
+        "bench.memory",
+        argv,
+        body,
+        append=args.append,
+        load_at_start=load0,
+    )
     return 0
 
 

@@ -153,9 +153,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from bench import generate
     from bench.common import (
         CpuMeter,
-        append_results,
         busy_warning,
-        command,
         fmt,
         load_now,
         log,
@@ -163,6 +161,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         median,
         profile_table,
         redis_commandstats,
+        report,
         require_wrk,
         run_wrk,
         stack,
@@ -313,15 +312,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             profile_md,
         ]
     )
-    print()
-    print(body)
-    if args.append:
-        append_results(
-            "Scenario 2: pixel (bench.pixel)",
-            command("bench.pixel", argv),
-            body,
-            load_at_start=load0,
-        )
+    report(
+        "Scenario 2: pixel (bench.pixel)",
+        "bench.pixel",
+        argv,
+        body,
+        append=args.append,
+        load_at_start=load0,
+    )
     return 0
 
 
