@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
 from counters.errors import BadRequest, Invalid, PayloadTooLarge
-from counters.models import EventIn, batch_decoder, event_decoder, validate_events
+from counters.models import EventWire, batch_decoder, event_decoder, validate_events
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -33,13 +33,13 @@ def _invalid(exc: msgspec.ValidationError, offset: int | None = None) -> Invalid
     return Invalid(text)
 
 
-def decode_events(body: bytes, content_type: str) -> list[EventIn]:
+def decode_events(body: bytes, content_type: str) -> list[EventWire]:
     """Events of a JSON array, a single JSON object or NDJSON; 400 for malformed input,
     422 naming the event index and field for a wrong value."""
     if not body.strip():
         raise BadRequest("empty body: send a JSON array of events", code="empty_body")
     if "ndjson" in content_type or "jsonlines" in content_type:
-        events: list[EventIn] = []
+        events: list[EventWire] = []
         for index, line in enumerate(body.splitlines()):
             if not line.strip():
                 continue

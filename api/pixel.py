@@ -17,7 +17,7 @@ from starlette.responses import Response
 from api.common import app_state, authorize
 from counters.errors import CountersError
 from counters.ingest import Ingestor
-from counters.models import EventIn, RawEvent, validate_events
+from counters.models import EventWire, RawEvent, validate_events
 
 log = logging.getLogger("counters.pixel")
 
@@ -71,7 +71,7 @@ class GroupCommitter:
             self._flushing.discard(project)
 
 
-def event_from_query(request: Request) -> EventIn:
+def event_from_query(request: Request) -> EventWire:
     """The event a pixel URL describes (`name`, `ts`, `id`, `uid`, `value`, `d.<dim>`)."""
     q = request.query_params
     raw: dict[str, object] = {"name": q.get("name", "")}
@@ -86,7 +86,7 @@ def event_from_query(request: Request) -> EventIn:
     dims = {k[2:]: v for k, v in q.items() if k.startswith("d.")}
     if dims:
         raw["dims"] = dims
-    return msgspec.convert(raw, EventIn)
+    return msgspec.convert(raw, EventWire)
 
 
 async def pixel(request: Request) -> Response:

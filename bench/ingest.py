@@ -196,7 +196,7 @@ class Direct:
         self, redis_url: str, bodies: list[list[dict[str, Any]]], prefix: str, in_flight: int
     ) -> None:
         from counters.config import Settings
-        from counters.ingest import _dim_values, compact_groups
+        from counters.ingest import plan_batch
         from counters.keys import ProjectKeys
         from counters.models import raw_encoder
 
@@ -212,7 +212,7 @@ class Direct:
         self.payloads: list[tuple[bytes, bytes]] = []
         self.commands: list[list[tuple[Any, ...]]] = []
         for raw in self.raw:
-            groups = compact_groups(raw, ())
+            groups, dim_values = plan_batch(raw, ())
             payload = enc.encode(
                 [
                     self.dedupe_ms,
@@ -221,7 +221,7 @@ class Direct:
                     groups,
                     len(raw),
                     self.dim_cap,
-                    _dim_values(raw) if self.dim_cap else [],
+                    dim_values if self.dim_cap else [],
                     2 * 86_400_000,
                 ]
             )

@@ -481,6 +481,8 @@ async def run(args: argparse.Namespace) -> None:
     per_level: dict[int, Timings] = {}
     svc = Service(env, data_dir / "service.log")
     svc.start()
+    if args.keep:
+        print(f"keeping: data {data_dir}, database {database_url}, key prefix {prefix}")
     try:
         for level in levels:
             print(f"level {level:,}: generating", flush=True)

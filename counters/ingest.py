@@ -12,7 +12,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from counters.config import Settings
 from counters.errors import BacklogFull, Unavailable
-from counters.keys import ProjectKeys
+from counters.keys import US, ProjectKeys
 from counters.models import IngestReply, RawEvent, raw_encoder
 from counters.rollups import Rollup, fields_for
 from lua import Scripts
@@ -82,7 +82,28 @@ def compact_groups(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> l
     """The batch as groups `[targets, field, count, sum (str), uids]`, where targets lists
     the `[grain, bucket]` the group applies to. A minute that is alone in its hour (and day)
     carries the hour (and day) targets too, so live traffic sends each field once."""
+    return _groups_of(_minute_accs(events, crosstabs))
+
+
+def plan_batch(
+    events: Iterable[RawEvent], crosstabs: Sequence[Rollup]
+) -> tuple[list[Group], list[list[str]]]:
+    """compact_groups of the batch, and every distinct [dim, day start, value] in it (other
+    than __other__), sorted, read off the grouped fields
+    rather than every event."""
     minutes = _minute_accs(events, crosstabs)
+    seen: set[tuple[str, str, str]] = set()
+    for minute, acc in minutes.items():
+        day = str(minute - minute % 86_400_000)
+        # a field is name US rollup US values; the same (dim, value) recurs for every name
+        for rest in {f[f.index(US) + 1 :] for f in acc.counts}:
+            rollup, _, value = rest.partition(US)
+            if rollup and "," not in rollup and value != OTHER:
+                seen.add((rollup, day, value))
+    return _groups_of(minutes), [list(t) for t in sorted(seen)]
+
+
+def _groups_of(minutes: dict[int, _Acc]) -> list[Group]:
     hours: dict[int, list[int]] = {}
     for minute in minutes:
         hours.setdefault(minute - minute % 3_600_000, []).append(minute)
@@ -151,17 +172,6 @@ def _first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
             seen.add(ev.id)
         kept.append(ev)
     return kept, len(events) - len(kept)
-
-
-def _dim_values(events: list[RawEvent]) -> list[list[str]]:
-    """Every distinct [dim, day start, value] of the batch (other than __other__)."""
-    seen = {
-        (dim, str(ev.ts - ev.ts % 86_400_000), value)
-        for ev in events
-        for dim, value in ev.dims.items()
-        if value != OTHER
-    }
-    return [list(t) for t in sorted(seen)]
 
 
 def _fold(events: list[RawEvent], over: set[tuple[str, ...]]) -> tuple[list[RawEvent], int]:
@@ -263,13 +273,15 @@ class Ingestor:
             if not pending:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [ev.id for ev in pending if ev.id is not None]
-            dim_values = _dim_values(pending) if self._dim_cap else []
+            groups, dim_values = plan_batch(pending, self._crosstabs)
+            if not self._dim_cap:
+                dim_values = []
             payload = _payload_encoder.encode(
                 [
                     self._dedupe_ms,
                     self._cap,
                     ids,
-                    compact_groups(pending, self._crosstabs),
+                    groups,
                     len(pending),
                     self._dim_cap,
                     dim_values,

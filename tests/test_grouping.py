@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from counters.config import load_settings
-from counters.ingest import group_events
+from counters.ingest import OTHER, group_events, plan_batch
 from counters.keys import US
 from counters.models import RawEvent
 from counters.rollups import (
@@ -327,3 +327,28 @@ def test_groups_equal_per_event_application(seed: int) -> None:
         for key, g in by_key(group_events(part, crosstabs)).items():
             merged[key] += g[3]
     assert merged == counts
+
+
+def test_plan_batch_lists_every_distinct_dim_value_per_day() -> None:
+    """The cardinality cap sees every (dim, UTC day, value) of the batch exactly once,
+    __other__ excepted, whatever the cross-tabs."""
+    rng = random.Random(7)
+    events = [
+        event(
+            T0 + rng.randrange(-2 * DAY, DAY),
+            {d: rng.choice(["a", "b", OTHER, "c d"]) for d in rng.sample(["x", "y", "z"], 2)},
+            uid=str(rng.randrange(5)),
+        )
+        for _ in range(500)
+    ]
+    expected = sorted(
+        {
+            (dim, str(ev.ts - ev.ts % DAY), value)
+            for ev in events
+            for dim, value in ev.dims.items()
+            if value != OTHER
+        }
+    )
+    for crosstabs in ((), (("x", "y"), ("x", "z"))):
+        _, dim_values = plan_batch(events, crosstabs)
+        assert [tuple(v) for v in dim_values] == expected

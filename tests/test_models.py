@@ -10,6 +10,7 @@ import pytest
 from counters.errors import Invalid
 from counters.models import (
     EventIn,
+    EventWire,
     RawEvent,
     batch_decoder,
     raw_decoder,
@@ -24,11 +25,11 @@ MAX_AGE = 30 * DAY
 MAX_FUTURE = 300_000
 
 
-def decode(events: list[dict[str, Any]]) -> list[EventIn]:
+def decode(events: list[dict[str, Any]]) -> list[EventWire]:
     return batch_decoder.decode(msgspec.json.encode(events))
 
 
-def validate(events: list[EventIn]) -> list[RawEvent]:
+def validate(events: list[EventWire]) -> list[RawEvent]:
     return validate_events(events, now_ms=NOW, max_age_ms=MAX_AGE, max_future_ms=MAX_FUTURE)
 
 
@@ -39,10 +40,15 @@ def accept(**fields: Any) -> RawEvent:
 
 
 def rejected_by_decoder(*events: dict[str, Any]) -> str:
-    """The msgspec error message for a batch the decoder must reject."""
-    with pytest.raises(msgspec.ValidationError) as info:
-        decode(list(events))
-    return str(info.value)
+    """The error message for a batch that decoding (wrong types, unknown fields) or
+    validation (patterns, lengths, ranges) must reject."""
+    try:
+        validate(decode(list(events)))
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    except Invalid as exc:
+        return exc.message
+    pytest.fail(f"accepted: {events}")
 
 
 def rejected_by_validation(*events: dict[str, Any]) -> Invalid:
@@ -387,3 +393,43 @@ def test_wrong_shapes_rejected(body: bytes) -> None:
 def test_malformed_json_rejected() -> None:
     with pytest.raises(msgspec.DecodeError):
         batch_decoder.decode(b'[{"name": "click"')
+
+
+def test_wire_struct_has_the_documented_fields() -> None:
+    """The ingest path decodes EventWire; /openapi.json documents EventIn: same fields,
+    same defaults, so the schema describes exactly what is accepted."""
+    wire = msgspec.structs.fields(EventWire)
+    documented = msgspec.structs.fields(EventIn)
+    assert [(f.name, f.required) for f in wire] == [(f.name, f.required) for f in documented]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"name": "click", "dims": {"Bad": "v"}},
+        {"name": "click", "dims": {"k": ""}},
+        {"name": "click", "dims": {"k": "a\x7fb"}},
+        {"name": "click", "dims": {"k": "x" * 257}},
+        {"name": "click", "id": ""},
+        {"name": "click", "id": "x" * 129},
+        {"name": "click", "uid": "x" * 257},
+        {"name": "click", "value": 1e9 + 1},
+        {"name": "click", "value": -1e9 - 1},
+        {"name": "a" * 65},
+    ],
+)
+def test_wire_checks_match_the_schema(event: dict[str, Any]) -> None:
+    """Whatever EventIn's schema rejects, validation rejects too (and the reverse holds for
+    the accepted cases above)."""
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(event, EventIn)
+    rejected_by_decoder(event)
+
+
+def test_repeated_strings_are_still_checked_per_event() -> None:
+    """The memo of checked strings never lets a bad string through on a later batch."""
+    accept(dims={"link": "ok"})
+    accept(dims={"link": "ok"})
+    assert "$[1].dims.link" in rejected_by_decoder(
+        {"name": "click", "dims": {"link": "ok"}}, {"name": "click", "dims": {"link": "o\nk"}}
+    )
