@@ -107,10 +107,15 @@ async def _redis_cells(
                 if b >= until:
                     hot.append((grain, b))
                     pipe.hgetall(keys.hot(grain, b))
+        coarse = [b for g, b in hot if g is not Grain.minute]
+        if uniques and coarse:
+            # ingest adds uids to minutes; seal merges them into hours and days
+            pipe.zrangebyscore(keys.dirty(Grain.minute), min(coarse), "+inf")
         replies = await pipe.execute()
         gen = int(replies[0] or 0)
-        for cell, h in zip(hot, replies[1:], strict=True):
-            _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None)
+        minutes = sorted(int(m) for m in replies[-1]) if uniques and coarse else []
+        for cell, h in zip(hot, replies[1 : 1 + len(hot)], strict=True):
+            _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None, minutes=minutes)
         pending = range(state.late_applied + 1, gen + 1)
         if pending:
             pipe = redis.pipeline(transaction=False)
@@ -140,8 +145,13 @@ def _fold_hash(
     uniques: bool,
     *,
     late_gen: int | None,
+    minutes: Sequence[int] = (),
 ) -> None:
     grain, bucket = cell
+    if late_gen is None and grain is not Grain.minute:
+        minutes = [m for m in minutes if bucket <= m < bucket + grain.value]
+    else:
+        minutes = []
     prefix = scope.prefix
     for k, v in h.items():
         kind, _, field = k.decode().partition(US)
@@ -159,7 +169,9 @@ def _fold_hash(
                     if late_gen is None
                     else keys.late_hll(late_gen, grain, bucket, field)
                 )
-                t.hlls.setdefault(cell, []).append(hll)
+                cell_keys = t.hlls.setdefault(cell, [])
+                cell_keys.append(hll)
+                cell_keys.extend(keys.hll(Grain.minute, m, field) for m in minutes)
         else:
             t.sums[cell] = t.sums.get(cell, 0) + int(v)
 

@@ -91,6 +91,7 @@ async def read_buckets(
         for g in guess:
             pipe.exists(keys.late(g), keys.late_hll_index(g))
         hot_index: list[tuple[int, int]] = []
+        hot_coarse: list[tuple[int, int, Grain, int]] = []
         for p, (grain, buckets) in enumerate(pieces):
             until = snap.state.until(grain)
             rows = snap.rows[p]
@@ -112,12 +113,19 @@ async def read_buckets(
                     pipe.hmget(keys.hot(grain, b), [cf, sf])
                     if uniques:
                         hll_keys[p][i].append(keys.hll(grain, b, field))
+                        if grain is not Grain.minute:
+                            hot_coarse.append((p, i, grain, b))
+        if hot_coarse:
+            lowest = min(b for _, _, _, b in hot_coarse)
+            pipe.zrangebyscore(keys.dirty(Grain.minute), lowest, "+inf")
         replies = await pipe.execute()
         gen = int(replies[0] or 0)
         present = {g for g, n in zip(guess, replies[1:3], strict=True) if n}
-        for (p, i), (c, s) in zip(hot_index, replies[3:], strict=True):
+        for (p, i), (c, s) in zip(hot_index, replies[3 : 3 + len(hot_index)], strict=True):
             counts[p][i] += int(c or 0)
             sums[p][i] += int(s or 0)
+        if hot_coarse:
+            add_minute_sketches(keys, field, hot_coarse, replies[-1], hll_keys)
         unknown = list(range(guess[-1] + 1, gen + 1))
         if unknown:
             pipe = redis.pipeline(transaction=False)
@@ -146,6 +154,22 @@ async def read_buckets(
     except (RedisError, OSError) as exc:
         raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
     return BucketValues(counts, sums, hll_keys, tmp)
+
+
+def add_minute_sketches(
+    keys: ProjectKeys,
+    field: str,
+    cells: Sequence[tuple[int, int, Grain, int]],
+    minutes: Sequence[bytes | str],
+    hll_keys: list[list[list[str]]],
+) -> None:
+    """A hot hour's or day's uniques are its own sketch united with the sketches of its
+    minutes still in Redis: ingest adds uids to the minute only, and seal merges a minute
+    into its hour and day (a minute merged already adds nothing to the union)."""
+    buckets = sorted(int(m) for m in minutes)
+    for p, i, grain, start in cells:
+        end = start + grain.value
+        hll_keys[p][i].extend(keys.hll(Grain.minute, m, field) for m in buckets if start <= m < end)
 
 
 async def count_uniques(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import shutil
 import tempfile
@@ -168,6 +169,77 @@ async def _total_sketches(
     return out
 
 
+CSV_CHUNK = 2_000_000
+"""Events per COPY when loading (CSV built by pyarrow: 100M events stay well under an hour)."""
+
+
+def _dim_strings(h: History, d: str, lo: int, hi: int) -> Any:
+    import pyarrow as pa
+
+    labels = pa.array([dim_value(d, c) for c in range(CARD[d])])
+    return pa.DictionaryArray.from_arrays(pa.array(h.dims[d][lo:hi]), labels).cast(pa.string())
+
+
+def _csv(columns: dict[str, Any]) -> io.BytesIO:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    out = io.BytesIO()
+    pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False))
+    out.seek(0)
+    return out
+
+
+def _ts(ms: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    return pa.array(ms.astype("datetime64[ms]")).cast(pa.timestamp("ms", tz="UTC"))
+
+
+def raw_log_csv(h: History, project: str, lo: int, hi: int) -> io.BytesIO:
+    """Events lo..hi as CSV rows of counters' raw_events (RAW_COLUMNS order), the way the
+    persister stores them: dims as a JSON object, one stream entry id per event."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = hi - lo
+    parts: list[Any] = []
+    for i, d in enumerate(DIMS):
+        parts += [("{" if i == 0 else ",") + f'"{d}":"', _dim_strings(h, d, lo, hi), '"']
+    dims = pc.binary_join_element_wise(*parts, "}", "")
+    ts = _ts(h.ts[lo:hi])
+    stream = pc.binary_join_element_wise(
+        pa.array(h.ts[lo:hi]).cast(pa.string()), pa.array(np.arange(lo, hi)).cast(pa.string()), "-"
+    )
+    return _csv(
+        {
+            "project": pa.repeat(project, n),
+            "ts": ts,
+            "name": pa.array(NAMES[h.name[lo:hi]]),
+            "event_id": pa.nulls(n, pa.string()),
+            "dims": dims,
+            "value_micros": pa.array(h.value[lo:hi]),
+            "uid": pc.binary_join_element_wise("u", pa.array(h.uid[lo:hi]).cast(pa.string()), ""),
+            "received_at": ts,
+            "stream_id": stream,
+            "seq": pa.repeat(0, n),
+        }
+    )
+
+
+def baseline_csv(h: History, lo: int, hi: int) -> io.BytesIO:
+    """Events lo..hi as CSV rows of the plain raw-events table the raw-scan baseline reads."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols: dict[str, Any] = {"ts": _ts(h.ts[lo:hi]), "name": pa.array(NAMES[h.name[lo:hi]])}
+    for d in DIMS:
+        cols[d] = _dim_strings(h, d, lo, hi)
+    cols["uid"] = pc.binary_join_element_wise("u", pa.array(h.uid[lo:hi]).cast(pa.string()), "")
+    cols["value"] = pa.array(h.value[lo:hi])
+    return _csv(cols)
+
+
 async def load_counters(
     pool: asyncpg.Pool, redis: Any, prefix: str, project: str, h: History, log: Any
 ) -> float:
@@ -205,40 +277,13 @@ async def load_counters(
                     f" FOR VALUES FROM ('{start.isoformat()}') TO"
                     f" ('{to_datetime(day + DAY_MS).isoformat()}')"
                 )
-        chunk = 500_000
-        dims_cols = {d: h.dims[d] for d in DIMS}
-        for a in range(0, h.n, chunk):
-            b = min(a + chunk, h.n)
-            recs = []
-            for i, (t, nm, u, v) in enumerate(
-                zip(
-                    h.ts[a:b].tolist(),
-                    h.name[a:b].tolist(),
-                    h.uid[a:b].tolist(),
-                    h.value[a:b].tolist(),
-                    strict=True,
-                )
-            ):
-                dims = (
-                    "{"
-                    + ",".join(f'"{d}":"{dim_value(d, int(dims_cols[d][a + i]))}"' for d in DIMS)
-                    + "}"
-                )
-                recs.append(
-                    (
-                        project,
-                        to_datetime(t),
-                        str(NAMES[nm]),
-                        None,
-                        dims,
-                        v,
-                        f"u{u}",
-                        to_datetime(t),
-                        f"{t}-{i}",
-                        0,
-                    )
-                )
-            await conn.copy_records_to_table("raw_events", records=recs, columns=RAW_COLUMNS)
+        for lo in range(0, h.n, CSV_CHUNK):
+            await conn.copy_to_table(
+                "raw_events",
+                source=raw_log_csv(h, project, lo, min(lo + CSV_CHUNK, h.n)),
+                columns=RAW_COLUMNS,
+                format="csv",
+            )
         await conn.execute(
             "UPDATE persist_state SET minute_until = $2, hour_until = $2, day_until = $2"
             " WHERE project = $1",
@@ -263,29 +308,10 @@ async def load_postgres_raw(pool: asyncpg.Pool, table: str, h: History) -> float
             f"CREATE TABLE {table} (ts timestamptz NOT NULL, name text NOT NULL, link text,"
             " source text, country text, device text, affiliate text, uid text, value bigint)"
         )
-        chunk = 500_000
-        for a in range(0, h.n, chunk):
-            b = min(a + chunk, h.n)
-            cols = [h.dims[d][a:b].tolist() for d in DIMS]
-            recs = [
-                (
-                    to_datetime(t),
-                    str(NAMES[nm]),
-                    *(dim_value(d, c[i]) for d, c in zip(DIMS, cols, strict=True)),
-                    f"u{u}",
-                    v,
-                )
-                for i, (t, nm, u, v) in enumerate(
-                    zip(
-                        h.ts[a:b].tolist(),
-                        h.name[a:b].tolist(),
-                        h.uid[a:b].tolist(),
-                        h.value[a:b].tolist(),
-                        strict=True,
-                    )
-                )
-            ]
-            await conn.copy_records_to_table(table, records=recs)
+        for lo in range(0, h.n, CSV_CHUNK):
+            await conn.copy_to_table(
+                table, source=baseline_csv(h, lo, min(lo + CSV_CHUNK, h.n)), format="csv"
+            )
         await conn.execute(f"CREATE INDEX ON {table} USING brin (ts)")
         await conn.execute(f"CREATE INDEX ON {table} (name, ts)")
         await conn.execute(f"VACUUM ANALYZE {table}")

@@ -38,10 +38,12 @@ class _Acc:
         self.sums: dict[str, int] = {}
         self.uids: dict[str, set[str]] = {}
 
-    def merge(self, other: _Acc) -> None:
+    def merge(self, other: _Acc, *, uids: bool = True) -> None:
         self.counts.update(other.counts)
         for f, v in other.sums.items():
             self.sums[f] = self.sums.get(f, 0) + v
+        if not uids:
+            return
         for f, u in other.uids.items():
             mine = self.uids.get(f)
             if mine is None:
@@ -79,10 +81,12 @@ def _minute_accs(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> dic
 
 
 def compact_groups(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
-    """The batch as groups `[targets, field, count, sum (str), uids]`, where targets lists
-    the `[grain, bucket]` the group applies to. A minute that is alone in its hour (and day)
-    carries the hour (and day) targets too, so live traffic sends each field once."""
-    return _groups_of(_minute_accs(events, crosstabs))
+    """The batch as groups `[targets, field, count, sum (str), uids]` for lua/ingest.lua:
+    count and sum go to every `[grain, bucket]` of targets; uids ride only on groups whose
+    first target is a minute (the script routes them to that minute's sketch, which seal
+    merges into its hour and day). A minute alone in its hour (and day) carries the hour
+    (and day) targets too, so live traffic sends each field once."""
+    return _groups_of(_minute_accs(events, crosstabs), uids_everywhere=False)
 
 
 def plan_batch(
@@ -100,10 +104,12 @@ def plan_batch(
             rollup, _, value = rest.partition(US)
             if rollup and "," not in rollup and value != OTHER:
                 seen.add((rollup, day, value))
-    return _groups_of(minutes), [list(t) for t in sorted(seen)]
+    return _groups_of(minutes, uids_everywhere=False), [list(t) for t in sorted(seen)]
 
 
-def _groups_of(minutes: dict[int, _Acc]) -> list[Group]:
+def _groups_of(minutes: dict[int, _Acc], *, uids_everywhere: bool) -> list[Group]:
+    """Groups of the minute accumulators; uids_everywhere puts each bucket's uids on its
+    hour and day groups too (the expanded form), else only on minute-led groups."""
     hours: dict[int, list[int]] = {}
     for minute in minutes:
         hours.setdefault(minute - minute % 3_600_000, []).append(minute)
@@ -114,7 +120,7 @@ def _groups_of(minutes: dict[int, _Acc]) -> list[Group]:
 
     def emit(acc: _Acc, targets: list[list[str]]) -> None:
         sums = acc.sums
-        uids = acc.uids
+        uids = acc.uids if uids_everywhere or targets[0][0] == "m" else {}
         for f, n in acc.counts.items():
             u = uids.get(f)
             out.append([targets, f, n, str(sums.get(f, 0)), list(u) if u else []])
@@ -134,15 +140,15 @@ def _groups_of(minutes: dict[int, _Acc]) -> list[Group]:
                     targets.append(day_target)
                 emit(acc, targets)
                 if day_acc is not None:
-                    day_acc.merge(acc)
+                    day_acc.merge(acc, uids=uids_everywhere)
                 continue
             hour_acc = _Acc()
             for minute in hour_minutes:
                 emit(minutes[minute], [["m", str(minute)]])
-                hour_acc.merge(minutes[minute])
+                hour_acc.merge(minutes[minute], uids=uids_everywhere)
             emit(hour_acc, [hour_target, day_target] if lone_day else [hour_target])
             if day_acc is not None:
-                day_acc.merge(hour_acc)
+                day_acc.merge(hour_acc, uids=uids_everywhere)
         if day_acc is not None:
             emit(day_acc, [day_target])
     return out
@@ -152,7 +158,8 @@ def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> lis
     """One group `[grain, bucket (str), field, count, sum (str), sorted uids]` per (grain,
     bucket, field) the batch touches; applying them equals applying every event one by one."""
     out: list[Group] = []
-    for targets, field, count, total, uids in compact_groups(events, crosstabs):
+    groups = _groups_of(_minute_accs(events, crosstabs), uids_everywhere=True)
+    for targets, field, count, total, uids in groups:
         ordered = sorted(uids)
         for grain, bucket in targets:
             out.append([grain, bucket, field, count, total, ordered])

@@ -13,7 +13,11 @@
 --            ids            array of event-id strings to dedupe, in batch order
 --            groups         array of [targets, field, count (integer), sum in millionths
 --                           (string), uids]; targets = array of [grain "m"|"h"|"d", bucket
---                           start ms (string)] the group adds to
+--                           start ms (string)] the group's count and sum add to. Uniques:
+--                           when targets[1] is a minute, uids go to that minute's sketch
+--                           only while it is hot (seal.lua merges it into its hour and day);
+--                           once it is sealed, to the late minute sketch and to the hour's
+--                           and day's (hot or late). Otherwise uids go to every target.
 --            n_events       integer, events in the raw blob
 --            dim_cap        integer, distinct values a dim may take per UTC day (0 = no cap)
 --            dim_values     array of [dim, day start ms (string), value]: every distinct one
@@ -97,6 +101,19 @@ end
 local late = 0
 local late_key = base .. 'late:' .. gen
 local marked = {}
+local late_hll_index = late_key .. ':hll'
+
+-- uids into one (grain, bucket)'s sketch: the hot one, or the open late generation's
+local function add_uids(grain, bucket, field, uids)
+  if tonumber(bucket) < sealed[grain] then
+    local where = grain .. ':' .. bucket .. ':'
+    pfadd(late_key .. ':u:' .. where .. field, uids)
+    redis.call('SADD', late_hll_index, where .. field)
+  else
+    pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
+  end
+end
+
 for _, g in ipairs(groups) do
   local targets, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
   for _, t in ipairs(targets) do
@@ -108,22 +125,31 @@ for _, g in ipairs(groups) do
       if sum ~= '0' then
         redis.call('HINCRBY', late_key, where .. 's\31' .. field, sum)
       end
-      if #uids > 0 then
-        pfadd(late_key .. ':u:' .. where .. field, uids)
-        redis.call('SADD', late_key .. ':hll', where .. field)
-      end
     else
       local hot = base .. 'h:' .. grain .. ':' .. bucket
       redis.call('HINCRBY', hot, 'c\31' .. field, count)
       if sum ~= '0' then
         redis.call('HINCRBY', hot, 's\31' .. field, sum)
       end
-      if #uids > 0 then
-        pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
-      end
       if not marked[hot] then
         marked[hot] = true
         redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+      end
+    end
+  end
+  if #uids > 0 then
+    local first = targets[1]
+    if first[1] == 'm' then
+      local minute = tonumber(first[2])
+      add_uids('m', first[2], field, uids)
+      if minute < sealed.m then
+        -- seal.lua has merged this minute already: its hour and day take the uids now
+        add_uids('h', string.format('%.0f', minute - minute % 3600000), field, uids)
+        add_uids('d', string.format('%.0f', minute - minute % 86400000), field, uids)
+      end
+    else
+      for _, t in ipairs(targets) do
+        add_uids(t[1], t[2], field, uids)
       end
     end
   end

@@ -40,6 +40,9 @@ COPY_CHUNK_BUCKETS = 50
 RETENTION_EVERY_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 5.0
 """Longest wait between tries while a backend is down (catch-up starts within it)."""
+SEAL_MERGE_BUDGET = 20_000
+"""Uniques sketches one seal call merges from minutes into hours and days (bounds how long
+it holds Redis: a catch-up after an outage seals in steps)."""
 RAW_CHUNK_ENTRIES = 10
 """Raw-log stream entries (each a whole batch, up to 10,000 events) copied per transaction:
 small enough that one XRANGE reply stays a few MB while ingest scripts run in between."""
@@ -308,7 +311,8 @@ class Persister:
     async def _seal(self, keys: ProjectKeys) -> None:
         edge = self.clock.now_ms() - int(self.settings.grace_seconds * 1000)
         await self.scripts.seal(
-            keys=[keys.watermarks], args=[bucket_start(edge, g) for g in GRAINS]
+            keys=[keys.watermarks, keys.dirty(Grain.minute)],
+            args=[*(bucket_start(edge, g) for g in GRAINS), keys.base, SEAL_MERGE_BUDGET],
         )
 
     async def _copy_sealed(self, conn: Conn, keys: ProjectKeys) -> int:

@@ -47,7 +47,9 @@ async def test_batch_lands_in_hot_hash_grouped(harness: Harness) -> None:
     assert int(minute[sum_field(total).encode()]) == 3_250_000
     hour = await harness.redis.hgetall(keys.hot(Grain.hour, T0 - T0 % HOUR_MS))
     assert int(hour[count_field(total).encode()]) == 3
-    assert await harness.redis.pfcount(keys.hll(Grain.day, T0 - T0 % DAY_MS, total)) == 2
+    # uids go to the minutes only; seal merges them into the hour and day
+    assert await harness.redis.pfcount(keys.hll(Grain.minute, T0, total)) == 2
+    assert await harness.redis.pfcount(keys.hll(Grain.day, T0 - T0 % DAY_MS, total)) == 0
     assert await harness.redis.zscore(keys.dirty(Grain.minute), str(T0)) == T0
     assert await harness.redis.xlen(keys.raw) == 1  # one stream entry per batch
     assert int(await harness.redis.hget(keys.watermarks, "rawn")) == 3
@@ -195,3 +197,59 @@ async def test_dimension_cardinality_cap_folds_into_other(harness: Harness) -> N
     capped.clock.advance(DAY_MS)  # a new day starts with a fresh allowance
     await capped.ingest(ev(ts=T0 + DAY_MS, dims={"source": "z"}))
     assert await capped.total("click", T0 + DAY_MS, T0 + DAY_MS + MINUTE_MS, source="z") == 1
+
+
+async def seal(harness: Harness, minute_until: int, budget: int = 20_000) -> list[int]:
+    keys = harness.keys
+    reply = await harness.scripts.seal(
+        keys=[keys.watermarks, keys.dirty(Grain.minute)],
+        args=[
+            minute_until,
+            minute_until - minute_until % HOUR_MS,
+            minute_until - minute_until % DAY_MS,
+            keys.base,
+            budget,
+        ],
+    )
+    return [int(v) for v in reply]
+
+
+async def test_seal_merges_minute_uniques_into_hour_and_day(harness: Harness) -> None:
+    keys = harness.keys
+    total = encode_field("click", (), ())
+    hour, day = T0 - T0 % HOUR_MS, T0 - T0 % DAY_MS
+    await harness.ingest(ev(uid="u1"), ev(uid="u2"), ev(ts=T0 + MINUTE_MS, uid="u1"))
+    await harness.ingest(ev(ts=T0 + MINUTE_MS, uid="u3"))
+    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 3  # before seal
+    assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 0
+    assert await seal(harness, T0 + 2 * MINUTE_MS) == [T0 + 2 * MINUTE_MS, hour, day]
+    assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 3
+    assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 3
+    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 3
+    # a late uid for a sealed minute goes straight to the (hot) hour and day sketches
+    await harness.ingest(ev(uid="u9"))
+    assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 4
+    assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 4
+    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 4
+    assert await harness.total("click", day, day + DAY_MS, "uniques") == 4
+    # a second seal over the same minutes merges nothing twice (and changes nothing)
+    assert await seal(harness, T0 + 2 * MINUTE_MS) == [T0 + 2 * MINUTE_MS, hour, day]
+    assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 4
+
+
+async def test_seal_budget_stops_between_minutes(harness: Harness) -> None:
+    keys = harness.keys
+    total = encode_field("click", (), ())
+    start = T0 - T0 % DAY_MS + DAY_MS - 3 * MINUTE_MS  # the day's last three minutes
+    harness.clock.set(start + 3 * MINUTE_MS)
+    await harness.ingest(
+        *(ev(ts=start + i * MINUTE_MS, uid=f"u{i}", dims={"k": str(i)}) for i in range(3))
+    )
+    next_day = start + 3 * MINUTE_MS
+    # budget 1: the first minute (2 sketches: total and k) is merged, then sealing stops
+    m, h, d = await seal(harness, next_day, budget=1)
+    assert m == start + MINUTE_MS
+    assert h <= m and d <= m  # an hour or day never passes its unmerged minutes
+    assert await harness.redis.pfcount(keys.hll(Grain.day, next_day - DAY_MS, total)) == 1
+    assert await seal(harness, next_day) == [next_day, next_day, next_day]
+    assert await harness.redis.pfcount(keys.hll(Grain.day, next_day - DAY_MS, total)) == 3
