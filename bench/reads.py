@@ -2,17 +2,19 @@
 scanning the raw events with the best index it can use, and by DuckDB scanning the same
 events from Parquet, at growing volumes.
 
-    .venv/bin/python -m bench reads [--levels 1000000,10000000] [--quick] [--runs 30]
+    .venv/bin/python -m bench reads [--levels 1000000,10000000,100000000] [--quick] [--runs 30]
 
 History: one project, 365 days of events written in time order, 3 names (click 55%),
 1,000 links and 100 affiliates (Zipf), 50 sources, 200 countries, 5 devices, uids out of
 2M. counters' history is loaded through the persister's own code paths (`upsert_rollups`
-for rollups with their HyperLogLog sketches built by Redis PFADD, COPY into the partitioned
-raw log), with the watermarks advanced so every read answers from Postgres history plus
-Redis, exactly as in production. Loaded rollups: the total at minute (last 14 days), hour and
-day grain, every single-dim rollup at day grain; uniques sketches on the total rollup (what
-the questions read; live ingest also writes per-dim hour and minute rows, which these
-queries do not touch: each reads its own index range).
+for rollups; COPY into the partitioned raw log, as CSV built by pyarrow), with the
+watermarks advanced so every read answers from Postgres history plus Redis, exactly as in
+production. The HyperLogLog sketches are computed with numpy byte for byte as Redis PFADD
+builds them (bench/sketches.py, checked against Redis before each load): PFADD of 100M uids
+would take longer than the rest of the load. Loaded rollups: the total at minute (last 14
+days), hour and day grain, every single-dim rollup at day grain; uniques sketches on the
+total rollup (what the questions read; live ingest also writes per-dim hour and minute
+rows, which these queries do not touch: each reads its own index range).
 
 Questions (name=click):
   sparkline  30-day hourly series          (720 buckets)
@@ -20,7 +22,8 @@ Questions (name=click):
   top10      top-10 links over 30 days, daily series each, plus __other__
   uniques    distinct uids over 30 days (counters: HLL union; raw engines: exact)
 counters latency is server-side (the Server-Timing header) and client wall-clock over a
-keep-alive connection; Postgres and DuckDB are client wall-clock of the query.
+keep-alive connection; Postgres and DuckDB are client wall-clock of the query. A raw engine
+gets 20 s per question and level (at least 5 samples), so at 100M it has fewer samples.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ import asyncpg
 import httpx
 import numpy as np
 
+from bench import sketches
 from counters import embedded
 from counters.backends import open_redis
 from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
@@ -128,44 +133,30 @@ async def _aggregate_rows(
     return rows
 
 
-async def _total_sketches(
-    redis: Any, prefix: str, h: History, grain_ms: int, lo: int
-) -> dict[tuple[str, int], bytes]:
-    """HLL sketch per (name, bucket) of the total rollup, built by PFADD in Redis."""
-    sel = h.ts >= lo
-    bucket = (h.ts[sel] // grain_ms) * grain_ms
-    name = h.name[sel]
-    uid = h.uid[sel]
-    order = np.lexsort((bucket, name))
-    bucket, name, uid = bucket[order], name[order], uid[order]
-    bounds = np.concatenate(
-        ([0], np.flatnonzero((np.diff(bucket) != 0) | (np.diff(name) != 0)) + 1, [bucket.size])
-    )
-    out: dict[tuple[str, int], bytes] = {}
-    tmp = f"{prefix}:{{p:bench-sketch}}:tmp"
-    pipe = redis.pipeline(transaction=False)
-    pending: list[tuple[tuple[str, int], int]] = []  # (name, bucket), index of its GET
-    calls = 0
-    for i in range(bounds.size - 1):
-        a, b = int(bounds[i]), int(bounds[i + 1])
-        key = f"{tmp}:{i}"
-        members = [f"u{x}" for x in uid[a:b].tolist()]
-        for j in range(0, len(members), 5000):
-            pipe.pfadd(key, *members[j : j + 5000])
-            calls += 1
-        pipe.get(key)
-        pending.append(((str(NAMES[int(name[a])]), int(bucket[a])), calls))
-        calls += 1
-        pipe.delete(key)
-        calls += 1
-        if len(pending) >= 200:
-            res = await pipe.execute()
-            out.update({k: res[at] for k, at in pending if res[at] is not None})
-            pending, calls = [], 0
-            pipe = redis.pipeline(transaction=False)
-    if pending:
-        res = await pipe.execute()
-        out.update({k: res[at] for k, at in pending if res[at] is not None})
+def total_sketches(h: History) -> dict[int, dict[tuple[str, int], bytes]]:
+    """HLL sketch per (name, bucket) of the total rollup at hour and day grain (keyed by
+    grain in ms), computed with numpy exactly as Redis PFADD would build them (see
+    bench/sketches.py; checked against Redis before the first load)."""
+    h0 = int(h.ts.min()) // DAY_MS * 24
+    hours = (int(h.ts.max()) // HOUR_MS - h0) // 24 * 24 + 24
+    regs = np.zeros((3 * hours, sketches.REGISTERS), dtype=np.uint8)
+    chunk = 10_000_000
+    for lo in range(0, h.n, chunk):
+        hi = min(lo + chunk, h.n)
+        bucket = h.name[lo:hi].astype(np.int64) * hours + (h.ts[lo:hi] // HOUR_MS - h0)
+        index, rank = sketches.index_and_rank(sketches.uid_hashes(h.uid[lo:hi]))
+        flat = regs.reshape(-1)
+        np.maximum.at(flat, bucket * sketches.REGISTERS + index, rank)
+    by_hour = regs.reshape(3, hours, sketches.REGISTERS)
+    by_day = by_hour.reshape(3, hours // 24, 24, sketches.REGISTERS).max(axis=2)
+    out: dict[int, dict[tuple[str, int], bytes]] = {HOUR_MS: {}, DAY_MS: {}}
+    for grain_ms, grid in ((HOUR_MS, by_hour), (DAY_MS, by_day)):
+        per_day = grain_ms // HOUR_MS
+        for n in range(3):
+            for i in np.flatnonzero(grid[n].any(axis=1)).tolist():
+                blob = sketches.encode(grid[n, i])
+                if blob is not None:
+                    out[grain_ms][(str(NAMES[n]), (h0 + i * per_day) * HOUR_MS)] = blob
     return out
 
 
@@ -194,6 +185,20 @@ def _ts(ms: np.ndarray) -> Any:
     import pyarrow as pa
 
     return pa.array(ms.astype("datetime64[ms]")).cast(pa.timestamp("ms", tz="UTC"))
+
+
+async def csv_chunks(h: History, build: Any, *args: Any) -> AsyncIterator[io.BytesIO]:
+    """CSV chunks of the history, each built in a thread while the previous one is being
+    copied (pyarrow releases the GIL, so building and COPY overlap on two cores)."""
+    bounds = [(lo, min(lo + CSV_CHUNK, h.n)) for lo in range(0, h.n, CSV_CHUNK)]
+    if not bounds:
+        return
+    pending = asyncio.create_task(asyncio.to_thread(build, h, *args, *bounds[0]))
+    for i in range(len(bounds)):
+        chunk = await pending
+        if i + 1 < len(bounds):
+            pending = asyncio.create_task(asyncio.to_thread(build, h, *args, *bounds[i + 1]))
+        yield chunk
 
 
 def raw_log_csv(h: History, project: str, lo: int, hi: int) -> io.BytesIO:
@@ -255,17 +260,23 @@ async def load_counters(
     grains = {DAY_MS: "day", HOUR_MS: "hour", MINUTE_MS: "minute"}
     from counters.buckets import GRAIN_BY_NAME
 
+    await sketches.check_against_redis(redis, f"{prefix}:{{p:bench-sketch}}:check")
+    sketch = await asyncio.to_thread(total_sketches, h)
+    log(f"  sketches (numpy, as PFADD builds them) {time.perf_counter() - t0:.0f}s")
     for grain_ms, lo, dim in plan:
         rows = await _aggregate_rows(h, project, grain_ms, lo, dim)
         if dim is None and grain_ms != MINUTE_MS:
-            sketches = await _total_sketches(redis, prefix, h, grain_ms, lo)
-            rows = [(*r[:7], sketches.get((r[1], int(r[4].timestamp() * 1000)))) for r in rows]
+            blobs = sketch[grain_ms]
+            rows = [(*r[:7], blobs.get((r[1], int(r[4].timestamp() * 1000)))) for r in rows]
         grain = GRAIN_BY_NAME[grains[grain_ms]]
         async with pool.acquire() as conn:
             for i in range(0, len(rows), 200_000):
                 async with conn.transaction():
                     await upsert_rollups(conn, grain, rows[i : i + 200_000], additive=False)
-        log(f"  rollups {grains[grain_ms]:6} {dim or 'total':9} {len(rows):>9,} rows")
+        log(
+            f"  rollups {grains[grain_ms]:6} {dim or 'total':9} {len(rows):>9,} rows"
+            f" {time.perf_counter() - t0:.0f}s"
+        )
     # the raw log, as the persister copies it
     async with pool.acquire() as conn:
         days = sorted({int(x) for x in np.unique(h.ts // DAY_MS * DAY_MS).tolist()})
@@ -277,13 +288,8 @@ async def load_counters(
                     f" FOR VALUES FROM ('{start.isoformat()}') TO"
                     f" ('{to_datetime(day + DAY_MS).isoformat()}')"
                 )
-        for lo in range(0, h.n, CSV_CHUNK):
-            await conn.copy_to_table(
-                "raw_events",
-                source=raw_log_csv(h, project, lo, min(lo + CSV_CHUNK, h.n)),
-                columns=RAW_COLUMNS,
-                format="csv",
-            )
+        async for chunk in csv_chunks(h, raw_log_csv, project):
+            await conn.copy_to_table("raw_events", source=chunk, columns=RAW_COLUMNS, format="csv")
         await conn.execute(
             "UPDATE persist_state SET minute_until = $2, hour_until = $2, day_until = $2"
             " WHERE project = $1",
@@ -292,7 +298,7 @@ async def load_counters(
         )
         # steady state: old rows are all-visible, so index-only scans apply (autovacuum's job)
         await conn.execute("VACUUM ANALYZE rollups_minute, rollups_hour, rollups_day")
-    log(f"  raw log {h.n:,} events")
+    log(f"  raw log {h.n:,} events {time.perf_counter() - t0:.0f}s")
     return time.perf_counter() - t0
 
 
@@ -308,10 +314,8 @@ async def load_postgres_raw(pool: asyncpg.Pool, table: str, h: History) -> float
             f"CREATE TABLE {table} (ts timestamptz NOT NULL, name text NOT NULL, link text,"
             " source text, country text, device text, affiliate text, uid text, value bigint)"
         )
-        for lo in range(0, h.n, CSV_CHUNK):
-            await conn.copy_to_table(
-                table, source=baseline_csv(h, lo, min(lo + CSV_CHUNK, h.n)), format="csv"
-            )
+        async for chunk in csv_chunks(h, baseline_csv):
+            await conn.copy_to_table(table, source=chunk, format="csv")
         await conn.execute(f"CREATE INDEX ON {table} USING brin (ts)")
         await conn.execute(f"CREATE INDEX ON {table} (name, ts)")
         await conn.execute(f"VACUUM ANALYZE {table}")
@@ -319,21 +323,36 @@ async def load_postgres_raw(pool: asyncpg.Pool, table: str, h: History) -> float
 
 
 def write_parquet(path: Path, h: History) -> float:
+    """The events as one Parquet file (dims dictionary-encoded, as any writer would)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    cols: dict[str, Any] = {
-        "ts": pa.array(h.ts.astype("datetime64[ms]")),
-        "name": pa.array(NAMES[h.name]),
-    }
-    for d in DIMS:
-        prefix = d[:2]
-        cols[d] = pa.array(np.char.add(prefix, h.dims[d].astype(str)))
-    cols["uid"] = pa.array(np.char.add("u", h.uid.astype(str)))
-    cols["value"] = pa.array(h.value)
-    pq.write_table(pa.table(cols), path, row_group_size=1_000_000)
+    with pq.ParquetWriter(path, _parquet_schema()) as writer:
+        for lo in range(0, h.n, CSV_CHUNK):
+            hi = min(lo + CSV_CHUNK, h.n)
+            cols: dict[str, Any] = {
+                "ts": pa.array(h.ts[lo:hi].astype("datetime64[ms]")),
+                "name": pa.array(NAMES[h.name[lo:hi]]),
+            }
+            for d in DIMS:
+                cols[d] = _dim_strings(h, d, lo, hi)
+            uid = pa.array(h.uid[lo:hi]).cast(pa.string())
+            cols["uid"] = pc.binary_join_element_wise("u", uid, "")
+            cols["value"] = pa.array(h.value[lo:hi])
+            writer.write_table(pa.table(cols, schema=_parquet_schema()), row_group_size=1_000_000)
     return time.perf_counter() - t0
+
+
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [("ts", pa.timestamp("ms")), ("name", pa.string())]
+        + [(d, pa.string()) for d in DIMS]
+        + [("uid", pa.string()), ("value", pa.int64())]
+    )
 
 
 # -- questions ----------------------------------------------------------------------------
@@ -436,17 +455,36 @@ async def measure(
                 server = r.headers["server-timing"].split("dur=")[1]
                 t.add("counters (server)", q, float(server))
                 answers.setdefault(("counters", q), r.json())
-                t0 = time.perf_counter()
-                async with pool.acquire() as conn:
-                    rows = await conn.fetch(sql, to_datetime(lo), to_datetime(hi))
-                t.add("postgres", q, (time.perf_counter() - t0) * 1000)
-                answers.setdefault(("postgres", q), rows)
-                if runs <= 10 or _ % 3 == 0:  # duckdb scans are slow: fewer samples
+                # raw scans at 100M take seconds: each engine gets RAW_BUDGET_S per question
+                # (at least RAW_MIN_SAMPLES samples), spread over the interleaved runs
+                if _raw_turn(t, "postgres", q, _, runs):
+                    t0 = time.perf_counter()
+                    async with pool.acquire() as conn:
+                        rows = await conn.fetch(sql, to_datetime(lo), to_datetime(hi))
+                    t.add("postgres", q, (time.perf_counter() - t0) * 1000)
+                    answers.setdefault(("postgres", q), rows)
+                if _raw_turn(t, "duckdb", q, _, runs):
                     t0 = time.perf_counter()
                     drows = duck.execute(dsql).fetchall()
                     t.add("duckdb", q, (time.perf_counter() - t0) * 1000)
                     answers.setdefault(("duckdb", q), drows)
     return t, {"level": level, "answers": answers}
+
+
+RAW_BUDGET_S = 20.0
+RAW_MIN_SAMPLES = 5
+
+
+def _raw_turn(t: Timings, engine: str, q: str, run: int, runs: int) -> bool:
+    """Whether a raw engine takes this run: always until it has RAW_MIN_SAMPLES, then every
+    k-th run so that its samples fit in RAW_BUDGET_S."""
+    done = t.samples.get((engine, q), [])
+    if len(done) < RAW_MIN_SAMPLES:
+        return True
+    per_query = sum(done) / len(done) / 1000
+    affordable = max(RAW_MIN_SAMPLES, int(RAW_BUDGET_S / max(per_query, 1e-3)))
+    every = max(1, -(-runs // affordable))
+    return run % every == 0
 
 
 def check_answers(meta: dict[str, Any]) -> list[str]:
@@ -610,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--levels", default="1000000,10000000")
+    p.add_argument("--levels", default="1000000,10000000,100000000")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--quick", action="store_true", help="one small level, few runs")
     p.add_argument("--keep", action="store_true", help="keep the servers and data")
