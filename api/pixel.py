@@ -1,7 +1,8 @@
 """GET /v1/pixel.gif: one event from a query string, always answered with a 1x1 GIF.
 
-Concurrent pixel requests are group-committed: they join one pending batch per project and
-share one script call; each request answers only after Redis has its event."""
+Concurrent pixel requests are group-committed: they join the project's collecting batch and
+share one script call (several batches may be in flight); each request answers only after
+Redis has its event."""
 
 from __future__ import annotations
 
@@ -30,45 +31,68 @@ def gif() -> Response:
     return Response(GIF, 200, GIF_HEADERS, media_type="image/gif")
 
 
-class GroupCommitter:
-    """Joins concurrent single events of one project into one batch."""
+MAX_BATCHES_IN_FLIGHT = 4
+"""Script calls one project may have in flight at once: while some wait on Redis, the next
+batch is already collecting."""
 
-    def __init__(self, ingestor: Ingestor) -> None:
+
+class GroupCommitter:
+    """Joins concurrent single events of one project into batches: at most one batch is
+    collecting at a time, and up to MAX_BATCHES_IN_FLIGHT are being applied."""
+
+    def __init__(self, ingestor: Ingestor, max_in_flight: int = MAX_BATCHES_IN_FLIGHT) -> None:
         self._ingestor = ingestor
+        self._max = max_in_flight
         self._pending: dict[str, list[tuple[RawEvent, asyncio.Future[None]]]] = defaultdict(list)
-        self._flushing: set[str] = set()
+        self._collecting: set[str] = set()
+        self._in_flight: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, project: str, event: RawEvent) -> None:
         """Returns once the event is counted (or raises what the batch raised)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[project].append((event, future))
-        if project not in self._flushing:
-            self._flushing.add(project)
+        if project not in self._collecting and self._in_flight[project] < self._max:
+            self._collecting.add(project)
+            self._in_flight[project] += 1
             task = asyncio.create_task(self._flush(project))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await future
 
     async def _flush(self, project: str) -> None:
+        """Collects one batch, applies it, and goes on with what piled up meanwhile if no
+        other batch is collecting it."""
         try:
-            while self._pending.get(project):
+            while True:
                 await asyncio.sleep(0)  # let requests already parsed join this batch
-                batch = self._pending.pop(project)
-                try:
-                    await self._ingestor.apply(project, [ev for ev, _ in batch])
-                except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
+                batch = self._pending.pop(project, [])
+                self._collecting.discard(project)
+                if batch:
+                    await self._apply(project, batch)
+                if not self._pending.get(project) or project in self._collecting:
+                    return
+                self._collecting.add(project)
         finally:
-            self._flushing.discard(project)
+            self._in_flight[project] -= 1
+            if not self._in_flight[project]:
+                del self._in_flight[project]
+
+    async def _apply(
+        self, project: str, batch: list[tuple[RawEvent, asyncio.Future[None]]]
+    ) -> None:
+        try:
+            await self._ingestor.apply(project, [ev for ev, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
 
 
 def event_from_query(request: Request) -> EventWire:

@@ -3,6 +3,7 @@ changed), NDJSON, duplicates, the pixel, health and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,7 +14,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from api.pixel import GroupCommitter
+from counters.models import RawEvent
 from tests.service import Service, create_key
+from tests.support import wait_for
 
 
 @dataclass(frozen=True)
@@ -275,3 +279,56 @@ async def test_huge_minute_range_is_refused_fast(client: httpx.AsyncClient, keys
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_buckets"
     assert time.monotonic() - t0 < 2
+
+
+class _SlowIngestor:
+    """Stands in for Ingestor in the group-commit unit test: records batches, and holds
+    each call until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.release = asyncio.Event()
+
+    async def apply(self, project: str, events: list[RawEvent]) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.batches.append([ev.id for ev in events])
+        await self.release.wait()
+        self.in_flight -= 1
+        if any(ev.id == "boom" for ev in events):
+            raise RuntimeError("batch failed")
+
+
+async def test_pixel_group_commit_batches_in_flight() -> None:
+    """Concurrent pixel events share script calls, several calls run at once (never more
+    than the limit), every event is applied exactly once, and a failing batch fails only
+    its own waiters."""
+    slow = _SlowIngestor()
+    committer = GroupCommitter(slow, max_in_flight=3)  # type: ignore[arg-type]
+    ids: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    for wave in range(6):  # six waves while nothing completes: three calls, then queueing
+        new = [f"{wave}-{i}" for i in range(10)] + (["boom"] if wave == 4 else [])
+        ids += new
+        tasks += [
+            asyncio.create_task(committer.submit("p", RawEvent("click", 0, i, {}, 0, None, 0)))
+            for i in new
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def in_flight() -> int:
+        return slow.in_flight
+
+    await wait_for(in_flight, lambda n: n == 3, timeout=5, what="three calls in flight")
+    slow.release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    applied = [i for batch in slow.batches for i in batch]
+    assert sorted(applied) == sorted(ids)
+    assert slow.most_in_flight == 3
+    assert len(slow.batches) < len(ids)
+    failed_batch = set(next(batch for batch in slow.batches if "boom" in batch))
+    for event_id, result in zip(ids, results, strict=True):
+        assert isinstance(result, RuntimeError) == (event_id in failed_batch), event_id
