@@ -100,7 +100,6 @@ end
 
 local late = 0
 local late_key = base .. 'late:' .. gen
-local marked = {}
 local late_hll_index = late_key .. ':hll'
 
 -- uids into one (grain, bucket)'s sketch: the hot one, or the open late generation's
@@ -114,26 +113,40 @@ local function add_uids(grain, bucket, field, uids)
   end
 end
 
+-- per (grain, bucket): the hot hash's key, or false when the bucket is sealed (late)
+local hot_keys = {m = {}, h = {}, d = {}}
+local function hot_key(grain, bucket)
+  local known = hot_keys[grain][bucket]
+  if known == nil then
+    if tonumber(bucket) < sealed[grain] then
+      known = false
+    else
+      known = base .. 'h:' .. grain .. ':' .. bucket
+      redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+    end
+    hot_keys[grain][bucket] = known
+  end
+  return known
+end
+
 for _, g in ipairs(groups) do
   local targets, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
+  local cfield = 'c\31' .. field
+  local sfield = sum ~= '0' and ('s\31' .. field) or nil
   for _, t in ipairs(targets) do
     local grain, bucket = t[1], t[2]
-    if tonumber(bucket) < sealed[grain] then
-      late = late + 1
-      local where = grain .. ':' .. bucket .. ':'
-      redis.call('HINCRBY', late_key, where .. 'c\31' .. field, count)
-      if sum ~= '0' then
-        redis.call('HINCRBY', late_key, where .. 's\31' .. field, sum)
+    local hot = hot_key(grain, bucket)
+    if hot then
+      redis.call('HINCRBY', hot, cfield, count)
+      if sfield then
+        redis.call('HINCRBY', hot, sfield, sum)
       end
     else
-      local hot = base .. 'h:' .. grain .. ':' .. bucket
-      redis.call('HINCRBY', hot, 'c\31' .. field, count)
-      if sum ~= '0' then
-        redis.call('HINCRBY', hot, 's\31' .. field, sum)
-      end
-      if not marked[hot] then
-        marked[hot] = true
-        redis.call('ZADD', base .. 'dirty:' .. grain, bucket, bucket)
+      late = late + 1
+      local where = grain .. ':' .. bucket .. ':'
+      redis.call('HINCRBY', late_key, where .. cfield, count)
+      if sfield then
+        redis.call('HINCRBY', late_key, where .. sfield, sum)
       end
     end
   end
