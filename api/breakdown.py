@@ -14,10 +14,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from api.query import hot_cells, queue_read_hot, with_scripts_loaded
 from counters.buckets import Grain, from_datetime, to_datetime
 from counters.errors import Unavailable
 from counters.keys import US, ProjectKeys
 from counters.rollups import Rollup, rollup_id
+from lua import Scripts
 from persist.db import PG_ERRORS, Conn
 from persist.persister import TABLE
 from persist.state import PersistState, load_state
@@ -87,6 +89,7 @@ def _redis_error(exc: Exception) -> Unavailable:
 
 async def _redis_cells(
     redis: Redis,
+    scripts: Scripts,
     keys: ProjectKeys,
     state: PersistState,
     scope: _Scope,
@@ -97,25 +100,26 @@ async def _redis_cells(
     """The cells Redis is authoritative for under this snapshot's watermarks: hot buckets at
     or past them, and late generations not yet applied."""
     tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
-    try:
+    hot: list[Cell] = [
+        (grain, b) for grain, buckets in need.items() for b in buckets if b >= state.until(grain)
+    ]
+
+    async def first_round() -> list[Any]:
         pipe = redis.pipeline(transaction=False)
         pipe.hget(keys.watermarks, "gen")
-        hot: list[Cell] = []
-        for grain, buckets in need.items():
-            until = state.until(grain)
-            for b in buckets:
-                if b >= until:
-                    hot.append((grain, b))
-                    pipe.hgetall(keys.hot(grain, b))
-        coarse = [b for g, b in hot if g is not Grain.minute]
-        if uniques and coarse:
-            # ingest adds uids to minutes; seal merges them into hours and days
-            pipe.zrangebyscore(keys.dirty(Grain.minute), min(coarse), "+inf")
-        replies = await pipe.execute()
+        if hot:
+            queue_read_hot(pipe, scripts, keys, None, hot)
+        return list(await pipe.execute())
+
+    try:
+        replies = await with_scripts_loaded(scripts, first_round)
         gen = int(replies[0] or 0)
-        minutes = sorted(int(m) for m in replies[-1]) if uniques and coarse else []
-        for cell, h in zip(hot, replies[1 : 1 + len(hot)], strict=True):
-            _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None, minutes=minutes)
+        if hot:
+            for cell, hot_cell in zip(hot, hot_cells(replies[1], whole=True), strict=True):
+                for h in hot_cell.hashes:
+                    _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None)
+                if uniques:
+                    _add_minute_sketches(tuples, scope, cell, hot_cell.minutes, keys)
         pending = range(state.late_applied + 1, gen + 1)
         if pending:
             pipe = redis.pipeline(transaction=False)
@@ -145,13 +149,8 @@ def _fold_hash(
     uniques: bool,
     *,
     late_gen: int | None,
-    minutes: Sequence[int] = (),
 ) -> None:
     grain, bucket = cell
-    if late_gen is None and grain is not Grain.minute:
-        minutes = [m for m in minutes if bucket <= m < bucket + grain.value]
-    else:
-        minutes = []
     prefix = scope.prefix
     for k, v in h.items():
         kind, _, field = k.decode().partition(US)
@@ -169,11 +168,26 @@ def _fold_hash(
                     if late_gen is None
                     else keys.late_hll(late_gen, grain, bucket, field)
                 )
-                cell_keys = t.hlls.setdefault(cell, [])
-                cell_keys.append(hll)
-                cell_keys.extend(keys.hll(Grain.minute, m, field) for m in minutes)
+                t.hlls.setdefault(cell, []).append(hll)
         else:
             t.sums[cell] = t.sums.get(cell, 0) + int(v)
+
+
+def _add_minute_sketches(
+    tuples: dict[Tuple, TupleCells],
+    scope: _Scope,
+    cell: Cell,
+    minutes: Sequence[int],
+    keys: ProjectKeys,
+) -> None:
+    """A hot hour's or day's uniques also hold its minutes not merged into it yet."""
+    if not minutes:
+        return
+    for values, t in tuples.items():
+        if cell in t.hlls:
+            field = scope.prefix + US.join(values)
+            extra = [keys.hll(Grain.minute, m, field) for m in minutes]
+            t.hlls[cell] = list(dict.fromkeys(t.hlls[cell] + extra))
 
 
 def _pg_buckets(state: PersistState, need: dict[Grain, list[int]]) -> list[tuple[Grain, list[Any]]]:
@@ -200,6 +214,7 @@ async def _in_snapshot(
 async def read_breakdown(
     pool: asyncpg.Pool,
     redis: Redis,
+    scripts: Scripts,
     keys: ProjectKeys,
     name: str,
     rollup: Rollup,
@@ -237,7 +252,7 @@ async def read_breakdown(
                     tmp[k] = r["hll"]
                     row.hlls.setdefault(cell, []).append(k)
         for t, cells in (
-            await _redis_cells(redis, keys, state, scope, need, uniques=uniques)
+            await _redis_cells(redis, scripts, keys, state, scope, need, uniques=uniques)
         ).items():
             tuples[t].add(cells)
         return dict(tuples)
@@ -248,6 +263,7 @@ async def read_breakdown(
 async def read_ranked(
     pool: asyncpg.Pool,
     redis: Redis,
+    scripts: Scripts,
     keys: ProjectKeys,
     name: str,
     rollup: Rollup,
@@ -264,7 +280,7 @@ async def read_ranked(
     measure_col = "sum_micros" if by_sum else "count"
 
     async def body(conn: Conn, state: PersistState) -> RankedBreakdown:
-        redis_part = await _redis_cells(redis, keys, state, scope, need, uniques=False)
+        redis_part = await _redis_cells(redis, scripts, keys, state, scope, need, uniques=False)
         totals: dict[Tuple, int] = {
             t: sum((c.sums if by_sum else c.counts).values()) for t, c in redis_part.items()
         }

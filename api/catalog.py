@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
+from api.query import read_hot
 from counters.buckets import DAY_MS, Grain, bucket_start, to_datetime
 from counters.errors import Unauthorized, Unavailable
 from counters.keys import US, ProjectKeys
@@ -69,16 +70,18 @@ async def catalog(request: Request) -> Response:
     keys = ProjectKeys(state.settings.key_prefix, project)
     today = bucket_start(now, Grain.day)
     try:
-        pipe = state.redis.pipeline(transaction=False)
-        for day in (today - DAY_MS, today):
-            pipe.hkeys(keys.hot(Grain.day, day))
-        for fields in await pipe.execute():
-            for f in fields:
-                kind, name, rollup, *_ = f.decode().split(US)
-                if kind == "c":
-                    dims = seen.setdefault(name, set())
-                    if rollup and "," not in rollup:
-                        dims.add(rollup)
+        # today's and yesterday's hot days, with their minutes not merged into them yet
+        cells = await read_hot(
+            state.scripts, keys, None, [(Grain.day, today - DAY_MS), (Grain.day, today)]
+        )
+        for cell in cells:
+            for h in cell.hashes:
+                for f in h:
+                    kind, name, rollup, *_ = f.decode().split(US)
+                    if kind == "c":
+                        dims = seen.setdefault(name, set())
+                        if rollup and "," not in rollup:
+                            dims.add(rollup)
     except (RedisError, OSError) as exc:
         raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
     names = [NameDims(n, sorted(d)) for n, d in sorted(seen.items())]

@@ -4,21 +4,24 @@ the Redis hot buckets and pending late deltas, with no gap and no double count."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from counters.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start
 from counters.errors import Unavailable
 from counters.keys import ProjectKeys, count_field, late_field, sum_field
 from counters.rollups import Rollup, encode_field, rollup_id
+from lua import Scripts
 from persist.db import PG_ERRORS
 from persist.history import read_history
 
 Piece = tuple[Grain, Sequence[int]]
+T = TypeVar("T")
 TMP_TTL_MS = 30_000
 
 
@@ -31,6 +34,70 @@ class BucketValues(msgspec.Struct):
     """Per piece, per bucket: Redis keys whose union is that bucket's uniques sketch."""
     tmp_blobs: dict[str, bytes]
     """Scratch keys to load (Postgres sketches) before counting, and delete after."""
+
+
+class HotCell(msgspec.Struct):
+    """One hot (grain, bucket) as Redis holds it: its own hash and, for an hour or a day,
+    the hashes of its minutes not merged into it yet (see lua/read_hot.lua)."""
+
+    minutes: list[int]
+    hashes: list[Any]
+    """HMGET replies (field mode) or field->value dicts (whole hashes), own hash first."""
+
+
+def _hot_args(
+    keys: ProjectKeys, fields: Sequence[str] | None, cells: Sequence[tuple[Grain, int]]
+) -> tuple[list[str], list[Any]]:
+    args: list[Any] = [keys.base, len(fields or ()), *(fields or ())]
+    args += [f"{g.short}:{b}" for g, b in cells]
+    return [keys.watermarks, keys.dirty(Grain.minute)], args
+
+
+async def read_hot(
+    scripts: Scripts,
+    keys: ProjectKeys,
+    fields: Sequence[str] | None,
+    cells: Sequence[tuple[Grain, int]],
+) -> list[HotCell]:
+    """The hot cells' hashes (the given fields, or whole hashes for None), read atomically
+    with respect to sealing, so every hot event is counted exactly once."""
+    script_keys, args = _hot_args(keys, fields, cells)
+    reply = await scripts.read_hot(keys=script_keys, args=args)
+    return hot_cells(reply, whole=fields is None)
+
+
+def queue_read_hot(
+    pipe: Any,
+    scripts: Scripts,
+    keys: ProjectKeys,
+    fields: Sequence[str] | None,
+    cells: Sequence[tuple[Grain, int]],
+) -> None:
+    """read_hot queued on a pipeline as a bare EVALSHA (redis-py would add a SCRIPT EXISTS
+    round trip to each pipeline holding a Script); run the pipeline under
+    with_scripts_loaded, and decode the reply with hot_cells()."""
+    script_keys, args = _hot_args(keys, fields, cells)
+    pipe.evalsha(scripts.read_hot.sha, len(script_keys), *script_keys, *args)
+
+
+async def with_scripts_loaded(scripts: Scripts, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Runs attempt; if Redis had forgotten read_hot.lua (a restart, SCRIPT FLUSH), loads
+    it and runs attempt once more."""
+    try:
+        return await attempt()
+    except NoScriptError:
+        await scripts.read_hot.registered_client.script_load(scripts.read_hot.script)
+        return await attempt()
+
+
+def hot_cells(reply: Sequence[Any], *, whole: bool) -> list[HotCell]:
+    """Decodes read_hot.lua's reply."""
+    out = []
+    for entry in reply:
+        minutes = [int(m) for m in entry[0]]
+        hashes = [dict(zip(h[::2], h[1::2], strict=True)) if whole else h for h in entry[1:]]
+        out.append(HotCell(minutes, hashes))
+    return out
 
 
 def decompose(start: int, end: int) -> list[Piece]:
@@ -60,6 +127,7 @@ def decompose(start: int, end: int) -> list[Piece]:
 async def read_buckets(
     pool: asyncpg.Pool,
     redis: Redis,
+    scripts: Scripts,
     keys: ProjectKeys,
     name: str,
     rollup: Rollup,
@@ -83,49 +151,49 @@ async def read_buckets(
     sums: list[list[int]] = []
     hll_keys: list[list[list[str]]] = []
     tmp: dict[str, bytes] = {}
-    try:
+    hot: list[tuple[int, int, Grain, int]] = []
+    for p, (grain, buckets) in enumerate(pieces):
+        until = snap.state.until(grain)
+        rows = snap.rows[p]
+        counts.append([0] * len(buckets))
+        sums.append([0] * len(buckets))
+        hll_keys.append([[] for _ in buckets] if uniques else [])
+        for i, b in enumerate(buckets):
+            if b < until:
+                row = rows.get(b)
+                if row is not None:
+                    counts[p][i] = row.count
+                    sums[p][i] = row.sum_micros
+                    if uniques and row.hll is not None:
+                        t = keys.tmp(uuid.uuid4().hex)
+                        tmp[t] = row.hll
+                        hll_keys[p][i].append(t)
+            else:
+                hot.append((p, i, grain, b))
+    # late generations usually do not exist: ask cheaply before building field lists
+    guess = [snap.state.late_applied + 1, snap.state.late_applied + 2]
+
+    async def first_round() -> list[Any]:
         pipe = redis.pipeline(transaction=False)
         pipe.hget(keys.watermarks, "gen")
-        # late generations usually do not exist: ask cheaply before building field lists
-        guess = [snap.state.late_applied + 1, snap.state.late_applied + 2]
         for g in guess:
             pipe.exists(keys.late(g), keys.late_hll_index(g))
-        hot_index: list[tuple[int, int]] = []
-        hot_coarse: list[tuple[int, int, Grain, int]] = []
-        for p, (grain, buckets) in enumerate(pieces):
-            until = snap.state.until(grain)
-            rows = snap.rows[p]
-            counts.append([0] * len(buckets))
-            sums.append([0] * len(buckets))
-            hll_keys.append([[] for _ in buckets] if uniques else [])
-            for i, b in enumerate(buckets):
-                if b < until:
-                    row = rows.get(b)
-                    if row is not None:
-                        counts[p][i] = row.count
-                        sums[p][i] = row.sum_micros
-                        if uniques and row.hll is not None:
-                            t = keys.tmp(uuid.uuid4().hex)
-                            tmp[t] = row.hll
-                            hll_keys[p][i].append(t)
-                else:
-                    hot_index.append((p, i))
-                    pipe.hmget(keys.hot(grain, b), [cf, sf])
-                    if uniques:
-                        hll_keys[p][i].append(keys.hll(grain, b, field))
-                        if grain is not Grain.minute:
-                            hot_coarse.append((p, i, grain, b))
-        if hot_coarse:
-            lowest = min(b for _, _, _, b in hot_coarse)
-            pipe.zrangebyscore(keys.dirty(Grain.minute), lowest, "+inf")
-        replies = await pipe.execute()
+        if hot:
+            queue_read_hot(pipe, scripts, keys, [cf, sf], [(g, b) for _, _, g, b in hot])
+        return list(await pipe.execute())
+
+    try:
+        replies = await with_scripts_loaded(scripts, first_round)
         gen = int(replies[0] or 0)
         present = {g for g, n in zip(guess, replies[1:3], strict=True) if n}
-        for (p, i), (c, s) in zip(hot_index, replies[3 : 3 + len(hot_index)], strict=True):
-            counts[p][i] += int(c or 0)
-            sums[p][i] += int(s or 0)
-        if hot_coarse:
-            add_minute_sketches(keys, field, hot_coarse, replies[-1], hll_keys)
+        if hot:
+            for (p, i, grain, b), cell in zip(hot, hot_cells(replies[3], whole=False), strict=True):
+                for c, s in cell.hashes:
+                    counts[p][i] += int(c or 0)
+                    sums[p][i] += int(s or 0)
+                if uniques:
+                    hll_keys[p][i].append(keys.hll(grain, b, field))
+                    hll_keys[p][i].extend(keys.hll(Grain.minute, m, field) for m in cell.minutes)
         unknown = list(range(guess[-1] + 1, gen + 1))
         if unknown:
             pipe = redis.pipeline(transaction=False)
@@ -154,22 +222,6 @@ async def read_buckets(
     except (RedisError, OSError) as exc:
         raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
     return BucketValues(counts, sums, hll_keys, tmp)
-
-
-def add_minute_sketches(
-    keys: ProjectKeys,
-    field: str,
-    cells: Sequence[tuple[int, int, Grain, int]],
-    minutes: Sequence[bytes | str],
-    hll_keys: list[list[list[str]]],
-) -> None:
-    """A hot hour's or day's uniques are its own sketch united with the sketches of its
-    minutes still in Redis: ingest adds uids to the minute only, and seal merges a minute
-    into its hour and day (a minute merged already adds nothing to the union)."""
-    buckets = sorted(int(m) for m in minutes)
-    for p, i, grain, start in cells:
-        end = start + grain.value
-        hll_keys[p][i].extend(keys.hll(Grain.minute, m, field) for m in buckets if start <= m < end)
 
 
 async def count_uniques(

@@ -420,6 +420,7 @@ async def _read_cells(
     values = await read_buckets(
         state.pool,
         state.redis,
+        state.scripts,
         keys,
         name,
         q.rollup,
@@ -467,6 +468,7 @@ async def _ranked_series(
     ranked = await read_ranked(
         state.pool,
         state.redis,
+        state.scripts,
         keys,
         name,
         q.rollup,
@@ -515,7 +517,7 @@ async def _breakdown_series(
     if not uniques:
         return await _ranked_series(state, keys, q, name, cells)
     bd: Breakdown = await read_breakdown(
-        state.pool, state.redis, keys, name, q.rollup, filters, need, uniques=uniques
+        state.pool, state.redis, state.scripts, keys, name, q.rollup, filters, need, uniques=uniques
     )
     everything = [cell for p in cells for cell in p]
     items = list(bd.tuples.items())

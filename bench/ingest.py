@@ -228,14 +228,13 @@ class Direct:
             self.payloads.append((payload, raw_encoder.encode(raw)))
             cmds: list[tuple[Any, ...]] = []
             base = self.keys.base
-            for targets, fld, count, total, uids in groups:
-                for grain, bucket in targets:
-                    hot = f"{base}h:{grain}:{bucket}"
-                    cmds.append(("HINCRBY", hot, "c\x1f" + fld, count))
-                    if total != "0":
-                        cmds.append(("HINCRBY", hot, "s\x1f" + fld, int(total)))
-                    if uids:
-                        cmds.append(("PFADD", f"{base}u:{grain}:{bucket}:{fld}", *uids))
+            for minute, fld, count, total, uids in groups:
+                hot = f"{base}h:m:{minute}"
+                cmds.append(("HINCRBY", hot, "c\x1f" + fld, count))
+                if total != "0":
+                    cmds.append(("HINCRBY", hot, "s\x1f" + fld, int(total)))
+                if uids:
+                    cmds.append(("PFADD", f"{base}u:m:{minute}:{fld}", *uids))
             self.commands.append(cmds)
 
     async def open(self) -> None:

@@ -38,19 +38,6 @@ class _Acc:
         self.sums: dict[str, int] = {}
         self.uids: dict[str, set[str]] = {}
 
-    def merge(self, other: _Acc, *, uids: bool = True) -> None:
-        self.counts.update(other.counts)
-        for f, v in other.sums.items():
-            self.sums[f] = self.sums.get(f, 0) + v
-        if not uids:
-            return
-        for f, u in other.uids.items():
-            mine = self.uids.get(f)
-            if mine is None:
-                self.uids[f] = set(u)
-            else:
-                mine |= u
-
 
 def _minute_accs(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> dict[int, _Acc]:
     """Per minute bucket, the counts, sums and uids of every field."""
@@ -81,20 +68,17 @@ def _minute_accs(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> dic
 
 
 def compact_groups(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
-    """The batch as groups `[targets, field, count, sum (str), uids]` for lua/ingest.lua:
-    count and sum go to every `[grain, bucket]` of targets; uids ride only on groups whose
-    first target is a minute (the script routes them to that minute's sketch, which seal
-    merges into its hour and day). A minute alone in its hour (and day) carries the hour
-    (and day) targets too, so live traffic sends each field once."""
-    return _groups_of(_minute_accs(events, crosstabs), uids_everywhere=False)
+    """The batch as groups `[minute start (str), field, count, sum (str), uids]` for
+    lua/ingest.lua, one per (minute, field): ingest writes minutes only, and sealing a
+    minute merges it into its hour and day."""
+    return _groups_of(_minute_accs(events, crosstabs))
 
 
 def plan_batch(
     events: Iterable[RawEvent], crosstabs: Sequence[Rollup]
 ) -> tuple[list[Group], list[list[str]]]:
     """compact_groups of the batch, and every distinct [dim, day start, value] in it (other
-    than __other__), sorted, read off the grouped fields
-    rather than every event."""
+    than __other__), sorted, read off the grouped fields rather than every event."""
     minutes = _minute_accs(events, crosstabs)
     seen: set[tuple[str, str, str]] = set()
     for minute, acc in minutes.items():
@@ -104,68 +88,43 @@ def plan_batch(
             rollup, _, value = rest.partition(US)
             if rollup and "," not in rollup and value != OTHER:
                 seen.add((rollup, day, value))
-    return _groups_of(minutes, uids_everywhere=False), [list(t) for t in sorted(seen)]
+    return _groups_of(minutes), [list(t) for t in sorted(seen)]
 
 
-def _groups_of(minutes: dict[int, _Acc], *, uids_everywhere: bool) -> list[Group]:
-    """Groups of the minute accumulators; uids_everywhere puts each bucket's uids on its
-    hour and day groups too (the expanded form), else only on minute-led groups."""
-    hours: dict[int, list[int]] = {}
-    for minute in minutes:
-        hours.setdefault(minute - minute % 3_600_000, []).append(minute)
-    days: dict[int, list[int]] = {}
-    for hour in hours:
-        days.setdefault(hour - hour % 86_400_000, []).append(hour)
+def _groups_of(minutes: dict[int, _Acc]) -> list[Group]:
     out: list[Group] = []
-
-    def emit(acc: _Acc, targets: list[list[str]]) -> None:
+    for minute, acc in minutes.items():
+        bucket = str(minute)
         sums = acc.sums
-        uids = acc.uids if uids_everywhere or targets[0][0] == "m" else {}
+        uids = acc.uids
         for f, n in acc.counts.items():
             u = uids.get(f)
-            out.append([targets, f, n, str(sums.get(f, 0)), list(u) if u else []])
-
-    for day, day_hours in days.items():
-        day_target = ["d", str(day)]
-        lone_day = len(day_hours) == 1
-        day_acc: _Acc | None = None if lone_day else _Acc()
-        for hour in day_hours:
-            hour_minutes = hours[hour]
-            hour_target = ["h", str(hour)]
-            if len(hour_minutes) == 1:
-                minute = hour_minutes[0]
-                acc = minutes[minute]
-                targets = [["m", str(minute)], hour_target]
-                if lone_day:
-                    targets.append(day_target)
-                emit(acc, targets)
-                if day_acc is not None:
-                    day_acc.merge(acc, uids=uids_everywhere)
-                continue
-            hour_acc = _Acc()
-            for minute in hour_minutes:
-                emit(minutes[minute], [["m", str(minute)]])
-                hour_acc.merge(minutes[minute], uids=uids_everywhere)
-            emit(hour_acc, [hour_target, day_target] if lone_day else [hour_target])
-            if day_acc is not None:
-                day_acc.merge(hour_acc, uids=uids_everywhere)
-        if day_acc is not None:
-            emit(day_acc, [day_target])
+            out.append([bucket, f, n, str(sums.get(f, 0)), list(u) if u else []])
     return out
 
 
 def group_events(events: Iterable[RawEvent], crosstabs: Sequence[Rollup]) -> list[Group]:
     """One group `[grain, bucket (str), field, count, sum (str), sorted uids]` per (grain,
     bucket, field) the batch touches; applying them equals applying every event one by one."""
-    out: list[Group] = []
-    groups = _groups_of(_minute_accs(events, crosstabs), uids_everywhere=True)
-    for targets, field, count, total, uids in groups:
-        ordered = sorted(uids)
-        for grain, bucket in targets:
-            out.append([grain, bucket, field, count, total, ordered])
-    order = {"m": 0, "h": 1, "d": 2}
-    out.sort(key=lambda g: (order[g[0]], int(g[1]), g[2]))
-    return out
+    cells: dict[tuple[int, int, str], list[Any]] = {}
+    for minute, acc in _minute_accs(events, crosstabs).items():
+        for grain, bucket in (
+            (0, minute),
+            (1, minute - minute % 3_600_000),
+            (2, minute - minute % 86_400_000),
+        ):
+            for f, n in acc.counts.items():
+                cell = cells.get((grain, bucket, f))
+                if cell is None:
+                    cell = cells[(grain, bucket, f)] = [0, 0, set()]
+                cell[0] += n
+                cell[1] += acc.sums.get(f, 0)
+                cell[2] |= acc.uids.get(f, set())
+    names = ("m", "h", "d")
+    return [
+        [names[g], str(b), f, c, str(total), sorted(uids)]
+        for (g, b, f), (c, total, uids) in sorted(cells.items())
+    ]
 
 
 def _first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:

@@ -16,6 +16,8 @@ base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step)
     X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
 
 <g> is m, h or d; <bucket> the bucket start in epoch ms; <US> the unit separator \\x1f.
+Ingest writes hot events to minute keys only; an hour's or day's h: and u: keys hold the
+minutes sealed so far (lua/seal.lua merges them) plus events for minutes already sealed.
 """
 
 from __future__ import annotations

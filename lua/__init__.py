@@ -23,3 +23,4 @@ class Scripts:
         self.rotate_late: AsyncScript = redis.register_script(read_script("rotate_late"))
         self.trim_raw: AsyncScript = redis.register_script(read_script("trim_raw"))
         self.cut: AsyncScript = redis.register_script(read_script("cut"))
+        self.read_hot: AsyncScript = redis.register_script(read_script("read_hot"))

@@ -11,13 +11,11 @@
 --            dedupe_ttl_ms  integer, milliseconds an event id is remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
 --            ids            array of event-id strings to dedupe, in batch order
---            groups         array of [targets, field, count (integer), sum in millionths
---                           (string), uids]; targets = array of [grain "m"|"h"|"d", bucket
---                           start ms (string)] the group's count and sum add to. Uniques:
---                           when targets[1] is a minute, uids go to that minute's sketch
---                           only while it is hot (seal.lua merges it into its hour and day);
---                           once it is sealed, to the late minute sketch and to the hour's
---                           and day's (hot or late). Otherwise uids go to every target.
+--            groups         array of [minute start ms (string), field, count (integer), sum
+--                           in millionths (string), uids]: one per (minute, field) of the
+--                           batch. A hot minute takes all of it (seal.lua later merges the
+--                           minute into its hour and day); a sealed minute's group goes to
+--                           the minute's late delta and to its hour and day (hot, or late)
 --            n_events       integer, events in the raw blob
 --            dim_cap        integer, distinct values a dim may take per UTC day (0 = no cap)
 --            dim_values     array of [dim, day start ms (string), value]: every distinct one
@@ -101,17 +99,7 @@ end
 local late = 0
 local late_key = base .. 'late:' .. gen
 local late_hll_index = late_key .. ':hll'
-
--- uids into one (grain, bucket)'s sketch: the hot one, or the open late generation's
-local function add_uids(grain, bucket, field, uids)
-  if tonumber(bucket) < sealed[grain] then
-    local where = grain .. ':' .. bucket .. ':'
-    pfadd(late_key .. ':u:' .. where .. field, uids)
-    redis.call('SADD', late_hll_index, where .. field)
-  else
-    pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
-  end
-end
+local HOUR, DAY = 3600000, 86400000
 
 -- per (grain, bucket): the hot hash's key, or false when the bucket is sealed (late)
 local hot_keys = {m = {}, h = {}, d = {}}
@@ -129,42 +117,47 @@ local function hot_key(grain, bucket)
   return known
 end
 
-for _, g in ipairs(groups) do
-  local targets, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
-  local cfield = 'c\31' .. field
-  local sfield = sum ~= '0' and ('s\31' .. field) or nil
-  for _, t in ipairs(targets) do
-    local grain, bucket = t[1], t[2]
-    local hot = hot_key(grain, bucket)
-    if hot then
-      redis.call('HINCRBY', hot, cfield, count)
-      if sfield then
-        redis.call('HINCRBY', hot, sfield, sum)
-      end
-    else
-      late = late + 1
-      local where = grain .. ':' .. bucket .. ':'
-      redis.call('HINCRBY', late_key, where .. cfield, count)
-      if sfield then
-        redis.call('HINCRBY', late_key, where .. sfield, sum)
-      end
+-- one group into one (grain, bucket): its hot hash and sketch, or the open late generation
+local function add(grain, bucket, field, cfield, sfield, count, sum, uids)
+  local hot = hot_key(grain, bucket)
+  if hot then
+    redis.call('HINCRBY', hot, cfield, count)
+    if sfield then
+      redis.call('HINCRBY', hot, sfield, sum)
+    end
+    if #uids > 0 then
+      pfadd(base .. 'u:' .. grain .. ':' .. bucket .. ':' .. field, uids)
+    end
+  else
+    late = late + 1
+    local where = grain .. ':' .. bucket .. ':'
+    redis.call('HINCRBY', late_key, where .. cfield, count)
+    if sfield then
+      redis.call('HINCRBY', late_key, where .. sfield, sum)
+    end
+    if #uids > 0 then
+      pfadd(late_key .. ':u:' .. where .. field, uids)
+      redis.call('SADD', late_hll_index, where .. field)
     end
   end
-  if #uids > 0 then
-    local first = targets[1]
-    if first[1] == 'm' then
-      local minute = tonumber(first[2])
-      add_uids('m', first[2], field, uids)
-      if minute < sealed.m then
-        -- seal.lua has merged this minute already: its hour and day take the uids now
-        add_uids('h', string.format('%.0f', minute - minute % 3600000), field, uids)
-        add_uids('d', string.format('%.0f', minute - minute % 86400000), field, uids)
-      end
-    else
-      for _, t in ipairs(targets) do
-        add_uids(t[1], t[2], field, uids)
-      end
+end
+
+local parents = {}  -- minute -> {hour, day}, for minutes already sealed
+for _, g in ipairs(groups) do
+  local minute, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
+  local cfield = 'c\31' .. field
+  local sfield = sum ~= '0' and ('s\31' .. field) or nil
+  add('m', minute, field, cfield, sfield, count, sum, uids)
+  if not hot_key('m', minute) then
+    -- seal.lua has merged this minute into its hour and day already: they take it now
+    local p = parents[minute]
+    if not p then
+      local x = tonumber(minute)
+      p = {string.format('%.0f', x - x % HOUR), string.format('%.0f', x - x % DAY)}
+      parents[minute] = p
     end
+    add('h', p[1], field, cfield, sfield, count, sum, uids)
+    add('d', p[2], field, cfield, sfield, count, sum, uids)
   end
 end
 

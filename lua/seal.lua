@@ -1,13 +1,15 @@
 -- seal.lua: advance the project's Redis watermarks; buckets below them become immutable
--- (ingest sends later events for them to the late-delta area). Sealing a minute first
--- merges its uniques sketches into its hour's and day's (ingest adds uids to the minute
--- only, while it is hot), so an hour is whole before its own watermark passes it.
+-- (ingest sends later events for them to the late-delta area). Ingest writes a hot event
+-- to its minute only; sealing a minute first merges it into its hour and day (counts and
+-- sums added, uniques sketches united), so an hour is whole before its own watermark
+-- passes it, and reads of a hot hour or day add the minutes not merged yet (read_hot.lua).
 --
 -- KEYS[1]  X:{p:P}:wm        hash: m, h, d = sealed-until per grain (epoch ms)
 -- KEYS[2]  X:{p:P}:dirty:m   sorted set: hot minute buckets (score = bucket start, ms)
 -- ARGV[1..3]  new sealed-until (epoch ms) for m, h, d, in that order
--- ARGV[4]  key base "X:{p:P}:" (sketch keys u:<g>:<bucket>:<field>, hashes h:m:<bucket>)
--- ARGV[5]  merge budget: stop sealing minutes once this many sketches were merged (the
+-- ARGV[4]  key base "X:{p:P}:" (hashes h:<g>:<bucket>, sketches u:<g>:<bucket>:<field>,
+--          dirty index dirty:<g>)
+-- ARGV[5]  merge budget: stop sealing minutes once this many hash fields were merged (the
 --          minute that crosses it is finished); h and d never pass the minutes sealed
 -- Returns  {m, h, d} as now stored (never lowered), or {"NOWM"} when the hash is missing
 
@@ -29,18 +31,28 @@ if new_m > cur_m then
       break
     end
     local x = tonumber(mb)
-    local hour = base .. 'u:h:' .. string.format('%.0f', x - x % HOUR) .. ':'
-    local day = base .. 'u:d:' .. string.format('%.0f', x - x % DAY) .. ':'
+    local hour_b = string.format('%.0f', x - x % HOUR)
+    local day_b = string.format('%.0f', x - x % DAY)
+    local hour_h, day_h = base .. 'h:h:' .. hour_b, base .. 'h:d:' .. day_b
+    local hour_u, day_u = base .. 'u:h:' .. hour_b .. ':', base .. 'u:d:' .. day_b .. ':'
     local src = base .. 'u:m:' .. mb .. ':'
-    for _, f in ipairs(redis.call('HKEYS', base .. 'h:m:' .. mb)) do
+    local flat = redis.call('HGETALL', base .. 'h:m:' .. mb)
+    for i = 1, #flat, 2 do
+      local f, v = flat[i], flat[i + 1]
+      redis.call('HINCRBY', hour_h, f, v)
+      redis.call('HINCRBY', day_h, f, v)
       if string.sub(f, 1, 2) == 'c\31' then
         local field = string.sub(f, 3)
         if redis.call('EXISTS', src .. field) == 1 then
-          redis.call('PFMERGE', hour .. field, src .. field)
-          redis.call('PFMERGE', day .. field, src .. field)
-          merged = merged + 1
+          redis.call('PFMERGE', hour_u .. field, src .. field)
+          redis.call('PFMERGE', day_u .. field, src .. field)
         end
       end
+      merged = merged + 1
+    end
+    if #flat > 0 then
+      redis.call('ZADD', base .. 'dirty:h', hour_b, hour_b)
+      redis.call('ZADD', base .. 'dirty:d', day_b, day_b)
     end
   end
   if new_m > cur_m then

@@ -164,6 +164,7 @@ class Harness:
         values = await read_buckets(
             self.pool,
             self.redis,
+            self.scripts,
             self.keys,
             name,
             rollup,
@@ -185,6 +186,7 @@ class Harness:
         values = await read_buckets(
             self.pool,
             self.redis,
+            self.scripts,
             self.keys,
             name,
             rollup,

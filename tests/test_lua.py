@@ -45,9 +45,11 @@ async def test_batch_lands_in_hot_hash_grouped(harness: Harness) -> None:
     }
     assert int(minute[count_field(total).encode()]) == 2
     assert int(minute[sum_field(total).encode()]) == 3_250_000
-    hour = await harness.redis.hgetall(keys.hot(Grain.hour, T0 - T0 % HOUR_MS))
-    assert int(hour[count_field(total).encode()]) == 3
-    # uids go to the minutes only; seal merges them into the hour and day
+    # ingest writes minutes only; seal merges them into the hour and day, reads add the
+    # minutes not merged yet
+    assert await harness.redis.hgetall(keys.hot(Grain.hour, T0 - T0 % HOUR_MS)) == {}
+    hour = T0 - T0 % HOUR_MS
+    assert await harness.total("click", hour, hour + HOUR_MS) == 3
     assert await harness.redis.pfcount(keys.hll(Grain.minute, T0, total)) == 2
     assert await harness.redis.pfcount(keys.hll(Grain.day, T0 - T0 % DAY_MS, total)) == 0
     assert await harness.redis.zscore(keys.dirty(Grain.minute), str(T0)) == T0
@@ -214,27 +216,43 @@ async def seal(harness: Harness, minute_until: int, budget: int = 20_000) -> lis
     return [int(v) for v in reply]
 
 
-async def test_seal_merges_minute_uniques_into_hour_and_day(harness: Harness) -> None:
+async def test_seal_merges_minutes_into_hour_and_day(harness: Harness) -> None:
     keys = harness.keys
     total = encode_field("click", (), ())
     hour, day = T0 - T0 % HOUR_MS, T0 - T0 % DAY_MS
-    await harness.ingest(ev(uid="u1"), ev(uid="u2"), ev(ts=T0 + MINUTE_MS, uid="u1"))
+    hour_hash, day_hash = keys.hot(Grain.hour, hour), keys.hot(Grain.day, day)
+    await harness.ingest(ev(uid="u1"), ev(uid="u2", value=1.5), ev(ts=T0 + MINUTE_MS, uid="u1"))
     await harness.ingest(ev(ts=T0 + MINUTE_MS, uid="u3"))
-    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 3  # before seal
+
+    async def reads() -> tuple[Any, ...]:
+        return (
+            await harness.total("click", hour, hour + HOUR_MS),
+            await harness.total("click", day, day + DAY_MS, "sum"),
+            await harness.total("click", hour, hour + HOUR_MS, "uniques"),
+            await harness.series("click", Grain.hour, hour, hour + HOUR_MS),
+        )
+
+    before = await reads()
+    assert before == (4, 1.5, 3, [4])
     assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 0
+    assert await seal(harness, T0 + MINUTE_MS) == [T0 + MINUTE_MS, hour, day]
+    # one minute merged, one not: reads unite them, counting each event once
+    assert int(await harness.redis.hget(hour_hash, count_field(total))) == 2
+    assert await reads() == before
     assert await seal(harness, T0 + 2 * MINUTE_MS) == [T0 + 2 * MINUTE_MS, hour, day]
+    assert int(await harness.redis.hget(day_hash, count_field(total))) == 4
+    assert int(await harness.redis.hget(day_hash, sum_field(total))) == 1_500_000
     assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 3
     assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 3
-    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 3
-    # a late uid for a sealed minute goes straight to the (hot) hour and day sketches
+    assert await reads() == before
+    # an event for a sealed minute goes straight to the (hot) hour and day
     await harness.ingest(ev(uid="u9"))
     assert await harness.redis.pfcount(keys.hll(Grain.hour, hour, total)) == 4
-    assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 4
-    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 4
-    assert await harness.total("click", day, day + DAY_MS, "uniques") == 4
+    assert int(await harness.redis.hget(hour_hash, count_field(total))) == 5
+    assert await reads() == (5, 1.5, 4, [5])
     # a second seal over the same minutes merges nothing twice (and changes nothing)
     assert await seal(harness, T0 + 2 * MINUTE_MS) == [T0 + 2 * MINUTE_MS, hour, day]
-    assert await harness.redis.pfcount(keys.hll(Grain.day, day, total)) == 4
+    assert await reads() == (5, 1.5, 4, [5])
 
 
 async def test_seal_budget_stops_between_minutes(harness: Harness) -> None:
