@@ -260,6 +260,70 @@ async def read_breakdown(
     return Breakdown(await _in_snapshot(pool, keys.project, body), tmp)
 
 
+RANK_DEPTHS = (64, 512)
+"""Rows the ranking reads from the top of each bucket's list (by count) before it tries to
+prove the top N; then deeper; past the last depth it totals every row instead."""
+RANK_MAX_LISTS = 100
+"""More buckets than this (say an hourly breakdown over weeks): total every row instead."""
+
+
+def _lists(per_grain: Sequence[tuple[Grain, list[Any]]]) -> int:
+    return sum(len(wanted) for _, wanted in per_grain)
+
+
+async def _prove_top(
+    conn: Conn,
+    scope: _Scope,
+    project: str,
+    per_grain: Sequence[tuple[Grain, list[Any]]],
+    limit: int,
+    redis_totals: dict[Tuple, int],
+) -> list[Tuple] | None:
+    """The top `limit` tuples by count over the buckets, read from the first rows of each
+    bucket's list in count order (the threshold algorithm without random access), or None
+    when those rows cannot prove which tuples they are. A tuple's total is at least what
+    was seen of it (plus Redis) and at most that plus, for every bucket where it was not
+    seen, the smallest count read there; the top is proven when every other tuple's most
+    is below the least of the top's."""
+    for depth in RANK_DEPTHS:
+        least: dict[Tuple, int] = dict(redis_totals)
+        room_where_seen: dict[Tuple, int] = {}  # per tuple: the room of the buckets it was seen in
+        room = 0  # sum over buckets of the most an unseen row of that bucket may count
+        for grain, wanted in per_grain:
+            rows = await conn.fetch(
+                "SELECT b.bucket, r.k, r.m FROM unnest($4::timestamptz[]) AS b(bucket),"
+                f" LATERAL (SELECT {scope.key_sql} AS k, count AS m FROM {TABLE[grain]}"
+                " WHERE project = $1 AND name = $2 AND rollup = $3 AND bucket = b.bucket"
+                " ORDER BY count DESC LIMIT $5) r",
+                project,
+                scope.name,
+                scope.rid,
+                wanted,
+                depth,
+            )
+            per_bucket: dict[Any, list[tuple[Tuple, int]]] = defaultdict(list)
+            for r in rows:
+                per_bucket[r["bucket"]].append((tuple(r["k"].split(US)), r["m"]))
+            for items in per_bucket.values():
+                left = min(m for _, m in items) if len(items) == depth else 0
+                room += left
+                for t, m in items:
+                    least[t] = least.get(t, 0) + m
+                    room_where_seen[t] = room_where_seen.get(t, 0) + left
+        ranked = sorted(least, key=lambda t: (-least[t], t))
+        if room == 0:  # every list read to its end: every total is known exactly
+            return ranked[:limit]
+        if len(ranked) < limit:
+            continue
+        floor = least[ranked[limit - 1]]
+        most_outside = max(
+            [room] + [least[t] + room - room_where_seen.get(t, 0) for t in ranked[limit:]]
+        )
+        if most_outside < floor:
+            return ranked[:limit]
+    return None
+
+
 async def read_ranked(
     pool: asyncpg.Pool,
     redis: Redis,
@@ -273,9 +337,10 @@ async def read_ranked(
     by_sum: bool,
     limit: int,
 ) -> RankedBreakdown:
-    """Top `limit` tuples by count (or sum) without reading every tuple's rows: Postgres
-    ranks and totals per bucket in SQL and returns only the top tuples' rows; the Redis
-    part (hot buckets, pending late deltas) is merged before ranking."""
+    """Top `limit` tuples by count (or sum) without reading every tuple's rows: the top of
+    each bucket's list proves the ranking when it can (_prove_top), else Postgres totals
+    every tuple in SQL; only the top tuples' rows are returned. The Redis part (hot
+    buckets, pending late deltas) is merged before ranking."""
     scope = _Scope(name, rollup, filters)
     measure_col = "sum_micros" if by_sum else "count"
 
@@ -288,19 +353,25 @@ async def read_ranked(
         for cells in redis_part.values():
             everything.add(cells)
         per_grain = _pg_buckets(state, need)
+        proven = None
+        if not by_sum and not scope.cond_args and _lists(per_grain) <= RANK_MAX_LISTS:
+            proven = await _prove_top(conn, scope, keys.project, per_grain, limit, totals)
         for grain, wanted in per_grain:
             args = [keys.project, name, scope.rid, wanted, *scope.cond_args]
             where = (
                 f"FROM {TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
                 f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
             )
-            # one scan: per tuple (ranking) and per bucket (all tuples, for __other__)
-            for r in await conn.fetch(
-                f"SELECT {scope.key_sql} AS k, bucket, sum({measure_col})::bigint AS m,"
-                " sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
-                f" {where} GROUP BY GROUPING SETS (({scope.key_sql}), (bucket))",
-                *args,
-            ):
+            if proven is not None:
+                # the ranking is settled: only the per-bucket sums of all tuples are needed
+                sql = "SELECT NULL AS k, bucket, 0 AS m, sum(count)::bigint AS c,"
+                sql += f" sum(sum_micros)::bigint AS s {where} GROUP BY bucket"
+            else:
+                # one scan: per tuple (ranking) and per bucket (all tuples, for __other__)
+                sql = f"SELECT {scope.key_sql} AS k, bucket, sum({measure_col})::bigint AS m,"
+                sql += " sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
+                sql += f" {where} GROUP BY GROUPING SETS (({scope.key_sql}), (bucket))"
+            for r in await conn.fetch(sql, *args):
                 if r["k"] is not None:
                     t = tuple(r["k"].split(US))
                     totals[t] = totals.get(t, 0) + r["m"]
@@ -308,7 +379,8 @@ async def read_ranked(
                     cell = (grain, from_datetime(r["bucket"]))
                     everything.counts[cell] = everything.counts.get(cell, 0) + r["c"]
                     everything.sums[cell] = everything.sums.get(cell, 0) + r["s"]
-        top = sorted(totals, key=lambda t: (-totals[t], t))[:limit]
+        top = proven if proven is not None else sorted(totals, key=lambda t: (-totals[t], t))
+        top = top[:limit]
         cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
         joined = [US.join(t) for t in top]
         for grain, wanted in per_grain:
@@ -334,6 +406,9 @@ async def read_ranked(
         for t in top:
             if t in redis_part:
                 cells_of[t].add(redis_part[t])
+        if proven is not None:  # exact totals of the proven top, in the usual order
+            totals = {t: sum(cells_of[t].counts.values()) for t in top}
+            top = sorted(top, key=lambda t: (-totals[t], t))
         return RankedBreakdown(
             [(t, cells_of[t]) for t in top], everything, {t: totals[t] for t in top}
         )

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from api import breakdown
 from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
 from counters.clock import ManualClock
 from counters.config import Settings
@@ -494,3 +495,63 @@ async def test_breakdown_over_many_tuples_with_live_data(ctx: Ctx) -> None:
     await ctx.post(live)
     after = await check(old + live)
     assert after[0] == "l59" and before[0] != "l59"
+
+
+@pytest.mark.parametrize("depths", [(1,), (2, 8), (3,), (64, 512), ()])
+async def test_breakdown_ranking_proof_agrees_with_totalling_everything(
+    ctx: Ctx, depths: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However deep the ranking reads each day's list (from one row to all of them, or not
+    at all), the top tuples, their order (ties by value), totals and __other__ are exact,
+    with and without live data in Redis."""
+    monkeypatch.setattr(breakdown, "RANK_DEPTHS", depths)
+    proofs: list[bool] = []
+    prove = breakdown._prove_top
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        top = await prove(*args, **kwargs)
+        proofs.append(top is not None)
+        return top
+
+    monkeypatch.setattr(breakdown, "_prove_top", recording)
+    rng = random.Random(len(depths) * 31 + sum(depths))
+    base = parse_ts("2026-04-05T00:00:00Z")
+    links = [f"k{i:02d}" for i in range(40)]
+    weights = [1 / (i + 1) ** 0.7 for i in range(40)]
+    old = [
+        {
+            "name": "prove",
+            "ts": base + rng.randrange(6 * DAY_MS),
+            "dims": {"link": rng.choices(links, weights)[0]},
+        }
+        for _ in range(1200)
+    ]
+    await ctx.post(old)
+    await ctx.app.persist(ctx.project)
+    window = {"from": str(base), "to": str(base + 11 * DAY_MS), "excluding_current": "false"}
+
+    async def check(events: list[dict[str, Any]], limit: int) -> None:
+        body = await ctx.get(
+            "series", name="prove", precision="1d", group_by="link", limit=limit, **window
+        )
+        truth = Counter(e["dims"]["link"] for e in events)
+        want = sorted(truth, key=lambda k: (-truth[k], k))[:limit]
+        assert [s["dims"]["link"] for s in body["series"][:limit]] == want
+        assert [s["total"] for s in body["series"][:limit]] == [truth[k] for k in want]
+        other = sum(truth.values()) - sum(truth[k] for k in want)
+        assert body["series"][limit]["total"] == other
+
+    for limit in (1, 5, 12):
+        await check(old, limit)
+    live = [
+        {"name": "prove", "ts": NOW - 60_000, "dims": {"link": rng.choice(links[20:])}}
+        for _ in range(150)
+    ]
+    await ctx.post(live)
+    for limit in (1, 5, 12):
+        await check(old + live, limit)
+    # whole lists (40 links a day) always settle it; no rows at all never do
+    if depths == (64, 512):
+        assert all(proofs)
+    if not depths:
+        assert not any(proofs)
