@@ -252,6 +252,32 @@ def _window_end(span_ms: int) -> int:
     return min(now, midnight + span_ms // 2)
 
 
+async def _seal_closed(redis_url: str, prefix: str) -> None:
+    """lua/seal.lua up to now - 1 s (the service's grace), in the persister's steps."""
+    from redis.asyncio import Redis
+
+    from counters.buckets import GRAINS, bucket_start
+    from counters.keys import ProjectKeys
+    from lua import Scripts
+    from persist.persister import SEAL_MERGE_BUDGET
+
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = ProjectKeys(prefix, PROJECT)
+        edge = time.time_ns() // 1_000_000 - 1000
+        target = [bucket_start(edge, g) for g in GRAINS]
+        scripts = Scripts(redis)
+        while True:
+            reply = await scripts.seal(
+                keys=[keys.watermarks, keys.dirty(GRAINS[0])],
+                args=[*target, keys.base, SEAL_MERGE_BUDGET],
+            )
+            if int(reply[0]) >= target[0]:
+                break
+    finally:
+        await redis.aclose()
+
+
 def run_variant(args: argparse.Namespace, st: Stack, label: str, uids: int) -> Variant:
     import redis as sync_redis
 
@@ -286,6 +312,9 @@ def run_variant(args: argparse.Namespace, st: Stack, label: str, uids: int) -> V
         elapsed = asyncio.run(_ingest(svc.url, headers, bodies, args.clients))
         v.events = args.events
         v.ingest_rate = args.events / elapsed
+        # ingest writes minutes only: seal what has closed, as the persister would, so the
+        # hours and days hold their merged minutes (nothing is copied or expired here)
+        asyncio.run(_seal_closed(st.redis_url, svc.prefix))
         time.sleep(0.5)
         v.info_delta = _used_memory(r) - before
         log(f"{label}: {v.ingest_rate:,.0f} events/s; measuring Redis")
@@ -476,7 +505,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"of up to {args.hll_sample:,} sampled keys per grain times the number of keys. "
             "Redis holds a row only until its bucket is persisted (grace + "
             "keep_after_copy_seconds), so the hot set is the last ~11 minutes, the current "
-            "hour and the current day.",
+            "hour and the current day. Ingest writes minutes only; before measuring, the "
+            "closed minutes are sealed (lua/seal.lua merges them into their hours and days, "
+            "as the persister's seal step does), nothing is copied.",
             "",
             "Redis, bytes per hot row:",
             "",
