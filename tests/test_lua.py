@@ -271,3 +271,14 @@ async def test_seal_budget_stops_between_minutes(harness: Harness) -> None:
     assert await harness.redis.pfcount(keys.hll(Grain.day, next_day - DAY_MS, total)) == 1
     assert await seal(harness, next_day) == [next_day, next_day, next_day]
     assert await harness.redis.pfcount(keys.hll(Grain.day, next_day - DAY_MS, total)) == 3
+
+
+async def test_reads_survive_a_script_flush(harness: Harness) -> None:
+    """Redis forgetting its scripts (a restart, SCRIPT FLUSH) costs a read one reload, not
+    an error: read_hot.lua is queued as a bare EVALSHA inside the read's pipeline."""
+    hour = T0 - T0 % HOUR_MS
+    await harness.ingest(ev(uid="u1"), ev(uid="u2"))
+    assert await harness.total("click", hour, hour + HOUR_MS) == 2
+    await harness.redis.script_flush()
+    assert await harness.total("click", hour, hour + HOUR_MS) == 2
+    assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 2
