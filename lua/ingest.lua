@@ -142,21 +142,35 @@ local function add(grain, bucket, field, cfield, sfield, count, sum, uids)
   end
 end
 
-local parents = {}  -- minute -> {hour, day}, for minutes already sealed
+-- per minute: {hour, day, write hour now?, write day now?}. A hot minute reaches its hour
+-- and day when seal.lua merges it; a sealed minute has been merged already, so its hour and
+-- day take the event now (hot, or late). After watermarks were restored from Postgres an
+-- hour (or day) can be sealed while a minute of it is hot: seal.lua will not merge into it,
+-- so it takes the event now too (its late path).
+local parents = {}
+local function parents_of(minute)
+  local p = parents[minute]
+  if not p then
+    local x = tonumber(minute)
+    local hour, day = x - x % HOUR, x - x % DAY
+    local hot = x >= sealed.m
+    p = {string.format('%.0f', hour), string.format('%.0f', day),
+         not hot or hour < sealed.h, not hot or day < sealed.d}
+    parents[minute] = p
+  end
+  return p
+end
+
 for _, g in ipairs(groups) do
   local minute, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
   local cfield = 'c\31' .. field
   local sfield = sum ~= '0' and ('s\31' .. field) or nil
   add('m', minute, field, cfield, sfield, count, sum, uids)
-  if not hot_key('m', minute) then
-    -- seal.lua has merged this minute into its hour and day already: they take it now
-    local p = parents[minute]
-    if not p then
-      local x = tonumber(minute)
-      p = {string.format('%.0f', x - x % HOUR), string.format('%.0f', x - x % DAY)}
-      parents[minute] = p
-    end
+  local p = parents_of(minute)
+  if p[3] then
     add('h', p[1], field, cfield, sfield, count, sum, uids)
+  end
+  if p[4] then
     add('d', p[2], field, cfield, sfield, count, sum, uids)
   end
 end

@@ -21,6 +21,8 @@ local budget = tonumber(ARGV[5])
 local HOUR, DAY = 3600000, 86400000
 
 local cur_m = tonumber(redis.call('HGET', KEYS[1], 'm') or '0')
+local cur_h = tonumber(redis.call('HGET', KEYS[1], 'h') or '0')
+local cur_d = tonumber(redis.call('HGET', KEYS[1], 'd') or '0')
 local new_m = tonumber(ARGV[1])
 if new_m > cur_m then
   local merged = 0
@@ -33,25 +35,38 @@ if new_m > cur_m then
     local x = tonumber(mb)
     local hour_b = string.format('%.0f', x - x % HOUR)
     local day_b = string.format('%.0f', x - x % DAY)
+    -- an hour or day sealed already (only after watermarks were restored from Postgres)
+    -- took this minute's events through ingest's late path: do not merge into it
+    local to_h, to_d = x - x % HOUR >= cur_h, x - x % DAY >= cur_d
     local hour_h, day_h = base .. 'h:h:' .. hour_b, base .. 'h:d:' .. day_b
     local hour_u, day_u = base .. 'u:h:' .. hour_b .. ':', base .. 'u:d:' .. day_b .. ':'
     local src = base .. 'u:m:' .. mb .. ':'
     local flat = redis.call('HGETALL', base .. 'h:m:' .. mb)
     for i = 1, #flat, 2 do
       local f, v = flat[i], flat[i + 1]
-      redis.call('HINCRBY', hour_h, f, v)
-      redis.call('HINCRBY', day_h, f, v)
+      if to_h then
+        redis.call('HINCRBY', hour_h, f, v)
+      end
+      if to_d then
+        redis.call('HINCRBY', day_h, f, v)
+      end
       if string.sub(f, 1, 2) == 'c\31' then
         local field = string.sub(f, 3)
         if redis.call('EXISTS', src .. field) == 1 then
-          redis.call('PFMERGE', hour_u .. field, src .. field)
-          redis.call('PFMERGE', day_u .. field, src .. field)
+          if to_h then
+            redis.call('PFMERGE', hour_u .. field, src .. field)
+          end
+          if to_d then
+            redis.call('PFMERGE', day_u .. field, src .. field)
+          end
         end
       end
       merged = merged + 1
     end
-    if #flat > 0 then
+    if #flat > 0 and to_h then
       redis.call('ZADD', base .. 'dirty:h', hour_b, hour_b)
+    end
+    if #flat > 0 and to_d then
       redis.call('ZADD', base .. 'dirty:d', day_b, day_b)
     end
   end

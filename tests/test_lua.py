@@ -282,3 +282,33 @@ async def test_reads_survive_a_script_flush(harness: Harness) -> None:
     await harness.redis.script_flush()
     assert await harness.total("click", hour, hour + HOUR_MS) == 2
     assert await harness.total("click", hour, hour + HOUR_MS, "uniques") == 2
+
+
+async def test_hot_minute_of_an_hour_restored_as_sealed(harness: Harness) -> None:
+    """After Redis loses its state, watermarks come back from Postgres, where an hour can
+    be copied while a minute of it is not (a persister stopped between the two). A new
+    event for that minute must still reach the hour (through the late path), and seal must
+    not merge the minute into the sealed hour as well."""
+    hour, day = T0 - T0 % HOUR_MS, T0 - T0 % DAY_MS
+    async with harness.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO projects (project) VALUES ($1) ON CONFLICT DO NOTHING", harness.project
+        )
+        await conn.execute(
+            "INSERT INTO persist_state (project, minute_until, hour_until, day_until)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (project) DO UPDATE SET"
+            " minute_until = $2, hour_until = $3, day_until = $4",
+            harness.project,
+            T0,
+            hour + HOUR_MS,
+            day,
+        )
+    await harness.redis.delete(harness.keys.watermarks)  # Redis lost its state
+    harness.clock.set(T0 + 10 * MINUTE_MS)
+    await harness.ingest(ev(uid="u1"), ev(uid="u2"))
+    await harness.persist()  # seals and copies the minute, applies the hour's late delta
+    assert await harness.series("click", Grain.minute, T0, T0 + MINUTE_MS) == [2]
+    assert await harness.series("click", Grain.hour, hour, hour + HOUR_MS) == [2]
+    assert await harness.total("click", day, day + DAY_MS) == 2
+    assert await harness.series("click", Grain.hour, hour, hour + HOUR_MS, "uniques") == [2]
+    assert await harness.total("click", day, day + DAY_MS, "uniques") == 2
