@@ -98,6 +98,7 @@ READ_PARAMS = [
     _query("group_by", {"type": "string"}, "Dims to break down by, comma-separated"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Top N tuples"),
 ]
+TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -176,7 +177,7 @@ def build() -> dict[str, Any]:
                 "get": {
                     "summary": "One value over the range",
                     "security": BEARER,
-                    "parameters": [PROJECT, *READ_PARAMS],
+                    "parameters": [PROJECT, *TOTAL_PARAMS],
                     "responses": {
                         "200": {"description": "Total", **_json(total_reply)},
                         "304": {"description": "Not modified (If-None-Match)"},

@@ -698,6 +698,11 @@ async def series(request: Request) -> Response:
 async def total(request: Request) -> Response:
     """One value over the whole range; uniques are the union of every bucket's sketch."""
     state, q, keys = await _authorized(request)
+    if q.group_by:
+        raise BadRequest(
+            "group_by: total answers one value; ask series for a breakdown",
+            code="bad_parameter",
+        )
     values: list[NamedTotal] = []
     if q.source == "raw":
         for name in q.names:

@@ -555,3 +555,16 @@ async def test_breakdown_ranking_proof_agrees_with_totalling_everything(
         assert all(proofs)
     if not depths:
         assert not any(proofs)
+
+
+async def test_total_refuses_group_by(ctx: Ctx) -> None:
+    """total answers one value: a breakdown request there is a 400 naming group_by, not a
+    500 (schemathesis found it)."""
+    assert ctx.app.client is not None
+    r = await ctx.app.client.get(
+        f"/v1/projects/{ctx.project}/total",
+        params={"name": "click", "group_by": "link", "precision": "1d"},
+        headers=ctx.read_h,
+    )
+    assert r.status_code == 400, r.text
+    assert "group_by" in r.json()["error"]["message"]
