@@ -30,6 +30,7 @@ run: install  ## start Valkey + Postgres (embedded unless COUNTERS_*_URL set) an
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -25,17 +25,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import catalog, ingest, openapi, ops, pixel, reads
 from api.common import json_response
 from api.state import AppState, KeyCache
-from counters.backends import open_redis, resolve_settings
-from counters.clock import Clock, SystemClock
-from counters.config import Settings, load_settings
-from counters.errors import CountersError, Unavailable
-from counters.ingest import Ingestor
+from counters.core.clock import Clock, SystemClock
+from counters.core.config import Settings, load_settings
+from counters.core.errors import CountersError, Unavailable
+from counters.engines.ingest import Ingestor
+from counters.engines.persister import Persister
+from counters.engines.rebuild import Rebuilder
+from counters.engines.schedule import nightly_reconcile
 from counters.metrics import Metrics
+from counters.services import resolve_settings
 from lua import Scripts
+from lua.client import open_redis
 from persist.db import create_pool
-from persist.persister import Persister
-from persist.rebuild import Rebuilder
-from persist.schedule import nightly_reconcile
 from persist.state import restore_watermarks
 
 log = logging.getLogger("counters.api")

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
-from api.query import read_hot
-from counters.buckets import DAY_MS, Grain, bucket_start, to_datetime
-from counters.errors import Unauthorized, Unavailable
-from counters.keys import US, ProjectKeys
+from counters.core.buckets import DAY_MS, Grain, bucket_start, to_datetime
+from counters.core.errors import Unauthorized, Unavailable
+from counters.engines.read.query import read_hot
+from lua.keys import US, ProjectKeys
 from persist.db import PG_ERRORS
 
 CATALOG_DAYS = 30

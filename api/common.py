@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.state import AppState
-from counters.errors import Forbidden, NotFound, Unauthorized
+from counters.core.errors import Forbidden, NotFound, Unauthorized
 from persist.projects import PROJECT_PATTERN
 
 _encoder = msgspec.json.Encoder()

@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
-from counters.errors import BadRequest, Invalid, PayloadTooLarge
-from counters.models import EventWire, batch_decoder, event_decoder, validate_events
+from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
+from counters.core.models import EventWire, batch_decoder, event_decoder, validate_events
 
 
 async def read_body(request: Request, limit: int) -> bytes:

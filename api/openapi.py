@@ -17,8 +17,8 @@ from api.reads import (
     SeriesReply,
     TotalReply,
 )
-from counters.models import EventIn, IngestReply
-from counters.periods import PRECISIONS
+from counters.core.models import EventIn, IngestReply
+from counters.core.periods import PRECISIONS
 
 
 class ErrorBody(msgspec.Struct):

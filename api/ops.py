@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, json_response
-from persist.schedule import latest_discrepancies
+from counters.engines.schedule import latest_discrepancies
 
 CHECK_TIMEOUT = 2.0
 

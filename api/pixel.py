@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize
-from counters.errors import CountersError
-from counters.ingest import Ingestor
-from counters.models import EventWire, RawEvent, validate_events
+from counters.core.errors import CountersError
+from counters.core.models import EventWire, RawEvent, validate_events
+from counters.engines.ingest import Ingestor
 
 log = logging.getLogger("counters.pixel")
 

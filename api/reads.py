@@ -16,18 +16,27 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.breakdown import Breakdown, TupleCells, read_breakdown, read_ranked
 from api.common import app_state, authorize, bearer_key
-from api.query import BucketValues, count_uniques, decompose, read_buckets
-from api.raw import Acc, read_raw
 from api.state import AppState
-from counters.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
-from counters.errors import BadRequest, Unavailable
-from counters.keys import ProjectKeys
-from counters.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN, VALUE_SCALE
-from counters.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, label, periods, zone
-from counters.rollups import Rollup
-from persist.retention import minute_edge
+from counters.core.buckets import GRAIN_BY_NAME, Grain, format_ts, parse_ts
+from counters.core.errors import BadRequest, Unavailable
+from counters.core.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN, VALUE_SCALE
+from counters.core.periods import (
+    FIXED_MS,
+    GRAIN_ALIASES,
+    PRECISIONS,
+    ceil,
+    floor,
+    label,
+    periods,
+    zone,
+)
+from counters.core.rollups import Rollup
+from counters.engines.read.breakdown import Breakdown, TupleCells, read_breakdown, read_ranked
+from counters.engines.read.query import BucketValues, count_uniques, decompose, read_buckets
+from counters.engines.read.raw import Acc, read_raw
+from counters.engines.retention import minute_edge
+from lua.keys import ProjectKeys
 
 MEASURES = ("count", "sum", "uniques")
 RESERVED = {

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
-from counters.clock import Clock
-from counters.config import Settings
-from counters.errors import Unavailable
-from counters.ingest import Ingestor
+from counters.core.clock import Clock
+from counters.core.config import Settings
+from counters.core.errors import Unavailable
+from counters.engines.ingest import Ingestor
 from counters.metrics import Metrics
 from lua import Scripts
 from persist.db import PG_ERRORS

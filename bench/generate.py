@@ -169,7 +169,7 @@ def json_batches(evs: list[dict[str, Any]], batch: int = 1000) -> list[bytes]:
 
 def raw_events(evs: list[dict[str, Any]], *, at_ms: int | None = None) -> list[Any]:
     """The events validated exactly as the API does (events without `ts` count at at_ms)."""
-    from counters.models import EventIn, validate_events
+    from counters.core.models import EventIn, validate_events
 
     decoded = [msgspec.convert(e, EventIn) for e in evs]
     return validate_events(

@@ -5,7 +5,7 @@ bodies without `ts`, so events count at arrival time), against, in the same run:
   (a) Postgres, one INSERT per event in autocommit (what an OLTP tracker does per click),
       into a plain table with the columns of counters' raw_events, asyncpg;
   (b) Postgres COPY of the same events (copy_records_to_table, one COPY per 1,000);
-  (c) the limit without HTTP: the same batches grouped with counters.ingest.compact_groups
+  (c) the limit without HTTP: the same batches grouped with counters.engines.ingest.compact_groups
       and applied with the product's own ingest script (EVALSHA via redis-py) from this
       process with several calls in flight; also (c2) grouping in this process on every
       call (Ingestor.apply: everything the service does minus HTTP, JSON and validation) and
@@ -55,7 +55,7 @@ from bench.common import (
     start_wrk,
     wrk_script,
 )
-from persist.persister import RAW_COLUMNS
+from counters.engines.persister import RAW_COLUMNS
 
 BATCH = 1000
 PERSISTER = {
@@ -195,10 +195,10 @@ class Direct:
     def __init__(
         self, redis_url: str, bodies: list[list[dict[str, Any]]], prefix: str, in_flight: int
     ) -> None:
-        from counters.config import Settings
-        from counters.ingest import plan_batch
-        from counters.keys import ProjectKeys
-        from counters.models import raw_encoder
+        from counters.core.config import Settings
+        from counters.core.models import raw_encoder
+        from counters.engines.ingest import plan_batch
+        from lua.keys import ProjectKeys
 
         self._redis_url = redis_url
         self.in_flight = in_flight
@@ -241,7 +241,7 @@ class Direct:
         """Clients for the running event loop (redis-py's asyncio client is bound to one)."""
         from redis.asyncio import Redis
 
-        from counters.ingest import Ingestor
+        from counters.engines.ingest import Ingestor
         from lua import Scripts
 
         self.redis = Redis.from_url(self._redis_url, max_connections=64)
@@ -465,7 +465,7 @@ def _rounds(
 ) -> int:
     import redis as sync_redis
 
-    from counters.keys import ProjectKeys
+    from lua.keys import ProjectKeys
 
     counters = Path_(f"counters, HTTP (uvicorn, {args.workers} worker{'s' * (args.workers > 1)})")
     script_p = Path_("(c) direct Redis: product ingest script, pre-grouped batches, no HTTP")

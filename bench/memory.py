@@ -256,10 +256,10 @@ async def _seal_closed(redis_url: str, prefix: str) -> None:
     """lua/seal.lua up to now - 1 s (the service's grace), in the persister's steps."""
     from redis.asyncio import Redis
 
-    from counters.buckets import GRAINS, bucket_start
-    from counters.keys import ProjectKeys
+    from counters.core.buckets import GRAINS, bucket_start
+    from counters.engines.persister import SEAL_MERGE_BUDGET
     from lua import Scripts
-    from persist.persister import SEAL_MERGE_BUDGET
+    from lua.keys import ProjectKeys
 
     redis = Redis.from_url(redis_url)
     try:
@@ -281,7 +281,7 @@ async def _seal_closed(redis_url: str, prefix: str) -> None:
 def run_variant(args: argparse.Namespace, st: Stack, label: str, uids: int) -> Variant:
     import redis as sync_redis
 
-    from counters.keys import ProjectKeys
+    from lua.keys import ProjectKeys
 
     v = Variant(label, uids)
     env = {

@@ -47,10 +47,10 @@ import numpy as np
 
 from bench import sketches
 from counters import embedded
-from counters.backends import open_redis
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
+from counters.engines.persister import RAW_COLUMNS, upsert_rollups
+from lua.client import open_redis
 from persist.db import create_pool
-from persist.persister import RAW_COLUMNS, upsert_rollups
 from persist.projects import create_key
 from tests.service import Service, service_env
 from tests.support import Backends
@@ -258,7 +258,7 @@ async def load_counters(
         *[(DAY_MS, end - SPAN_DAYS * DAY_MS, d) for d in DIMS],
     ]
     grains = {DAY_MS: "day", HOUR_MS: "hour", MINUTE_MS: "minute"}
-    from counters.buckets import GRAIN_BY_NAME
+    from counters.core.buckets import GRAIN_BY_NAME
 
     await sketches.check_against_redis(redis, f"{prefix}:{{p:bench-sketch}}:check")
     sketch = await asyncio.to_thread(total_sketches, h)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from importlib.resources import files
 from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from counters.core.errors import unavailable
+from persist.schema import MIGRATION_LOCK
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
@@ -19,7 +23,13 @@ PG_ERRORS: tuple[type[Exception], ...] = (
 )
 """What a Postgres that is down, restarting or unreachable raises (answered with a 503)."""
 
-MIGRATION_LOCK = 7_412_001
+
+def postgres_unavailable() -> contextlib.AbstractContextManager[None]:
+    """`with postgres_unavailable(): await conn...`: a Postgres failure becomes a 503 naming
+    postgres."""
+    return unavailable("postgres", PG_ERRORS)
+
+
 """pg_advisory_lock key held while migrations run."""
 
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from counters.buckets import Grain, to_datetime
+from counters.core.buckets import Grain, to_datetime
+from counters.engines.persister import TABLE
 from persist.db import Conn
-from persist.persister import TABLE
 from persist.state import PersistState, load_state
 
 

@@ -8,10 +8,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from counters.buckets import Grain
-from counters.errors import Unavailable
-from counters.keys import ProjectKeys
+from counters.core.buckets import Grain
+from counters.core.errors import Unavailable
 from lua import Scripts
+from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS, Conn
 
 UNTIL_COLUMN = {Grain.minute: "minute_until", Grain.hour: "hour_until", Grain.day: "day_until"}

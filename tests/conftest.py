@@ -21,9 +21,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from counters import embedded
-from counters.backends import open_redis
-from counters.config import Settings
+from counters.core.config import Settings
 from lua import Scripts
+from lua.client import open_redis
 from persist.db import create_pool
 from persist.projects import ensure_project
 from tests.service import Service, service_env

@@ -17,16 +17,16 @@ import msgspec
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from api.query import count_uniques, decompose, read_buckets
-from counters.buckets import Grain, parse_ts
-from counters.clock import ManualClock
-from counters.config import Settings
-from counters.ingest import Ingestor
-from counters.keys import ProjectKeys
+from counters.core.buckets import Grain, parse_ts
+from counters.core.clock import ManualClock
+from counters.core.config import Settings
+from counters.core.models import VALUE_SCALE, EventIn, IngestReply, validate_events
+from counters.engines.ingest import Ingestor
+from counters.engines.persister import Persister, ProjectReport
+from counters.engines.read.query import count_uniques, decompose, read_buckets
 from counters.metrics import Metrics
-from counters.models import VALUE_SCALE, EventIn, IngestReply, validate_events
 from lua import Scripts
-from persist.persister import Persister, ProjectReport
+from lua.keys import ProjectKeys
 from persist.state import restore_watermarks
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from api.pixel import GroupCommitter
-from counters.models import RawEvent
+from counters.core.models import RawEvent
 from tests.service import Service, create_key
 from tests.support import wait_for
 

@@ -1,4 +1,4 @@
-"""Unit tests for counters.buckets: bucket math, formatting and parsing of timestamps."""
+"""Unit tests for counters.core.buckets: bucket math, formatting and parsing of timestamps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import calendar
 
 import pytest
 
-from counters.buckets import (
+from counters.core.buckets import (
     DAY_MS,
     GRAIN_BY_NAME,
     GRAIN_BY_SHORT,
@@ -24,7 +24,7 @@ from counters.buckets import (
 def ms(
     year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, milli: int = 0
 ) -> int:
-    """Epoch ms of a UTC wall-clock time, computed independently of counters.buckets."""
+    """Epoch ms of a UTC wall-clock time, computed independently of counters.core.buckets."""
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) * 1000 + milli
 
 

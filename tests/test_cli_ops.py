@@ -10,7 +10,7 @@ import uuid
 import asyncpg
 import httpx
 
-from counters.buckets import HOUR_MS
+from counters.core.buckets import HOUR_MS
 from tests.service import Service, create_key
 from tests.support import wait_for
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from counters.config import Settings, load_settings
+from counters.core.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Unit tests for counters.config.load_settings: defaults, TOML file, env, overrides."""
+"""Unit tests for counters.core.config.load_settings: defaults, TOML file, env, overrides."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from counters.config import Settings, load_settings
+from counters.core.config import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

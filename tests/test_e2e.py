@@ -16,8 +16,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from counters.buckets import HOUR_MS, MINUTE_MS, bucket_start, format_ts
-from counters.keys import ProjectKeys
+from counters.core.buckets import HOUR_MS, MINUTE_MS, bucket_start, format_ts
+from lua.keys import ProjectKeys
 from tests.service import Service, create_key, service_env
 from tests.support import Backends, wait_for
 

@@ -1,4 +1,4 @@
-"""Unit tests for rollup fields (counters.rollups) and batch grouping (counters.ingest)."""
+"""Unit tests for rollup fields (core.rollups) and batch grouping (engines.ingest)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from counters.config import load_settings
-from counters.ingest import OTHER, group_events, plan_batch
-from counters.keys import US
-from counters.models import RawEvent
-from counters.rollups import (
+from counters.core.config import load_settings
+from counters.core.models import RawEvent
+from counters.core.rollups import (
     Rollup,
     available_rollups,
     decode_field,
@@ -22,6 +20,8 @@ from counters.rollups import (
     rollup_for_filters,
     rollup_id,
 )
+from counters.engines.ingest import OTHER, group_events, plan_batch
+from lua.keys import US
 
 T0 = 1_795_428_000_000  # 2026-11-23T10:00:00Z, a day boundary + 10 h
 MIN = 60_000

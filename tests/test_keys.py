@@ -1,4 +1,4 @@
-"""Unit tests for counters.keys: every key in the project's Redis Cluster hash tag."""
+"""Unit tests for lua.keys: every key in the project's Redis Cluster hash tag."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from counters.buckets import GRAINS, Grain
-from counters.keys import US, ProjectKeys, count_field, late_field, sum_field
-from counters.rollups import encode_field
+from counters.core.buckets import GRAINS, Grain
+from counters.core.rollups import encode_field
+from lua.keys import US, ProjectKeys, count_field, late_field, sum_field
 
 FIELD = encode_field("click", ("country", "source"), ("DE", "web"))
 BUCKET = 1_795_428_000_000

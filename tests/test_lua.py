@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
-from counters.errors import BacklogFull, Unavailable
-from counters.keys import count_field, sum_field
-from counters.rollups import encode_field
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.core.errors import BacklogFull, Unavailable
+from counters.core.rollups import encode_field
+from lua.keys import count_field, sum_field
 from tests.support import T0, Harness, wait_for
 
 

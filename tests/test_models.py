@@ -1,4 +1,4 @@
-"""Unit tests for counters.models: wire decoding (msgspec) and validate_events."""
+"""Unit tests for counters.core.models: wire decoding (msgspec) and validate_events."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from counters.errors import Invalid
-from counters.models import (
+from counters.core.errors import Invalid
+from counters.core.models import (
     EventIn,
     EventWire,
     RawEvent,

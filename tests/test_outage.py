@@ -112,11 +112,11 @@ def test_redis_then_postgres_down_and_back(
 async def test_persister_loop_survives_a_dead_redis(settings: Any, pool: Any) -> None:
     """A pass that fails (here: Redis unreachable while restoring watermarks) is counted and
     retried; the loop never dies."""
-    from counters.backends import open_redis
-    from counters.clock import SystemClock
+    from counters.core.clock import SystemClock
+    from counters.engines.persister import Persister
     from counters.metrics import Metrics
     from lua import Scripts
-    from persist.persister import Persister
+    from lua.client import open_redis
     from tests.service import free_port
 
     dead = open_redis(f"redis://127.0.0.1:{free_port()}/0")

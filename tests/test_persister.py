@@ -10,10 +10,10 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, from_datetime
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, from_datetime
+from counters.core.rollups import encode_field
+from counters.engines.persister import Persister
 from counters.metrics import Metrics
-from counters.rollups import encode_field
-from persist.persister import Persister
 from tests.support import T0, Harness
 
 

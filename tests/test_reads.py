@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from api import breakdown
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
-from counters.clock import ManualClock
-from counters.config import Settings
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from counters.core.clock import ManualClock
+from counters.core.config import Settings
+from counters.engines.read import breakdown
 from persist.projects import create_key
 from tests.support import InProcessApp
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import asyncpg
 
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS
+from counters.engines.rebuild import Rebuilder, reconcile_projects
 from persist.hll import REGISTERS, registers, same_registers
-from persist.rebuild import Rebuilder, reconcile_projects
 from tests.support import T0, Harness
 
 DAY0 = T0 - T0 % DAY_MS
@@ -86,7 +86,7 @@ async def corrupt(pool: asyncpg.Pool, project: str) -> None:
         await conn.execute(
             "INSERT INTO rollups_minute VALUES ($1, 'ghost', '', '{}', $2, 7, 0, NULL)",
             project,
-            __import__("counters.buckets", fromlist=["to_datetime"]).to_datetime(T0),
+            __import__("counters.core.buckets", fromlist=["to_datetime"]).to_datetime(T0),
         )
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from api.reads import parse_read
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
-from counters.errors import BadRequest
-from persist.rebuild import Rebuilder
-from persist.retention import apply_retention, minute_edge, raw_edge
-from persist.schedule import next_run
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from counters.core.errors import BadRequest
+from counters.engines.rebuild import Rebuilder
+from counters.engines.retention import apply_retention, minute_edge, raw_edge
+from counters.engines.schedule import next_run
 from tests.support import T0, Harness
 
 

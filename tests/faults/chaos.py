@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
-from counters.backends import open_redis
-from counters.buckets import MINUTE_MS, format_ts
-from counters.keys import ProjectKeys
+from counters.core.buckets import MINUTE_MS, format_ts
+from lua.client import open_redis
+from lua.keys import ProjectKeys
 from tests.faults.cluster import Cluster, Log, Proc, log_tail, now_ms, poll_until
 from tests.faults.driver import Driver
 

@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from counters.buckets import MINUTE_MS
+from counters.core.buckets import MINUTE_MS
 from tests.faults.chaos import ALL_KINDS, Chaos
 from tests.faults.cluster import Cluster, Log
 from tests.faults.driver import Driver, DriverConfig

@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import httpx
 
-from counters.backends import open_redis
-from counters.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
-from counters.keys import ProjectKeys
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from lua.client import open_redis
+from lua.keys import ProjectKeys
 from tests.faults.cluster import Cluster, Log, log_tail, now_ms, poll_until
 from tests.faults.driver import DIMS, Event
 

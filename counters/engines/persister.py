@@ -18,18 +18,18 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from counters.buckets import DAY_MS, GRAINS, Grain, bucket_start, to_datetime
-from counters.clock import Clock
-from counters.config import Settings
-from counters.errors import Unavailable
-from counters.keys import US, ProjectKeys
+from counters.core.buckets import DAY_MS, GRAINS, Grain, bucket_start, to_datetime
+from counters.core.clock import Clock
+from counters.core.config import Settings
+from counters.core.errors import Unavailable
+from counters.core.models import RawEvent
+from counters.core.rollups import decode_field
+from counters.engines.retention import apply_retention
 from counters.metrics import Metrics
-from counters.models import RawEvent
-from counters.rollups import decode_field
 from lua import Scripts
+from lua.keys import US, ProjectKeys
 from persist.db import Conn
 from persist.projects import list_projects
-from persist.retention import apply_retention
 from persist.state import UNTIL_COLUMN, load_state, restore_watermarks
 
 log = logging.getLogger("counters.persister")

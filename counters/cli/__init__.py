@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from counters.config import Settings, load_settings
+from counters.core.config import Settings, load_settings
 
 if TYPE_CHECKING:
     import asyncpg
     from redis.asyncio import Redis
 
-    from persist.persister import Persister
+    from counters.engines.persister import Persister
 
 
 def _settings(**overrides: Any) -> Settings:
-    from counters.backends import resolve_settings
+    from counters.services import resolve_settings
 
     try:
         settings = load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
@@ -80,12 +80,12 @@ async def _backends(
 ) -> AsyncIterator[tuple[Redis, asyncpg.Pool, Persister]]:
     """Redis client, migrated pool and a persister on the resolved settings; with wait=True,
     waits (backing off up to 5 s) for Postgres to accept connections instead of failing."""
-    from counters.backends import open_redis
-    from counters.clock import SystemClock
+    from counters.core.clock import SystemClock
+    from counters.engines.persister import Persister
     from counters.metrics import Metrics
     from lua import Scripts
+    from lua.client import open_redis
     from persist.db import create_pool
-    from persist.persister import Persister
 
     assert settings.redis_url and settings.database_url
     from persist.db import PG_ERRORS
@@ -138,13 +138,13 @@ def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[
             bar.update(n)
 
         return update, bar.close
-    from persist.rebuild import Ticker
+    from counters.engines.rebuild import Ticker
 
     return Ticker(label, total, lambda line: click.echo(line, err=True)), lambda: None
 
 
 def _ms(text: str, option: str) -> int:
-    from counters.buckets import parse_ts
+    from counters.core.buckets import parse_ts
 
     try:
         return parse_ts(text)
@@ -161,8 +161,8 @@ def _ms(text: str, option: str) -> int:
 def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
+    from counters.engines.rebuild import Rebuilder, count_raw, describe
     from persist.projects import project_exists
-    from persist.rebuild import Rebuilder, count_raw, describe
 
     start, end = _ms(from_, "--from"), _ms(to, "--to")
     if start >= end:
@@ -203,9 +203,9 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
 @click.option("--dry-run", is_flag=True, help="Report without correcting.")
 def reconcile(days: int, projects: tuple[str, ...], dry_run: bool) -> None:
     """Compare every rollup of the last N days with the raw log, report and fix differences."""
-    from counters.clock import SystemClock
+    from counters.core.clock import SystemClock
+    from counters.engines.rebuild import Rebuilder, reconcile_projects
     from persist.projects import list_projects
-    from persist.rebuild import Rebuilder, reconcile_projects
 
     settings = _settings()
 

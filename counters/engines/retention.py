@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from counters.buckets import DAY_MS, Grain, bucket_start, from_datetime, to_datetime
+from counters.core.buckets import DAY_MS, Grain, bucket_start, from_datetime, to_datetime
 from persist.db import Conn
 
 RETENTION_LOCK = 7_412_004

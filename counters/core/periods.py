@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from counters.buckets import EPOCH, MINUTE_MS, format_ts, from_datetime
+from counters.core.buckets import EPOCH, MINUTE_MS, format_ts, from_datetime
 
 FIXED_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
 CALENDAR = ("1d", "1w", "1mo")

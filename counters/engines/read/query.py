@@ -12,11 +12,11 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from counters.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start
-from counters.errors import Unavailable
-from counters.keys import ProjectKeys, count_field, late_field, sum_field
-from counters.rollups import Rollup, encode_field, rollup_id
+from counters.core.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start
+from counters.core.errors import Unavailable
+from counters.core.rollups import Rollup, encode_field, rollup_id
 from lua import Scripts
+from lua.keys import ProjectKeys, count_field, late_field, sum_field
 from persist.db import PG_ERRORS
 from persist.history import read_history
 

@@ -8,12 +8,12 @@ import logging
 import asyncpg
 from redis.exceptions import RedisError
 
-from counters.buckets import DAY_MS, Grain, bucket_start
-from counters.clock import Clock
+from counters.core.buckets import DAY_MS, Grain, bucket_start
+from counters.core.clock import Clock
+from counters.engines.rebuild import Rebuilder, reconcile_projects
 from counters.metrics import Metrics
 from persist.db import PG_ERRORS, Conn
 from persist.projects import list_projects
-from persist.rebuild import Rebuilder, reconcile_projects
 
 log = logging.getLogger("counters.reconcile")
 

@@ -1,12 +1,11 @@
-"""Resolving and opening the two backends: real URLs when configured, else the embedded
-Valkey and Postgres under the data dir."""
+"""Resolving the backends: real URLs when configured, else the embedded Valkey and
+Postgres under the data dir."""
 
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio import Redis
 
-from counters.config import Settings
+from counters.core.config import Settings
 
 
 def resolve_settings(settings: Settings) -> Settings:
@@ -24,14 +23,3 @@ def resolve_settings(settings: Settings) -> Settings:
         if database_url is None:
             database_url = embedded.ensure_postgres(data_dir)
     return msgspec.structs.replace(settings, redis_url=redis_url, database_url=database_url)
-
-
-def open_redis(url: str) -> Redis:
-    """An asyncio client that fails fast when the server is down (callers answer 503)."""
-    return Redis.from_url(
-        url,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        max_connections=256,
-    )

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import msgspec
 
-from counters.buckets import parse_ts
-from counters.errors import Invalid
+from counters.core.buckets import parse_ts
+from counters.core.errors import Invalid
 
 NAME_PATTERN = "^[a-z0-9_.-]{1,64}\\Z"
 DIM_NAME_PATTERN = "^[a-z0-9_]{1,32}\\Z"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class CountersError(Exception):
     """Base class: status is the HTTP status the API answers with."""
@@ -71,3 +74,21 @@ class BacklogFull(Unavailable):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__("backlog", message, retry_after=retry_after)
         self.code = "backlog_full"
+
+
+def as_unavailable(backend: str, exc: BaseException) -> Unavailable:
+    """The 503 a backend failure answers with: names the backend and the kind of failure
+    (the one place a backend exception becomes an Unavailable)."""
+    return Unavailable(backend, str(exc) or type(exc).__name__)
+
+
+@contextlib.contextmanager
+def unavailable(backend: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Inside the block, any of `errors` (what this backend's client raises when the server
+    is down, restarting or unreachable) becomes Unavailable(backend), chained with `from`.
+    Wrap each call to one backend, so a socket error is charged to the backend it came from.
+    """
+    try:
+        yield
+    except errors as exc:
+        raise as_unavailable(backend, exc) from exc

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from counters.keys import US
+US = "\x1f"
+"""Unit separator between the parts of a field (names and values may not contain it)."""
 
 Rollup = tuple[str, ...]
 

@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from counters.buckets import (
+from counters.core.buckets import (
     DAY_MS,
     GRAINS,
     Grain,
@@ -31,14 +31,11 @@ from counters.buckets import (
     from_datetime,
     to_datetime,
 )
-from counters.config import Settings
-from counters.ingest import group_events
-from counters.keys import ProjectKeys
-from counters.models import RawEvent
-from counters.rollups import decode_field, encode_field, parse_rollup_id
-from persist.db import Conn
-from persist.hll import same_registers
-from persist.persister import (
+from counters.core.config import Settings
+from counters.core.models import RawEvent
+from counters.core.rollups import decode_field, encode_field, parse_rollup_id
+from counters.engines.ingest import group_events
+from counters.engines.persister import (
     TABLE,
     Cut,
     Persister,
@@ -47,7 +44,10 @@ from persist.persister import (
     stream_key,
     upsert_rollups,
 )
-from persist.retention import minute_edge, raw_edge
+from counters.engines.retention import minute_edge, raw_edge
+from lua.keys import ProjectKeys
+from persist.db import Conn
+from persist.hll import same_registers
 
 FETCH_ROWS = 5_000
 SCRATCH_TTL_MS = 3_600_000

@@ -10,12 +10,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from counters.config import Settings
-from counters.errors import BacklogFull, Unavailable
-from counters.keys import US, ProjectKeys
-from counters.models import IngestReply, RawEvent, raw_encoder
-from counters.rollups import Rollup, fields_for
+from counters.core.config import Settings
+from counters.core.errors import BacklogFull, Unavailable
+from counters.core.models import IngestReply, RawEvent, raw_encoder
+from counters.core.rollups import Rollup, fields_for
 from lua import Scripts
+from lua.keys import US, ProjectKeys
 
 RestoreWatermarks = Callable[[str], Awaitable[None]]
 Group = list[Any]

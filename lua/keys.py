@@ -22,9 +22,32 @@ minutes sealed so far (lua/seal.lua merges them) plus events for minutes already
 
 from __future__ import annotations
 
-from counters.buckets import Grain
+from typing import Literal, NamedTuple
 
-US = "\x1f"
+from counters.core.buckets import GRAIN_BY_SHORT, Grain
+from counters.core.rollups import US
+
+__all__ = [
+    "US",
+    "COUNT",
+    "SUM",
+    "BucketField",
+    "MeasureField",
+    "ProjectKeys",
+    "count_field",
+    "late_field",
+    "late_hll_member",
+    "parse_late_field",
+    "parse_late_hll_member",
+    "parse_measure_field",
+    "sum_field",
+]
+
+Measure = Literal["c", "s"]
+COUNT: Measure = "c"
+"""Tag of a count field in a hot or late hash."""
+SUM: Measure = "s"
+"""Tag of a sum (micros) field in a hot or late hash."""
 
 
 class ProjectKeys:
@@ -83,16 +106,60 @@ class ProjectKeys:
         return f"{self.base}tmp:{token}"
 
 
+class MeasureField(NamedTuple):
+    """A decoded hot-hash field: which measure, of which rollup field."""
+
+    measure: Measure
+    field: str
+
+
+class BucketField(NamedTuple):
+    """A decoded late-hash field or late-HLL index member: which (grain, bucket), and the
+    rest (a hot-hash field for late hashes, a rollup field for the HLL index)."""
+
+    grain: Grain
+    bucket: int
+    rest: str
+
+
 def count_field(field: str) -> str:
     """Hash field holding the count of a rollup field."""
-    return "c" + US + field
+    return COUNT + US + field
 
 
 def sum_field(field: str) -> str:
     """Hash field holding the sum (micros) of a rollup field."""
-    return "s" + US + field
+    return SUM + US + field
+
+
+def parse_measure_field(text: str | bytes) -> MeasureField:
+    """Inverse of count_field / sum_field."""
+    s = text.decode() if isinstance(text, bytes) else text
+    kind, _, field = s.partition(US)
+    return MeasureField(COUNT if kind == COUNT else SUM, field)
 
 
 def late_field(grain: Grain, bucket: int, measure_field: str) -> str:
     """Field of a late-delta hash: which bucket, then the hot-hash field name."""
     return f"{grain.short}:{bucket}:{measure_field}"
+
+
+def late_hll_member(grain: Grain, bucket: int, field: str) -> str:
+    """Member of a generation's late-HLL index naming one late HyperLogLog."""
+    return f"{grain.short}:{bucket}:{field}"
+
+
+def _bucket_field(text: str | bytes) -> BucketField:
+    s = text.decode() if isinstance(text, bytes) else text
+    grain_s, bucket_s, rest = s.split(":", 2)
+    return BucketField(GRAIN_BY_SHORT[grain_s], int(bucket_s), rest)
+
+
+def parse_late_field(text: str | bytes) -> BucketField:
+    """Inverse of late_field: (grain, bucket, hot-hash field)."""
+    return _bucket_field(text)
+
+
+def parse_late_hll_member(text: str | bytes) -> BucketField:
+    """Inverse of late_hll_member: (grain, bucket, rollup field)."""
+    return _bucket_field(text)

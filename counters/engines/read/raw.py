@@ -15,12 +15,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from counters.buckets import to_datetime
-from counters.errors import Unavailable
-from counters.keys import ProjectKeys
-from counters.models import RawEvent
+from counters.core.buckets import to_datetime
+from counters.core.errors import Unavailable
+from counters.core.models import RawEvent
+from counters.engines.persister import stream_key
+from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS
-from persist.persister import stream_key
 from persist.state import load_state
 
 _batch = msgspec.msgpack.Decoder(list[RawEvent])
