@@ -31,13 +31,13 @@ from counters.core.errors import CountersError, Unavailable
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister
 from counters.engines.rebuild import Rebuilder
+from counters.engines.restore import restore_watermarks
 from counters.engines.schedule import nightly_reconcile
 from counters.metrics import Metrics
 from counters.services import resolve_settings
 from lua import Scripts
 from lua.client import open_redis
 from persist.db import create_pool
-from persist.state import restore_watermarks
 
 log = logging.getLogger("counters.api")
 STATIC = Path(__file__).parent / "static"

@@ -55,7 +55,7 @@ from bench.common import (
     start_wrk,
     wrk_script,
 )
-from counters.engines.persister import RAW_COLUMNS
+from persist.schema import RAW_COLUMNS
 
 BATCH = 1000
 PERSISTER = {

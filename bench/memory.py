@@ -257,7 +257,7 @@ async def _seal_closed(redis_url: str, prefix: str) -> None:
     from redis.asyncio import Redis
 
     from counters.core.buckets import GRAINS, bucket_start
-    from counters.engines.persister import SEAL_MERGE_BUDGET
+    from counters.engines.seal import SEAL_MERGE_BUDGET
     from lua import Scripts
     from lua.keys import ProjectKeys
 

@@ -48,10 +48,11 @@ import numpy as np
 from bench import sketches
 from counters import embedded
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
-from counters.engines.persister import RAW_COLUMNS, upsert_rollups
 from lua.client import open_redis
 from persist.db import create_pool
 from persist.projects import create_key
+from persist.rollups import upsert_rollups
+from persist.schema import RAW_COLUMNS
 from tests.service import Service, service_env
 from tests.support import Backends
 

@@ -10,7 +10,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from counters.core.errors import unavailable
-from persist.schema import MIGRATION_LOCK
+from persist.schema import MIGRATION_LOCK, MIGRATIONS_TABLE
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
@@ -30,9 +30,6 @@ def postgres_unavailable() -> contextlib.AbstractContextManager[None]:
     return unavailable("postgres", PG_ERRORS)
 
 
-"""pg_advisory_lock key held while migrations run."""
-
-
 def _migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped, in order."""
     out = []
@@ -50,18 +47,20 @@ async def migrate(conn: Conn) -> list[str]:
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
         for version, name, sql in _migrations():
             if version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                    f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES ($1, $2)",
+                    version,
+                    name,
                 )
             applied.append(name)
     finally:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import msgspec
 
 from counters.core.buckets import Grain, to_datetime
-from counters.engines.persister import TABLE
 from persist.db import Conn
+from persist.schema import ROLLUP_TABLE as TABLE
 from persist.state import PersistState, load_state
 
 

@@ -7,6 +7,7 @@ import re
 import secrets
 
 from persist.db import Conn
+from persist.schema import API_KEYS_TABLE, KEY_PROJECTS_TABLE, PROJECTS_TABLE, STATE_TABLE
 
 SCOPES = ("ingest", "read", "admin")
 PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
@@ -23,10 +24,10 @@ async def ensure_project(conn: Conn, project: str) -> None:
         raise ValueError(f"project name {project!r} must match {PROJECT_PATTERN.pattern}")
     async with conn.transaction():
         await conn.execute(
-            "INSERT INTO projects (project) VALUES ($1) ON CONFLICT DO NOTHING", project
+            f"INSERT INTO {PROJECTS_TABLE} (project) VALUES ($1) ON CONFLICT DO NOTHING", project
         )
         await conn.execute(
-            "INSERT INTO persist_state (project) VALUES ($1) ON CONFLICT DO NOTHING", project
+            f"INSERT INTO {STATE_TABLE} (project) VALUES ($1) ON CONFLICT DO NOTHING", project
         )
 
 
@@ -45,14 +46,14 @@ async def create_key(conn: Conn, project: str | list[str], scope: str) -> str:
     key = f"ck_{scope[0]}_{secrets.token_urlsafe(24)}"
     async with conn.transaction():
         await conn.execute(
-            "INSERT INTO api_keys (key_hash, project, scope) VALUES ($1, $2, $3)",
+            f"INSERT INTO {API_KEYS_TABLE} (key_hash, project, scope) VALUES ($1, $2, $3)",
             hash_key(key),
             projects[0],
             scope,
         )
         for p in projects[1:]:
             await conn.execute(
-                "INSERT INTO api_key_projects (key_hash, project) VALUES ($1, $2)",
+                f"INSERT INTO {KEY_PROJECTS_TABLE} (key_hash, project) VALUES ($1, $2)",
                 hash_key(key),
                 p,
             )
@@ -62,20 +63,24 @@ async def create_key(conn: Conn, project: str | list[str], scope: str) -> str:
 async def lookup_key(conn: Conn, key: str) -> tuple[tuple[str, ...], str] | None:
     """(projects, scope) of a key (its own project first), or None when unknown."""
     digest = hash_key(key)
-    row = await conn.fetchrow("SELECT project, scope FROM api_keys WHERE key_hash = $1", digest)
+    row = await conn.fetchrow(
+        f"SELECT project, scope FROM {API_KEYS_TABLE} WHERE key_hash = $1", digest
+    )
     if row is None:
         return None
     extra = await conn.fetch(
-        "SELECT project FROM api_key_projects WHERE key_hash = $1 ORDER BY project", digest
+        f"SELECT project FROM {KEY_PROJECTS_TABLE} WHERE key_hash = $1 ORDER BY project", digest
     )
     return (row["project"], *(r["project"] for r in extra)), row["scope"]
 
 
 async def project_exists(conn: Conn, project: str) -> bool:
     """Whether the project has been created."""
-    return bool(await conn.fetchval("SELECT 1 FROM projects WHERE project = $1", project))
+    return bool(await conn.fetchval(f"SELECT 1 FROM {PROJECTS_TABLE} WHERE project = $1", project))
 
 
 async def list_projects(conn: Conn) -> list[str]:
     """Every project, sorted."""
-    return [r["project"] for r in await conn.fetch("SELECT project FROM projects ORDER BY 1")]
+    return [
+        r["project"] for r in await conn.fetch(f"SELECT project FROM {PROJECTS_TABLE} ORDER BY 1")
+    ]

@@ -34,7 +34,13 @@ RAW_COLUMNS = (
     "seq",
 )
 """Columns of a raw-log row, in the order they are copied."""
+STAGE_TABLE = "stage_rollups"
+"""Session-local temporary table rollup rows are copied into before an upsert."""
 STATE_TABLE = "persist_state"
+UNTIL_COLUMN = {Grain.minute: "minute_until", Grain.hour: "hour_until", Grain.day: "day_until"}
+"""Column of persist_state holding each grain's watermark (every bucket before it is in
+Postgres)."""
+MIGRATIONS_TABLE = "schema_migrations"
 PROJECTS_TABLE = "projects"
 API_KEYS_TABLE = "api_keys"
 KEY_PROJECTS_TABLE = "api_key_projects"
@@ -52,7 +58,7 @@ RETENTION_LOCK = 7_412_004
 RECONCILE_LOCK = 7_412_005
 """Held by the nightly reconcile, so one process runs it."""
 
-_PARTITION = re.compile(r"^raw_events_(\d{8})$")
+_PARTITION = re.compile("^" + RAW_TABLE + r"_(\d{8})$")
 
 
 def partition_name(day_ms: int) -> str:

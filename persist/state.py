@@ -1,20 +1,13 @@
-"""The persister's Postgres state (watermarks, late generation, raw cursor) and its restore
-into Redis after Redis lost its state."""
+"""The persister's Postgres state per project: grain watermarks, the last late generation
+applied and the raw-log position copied up to."""
 
 from __future__ import annotations
 
-import asyncpg
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from counters.core.buckets import Grain
-from counters.core.errors import Unavailable
-from lua import Scripts
-from lua.keys import ProjectKeys
-from persist.db import PG_ERRORS, Conn
-
-UNTIL_COLUMN = {Grain.minute: "minute_until", Grain.hour: "hour_until", Grain.day: "day_until"}
+from persist.db import Conn
+from persist.schema import STATE_TABLE, UNTIL_COLUMN
 
 
 class PersistState(msgspec.Struct, frozen=True):
@@ -28,58 +21,64 @@ class PersistState(msgspec.Struct, frozen=True):
 
     def until(self, grain: Grain) -> int:
         """Every bucket of this grain before the returned epoch ms is in Postgres."""
-        return {
-            Grain.minute: self.minute_until,
-            Grain.hour: self.hour_until,
-            Grain.day: self.day_until,
-        }[grain]
+        if grain is Grain.minute:
+            return self.minute_until
+        if grain is Grain.hour:
+            return self.hour_until
+        return self.day_until
 
 
 EMPTY_STATE = PersistState(0, 0, 0, 0, "0-0")
+
+_SELECT = (
+    "SELECT minute_until, hour_until, day_until, late_applied, raw_stream_id"
+    f" FROM {STATE_TABLE} WHERE project = $1"
+)
 
 
 async def load_state(
     conn: Conn, project: str, *, for_update: bool = False, create: bool = True
 ) -> PersistState:
     """The project's state row (created empty when missing, unless create=False)."""
-    sql = (
-        "SELECT minute_until, hour_until, day_until, late_applied, raw_stream_id"
-        " FROM persist_state WHERE project = $1" + (" FOR UPDATE" if for_update else "")
-    )
+    sql = _SELECT + (" FOR UPDATE" if for_update else "")
     row = await conn.fetchrow(sql, project)
     if row is None and not create:
         return EMPTY_STATE
     if row is None:
         await conn.execute(
-            "INSERT INTO persist_state (project) VALUES ($1) ON CONFLICT DO NOTHING", project
+            f"INSERT INTO {STATE_TABLE} (project) VALUES ($1) ON CONFLICT DO NOTHING", project
         )
         row = await conn.fetchrow(sql, project)
         assert row is not None
     return PersistState(**dict(row))
 
 
-async def restore_watermarks(
-    pool: asyncpg.Pool, redis: Redis, scripts: Scripts, prefix: str, project: str
-) -> bool:
-    """Ensures Redis holds the project's watermarks, restoring them from Postgres when Redis
-    lost them. Returns True when it restored. Raises Unavailable when a backend is down."""
-    keys = ProjectKeys(prefix, project)
-    try:
-        async with pool.acquire() as conn:
-            state = await load_state(conn, project)
-    except PG_ERRORS as exc:
-        raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
-    try:
-        restored = await scripts.restore(
-            keys=[keys.watermarks],
-            args=[
-                state.minute_until,
-                state.hour_until,
-                state.day_until,
-                state.late_applied + 1,
-                state.raw_stream_id,
-            ],
-        )
-    except (RedisError, OSError) as exc:
-        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
-    return bool(restored)
+async def set_until(
+    conn: Conn, project: str, grain: Grain, until: int, *, forward_only: bool = False
+) -> None:
+    """Sets the grain's watermark (with forward_only, only if that moves it forward)."""
+    column = UNTIL_COLUMN[grain]
+    await conn.execute(
+        f"UPDATE {STATE_TABLE} SET {column} = $2, updated_at = now() WHERE project = $1"
+        + (f" AND {column} < $2" if forward_only else ""),
+        project,
+        until,
+    )
+
+
+async def set_late_applied(conn: Conn, project: str, gen: int) -> None:
+    """Records that late generations up to gen are in the rollups."""
+    await conn.execute(
+        f"UPDATE {STATE_TABLE} SET late_applied = $2, updated_at = now() WHERE project = $1",
+        project,
+        gen,
+    )
+
+
+async def set_raw_stream_id(conn: Conn, project: str, stream_id: str) -> None:
+    """Records that the raw log up to stream_id is in raw_events."""
+    await conn.execute(
+        f"UPDATE {STATE_TABLE} SET raw_stream_id = $2, updated_at = now() WHERE project = $1",
+        project,
+        stream_id,
+    )

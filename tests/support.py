@@ -24,10 +24,10 @@ from counters.core.models import VALUE_SCALE, EventIn, IngestReply, validate_eve
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister, ProjectReport
 from counters.engines.read.query import count_uniques, decompose, read_buckets
+from counters.engines.restore import restore_watermarks
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.keys import ProjectKeys
-from persist.state import restore_watermarks
 
 T = TypeVar("T")
 T0 = parse_ts("2026-03-01T10:00:00Z")

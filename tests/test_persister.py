@@ -98,7 +98,9 @@ async def test_crash_after_commit_before_release_keeps_rows(harness: Harness) ->
 async def test_crash_between_seal_and_copy(harness: Harness) -> None:
     events = await spread(harness)
     harness.clock.set(T0 + 4 * HOUR_MS)
-    await harness.persister._seal(harness.keys)  # sealed in Redis, nothing copied yet
+    await harness.persister.sealer.seal(
+        harness.keys, harness.clock.now_ms()
+    )  # sealed in Redis, nothing copied yet
     assert await harness.total("click", T0, T0 + 3 * HOUR_MS) == len(events)
     await harness.ingest(ev(ts=T0 + 5))  # late now: must not be lost or copied twice
     await harness.persist()
@@ -164,7 +166,7 @@ async def test_two_persisters_never_double_apply(harness: Harness) -> None:
         harness.pool, harness.redis, harness.scripts, harness.settings, harness.clock, Metrics()
     )
     harness.clock.set(T0 + 4 * HOUR_MS)
-    await harness.persister._seal(harness.keys)
+    await harness.persister.sealer.seal(harness.keys, harness.clock.now_ms())
     await harness.ingest(ev(ts=T0 + 10, value=1))  # a late delta for both to race on
     results = await asyncio.gather(
         *[p.persist_project(harness.project) for p in (harness.persister, other) for _ in range(3)]

@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS
-from counters.engines.rebuild import Rebuilder, reconcile_projects
+from counters.engines.rebuild import Rebuilder
+from counters.engines.reconcile import reconcile_projects
 from persist.hll import REGISTERS, registers, same_registers
 from tests.support import T0, Harness
 

@@ -138,7 +138,7 @@ def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[
             bar.update(n)
 
         return update, bar.close
-    from counters.engines.rebuild import Ticker
+    from counters.cli.report import Ticker
 
     return Ticker(label, total, lambda line: click.echo(line, err=True)), lambda: None
 
@@ -161,7 +161,8 @@ def _ms(text: str, option: str) -> int:
 def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
-    from counters.engines.rebuild import Rebuilder, count_raw, describe
+    from counters.engines.rebuild import Rebuilder, count_raw
+    from counters.engines.reconcile import describe
     from persist.projects import project_exists
 
     start, end = _ms(from_, "--from"), _ms(to, "--to")
@@ -204,7 +205,8 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
 def reconcile(days: int, projects: tuple[str, ...], dry_run: bool) -> None:
     """Compare every rollup of the last N days with the raw log, report and fix differences."""
     from counters.core.clock import SystemClock
-    from counters.engines.rebuild import Rebuilder, reconcile_projects
+    from counters.engines.rebuild import Rebuilder
+    from counters.engines.reconcile import reconcile_projects
     from persist.projects import list_projects
 
     settings = _settings()

@@ -1,7 +1,7 @@
 """Rebuild and reconcile: recompute rollups from the raw log in Postgres.
 
 Works one UTC day at a time. For each day it holds the project's persister lock, takes a
-consistent cut of the write stream (persister.drain_to_cut), then recomputes every sealed
+consistent cut of the write stream (Persister.drain_to_cut), then recomputes every sealed
 bucket of that day from the raw events up to the cut, streaming them with a server-side
 cursor (memory stays flat; uniques are rebuilt with PFADD into scratch keys, so the
 registers are exactly those live ingest builds). Ingest keeps running: events after the cut
@@ -11,11 +11,10 @@ it twice changes nothing."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 import msgspec
@@ -24,33 +23,28 @@ from redis.asyncio import Redis
 from counters.core.buckets import (
     DAY_MS,
     GRAINS,
+    HOUR_MS,
     Grain,
     bucket_ceil,
     bucket_start,
     format_ts,
-    from_datetime,
-    to_datetime,
 )
 from counters.core.config import Settings
 from counters.core.models import RawEvent
-from counters.core.rollups import decode_field, encode_field, parse_rollup_id
+from counters.core.rollups import decode_field
 from counters.engines.ingest import group_events
-from counters.engines.persister import (
-    TABLE,
-    Cut,
-    Persister,
-    project_lock,
-    rollup_record,
-    stream_key,
-    upsert_rollups,
-)
+from counters.engines.persister import Cut, Persister
 from counters.engines.retention import minute_edge, raw_edge
 from lua.keys import ProjectKeys
+from persist import rawlog
 from persist.db import Conn
 from persist.hll import same_registers
+from persist.locks import project_lock
+from persist.rollups import Record, read_rollup_range, replace_rollup_range, rollup_record
+from persist.runs import record_run
 
 FETCH_ROWS = 5_000
-SCRATCH_TTL_MS = 3_600_000
+SCRATCH_TTL_MS = HOUR_MS
 DETAILS_KEPT = 50
 """Differing rows recorded in reconcile_runs."""
 DETAILS_REPORTED = 1_000
@@ -58,8 +52,6 @@ DETAILS_REPORTED = 1_000
 
 Progress = Callable[[int], None]
 """Called with the number of raw events just processed."""
-
-_dims = msgspec.json.Decoder(dict[str, str])
 
 
 class BucketDiff(msgspec.Struct):
@@ -91,29 +83,15 @@ class RebuildReport(msgspec.Struct):
 
 
 RowKey = tuple[Grain, int, str]  # grain, bucket, field
-
-
-def _raw_query(name: str | None) -> str:
-    return (
-        "SELECT name, ts, event_id, dims::text AS dims, value_micros, uid FROM raw_events"
-        " WHERE project = $1 AND ts >= $2 AND ts < $3"
-        " AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint)"
-        " <= ($4::bigint, $5::bigint)" + (" AND name = $6" if name else "")
-    )
+RowValue = tuple[int, int, bytes | None]  # count, sum_micros, hll
 
 
 async def count_raw(
     pool: asyncpg.Pool, project: str, start: int, end: int, name: str | None
 ) -> int:
     """Raw events in [start, end) (for progress and ETA)."""
-    sql = "SELECT count(*) FROM raw_events WHERE project = $1 AND ts >= $2 AND ts < $3"
-    args: list[Any] = [project, to_datetime(start), to_datetime(end)]
-    if name:
-        sql += " AND name = $4"
-        args.append(name)
     async with pool.acquire() as conn:
-        n: int = await conn.fetchval(sql, *args)
-    return n
+        return await rawlog.count_raw(conn, project, start, end, name)
 
 
 class Rebuilder:
@@ -160,18 +138,17 @@ class Rebuilder:
                     cut = await self.persister.drain_to_cut(conn, keys)
                     await self._day(conn, keys, cut, day, name, write, report, progress)
         async with self.pool.acquire() as conn:
-            await conn.execute(
-                "INSERT INTO reconcile_runs (project, kind, started_at, range_from, range_to,"
-                " events, discrepancies, fixed, details) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-                project,
-                kind,
-                started,
-                to_datetime(first),
-                to_datetime(last),
-                report.events,
-                report.discrepancies,
-                write and report.discrepancies > 0,
-                msgspec.json.encode(report.diffs[:DETAILS_KEPT]).decode(),
+            await record_run(
+                conn,
+                project=project,
+                kind=kind,
+                started=started,
+                start=first,
+                end=last,
+                events=report.events,
+                discrepancies=report.discrepancies,
+                fixed=write and report.discrepancies > 0,
+                details=msgspec.json.encode(report.diffs[:DETAILS_KEPT]).decode(),
             )
         return report
 
@@ -194,29 +171,11 @@ class Rebuilder:
         token = uuid.uuid4().hex
         acc: dict[RowKey, list[int]] = {}
         scratch: dict[RowKey, str] = {}
-        ms, seq = stream_key(cut.stream_id)
-        args: list[Any] = [keys.project, to_datetime(day), to_datetime(day + DAY_MS), ms, seq]
-        if name:
-            args.append(name)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                cursor = await conn.cursor(_raw_query(name), *args)
-                while True:
-                    rows = await cursor.fetch(FETCH_ROWS)
-                    if not rows:
-                        break
-                    events = [
-                        RawEvent(
-                            r["name"],
-                            from_datetime(r["ts"]),
-                            r["event_id"],
-                            _dims.decode(r["dims"]),
-                            r["value_micros"],
-                            r["uid"],
-                            0,
-                        )
-                        for r in rows
-                    ]
+                async for events in rawlog.raw_batches(
+                    conn, keys.project, day, day + DAY_MS, cut.stream_id, name, rows=FETCH_ROWS
+                ):
                     await self._fold(keys, token, events, lows, limits, acc, scratch)
                     report.events += len(events)
                     if progress is not None:
@@ -288,26 +247,13 @@ class Rebuilder:
         lows: dict[Grain, int],
         limits: dict[Grain, int],
         name: str | None,
-    ) -> dict[RowKey, tuple[int, int, bytes | None]]:
-        out: dict[RowKey, tuple[int, int, bytes | None]] = {}
+    ) -> dict[RowKey, RowValue]:
+        out: dict[RowKey, RowValue] = {}
         for grain in GRAINS:
             if limits[grain] <= lows[grain]:
                 continue
-            sql = (
-                f"SELECT name, rollup, dims, bucket, count, sum_micros, hll FROM {TABLE[grain]}"
-                " WHERE project = $1 AND bucket >= $2 AND bucket < $3"
-                + (" AND name = $4" if name else "")
-            )
-            args: list[Any] = [project, to_datetime(lows[grain]), to_datetime(limits[grain])]
-            if name:
-                args.append(name)
-            for r in await conn.fetch(sql, *args):
-                field = encode_field(r["name"], parse_rollup_id(r["rollup"]), r["dims"])
-                out[(grain, from_datetime(r["bucket"]), field)] = (
-                    r["count"],
-                    r["sum_micros"],
-                    r["hll"],
-                )
+            rows = await read_rollup_range(conn, project, grain, lows[grain], limits[grain], name)
+            out.update({(grain, bucket, field): v for (bucket, field), v in rows.items()})
         return out
 
     async def _write(
@@ -317,32 +263,26 @@ class Rebuilder:
         lows: dict[Grain, int],
         limits: dict[Grain, int],
         name: str | None,
-        rebuilt: dict[RowKey, tuple[int, int, bytes | None]],
+        rebuilt: dict[RowKey, RowValue],
     ) -> None:
-        by_grain: dict[Grain, list[tuple[Any, ...]]] = {g: [] for g in GRAINS}
+        by_grain: dict[Grain, list[Record]] = {g: [] for g in GRAINS}
         for (grain, bucket, field), (count, total, hll) in rebuilt.items():
             by_grain[grain].append(rollup_record(project, field, bucket, count, total, hll))
         async with conn.transaction():
             for grain in GRAINS:
                 if limits[grain] <= lows[grain]:
                     continue
-                sql = (
-                    f"DELETE FROM {TABLE[grain]} WHERE project = $1 AND bucket >= $2"
-                    " AND bucket < $3" + (" AND name = $4" if name else "")
+                await replace_rollup_range(
+                    conn, project, grain, lows[grain], limits[grain], name, by_grain[grain]
                 )
-                args: list[Any] = [project, to_datetime(lows[grain]), to_datetime(limits[grain])]
-                if name:
-                    args.append(name)
-                await conn.execute(sql, *args)
-                await upsert_rollups(conn, grain, by_grain[grain], additive=False)
 
 
 _GRAIN = {g.short: g for g in GRAINS}
 
 
 def _diff(
-    rebuilt: dict[RowKey, tuple[int, int, bytes | None]],
-    stored: dict[RowKey, tuple[int, int, bytes | None]],
+    rebuilt: dict[RowKey, RowValue],
+    stored: dict[RowKey, RowValue],
 ) -> list[BucketDiff]:
     out: list[BucketDiff] = []
     for key in sorted(rebuilt.keys() | stored.keys(), key=lambda k: (k[0].value, k[1], k[2])):
@@ -367,76 +307,3 @@ def _diff(
                 )
             )
     return out
-
-
-class Ticker:
-    """Progress as plain lines (not a terminal): at most one line every `every` seconds."""
-
-    def __init__(self, label: str, total: int, echo: Callable[[str], None], every: float = 2.0):
-        self.label = label
-        self.total = total
-        self.done = 0
-        self.echo = echo
-        self.every = every
-        self.t0 = time.monotonic()
-        self.last = 0.0
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            left = max(self.total - self.done, 0) / rate if rate else 0.0
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            self.echo(
-                f"{self.label}: {self.done}/{self.total} events ({pct:.0f}%),"
-                f" {rate:,.0f} events/s, ETA {left:.0f}s"
-            )
-
-
-def describe(diff: BucketDiff) -> str:
-    """One line for a differing bucket."""
-    dims = ",".join(
-        f"{d}={v}" for d, v in zip(parse_rollup_id(diff.rollup), diff.dims, strict=True)
-    )
-    parts = [f"{diff.grain} {diff.bucket} {diff.name}" + (f" {dims}" if dims else " (total)")]
-    if diff.stored_count != diff.rebuilt_count:
-        parts.append(
-            f"count {diff.stored_count} -> {diff.rebuilt_count}"
-            f" ({diff.rebuilt_count - diff.stored_count:+d})"
-        )
-    if diff.stored_sum != diff.rebuilt_sum:
-        parts.append(f"sum {diff.stored_sum / 1e6:g} -> {diff.rebuilt_sum / 1e6:g}")
-    if diff.uniques_differ:
-        parts.append("uniques sketch differs")
-    return ": ".join([parts[0], ", ".join(parts[1:])])
-
-
-async def reconcile_projects(
-    rebuilder: Rebuilder,
-    projects: list[str],
-    *,
-    now_ms: int,
-    days: int,
-    write: bool,
-    echo: Callable[[str], None],
-) -> int:
-    """Compares every rollup of the last `days` days with the raw log for each project,
-    reports what differs and (write=True) corrects it. Returns the number of differing
-    rows found."""
-    total = 0
-    for project in projects:
-        report = await rebuilder.run(
-            project, now_ms - days * DAY_MS, now_ms, write=write, kind="reconcile"
-        )
-        total += report.discrepancies
-        echo(
-            f"{project}: {report.events} events, {report.rows} rollup rows checked,"
-            f" {report.discrepancies} differ"
-            + (" (fixed)" if write and report.discrepancies else "")
-        )
-        for diff in report.diffs:
-            echo("  " + describe(diff))
-    echo(f"discrepancies: {total}")
-    return total

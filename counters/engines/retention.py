@@ -3,19 +3,19 @@ forever (counts and HLL registers only, no personal data)."""
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-
 import msgspec
 
-from counters.core.buckets import DAY_MS, Grain, bucket_start, from_datetime, to_datetime
+from counters.core.buckets import DAY_MS, Grain, bucket_start
 from persist.db import Conn
-
-RETENTION_LOCK = 7_412_004
-_PARTITION = re.compile(r"^raw_events_(\d{8})$")
+from persist.locks import try_lock
+from persist.rawlog import drop_partition, partitions
+from persist.rollups import delete_minutes_before
+from persist.schema import RETENTION_LOCK, partition_end
 
 
 class RetentionReport(msgspec.Struct):
+    """What one retention pass removed."""
+
     dropped_partitions: list[str]
     minute_rows_deleted: int
 
@@ -35,27 +35,14 @@ async def apply_retention(
 ) -> RetentionReport | None:
     """Drops raw partitions wholly older than raw_days and deletes minute rollups older than
     minute_days. Returns None when another process is doing it right now."""
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
-        return None
-    try:
+    async with try_lock(conn, RETENTION_LOCK) as held:
+        if not held:
+            return None
         edge = raw_edge(now_ms, raw_days)
-        names = await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'raw_events'"
-        )
-        dropped: list[str] = []
-        for row in names:
-            m = _PARTITION.match(row["relname"])
-            if m is None:
-                continue
-            day_ms = from_datetime(datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=UTC))
-            if day_ms + DAY_MS <= edge:
-                await conn.execute(f"DROP TABLE IF EXISTS {row['relname']}")
-                dropped.append(row["relname"])
-        status = await conn.execute(
-            "DELETE FROM rollups_minute WHERE bucket < $1",
-            to_datetime(minute_edge(now_ms, minute_days)),
-        )
-        return RetentionReport(sorted(dropped), int(status.split()[-1]))
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        dropped = [
+            await drop_partition(conn, day)
+            for day in sorted((await partitions(conn)).values())
+            if partition_end(day) <= edge
+        ]
+        deleted = await delete_minutes_before(conn, minute_edge(now_ms, minute_days))
+        return RetentionReport(sorted(dropped), deleted)

@@ -6,36 +6,32 @@ import asyncio
 import logging
 
 import asyncpg
-from redis.exceptions import RedisError
 
-from counters.core.buckets import DAY_MS, Grain, bucket_start
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.clock import Clock
-from counters.engines.rebuild import Rebuilder, reconcile_projects
+from counters.core.errors import Unavailable
+from counters.engines.rebuild import Rebuilder
+from counters.engines.reconcile import reconcile_projects
 from counters.metrics import Metrics
-from persist.db import PG_ERRORS, Conn
+from lua.client import REDIS_ERRORS
+from persist.db import PG_ERRORS
+from persist.locks import try_lock
 from persist.projects import list_projects
+from persist.runs import latest_discrepancies
+from persist.schema import RECONCILE_LOCK
+
+__all__ = ["latest_discrepancies", "next_run", "nightly_reconcile"]
 
 log = logging.getLogger("counters.reconcile")
 
-RECONCILE_LOCK = 7_412_005
-_BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, *PG_ERRORS)
+_BACKEND_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *REDIS_ERRORS, *PG_ERRORS)
 
 
 def next_run(now_ms: int, at: str) -> int:
     """The next UTC HH:MM strictly after now (epoch ms)."""
     hh, mm = (int(x) for x in at.split(":"))
-    today = bucket_start(now_ms, Grain.day) + (hh * 60 + mm) * 60_000
+    today = bucket_start(now_ms, Grain.day) + hh * HOUR_MS + mm * MINUTE_MS
     return today if today > now_ms else today + DAY_MS
-
-
-async def latest_discrepancies(conn: Conn) -> int:
-    """Sum over projects of what each project's latest reconcile found."""
-    n: int = await conn.fetchval(
-        "SELECT coalesce(sum(discrepancies), 0) FROM (SELECT DISTINCT ON (project)"
-        " discrepancies FROM reconcile_runs WHERE kind = 'reconcile'"
-        " ORDER BY project, id DESC) latest"
-    )
-    return n
 
 
 async def nightly_reconcile(
@@ -58,22 +54,26 @@ async def nightly_reconcile(
         except TimeoutError:
             pass
         try:
-            async with pool.acquire() as conn:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK):
-                    continue
-                try:
-                    found = await reconcile_projects(
-                        rebuilder,
-                        await list_projects(conn),
-                        now_ms=clock.now_ms(),
-                        days=days,
-                        write=True,
-                        echo=log.info,
-                    )
-                    metrics.reconcile_discrepancies.set(found)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
+            await _reconcile_once(rebuilder, pool, clock, metrics, days=days)
         except _BACKEND_ERRORS as exc:
             log.warning("nightly reconcile failed, next try tomorrow: %s", exc)
         except Exception:  # the schedule must outlive any single bad run
             log.exception("nightly reconcile failed, next try tomorrow")
+
+
+async def _reconcile_once(
+    rebuilder: Rebuilder, pool: asyncpg.Pool, clock: Clock, metrics: Metrics, *, days: int
+) -> None:
+    async with pool.acquire() as conn:
+        async with try_lock(conn, RECONCILE_LOCK) as held:
+            if not held:
+                return
+            found = await reconcile_projects(
+                rebuilder,
+                await list_projects(conn),
+                now_ms=clock.now_ms(),
+                days=days,
+                write=True,
+                echo=log.info,
+            )
+            metrics.reconcile_discrepancies.set(found)

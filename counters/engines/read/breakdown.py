@@ -17,11 +17,11 @@ from redis.exceptions import RedisError
 from counters.core.buckets import Grain, from_datetime, to_datetime
 from counters.core.errors import Unavailable
 from counters.core.rollups import Rollup, rollup_id
-from counters.engines.persister import TABLE
 from counters.engines.read.query import hot_cells, queue_read_hot, with_scripts_loaded
 from lua import Scripts
 from lua.keys import US, ProjectKeys
 from persist.db import PG_ERRORS, Conn
+from persist.schema import ROLLUP_TABLE as TABLE
 from persist.state import PersistState, load_state
 
 Cell = tuple[Grain, int]

@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 from counters.core.buckets import to_datetime
 from counters.core.errors import Unavailable
 from counters.core.models import RawEvent
-from counters.engines.persister import stream_key
 from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS
+from persist.schema import stream_order as stream_key
 from persist.state import load_state
 
 _batch = msgspec.msgpack.Decoder(list[RawEvent])

@@ -1,0 +1,121 @@
+"""Late generations: deltas for buckets sealed before their events arrived. The open
+generation is rotated (lua/rotate_late.lua), then each closed one is added to Postgres
+exactly once: its number is recorded with the rows in one transaction, and a generation at
+or below persist_state.late_applied is skipped."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+from redis.asyncio import Redis
+
+from counters.core.buckets import MINUTE_MS, Grain
+from counters.core.config import Settings
+from counters.metrics import Metrics
+from lua import Scripts
+from lua.client import redis_unavailable
+from lua.keys import (
+    COUNT,
+    ProjectKeys,
+    parse_late_field,
+    parse_late_hll_member,
+    parse_measure_field,
+)
+from persist.db import Conn, postgres_unavailable
+from persist.rollups import Record, rollup_hll, rollup_record, upsert_rollups
+from persist.state import load_state, set_late_applied
+
+LateRow = tuple[Grain, int, str]
+"""(grain, bucket, rollup field) a late delta is for."""
+TMP_TTL_MS = MINUTE_MS
+"""Lifetime of the scratch key a Postgres sketch is merged in (deleted right away)."""
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class LateApplier:
+    """Rotates a project's late generation and adds closed generations to Postgres."""
+
+    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings, metrics: Metrics):
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.metrics = metrics
+
+    async def drain(self, conn: Conn, keys: ProjectKeys) -> int:
+        """Closes the open generation and applies every closed one not applied yet; returns
+        how many it applied. Every bucket a delta touches must be in Postgres already."""
+        with redis_unavailable():
+            open_gen = int(await self.scripts.rotate_late(keys=[keys.watermarks], args=[keys.base]))
+        if open_gen < 0:
+            return 0
+        with postgres_unavailable():
+            state = await load_state(conn, keys.project)
+        drained = 0
+        for gen in range(state.late_applied + 1, open_gen):
+            await self.apply(conn, keys, gen)
+            drained += 1
+        return drained
+
+    async def apply(self, conn: Conn, keys: ProjectKeys, gen: int) -> None:
+        """Adds one closed generation's deltas (counts, sums; sketches as the union with the
+        stored one) to the rollups, unless it was applied already; then its keys expire."""
+        with redis_unavailable():
+            deltas = await self.redis.hgetall(keys.late(gen))
+            members = sorted(_s(m) for m in await self.redis.smembers(keys.late_hll_index(gen)))
+        rows: dict[LateRow, list[int]] = {}
+        for k, v in deltas.items():
+            late = parse_late_field(k)
+            measure, field = parse_measure_field(late.rest)
+            row = rows.setdefault((late.grain, late.bucket, field), [0, 0])
+            row[0 if measure == COUNT else 1] += int(v)
+        hlls: dict[LateRow, bytes | None] = {}
+        for member in members:
+            grain, bucket, field = parse_late_hll_member(member)
+            rows.setdefault((grain, bucket, field), [0, 0])
+            hlls[(grain, bucket, field)] = await self._merged_hll(
+                conn, keys, gen, grain, bucket, field
+            )
+        by_grain: dict[Grain, list[Record]] = defaultdict(list)
+        for (grain, bucket, field), (count, total) in rows.items():
+            hll = hlls.get((grain, bucket, field))
+            by_grain[grain].append(rollup_record(keys.project, field, bucket, count, total, hll))
+        with postgres_unavailable():
+            async with conn.transaction():
+                state = await load_state(conn, keys.project, for_update=True)
+                if state.late_applied >= gen:
+                    return
+                for grain, records in by_grain.items():
+                    await upsert_rollups(conn, grain, records, additive=True)
+                await set_late_applied(conn, keys.project, gen)
+        self.metrics.late_applied.inc(len(rows))
+        keep = self.settings.keep_after_copy_seconds
+        with redis_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.expire(keys.late(gen), keep)
+            pipe.expire(keys.late_hll_index(gen), keep)
+            for member in members:
+                grain, bucket, field = parse_late_hll_member(member)
+                pipe.expire(keys.late_hll(gen, grain, bucket, field), keep)
+            await pipe.execute()
+
+    async def _merged_hll(
+        self, conn: Conn, keys: ProjectKeys, gen: int, grain: Grain, bucket: int, field: str
+    ) -> bytes | None:
+        """Union of the Postgres sketch and the late sketch (idempotent: a union)."""
+        with postgres_unavailable():
+            existing = await rollup_hll(conn, keys.project, grain, bucket, field)
+        tmp = keys.tmp(uuid.uuid4().hex)
+        with redis_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            if existing is not None:
+                pipe.set(tmp, existing, px=TMP_TTL_MS)
+            pipe.pfmerge(tmp, tmp, keys.late_hll(gen, grain, bucket, field))
+            pipe.get(tmp)
+            pipe.delete(tmp)
+            result = await pipe.execute()
+        merged: bytes | None = result[-2]
+        return merged

@@ -1,0 +1,137 @@
+"""SQL of the raw log (raw_events, partitioned by UTC day): rows from stream entries, COPY,
+partition creation and dropping, and the reads rebuild makes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import msgspec
+
+from counters.core.buckets import from_datetime, to_datetime
+from counters.core.models import RawEvent
+from persist.db import Conn
+from persist.schema import (
+    PARTITION_LOCK,
+    RAW_COLUMNS,
+    RAW_TABLE,
+    STREAM_ORDER_SQL,
+    partition_day,
+    partition_end,
+    partition_name,
+    stream_order,
+)
+
+Record = tuple[Any, ...]
+"""One raw-log row in RAW_COLUMNS order."""
+
+_json = msgspec.json.Encoder()
+_dims = msgspec.json.Decoder(dict[str, str])
+
+
+def raw_record(project: str, ev: RawEvent, stream_id: str, seq: int) -> Record:
+    """The raw-log row of one event: entry stream_id, position seq within the entry."""
+    return (
+        project,
+        to_datetime(ev.ts),
+        ev.name,
+        ev.id,
+        _json.encode(ev.dims).decode(),
+        ev.value,
+        ev.uid,
+        to_datetime(ev.received),
+        stream_id,
+        seq,
+    )
+
+
+async def create_partitions(conn: Conn, days: Iterable[int]) -> None:
+    """The partitions of these UTC days (epoch ms of their starts) exist afterwards; safe to
+    run from many processes at once."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        for day in days:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF {RAW_TABLE}"
+                f" FOR VALUES FROM ('{to_datetime(day).isoformat()}') TO"
+                f" ('{to_datetime(partition_end(day)).isoformat()}')"
+            )
+
+
+async def copy_raw_rows(conn: Conn, records: list[Record]) -> None:
+    """Appends rows to the raw log (their partitions must exist)."""
+    await conn.copy_records_to_table(RAW_TABLE, records=records, columns=list(RAW_COLUMNS))
+
+
+async def partitions(conn: Conn) -> dict[str, int]:
+    """Every raw-log partition: name -> start (epoch ms) of the UTC day it holds."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1",
+        RAW_TABLE,
+    )
+    out: dict[str, int] = {}
+    for row in rows:
+        day = partition_day(row["relname"])
+        if day is not None:
+            out[row["relname"]] = day
+    return out
+
+
+async def drop_partition(conn: Conn, day_ms: int) -> str:
+    """Drops the partition of the UTC day starting at day_ms; returns its name."""
+    name = partition_name(day_ms)
+    await conn.execute(f"DROP TABLE IF EXISTS {name}")
+    return name
+
+
+async def count_raw(conn: Conn, project: str, start: int, end: int, name: str | None) -> int:
+    """Raw events of the project in [start, end) (of one event name, if given)."""
+    sql = f"SELECT count(*) FROM {RAW_TABLE} WHERE project = $1 AND ts >= $2 AND ts < $3"
+    args: list[Any] = [project, to_datetime(start), to_datetime(end)]
+    if name:
+        sql += " AND name = $4"
+        args.append(name)
+    n: int = await conn.fetchval(sql, *args)
+    return n
+
+
+async def raw_batches(
+    conn: Conn,
+    project: str,
+    start: int,
+    end: int,
+    upto_stream_id: str,
+    name: str | None,
+    *,
+    rows: int,
+) -> AsyncIterator[list[RawEvent]]:
+    """The raw events of [start, end) stored up to (and including) stream id upto_stream_id,
+    in batches of up to `rows`, through a server-side cursor (memory stays flat). The caller
+    holds a transaction (REPEATABLE READ for one consistent snapshot). `received` is 0."""
+    sql = (
+        f"SELECT name, ts, event_id, dims::text AS dims, value_micros, uid FROM {RAW_TABLE}"
+        f" WHERE project = $1 AND ts >= $2 AND ts < $3 AND {STREAM_ORDER_SQL}"
+        " <= ($4::bigint, $5::bigint)" + (" AND name = $6" if name else "")
+    )
+    ms, seq = stream_order(upto_stream_id)
+    args: list[Any] = [project, to_datetime(start), to_datetime(end), ms, seq]
+    if name:
+        args.append(name)
+    cursor = await conn.cursor(sql, *args)
+    while True:
+        batch = await cursor.fetch(rows)
+        if not batch:
+            return
+        yield [
+            RawEvent(
+                r["name"],
+                from_datetime(r["ts"]),
+                r["event_id"],
+                _dims.decode(r["dims"]),
+                r["value_micros"],
+                r["uid"],
+                0,
+            )
+            for r in batch
+        ]

@@ -1,0 +1,125 @@
+"""SQL of the rollup tables: staged COPY + upsert (absolute or additive), the sketch of one
+row, the rows of a bucket range (read, replace) and minute-row retention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from counters.core.buckets import Grain, from_datetime, to_datetime
+from counters.core.rollups import decode_field, encode_field, parse_rollup_id
+from persist.db import Conn
+from persist.schema import ROLLUP_COLUMNS, ROLLUP_TABLE, STAGE_TABLE
+
+Record = tuple[Any, ...]
+"""One rollup row in ROLLUP_COLUMNS order."""
+RowKey = tuple[int, str]
+"""(bucket start, rollup field) of a row within one grain."""
+RowValue = tuple[int, int, bytes | None]
+"""(count, sum_micros, hll) of a row."""
+
+
+def rollup_record(
+    project: str, field: str, bucket: int, count: int, total: int, hll: bytes | None
+) -> Record:
+    """One rollup row, in ROLLUP_COLUMNS order."""
+    name, rollup, values = decode_field(field)
+    return (project, name, ",".join(rollup), list(values), to_datetime(bucket), count, total, hll)
+
+
+async def _stage(conn: Conn, records: list[Record]) -> None:
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ("
+        " project text, name text, rollup text, dims text[], bucket timestamptz,"
+        " count bigint, sum_micros bigint, hll bytea) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(STAGE_TABLE, records=records, columns=list(ROLLUP_COLUMNS))
+
+
+async def upsert_rollups(
+    conn: Conn, grain: Grain, records: list[Record], *, additive: bool
+) -> None:
+    """Writes rollup rows inside the caller's transaction: absolute values (a sealed bucket's
+    copy) or added to what is there (late deltas; hll is then the already-merged sketch)."""
+    if not records:
+        return
+    await _stage(conn, records)
+    if additive:
+        update = (
+            "count = r.count + EXCLUDED.count, sum_micros = r.sum_micros + EXCLUDED.sum_micros,"
+            " hll = COALESCE(EXCLUDED.hll, r.hll)"
+        )
+    else:
+        update = "count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll"
+    await conn.execute(
+        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r SELECT * FROM {STAGE_TABLE}"
+        f" ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET {update}"
+    )
+    await conn.execute(f"TRUNCATE {STAGE_TABLE}")
+
+
+async def rollup_hll(
+    conn: Conn, project: str, grain: Grain, bucket: int, field: str
+) -> bytes | None:
+    """The stored uniques sketch of one row (None when the row or its sketch is missing)."""
+    name, rollup, values = decode_field(field)
+    blob: bytes | None = await conn.fetchval(
+        f"SELECT hll FROM {ROLLUP_TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
+        " AND dims = $4 AND bucket = $5",
+        project,
+        name,
+        ",".join(rollup),
+        list(values),
+        to_datetime(bucket),
+    )
+    return blob
+
+
+def _range(
+    grain: Grain, verb: str, project: str, low: int, high: int, name: str | None
+) -> tuple[str, list[Any]]:
+    sql = (
+        f"{verb} FROM {ROLLUP_TABLE[grain]} WHERE project = $1 AND bucket >= $2 AND bucket < $3"
+        + (" AND name = $4" if name else "")
+    )
+    args: list[Any] = [project, to_datetime(low), to_datetime(high)]
+    if name:
+        args.append(name)
+    return sql, args
+
+
+async def read_rollup_range(
+    conn: Conn, project: str, grain: Grain, low: int, high: int, name: str | None
+) -> dict[RowKey, RowValue]:
+    """Every stored row of buckets in [low, high) (of one event name, if given)."""
+    sql, args = _range(
+        grain, "SELECT name, rollup, dims, bucket, count, sum_micros, hll", project, low, high, name
+    )
+    out: dict[RowKey, RowValue] = {}
+    for r in await conn.fetch(sql, *args):
+        field = encode_field(r["name"], parse_rollup_id(r["rollup"]), r["dims"])
+        out[(from_datetime(r["bucket"]), field)] = (r["count"], r["sum_micros"], r["hll"])
+    return out
+
+
+async def replace_rollup_range(
+    conn: Conn,
+    project: str,
+    grain: Grain,
+    low: int,
+    high: int,
+    name: str | None,
+    records: list[Record],
+) -> None:
+    """Inside the caller's transaction: the rows of [low, high) (of one event name, if given)
+    become exactly `records`."""
+    sql, args = _range(grain, "DELETE", project, low, high, name)
+    await conn.execute(sql, *args)
+    await upsert_rollups(conn, grain, records, additive=False)
+
+
+async def delete_minutes_before(conn: Conn, edge_ms: int) -> int:
+    """Deletes minute rows of buckets before edge_ms; returns how many."""
+    status = await conn.execute(
+        f"DELETE FROM {ROLLUP_TABLE[Grain.minute]} WHERE bucket < $1", to_datetime(edge_ms)
+    )
+    return int(status.split()[-1])
