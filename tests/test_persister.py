@@ -8,13 +8,18 @@ import random
 from typing import Any
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, from_datetime
+from counters.core.errors import Unavailable
 from counters.core.rollups import encode_field
 from counters.engines.persister import Persister
 from counters.metrics import Metrics
-from tests.support import T0, Harness
+from lua import Scripts
+from lua.client import open_redis
+from tests.service import free_port
+from tests.support import T0, Harness, wait_for
 
 
 def ev(**kw: Any) -> dict[str, Any]:
@@ -195,3 +200,67 @@ async def test_restart_after_redis_loses_everything(harness: Harness, redis: Red
     after = await rows(harness.pool, "rollups_hour", harness.project)
     assert sum(r[4] for r in after if r[1] == "") == len(events) + 1
     assert len(after) >= len(before)
+
+
+def _errors(metrics: Metrics) -> dict[str, float]:
+    return {
+        s.labels["backend"]: s.value
+        for m in metrics.registry.collect()
+        if m.name == "counters_persister_errors"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+
+
+async def _failed_passes(persister: Persister, backend: str) -> dict[str, float]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+    try:
+        await wait_for(
+            lambda: _probe(persister.metrics),
+            lambda errors: errors.get(backend, 0) >= 2,
+            timeout=20,
+            what=f"two passes failed on {backend}",
+        )
+    finally:
+        stop.set()
+        await task
+    return _errors(persister.metrics)
+
+
+async def _probe(metrics: Metrics) -> dict[str, float]:
+    return _errors(metrics)
+
+
+async def test_a_dead_postgres_is_charged_to_postgres(harness: Harness) -> None:
+    """Connection refused (an OSError) on the Postgres side is a postgres failure, in the
+    exception a pass raises and in the loop's error counter; the loop keeps running."""
+    dead = await asyncpg.create_pool(
+        f"postgresql://nobody@127.0.0.1:{free_port()}/none", min_size=0, max_size=1
+    )
+    try:
+        persister = Persister(
+            dead, harness.redis, harness.scripts, harness.settings, harness.clock, Metrics()
+        )
+        with pytest.raises(Unavailable) as failure:
+            await persister.tick()
+        assert failure.value.backend == "postgres"
+        errors = await _failed_passes(persister, "postgres")
+        assert set(errors) == {"postgres"}
+    finally:
+        await dead.close()
+
+
+async def test_a_dead_redis_is_charged_to_redis(harness: Harness) -> None:
+    dead = open_redis(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        persister = Persister(
+            harness.pool, dead, Scripts(dead), harness.settings, harness.clock, Metrics()
+        )
+        with pytest.raises(Unavailable) as failure:
+            await persister.persist_project(harness.project)
+        assert failure.value.backend == "redis"
+        errors = await _failed_passes(persister, "redis")
+        assert errors.get("other", 0) == 0 and errors.get("postgres", 0) == 0
+    finally:
+        await dead.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -30,10 +31,6 @@ LateRow = tuple[Grain, int, str]
 """(grain, bucket, rollup field) a late delta is for."""
 TMP_TTL_MS = MINUTE_MS
 """Lifetime of the scratch key a Postgres sketch is merged in (deleted right away)."""
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class LateApplier:
@@ -65,7 +62,8 @@ class LateApplier:
         stored one) to the rollups, unless it was applied already; then its keys expire."""
         with redis_unavailable():
             deltas = await self.redis.hgetall(keys.late(gen))
-            members = sorted(_s(m) for m in await self.redis.smembers(keys.late_hll_index(gen)))
+            index = cast(set[bytes], await self.redis.smembers(keys.late_hll_index(gen)))
+        members = sorted(index)
         rows: dict[LateRow, list[int]] = {}
         for k, v in deltas.items():
             late = parse_late_field(k)

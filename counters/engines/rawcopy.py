@@ -26,10 +26,6 @@ small enough that one XRANGE reply stays a few MB while ingest scripts run in be
 _raw_batch = msgspec.msgpack.Decoder(list[RawEvent])
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RawCopier:
     """Copies a project's raw-log stream into raw_events, creating day partitions as needed."""
 
@@ -69,11 +65,11 @@ class RawCopier:
             records: list[Record] = []
             days: set[int] = set()
             for sid_raw, fields in entries:
-                sid = _s(sid_raw)
+                sid = sid_raw.decode()
                 for seq, ev in enumerate(_raw_batch.decode(fields[b"e"])):
                     days.add(bucket_start(ev.ts, Grain.day))
                     records.append(raw_record(keys.project, ev, sid, seq))
-            last = _s(entries[-1][0])
+            last = entries[-1][0].decode()
             await self._ensure_partitions(conn, days)
             with postgres_unavailable():
                 async with conn.transaction():
