@@ -3,7 +3,7 @@ partition creation and dropping, and the reads rebuild makes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import msgspec
@@ -105,7 +105,7 @@ async def raw_batches(
     name: str | None,
     *,
     rows: int,
-) -> AsyncIterator[list[RawEvent]]:
+) -> AsyncGenerator[list[RawEvent], None]:
     """The raw events of [start, end) stored up to (and including) stream id upto_stream_id,
     in batches of up to `rows`, through a server-side cursor (memory stays flat). The caller
     holds a transaction (REPEATABLE READ for one consistent snapshot). `received` is 0."""

@@ -11,6 +11,7 @@ it twice changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -173,13 +174,15 @@ class Rebuilder:
         scratch: dict[RowKey, str] = {}
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                async for events in rawlog.raw_batches(
+                batches = rawlog.raw_batches(
                     conn, keys.project, day, day + DAY_MS, cut.stream_id, name, rows=FETCH_ROWS
-                ):
-                    await self._fold(keys, token, events, lows, limits, acc, scratch)
-                    report.events += len(events)
-                    if progress is not None:
-                        progress(len(events))
+                )
+                async with contextlib.aclosing(batches):
+                    async for events in batches:
+                        await self._fold(keys, token, events, lows, limits, acc, scratch)
+                        report.events += len(events)
+                        if progress is not None:
+                            progress(len(events))
             blobs = await self._scratch_blobs(scratch)
             rebuilt = {k: (c, s, blobs.get(k)) for k, (c, s) in acc.items()}
             stored = await self._stored(conn, keys.project, lows, limits, name)
