@@ -1,5 +1,5 @@
-"""Unit tests for read parameter parsing (api.reads.parse_read) and range decomposition
-(counters.engines.read.query.decompose)."""
+"""Unit tests for read parameter parsing (counters.engines.read.parse) and range decomposition
+(counters.engines.read.plan.decompose)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from api.reads import DEFAULT_BUCKETS, ReadQuery, parse_read
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, format_ts, parse_ts
 from counters.core.errors import BadRequest
 from counters.core.rollups import Rollup
-from counters.engines.read.query import decompose
+from counters.engines.read.parse import DEFAULT_BUCKETS, ReadQuery, parse_read
+from counters.engines.read.plan import decompose
 
 NOW = parse_ts("2026-11-23T10:17:30.250Z")
 CROSSTABS: tuple[Rollup, ...] = (("country", "source"),)

@@ -58,3 +58,14 @@ def rollup_for_filters(dims: Iterable[str]) -> Rollup:
 def available_rollups(crosstabs: Iterable[Rollup]) -> set[Rollup]:
     """Multi-dim rollups configured; single-dim and total rollups always exist."""
     return {tuple(sorted(t)) for t in crosstabs}
+
+
+def is_stored(rollup: Rollup, crosstabs: Iterable[Rollup]) -> bool:
+    """Whether rollups are kept for this rollup: the total and single dims always, a
+    cross-tab only when configured (else reads of it come from the raw log)."""
+    return len(rollup) <= 1 or rollup in available_rollups(crosstabs)
+
+
+OTHER = "__other__"
+"""The value standing for every dim value past the cardinality cap, and the name of the
+rest of a breakdown."""
