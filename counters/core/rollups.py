@@ -37,6 +37,18 @@ def decode_field(field: str) -> tuple[str, Rollup, tuple[str, ...]]:
     return parts[0], parse_rollup_id(parts[1]), tuple(parts[2:])
 
 
+def field_prefix(name: str, rollup: Rollup) -> str:
+    """The start every field of this name and rollup shares (values follow it)."""
+    return US.join((name, rollup_id(rollup), ""))
+
+
+def field_values(field: str, prefix: str) -> tuple[str, ...] | None:
+    """The values of a field that starts with field_prefix(...), else None."""
+    if not field.startswith(prefix):
+        return None
+    return tuple(field[len(prefix) :].split(US))
+
+
 def fields_for(name: str, dims: Mapping[str, str], crosstabs: Iterable[Rollup]) -> list[str]:
     """Every field one event contributes to: the total, one per dim, and each configured
     cross-tab whose dims the event has."""

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from counters.core.buckets import Grain
-from counters.core.rollups import US, Rollup, rollup_id
+from counters.core.rollups import Rollup, encode_field, field_prefix, field_values
 from counters.engines.read.context import ReadContext
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
 from counters.engines.read.plan import Cell, Need
@@ -61,24 +61,23 @@ class _Scope:
     """Which fields of which rollup, with some dims fixed by filters."""
 
     def __init__(self, project: str, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
+        self.name = name
         self.rollup = rollup
         self.fixed = {rollup.index(d): v for d, v in filters.items()}
-        self.prefix = name + US + rollup_id(rollup) + US
+        self.prefix = field_prefix(name, rollup)
         self.select = RollupSelect(project, name, rollup, self.fixed)
 
     def values(self, field: str) -> Tuple | None:
         """The dims tuple of a rollup field in scope, else None."""
-        if not field.startswith(self.prefix):
-            return None
-        values = tuple(field[len(self.prefix) :].split(US))
-        if len(values) != len(self.rollup):
+        values = field_values(field, self.prefix)
+        if values is None or len(values) != len(self.rollup):
             return None
         if any(values[i] != v for i, v in self.fixed.items()):
             return None
         return values
 
     def field(self, values: Tuple) -> str:
-        return self.prefix + US.join(values)
+        return encode_field(self.name, self.rollup, values)
 
 
 def _fold_hash(
@@ -270,6 +269,41 @@ def _ranking(totals_: dict[Tuple, int]) -> list[Tuple]:
     return sorted(totals_, key=lambda t: (-totals_[t], t))
 
 
+async def _add_totals(
+    conn: Conn,
+    sel: RollupSelect,
+    per_grain: Grains,
+    ranking: dict[Tuple, int],
+    everything: TupleCells,
+    *,
+    by_sum: bool,
+    per_tuple: bool,
+) -> None:
+    """Adds Postgres's per-bucket sums of all tuples to everything and, with per_tuple,
+    each tuple's range total of the ranking measure to ranking."""
+    for grain, wanted in per_grain:
+        found = await totals(conn, sel, grain, wanted, by_sum=by_sum, per_tuple=per_tuple)
+        for t, m in found.per_tuple.items():
+            ranking[t] = ranking.get(t, 0) + m
+        for b, (c, s) in found.per_bucket.items():
+            cell = (grain, b)
+            everything.counts[cell] = everything.counts.get(cell, 0) + c
+            everything.sums[cell] = everything.sums.get(cell, 0) + s
+
+
+async def _top_cells(
+    conn: Conn, sel: RollupSelect, per_grain: Grains, top: list[Tuple]
+) -> dict[Tuple, TupleCells]:
+    """The Postgres rows of the top tuples only."""
+    cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
+    for grain, wanted in per_grain if top else ():
+        for r in await tuple_rows(conn, sel, grain, wanted, with_hll=False, only=top):
+            cells = cells_of[r.dims]
+            cells.counts[(grain, r.bucket)] = r.count
+            cells.sums[(grain, r.bucket)] = r.sum_micros
+    return cells_of
+
+
 async def read_ranked(
     ctx: ReadContext,
     name: str,
@@ -285,7 +319,6 @@ async def read_ranked(
     every tuple in SQL; only the top tuples' rows are returned. The Redis part (hot
     buckets, pending late deltas) is merged before ranking."""
     scope = _Scope(ctx.project, name, rollup, filters)
-    sel = scope.select
     async with snapshot(ctx.pool, ctx.project) as (conn, state):
         redis_part = await _redis_cells(ctx, state, scope, need, uniques=False)
         ranking: dict[Tuple, int] = {
@@ -296,23 +329,19 @@ async def read_ranked(
             everything.add(cells)
         per_grain = _pg_buckets(state, need)
         proven = None
-        if not by_sum and not sel.fixed and _lists(per_grain) <= RANK_MAX_LISTS:
+        if not by_sum and not scope.select.fixed and _lists(per_grain) <= RANK_MAX_LISTS:
             proven = await _prove_top(conn, scope, per_grain, limit, ranking)
-        for grain, wanted in per_grain:
-            found = await totals(conn, sel, grain, wanted, by_sum=by_sum, per_tuple=proven is None)
-            for t, m in found.per_tuple.items():
-                ranking[t] = ranking.get(t, 0) + m
-            for b, (c, s) in found.per_bucket.items():
-                cell = (grain, b)
-                everything.counts[cell] = everything.counts.get(cell, 0) + c
-                everything.sums[cell] = everything.sums.get(cell, 0) + s
+        await _add_totals(
+            conn,
+            scope.select,
+            per_grain,
+            ranking,
+            everything,
+            by_sum=by_sum,
+            per_tuple=proven is None,
+        )
         top = (proven if proven is not None else _ranking(ranking))[:limit]
-        cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
-        for grain, wanted in per_grain if top else ():
-            for r in await tuple_rows(conn, sel, grain, wanted, with_hll=False, only=top):
-                cells = cells_of[r.dims]
-                cells.counts[(grain, r.bucket)] = r.count
-                cells.sums[(grain, r.bucket)] = r.sum_micros
+        cells_of = await _top_cells(conn, scope.select, per_grain, top)
     for t in top:
         if t in redis_part:
             cells_of[t].add(redis_part[t])
