@@ -22,8 +22,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import catalog, ingest, openapi, ops, pixel, reads
+from api import pixel
 from api.common import json_response
+from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
@@ -166,18 +167,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             await redis.aclose()
 
     routes = [
-        Route("/v1/events", ingest.post_events, methods=["POST"]),
-        Route("/v1/pixel.gif", pixel.pixel, methods=["GET"]),
-        Route("/v1/projects/{project}/series", reads.series, methods=["GET"]),
-        Route("/v1/projects/{project}/total", reads.total, methods=["GET"]),
-        Route("/v1/series", reads.projects_series, methods=["GET"]),
-        Route("/v1/whoami", catalog.whoami, methods=["GET"]),
-        Route("/v1/projects/{project}/catalog", catalog.catalog, methods=["GET"]),
-        Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        *starlette_routes(),
         Route("/", dashboard, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        Route("/healthz", ops.healthz, methods=["GET"]),
-        Route("/metrics", ops.metrics, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -10,6 +11,9 @@ from starlette.responses import Response
 
 from api.state import AppState
 from counters.core.errors import Forbidden, NotFound, Unauthorized
+from counters.engines.read.context import ReadContext
+from counters.engines.retention import minute_edge
+from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
 
 _encoder = msgspec.json.Encoder()
@@ -24,6 +28,28 @@ def app_state(request: Request) -> AppState:
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """msgspec-encoded JSON reply."""
     return Response(_encoder.encode(body), status, headers, media_type="application/json")
+
+
+def etag_response(request: Request, body: Any) -> Response:
+    """200 with the msgspec-encoded body and an ETag, or 304 when the caller already holds
+    this exact answer."""
+    data = _encoder.encode(body)
+    tag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(data, 200, headers, media_type="application/json")
+
+
+def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
+    """The read engine's context for one project, from one clock read of the request."""
+    return ReadContext(
+        state.pool,
+        state.redis,
+        state.scripts,
+        ProjectKeys(state.settings.key_prefix, project),
+        minute_edge(now_ms, state.settings.minute_retention_days),
+    )
 
 
 def bearer_key(request: Request) -> str | None:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from api.common import app_state, json_response
 from counters.engines.schedule import latest_discrepancies
+from persist.catalog import ping
 
 CHECK_TIMEOUT = 2.0
 
@@ -27,8 +28,7 @@ async def healthz(request: Request) -> Response:
     async def postgres_ok() -> bool:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
-                async with state.pool.acquire() as conn:
-                    return bool(await conn.fetchval("SELECT 1") == 1)
+                return await ping(state.pool)
         except Exception:  # noqa: BLE001 - any failure means down
             return False
 

@@ -14,8 +14,7 @@ from counters.core.errors import Unavailable
 from counters.engines.ingest import Ingestor
 from counters.metrics import Metrics
 from lua import Scripts
-from persist.db import PG_ERRORS
-from persist.projects import lookup_key, project_exists
+from persist.keys import find_key, has_project
 
 
 @dataclass
@@ -36,12 +35,11 @@ class KeyCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            async with pool.acquire() as conn:
-                found = await lookup_key(conn, key)
-        except PG_ERRORS as exc:
+            found = await find_key(pool, key)
+        except Unavailable:
             if hit is not None:
-                return hit[1]
-            raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
+                return hit[1]  # a short Postgres outage: keep answering from the cache
+            raise
         if len(self.entries) > 100_000:
             self.entries.clear()
         self.entries[key] = (now + self.ttl, found)
@@ -52,11 +50,7 @@ class KeyCache:
         now = time.monotonic()
         if self.projects.get(project, 0.0) > now:
             return True
-        try:
-            async with pool.acquire() as conn:
-                found = await project_exists(conn, project)
-        except PG_ERRORS as exc:
-            raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
+        found = await has_project(pool, project)
         if found:
             self.projects[project] = now + self.ttl
         return found

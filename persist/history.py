@@ -1,14 +1,16 @@
-"""Reads of Postgres rollup history, inside one snapshot with the persister state."""
+"""Reads of Postgres rollup history for one dims tuple, inside one snapshot with the
+persister state. Buckets go in and come out as epoch ms (converted by counters.core.buckets)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import asyncpg
 import msgspec
 
-from counters.core.buckets import Grain, to_datetime
-from persist.db import Conn
-from persist.schema import ROLLUP_TABLE as TABLE
+from counters.core.buckets import Grain, from_datetime, to_datetime
+from persist.db import postgres_unavailable
+from persist.schema import ROLLUP_TABLE
 from persist.state import PersistState, load_state
 
 
@@ -27,8 +29,17 @@ class Snapshot(msgspec.Struct):
     """Per requested piece: bucket start -> row, for buckets before that grain's watermark."""
 
 
+_SQL = {
+    (grain, with_hll): f"SELECT bucket, count, sum_micros, {'hll' if with_hll else 'NULL::bytea'}"
+    f" AS hll FROM {table} WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
+    " AND bucket >= $5 AND bucket < $6"
+    for grain, table in ROLLUP_TABLE.items()
+    for with_hll in (False, True)
+}
+
+
 async def read_history(
-    conn: Conn,
+    pool: asyncpg.Pool,
     project: str,
     name: str,
     rollup: str,
@@ -39,30 +50,28 @@ async def read_history(
 ) -> Snapshot:
     """Rows for each (grain, buckets) piece that Postgres is authoritative for, read in the
     same snapshot as the watermarks, so that with the Redis part no bucket is missing or
-    counted twice."""
-    hll_col = "hll" if with_hll else "NULL::bytea"
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        state = await load_state(conn, project, create=False)
-        out: list[dict[int, HistoryRow]] = []
-        for grain, buckets in pieces:
-            until = state.until(grain)
-            wanted = [b for b in buckets if b < until]
-            rows: dict[int, HistoryRow] = {}
-            if wanted:
-                records = await conn.fetch(
-                    f"SELECT (extract(epoch FROM bucket) * 1000)::bigint AS ms, count, sum_micros,"
-                    f" {hll_col} AS hll FROM {TABLE[grain]}"
-                    " WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
-                    " AND bucket >= $5 AND bucket < $6",
-                    project,
-                    name,
-                    rollup,
-                    list(values),
-                    to_datetime(wanted[0]),
-                    to_datetime(min(wanted[-1] + grain.value, until)),
-                )
-                for r in records:
-                    b = r["ms"]
-                    rows[b] = HistoryRow(b, r["count"], r["sum_micros"], r["hll"])
-            out.append(rows)
+    counted twice. A Postgres failure raises Unavailable("postgres")."""
+    with postgres_unavailable():
+        async with pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                state = await load_state(conn, project, create=False)
+                out: list[dict[int, HistoryRow]] = []
+                for grain, buckets in pieces:
+                    until = state.until(grain)
+                    wanted = [b for b in buckets if b < until]
+                    rows: dict[int, HistoryRow] = {}
+                    if wanted:
+                        records = await conn.fetch(
+                            _SQL[(grain, with_hll)],
+                            project,
+                            name,
+                            rollup,
+                            list(values),
+                            to_datetime(wanted[0]),
+                            to_datetime(min(wanted[-1] + grain.value, until)),
+                        )
+                        for r in records:
+                            b = from_datetime(r["bucket"])
+                            rows[b] = HistoryRow(b, r["count"], r["sum_micros"], r["hll"])
+                    out.append(rows)
     return Snapshot(state, out)

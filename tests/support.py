@@ -23,8 +23,11 @@ from counters.core.config import Settings
 from counters.core.models import VALUE_SCALE, EventIn, IngestReply, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister, ProjectReport
-from counters.engines.read.query import count_uniques, decompose, read_buckets
+from counters.engines.read.context import ReadContext
+from counters.engines.read.plan import decompose
+from counters.engines.read.query import count_uniques, read_buckets
 from counters.engines.restore import restore_watermarks
+from counters.engines.retention import minute_edge
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.keys import ProjectKeys
@@ -155,6 +158,11 @@ class Harness:
         assert report is not None, "another persister held the project lock"
         return report
 
+    def read_context(self) -> ReadContext:
+        """The read engine's context for this project, on the manual clock."""
+        oldest = minute_edge(self.clock.now_ms(), self.settings.minute_retention_days)
+        return ReadContext(self.pool, self.redis, self.scripts, self.keys, oldest)
+
     async def series(
         self, name: str, grain: Grain, start: int, end: int, measure: str = "count", **dims: str
     ) -> list[int | float]:
@@ -162,10 +170,7 @@ class Harness:
         rollup = tuple(sorted(dims))
         buckets = list(range(start, end, grain.value))
         values = await read_buckets(
-            self.pool,
-            self.redis,
-            self.scripts,
-            self.keys,
+            self.read_context(),
             name,
             rollup,
             [dims[d] for d in rollup],
@@ -184,10 +189,7 @@ class Harness:
         """One value over [start, end) (minute-aligned), as the API's total computes it."""
         rollup = tuple(sorted(dims))
         values = await read_buckets(
-            self.pool,
-            self.redis,
-            self.scripts,
-            self.keys,
+            self.read_context(),
             name,
             rollup,
             [dims[d] for d in rollup],

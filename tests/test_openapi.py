@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from api.openapi import build
+from api.routes import document as build
 from tests.service import Service, create_key
 
 

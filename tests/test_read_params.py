@@ -1,17 +1,13 @@
-"""Unit tests for read parameter parsing (api.reads.parse_read) and range decomposition
-(counters.engines.read.query.decompose)."""
+"""Unit tests for read parameter parsing (counters.engines.read.parse)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from api.reads import DEFAULT_BUCKETS, ReadQuery, parse_read
-from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, format_ts, parse_ts
+from counters.core.buckets import HOUR_MS, Grain, format_ts, parse_ts
 from counters.core.errors import BadRequest
 from counters.core.rollups import Rollup
-from counters.engines.read.query import decompose
+from counters.engines.read.parse import DEFAULT_BUCKETS, ReadQuery, parse_read
 
 NOW = parse_ts("2026-11-23T10:17:30.250Z")
 CROSSTABS: tuple[Rollup, ...] = (("country", "source"),)
@@ -249,93 +245,3 @@ def test_bad_filter_value(value: str) -> None:
 
 def test_filter_value_up_to_256_bytes() -> None:
     assert read({"country": "😀" * 64}).values == ("😀" * 64,)
-
-
-# --- decompose ------------------------------------------------------------------------------
-
-
-def bucket_ranges(start: int, end: int) -> list[tuple[Grain, int, int]]:
-    """Every bucket of decompose(start, end) as (grain, lo, hi), in range order."""
-    out = [(g, b, b + g.value) for g, buckets in decompose(start, end) for b in buckets]
-    return sorted(out, key=lambda r: r[1])
-
-
-def assert_tiles(start: int, end: int) -> list[tuple[Grain, int, int]]:
-    ranges = bucket_ranges(start, end)
-    assert sum(hi - lo for _, lo, hi in ranges) == end - start
-    pos = start
-    for grain, lo, hi in ranges:
-        assert lo == pos, f"gap or overlap at {format_ts(pos)}"
-        assert lo % grain.value == 0, "bucket not aligned to its grain"
-        pos = hi
-    assert pos == end
-    return ranges
-
-
-def test_decompose_morning_to_next_night() -> None:
-    start, end = ts("2026-11-23T10:17:00Z"), ts("2026-11-24T03:05:00Z")
-    pieces = decompose(start, end)
-    assert [(g, len(b)) for g, b in pieces] == [
-        (Grain.minute, 43),
-        (Grain.hour, 16),
-        (Grain.minute, 5),
-    ]
-    (m1, first), (h, hours), (m2, last) = pieces
-    assert list(first) == list(range(start, ts("2026-11-23T11:00:00Z"), MINUTE_MS))
-    assert list(hours) == list(
-        range(ts("2026-11-23T11:00:00Z"), ts("2026-11-24T03:00:00Z"), HOUR_MS)
-    )
-    assert list(last) == list(range(ts("2026-11-24T03:00:00Z"), end, MINUTE_MS))
-    assert_tiles(start, end)
-
-
-def test_decompose_uses_whole_days() -> None:
-    start, end = ts("2026-11-20T22:58:00Z"), ts("2026-11-24T01:02:00Z")
-    pieces = [(g, [format_ts(b) for b in bs]) for g, bs in decompose(start, end)]
-    assert pieces == [
-        (Grain.minute, ["2026-11-20T22:58:00Z", "2026-11-20T22:59:00Z"]),
-        (Grain.hour, ["2026-11-20T23:00:00Z"]),
-        (Grain.day, ["2026-11-21T00:00:00Z", "2026-11-22T00:00:00Z", "2026-11-23T00:00:00Z"]),
-        (Grain.hour, ["2026-11-24T00:00:00Z"]),
-        (Grain.minute, ["2026-11-24T01:00:00Z", "2026-11-24T01:01:00Z"]),
-    ]
-    assert_tiles(start, end)
-
-
-@pytest.mark.parametrize(
-    ("start", "end", "grains"),
-    [
-        ("2026-11-23T00:00:00Z", "2026-11-25T00:00:00Z", [Grain.day]),
-        ("2026-11-23T10:00:00Z", "2026-11-23T12:00:00Z", [Grain.hour]),
-        ("2026-11-23T10:17:00Z", "2026-11-23T10:18:00Z", [Grain.minute]),
-        ("2026-11-23T10:17:00Z", "2026-11-23T10:59:00Z", [Grain.minute]),
-        ("2026-11-23T00:00:00Z", "2026-11-24T00:01:00Z", [Grain.day, Grain.minute]),
-        ("2026-11-22T23:59:00Z", "2026-11-24T00:00:00Z", [Grain.minute, Grain.day]),
-        ("2028-02-28T12:00:00Z", "2028-03-01T12:00:00Z", [Grain.hour, Grain.day, Grain.hour]),
-    ],
-)
-def test_decompose_grains(start: str, end: str, grains: list[Grain]) -> None:
-    assert [g for g, _ in decompose(ts(start), ts(end))] == grains
-    assert_tiles(ts(start), ts(end))
-
-
-def test_decompose_empty_range() -> None:
-    assert decompose(ts("2026-11-23T10:00:00Z"), ts("2026-11-23T10:00:00Z")) == []
-
-
-def test_decompose_random_ranges_tile_with_fewest_buckets() -> None:
-    rng = random.Random(20261123)
-    base = ts("2026-11-01T00:00:00Z")
-    for _ in range(300):
-        a = base + rng.randrange(0, 10 * DAY_MS // MINUTE_MS) * MINUTE_MS
-        b = a + rng.randrange(0, 4 * DAY_MS // MINUTE_MS) * MINUTE_MS
-        ranges = assert_tiles(a, b)
-        # fewest buckets: no run of minutes covers a whole hour, no run of hours a whole day
-        minutes = {lo for g, lo, _ in ranges if g is Grain.minute}
-        hours = {lo for g, lo, _ in ranges if g is Grain.hour}
-        for lo in minutes:
-            if lo % HOUR_MS == 0:
-                assert not all(lo + i * MINUTE_MS in minutes for i in range(60))
-        for lo in hours:
-            if lo % DAY_MS == 0:
-                assert not all(lo + i * HOUR_MS in hours for i in range(24))

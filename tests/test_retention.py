@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.reads import parse_read
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
 from counters.core.errors import BadRequest
+from counters.engines.read.parse import parse_read
 from counters.engines.rebuild import Rebuilder
 from counters.engines.retention import apply_retention, minute_edge, raw_edge
 from counters.engines.schedule import next_run

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from counters.core.buckets import EPOCH, MINUTE_MS, format_ts, from_datetime
+from counters.core.buckets import EPOCH, HOUR_MS, MINUTE_MS, format_ts, from_datetime
 
 FIXED_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
 CALENDAR = ("1d", "1w", "1mo")
@@ -105,3 +105,13 @@ def label(ts_ms: int, tz: ZoneInfo) -> str:
     if tz.key == "UTC":
         return format_ts(ts_ms)
     return _local(ts_ms, tz).isoformat(timespec="seconds")
+
+
+_SHORTEST_CALENDAR_HOURS = {"1d": 23, "1w": 7 * 24 - 1, "1mo": 28 * 24 - 1}
+"""Hours of the shortest calendar period (a DST day loses an hour)."""
+
+
+def shortest_period_ms(precision: str) -> int:
+    """A lower bound on the length of any one period of this precision in any zone."""
+    size = FIXED_MS.get(precision)
+    return size if size is not None else _SHORTEST_CALENDAR_HOURS[precision] * HOUR_MS

@@ -37,6 +37,18 @@ def decode_field(field: str) -> tuple[str, Rollup, tuple[str, ...]]:
     return parts[0], parse_rollup_id(parts[1]), tuple(parts[2:])
 
 
+def field_prefix(name: str, rollup: Rollup) -> str:
+    """The start every field of this name and rollup shares (values follow it)."""
+    return US.join((name, rollup_id(rollup), ""))
+
+
+def field_values(field: str, prefix: str) -> tuple[str, ...] | None:
+    """The values of a field that starts with field_prefix(...), else None."""
+    if not field.startswith(prefix):
+        return None
+    return tuple(field[len(prefix) :].split(US))
+
+
 def fields_for(name: str, dims: Mapping[str, str], crosstabs: Iterable[Rollup]) -> list[str]:
     """Every field one event contributes to: the total, one per dim, and each configured
     cross-tab whose dims the event has."""
@@ -58,3 +70,14 @@ def rollup_for_filters(dims: Iterable[str]) -> Rollup:
 def available_rollups(crosstabs: Iterable[Rollup]) -> set[Rollup]:
     """Multi-dim rollups configured; single-dim and total rollups always exist."""
     return {tuple(sorted(t)) for t in crosstabs}
+
+
+def is_stored(rollup: Rollup, crosstabs: Iterable[Rollup]) -> bool:
+    """Whether rollups are kept for this rollup: the total and single dims always, a
+    cross-tab only when configured (else reads of it come from the raw log)."""
+    return len(rollup) <= 1 or rollup in available_rollups(crosstabs)
+
+
+OTHER = "__other__"
+"""The value standing for every dim value past the cardinality cap, and the name of the
+rest of a breakdown."""

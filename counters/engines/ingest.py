@@ -13,7 +13,7 @@ from redis.exceptions import RedisError, ResponseError
 from counters.core.config import Settings
 from counters.core.errors import BacklogFull, Unavailable
 from counters.core.models import IngestReply, RawEvent, raw_encoder
-from counters.core.rollups import Rollup, fields_for
+from counters.core.rollups import OTHER, Rollup, fields_for
 from lua import Scripts
 from lua.keys import US, ProjectKeys
 
@@ -22,8 +22,6 @@ Group = list[Any]
 
 _payload_encoder = msgspec.msgpack.Encoder()
 _MAX_ATTEMPTS = 8
-OTHER = "__other__"
-"""The value a dim takes once it is past its per-day cardinality cap."""
 DIM_SET_TTL_MS = 2 * 86_400_000
 DURABLE_TIMEOUT_MS = 2000
 

@@ -1,32 +1,29 @@
 """Breakdowns: the dims tuples of a rollup over a range, merged from Postgres history, Redis
-hot buckets and pending late deltas (the same no-gap, no-double-count cut as api/query.py:
-the Postgres snapshot's watermarks decide which buckets come from Redis)."""
+hot buckets and pending late deltas (the same no-gap, no-double-count cut as query.py: the
+Postgres snapshot's watermarks decide which buckets come from Redis)."""
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from counters.core.buckets import Grain, from_datetime, to_datetime
-from counters.core.errors import Unavailable
-from counters.core.rollups import Rollup, rollup_id
-from counters.engines.read.query import hot_cells, queue_read_hot, with_scripts_loaded
-from lua import Scripts
-from lua.keys import US, ProjectKeys
-from persist.db import PG_ERRORS, Conn
-from persist.schema import ROLLUP_TABLE as TABLE
-from persist.state import PersistState, load_state
+from counters.core.buckets import Grain
+from counters.core.rollups import Rollup, encode_field, field_prefix, field_values
+from counters.engines.read.context import ReadContext
+from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
+from counters.engines.read.plan import Cell, Need
+from lua.client import redis_unavailable
+from lua.keys import COUNT, parse_late_field, parse_measure_field
+from persist.db import Conn
+from persist.rollup_reads import RollupSelect, snapshot, top_of_lists, totals, tuple_rows
+from persist.state import PersistState
 
-Cell = tuple[Grain, int]
 Tuple = tuple[str, ...]
-_GRAINS = {g.short: g for g in Grain}
+Grains = list[tuple[Grain, list[int]]]
 
 
 class TupleCells(msgspec.Struct):
@@ -36,11 +33,12 @@ class TupleCells(msgspec.Struct):
     sums: dict[Cell, int] = msgspec.field(default_factory=dict)
     hlls: dict[Cell, list[str]] = msgspec.field(default_factory=dict)
 
-    def add(self, other: TupleCells) -> None:
+    def add(self, other: TupleCells, sign: int = 1) -> None:
+        """Adds (or with sign=-1 subtracts) another tuple's counts and sums; sketches add."""
         for c, v in other.counts.items():
-            self.counts[c] = self.counts.get(c, 0) + v
+            self.counts[c] = self.counts.get(c, 0) + sign * v
         for c, v in other.sums.items():
-            self.sums[c] = self.sums.get(c, 0) + v
+            self.sums[c] = self.sums.get(c, 0) + sign * v
         for c, ks in other.hlls.items():
             self.hlls.setdefault(c, []).extend(ks)
 
@@ -62,40 +60,98 @@ class RankedBreakdown(msgspec.Struct):
 class _Scope:
     """Which fields of which rollup, with some dims fixed by filters."""
 
-    def __init__(self, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
+    def __init__(self, project: str, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
         self.name = name
         self.rollup = rollup
-        self.rid = rollup_id(rollup)
         self.fixed = {rollup.index(d): v for d, v in filters.items()}
-        self.prefix = name + US + self.rid + US
-        self.cond = "".join(f" AND dims[{i + 1}] = ${5 + n}" for n, i in enumerate(self.fixed))
-        self.cond_args: list[Any] = list(self.fixed.values())
-        # grouping on text hashes faster than on text[]: one dim is the common case
-        self.key_sql = "dims[1]" if len(rollup) == 1 else "array_to_string(dims, E'\\x1f')"
+        self.prefix = field_prefix(name, rollup)
+        self.select = RollupSelect(project, name, rollup, self.fixed)
 
-    def matches(self, values: Sequence[str]) -> bool:
-        return len(values) == len(self.rollup) and all(
-            values[i] == v for i, v in self.fixed.items()
-        )
+    def values(self, field: str) -> Tuple | None:
+        """The dims tuple of a rollup field in scope, else None."""
+        values = field_values(field, self.prefix)
+        if values is None or len(values) != len(self.rollup):
+            return None
+        if any(values[i] != v for i, v in self.fixed.items()):
+            return None
+        return values
+
+    def field(self, values: Tuple) -> str:
+        return encode_field(self.name, self.rollup, values)
 
 
-def _pg_error(exc: Exception) -> Unavailable:
-    return Unavailable("postgres", str(exc) or type(exc).__name__)
+def _fold_hash(
+    ctx: ReadContext,
+    h: dict[bytes, bytes],
+    scope: _Scope,
+    tuples: dict[Tuple, TupleCells],
+    cell: Cell,
+    uniques: bool,
+    late_gen: int | None,
+) -> None:
+    """Adds one hot (or late) hash's fields in scope to their tuples' cell."""
+    grain, bucket = cell
+    for k, v in h.items():
+        kind, field = parse_measure_field(k)
+        values = scope.values(field)
+        if values is None:
+            continue
+        t = tuples[values]
+        if kind != COUNT:
+            t.sums[cell] = t.sums.get(cell, 0) + int(v)
+            continue
+        t.counts[cell] = t.counts.get(cell, 0) + int(v)
+        if uniques:
+            hll = (
+                ctx.keys.hll(grain, bucket, field)
+                if late_gen is None
+                else ctx.keys.late_hll(late_gen, grain, bucket, field)
+            )
+            t.hlls.setdefault(cell, []).append(hll)
 
 
-def _redis_error(exc: Exception) -> Unavailable:
-    return Unavailable("redis", str(exc) or type(exc).__name__)
+def _add_minute_sketches(
+    ctx: ReadContext,
+    tuples: dict[Tuple, TupleCells],
+    scope: _Scope,
+    cell: Cell,
+    minutes: Sequence[int],
+) -> None:
+    """A hot hour's or day's uniques also hold its minutes not merged into it yet."""
+    if not minutes:
+        return
+    for values, t in tuples.items():
+        if cell in t.hlls:
+            field = scope.field(values)
+            extra = [ctx.keys.hll(Grain.minute, m, field) for m in minutes]
+            t.hlls[cell] = list(dict.fromkeys(t.hlls[cell] + extra))
+
+
+async def _late_cells(
+    ctx: ReadContext,
+    pending: range,
+    need: Need,
+    scope: _Scope,
+    tuples: dict[Tuple, TupleCells],
+    uniques: bool,
+) -> None:
+    """Folds the late generations Postgres has not applied into the needed cells."""
+    pipe = ctx.redis.pipeline(transaction=False)
+    for g in pending:
+        pipe.hgetall(ctx.keys.late(g))
+    wanted = {(g, b) for g, bs in need.items() for b in bs}
+    for g, h in zip(pending, await pipe.execute(), strict=True):
+        by_cell: dict[Cell, dict[bytes, bytes]] = defaultdict(dict)
+        for k, v in h.items():
+            grain, bucket, rest = parse_late_field(k)
+            if (grain, bucket) in wanted:
+                by_cell[(grain, bucket)][rest.encode()] = v
+        for cell, fields in by_cell.items():
+            _fold_hash(ctx, fields, scope, tuples, cell, uniques, g)
 
 
 async def _redis_cells(
-    redis: Redis,
-    scripts: Scripts,
-    keys: ProjectKeys,
-    state: PersistState,
-    scope: _Scope,
-    need: dict[Grain, list[int]],
-    *,
-    uniques: bool,
+    ctx: ReadContext, state: PersistState, scope: _Scope, need: Need, *, uniques: bool
 ) -> dict[Tuple, TupleCells]:
     """The cells Redis is authoritative for under this snapshot's watermarks: hot buckets at
     or past them, and late generations not yet applied."""
@@ -105,159 +161,59 @@ async def _redis_cells(
     ]
 
     async def first_round() -> list[Any]:
-        pipe = redis.pipeline(transaction=False)
-        pipe.hget(keys.watermarks, "gen")
+        pipe = ctx.redis.pipeline(transaction=False)
+        pipe.hget(ctx.keys.watermarks, "gen")
         if hot:
-            queue_read_hot(pipe, scripts, keys, None, hot)
+            queue_read_hot(pipe, ctx.scripts, ctx.keys, None, hot)
         return list(await pipe.execute())
 
-    try:
-        replies = await with_scripts_loaded(scripts, first_round)
-        gen = int(replies[0] or 0)
-        if hot:
-            for cell, hot_cell in zip(hot, hot_cells(replies[1], whole=True), strict=True):
-                for h in hot_cell.hashes:
-                    _fold_hash(h, scope, tuples, cell, keys, uniques, late_gen=None)
-                if uniques:
-                    _add_minute_sketches(tuples, scope, cell, hot_cell.minutes, keys)
-        pending = range(state.late_applied + 1, gen + 1)
+    with redis_unavailable():
+        replies = await with_scripts_loaded(ctx.scripts, first_round)
+        for cell, hot_cell in zip(
+            hot, hot_cells(replies[1], whole=True) if hot else (), strict=True
+        ):
+            for h in hot_cell.hashes:
+                _fold_hash(ctx, h, scope, tuples, cell, uniques, None)
+            if uniques:
+                _add_minute_sketches(ctx, tuples, scope, cell, hot_cell.minutes)
+        pending = range(state.late_applied + 1, int(replies[0] or 0) + 1)
         if pending:
-            pipe = redis.pipeline(transaction=False)
-            for g in pending:
-                pipe.hgetall(keys.late(g))
-            wanted = {(g, b) for g, bs in need.items() for b in bs}
-            for g, h in zip(pending, await pipe.execute(), strict=True):
-                by_cell: dict[Cell, dict[bytes, bytes]] = defaultdict(dict)
-                for k, v in h.items():
-                    grain_s, bucket_s, rest = k.decode().split(":", 2)
-                    cell = (_GRAINS[grain_s], int(bucket_s))
-                    if cell in wanted:
-                        by_cell[cell][rest.encode()] = v
-                for cell, fields in by_cell.items():
-                    _fold_hash(fields, scope, tuples, cell, keys, uniques, late_gen=g)
-    except (RedisError, OSError) as exc:
-        raise _redis_error(exc) from exc
+            await _late_cells(ctx, pending, need, scope, tuples, uniques)
     return dict(tuples)
 
 
-def _fold_hash(
-    h: dict[bytes, bytes],
-    scope: _Scope,
-    tuples: dict[Tuple, TupleCells],
-    cell: Cell,
-    keys: ProjectKeys,
-    uniques: bool,
-    *,
-    late_gen: int | None,
-) -> None:
-    grain, bucket = cell
-    prefix = scope.prefix
-    for k, v in h.items():
-        kind, _, field = k.decode().partition(US)
-        if not field.startswith(prefix):
-            continue
-        values = tuple(field[len(prefix) :].split(US))
-        if not scope.matches(values):
-            continue
-        t = tuples[values]
-        if kind == "c":
-            t.counts[cell] = t.counts.get(cell, 0) + int(v)
-            if uniques:
-                hll = (
-                    keys.hll(grain, bucket, field)
-                    if late_gen is None
-                    else keys.late_hll(late_gen, grain, bucket, field)
-                )
-                t.hlls.setdefault(cell, []).append(hll)
-        else:
-            t.sums[cell] = t.sums.get(cell, 0) + int(v)
-
-
-def _add_minute_sketches(
-    tuples: dict[Tuple, TupleCells],
-    scope: _Scope,
-    cell: Cell,
-    minutes: Sequence[int],
-    keys: ProjectKeys,
-) -> None:
-    """A hot hour's or day's uniques also hold its minutes not merged into it yet."""
-    if not minutes:
-        return
-    for values, t in tuples.items():
-        if cell in t.hlls:
-            field = scope.prefix + US.join(values)
-            extra = [keys.hll(Grain.minute, m, field) for m in minutes]
-            t.hlls[cell] = list(dict.fromkeys(t.hlls[cell] + extra))
-
-
-def _pg_buckets(state: PersistState, need: dict[Grain, list[int]]) -> list[tuple[Grain, list[Any]]]:
+def _pg_buckets(state: PersistState, need: Need) -> Grains:
+    """Per grain, the needed buckets Postgres is authoritative for."""
     out = []
     for grain, buckets in need.items():
-        wanted = [to_datetime(b) for b in buckets if b < state.until(grain)]
+        wanted = [b for b in buckets if b < state.until(grain)]
         if wanted:
             out.append((grain, wanted))
     return out
 
 
-async def _in_snapshot(
-    pool: asyncpg.Pool, project: str, body: Callable[[Conn, PersistState], Any]
-) -> Any:
-    try:
-        async with pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                state = await load_state(conn, project, create=False)
-                return await body(conn, state)
-    except PG_ERRORS as exc:
-        raise _pg_error(exc) from exc
-
-
 async def read_breakdown(
-    pool: asyncpg.Pool,
-    redis: Redis,
-    scripts: Scripts,
-    keys: ProjectKeys,
-    name: str,
-    rollup: Rollup,
-    filters: dict[str, str],
-    need: dict[Grain, list[int]],
-    *,
-    uniques: bool,
+    ctx: ReadContext, name: str, rollup: Rollup, filters: dict[str, str], need: Need
 ) -> Breakdown:
     """Every dims tuple of `rollup` (values of the filtered dims fixed) with its cells over
     the needed stored buckets, sketches included (for uniques)."""
-    scope = _Scope(name, rollup, filters)
+    scope = _Scope(ctx.project, name, rollup, filters)
     tmp: dict[str, bytes] = {}
-
-    async def body(conn: Conn, state: PersistState) -> dict[Tuple, TupleCells]:
-        tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
+    tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
+    async with snapshot(ctx.pool, ctx.project) as (conn, state):
         for grain, wanted in _pg_buckets(state, need):
-            rows = await conn.fetch(
-                f"SELECT dims, bucket, count, sum_micros,"
-                f" {'hll' if uniques else 'NULL::bytea AS hll'} FROM {TABLE[grain]}"
-                " WHERE project = $1 AND name = $2 AND rollup = $3"
-                f" AND bucket = ANY($4::timestamptz[]){scope.cond}",
-                keys.project,
-                name,
-                scope.rid,
-                wanted,
-                *scope.cond_args,
-            )
-            for r in rows:
-                cell = (grain, from_datetime(r["bucket"]))
-                row = tuples[tuple(r["dims"])]
-                row.counts[cell] = r["count"]
-                row.sums[cell] = r["sum_micros"]
-                if uniques and r["hll"] is not None:
-                    k = keys.tmp(uuid.uuid4().hex)
-                    tmp[k] = r["hll"]
+            for r in await tuple_rows(conn, scope.select, grain, wanted, with_hll=True):
+                cell = (grain, r.bucket)
+                row = tuples[r.dims]
+                row.counts[cell] = r.count
+                row.sums[cell] = r.sum_micros
+                if r.hll is not None:
+                    k = ctx.keys.tmp(uuid.uuid4().hex)
+                    tmp[k] = r.hll
                     row.hlls.setdefault(cell, []).append(k)
-        for t, cells in (
-            await _redis_cells(redis, scripts, keys, state, scope, need, uniques=uniques)
-        ).items():
+        for t, cells in (await _redis_cells(ctx, state, scope, need, uniques=True)).items():
             tuples[t].add(cells)
-        return dict(tuples)
-
-    return Breakdown(await _in_snapshot(pool, keys.project, body), tmp)
+    return Breakdown(dict(tuples), tmp)
 
 
 RANK_DEPTHS = (64, 512)
@@ -267,15 +223,14 @@ RANK_MAX_LISTS = 100
 """More buckets than this (say an hourly breakdown over weeks): total every row instead."""
 
 
-def _lists(per_grain: Sequence[tuple[Grain, list[Any]]]) -> int:
+def _lists(per_grain: Grains) -> int:
     return sum(len(wanted) for _, wanted in per_grain)
 
 
 async def _prove_top(
     conn: Conn,
     scope: _Scope,
-    project: str,
-    per_grain: Sequence[tuple[Grain, list[Any]]],
+    per_grain: Grains,
     limit: int,
     redis_totals: dict[Tuple, int],
 ) -> list[Tuple] | None:
@@ -290,21 +245,7 @@ async def _prove_top(
         room_where_seen: dict[Tuple, int] = {}  # per tuple: the room of the buckets it was seen in
         room = 0  # sum over buckets of the most an unseen row of that bucket may count
         for grain, wanted in per_grain:
-            rows = await conn.fetch(
-                "SELECT b.bucket, r.k, r.m FROM unnest($4::timestamptz[]) AS b(bucket),"
-                f" LATERAL (SELECT {scope.key_sql} AS k, count AS m FROM {TABLE[grain]}"
-                " WHERE project = $1 AND name = $2 AND rollup = $3 AND bucket = b.bucket"
-                " ORDER BY count DESC LIMIT $5) r",
-                project,
-                scope.name,
-                scope.rid,
-                wanted,
-                depth,
-            )
-            per_bucket: dict[Any, list[tuple[Tuple, int]]] = defaultdict(list)
-            for r in rows:
-                per_bucket[r["bucket"]].append((tuple(r["k"].split(US)), r["m"]))
-            for items in per_bucket.values():
+            for items in await top_of_lists(conn, scope.select, grain, wanted, depth):
                 left = min(m for _, m in items) if len(items) == depth else 0
                 room += left
                 for t, m in items:
@@ -324,15 +265,51 @@ async def _prove_top(
     return None
 
 
+def _ranking(totals_: dict[Tuple, int]) -> list[Tuple]:
+    return sorted(totals_, key=lambda t: (-totals_[t], t))
+
+
+async def _add_totals(
+    conn: Conn,
+    sel: RollupSelect,
+    per_grain: Grains,
+    ranking: dict[Tuple, int],
+    everything: TupleCells,
+    *,
+    by_sum: bool,
+    per_tuple: bool,
+) -> None:
+    """Adds Postgres's per-bucket sums of all tuples to everything and, with per_tuple,
+    each tuple's range total of the ranking measure to ranking."""
+    for grain, wanted in per_grain:
+        found = await totals(conn, sel, grain, wanted, by_sum=by_sum, per_tuple=per_tuple)
+        for t, m in found.per_tuple.items():
+            ranking[t] = ranking.get(t, 0) + m
+        for b, (c, s) in found.per_bucket.items():
+            cell = (grain, b)
+            everything.counts[cell] = everything.counts.get(cell, 0) + c
+            everything.sums[cell] = everything.sums.get(cell, 0) + s
+
+
+async def _top_cells(
+    conn: Conn, sel: RollupSelect, per_grain: Grains, top: list[Tuple]
+) -> dict[Tuple, TupleCells]:
+    """The Postgres rows of the top tuples only."""
+    cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
+    for grain, wanted in per_grain if top else ():
+        for r in await tuple_rows(conn, sel, grain, wanted, with_hll=False, only=top):
+            cells = cells_of[r.dims]
+            cells.counts[(grain, r.bucket)] = r.count
+            cells.sums[(grain, r.bucket)] = r.sum_micros
+    return cells_of
+
+
 async def read_ranked(
-    pool: asyncpg.Pool,
-    redis: Redis,
-    scripts: Scripts,
-    keys: ProjectKeys,
+    ctx: ReadContext,
     name: str,
     rollup: Rollup,
     filters: dict[str, str],
-    need: dict[Grain, list[int]],
+    need: Need,
     *,
     by_sum: bool,
     limit: int,
@@ -341,12 +318,10 @@ async def read_ranked(
     each bucket's list proves the ranking when it can (_prove_top), else Postgres totals
     every tuple in SQL; only the top tuples' rows are returned. The Redis part (hot
     buckets, pending late deltas) is merged before ranking."""
-    scope = _Scope(name, rollup, filters)
-    measure_col = "sum_micros" if by_sum else "count"
-
-    async def body(conn: Conn, state: PersistState) -> RankedBreakdown:
-        redis_part = await _redis_cells(redis, scripts, keys, state, scope, need, uniques=False)
-        totals: dict[Tuple, int] = {
+    scope = _Scope(ctx.project, name, rollup, filters)
+    async with snapshot(ctx.pool, ctx.project) as (conn, state):
+        redis_part = await _redis_cells(ctx, state, scope, need, uniques=False)
+        ranking: dict[Tuple, int] = {
             t: sum((c.sums if by_sum else c.counts).values()) for t, c in redis_part.items()
         }
         everything = TupleCells()
@@ -354,64 +329,25 @@ async def read_ranked(
             everything.add(cells)
         per_grain = _pg_buckets(state, need)
         proven = None
-        if not by_sum and not scope.cond_args and _lists(per_grain) <= RANK_MAX_LISTS:
-            proven = await _prove_top(conn, scope, keys.project, per_grain, limit, totals)
-        for grain, wanted in per_grain:
-            args = [keys.project, name, scope.rid, wanted, *scope.cond_args]
-            where = (
-                f"FROM {TABLE[grain]} WHERE project = $1 AND name = $2 AND rollup = $3"
-                f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
-            )
-            if proven is not None:
-                # the ranking is settled: only the per-bucket sums of all tuples are needed
-                sql = "SELECT NULL AS k, bucket, 0 AS m, sum(count)::bigint AS c,"
-                sql += f" sum(sum_micros)::bigint AS s {where} GROUP BY bucket"
-            else:
-                # one scan: per tuple (ranking) and per bucket (all tuples, for __other__)
-                sql = f"SELECT {scope.key_sql} AS k, bucket, sum({measure_col})::bigint AS m,"
-                sql += " sum(count)::bigint AS c, sum(sum_micros)::bigint AS s"
-                sql += f" {where} GROUP BY GROUPING SETS (({scope.key_sql}), (bucket))"
-            for r in await conn.fetch(sql, *args):
-                if r["k"] is not None:
-                    t = tuple(r["k"].split(US))
-                    totals[t] = totals.get(t, 0) + r["m"]
-                else:
-                    cell = (grain, from_datetime(r["bucket"]))
-                    everything.counts[cell] = everything.counts.get(cell, 0) + r["c"]
-                    everything.sums[cell] = everything.sums.get(cell, 0) + r["s"]
-        top = proven if proven is not None else sorted(totals, key=lambda t: (-totals[t], t))
-        top = top[:limit]
-        cells_of: dict[Tuple, TupleCells] = {t: TupleCells() for t in top}
-        joined = [US.join(t) for t in top]
-        for grain, wanted in per_grain:
-            if not joined:
-                break
-            n = 5 + len(scope.cond_args)
-            for r in await conn.fetch(
-                f"SELECT dims, bucket, count, sum_micros FROM {TABLE[grain]}"
-                " WHERE project = $1 AND name = $2 AND rollup = $3"
-                f" AND bucket = ANY($4::timestamptz[]){scope.cond}"
-                f" AND {scope.key_sql} = ANY(${n}::text[])",
-                keys.project,
-                name,
-                scope.rid,
-                wanted,
-                *scope.cond_args,
-                joined,
-            ):
-                cells = cells_of[tuple(r["dims"])]
-                cell = (grain, from_datetime(r["bucket"]))
-                cells.counts[cell] = r["count"]
-                cells.sums[cell] = r["sum_micros"]
-        for t in top:
-            if t in redis_part:
-                cells_of[t].add(redis_part[t])
-        if proven is not None:  # exact totals of the proven top, in the usual order
-            totals = {t: sum(cells_of[t].counts.values()) for t in top}
-            top = sorted(top, key=lambda t: (-totals[t], t))
-        return RankedBreakdown(
-            [(t, cells_of[t]) for t in top], everything, {t: totals[t] for t in top}
+        if not by_sum and not scope.select.fixed and _lists(per_grain) <= RANK_MAX_LISTS:
+            proven = await _prove_top(conn, scope, per_grain, limit, ranking)
+        await _add_totals(
+            conn,
+            scope.select,
+            per_grain,
+            ranking,
+            everything,
+            by_sum=by_sum,
+            per_tuple=proven is None,
         )
-
-    result: RankedBreakdown = await _in_snapshot(pool, keys.project, body)
-    return result
+        top = (proven if proven is not None else _ranking(ranking))[:limit]
+        cells_of = await _top_cells(conn, scope.select, per_grain, top)
+    for t in top:
+        if t in redis_part:
+            cells_of[t].add(redis_part[t])
+    if proven is not None:  # exact totals of the proven top, in the usual order
+        ranking = {t: sum(cells_of[t].counts.values()) for t in top}
+        top = _ranking(ranking)
+    return RankedBreakdown(
+        [(t, cells_of[t]) for t in top], everything, {t: ranking[t] for t in top}
+    )

@@ -6,24 +6,27 @@ Python. Redis is read first, so an entry trimmed meanwhile is already in Postgre
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import cast
 
-import asyncpg
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from counters.core.buckets import to_datetime
-from counters.core.errors import Unavailable
+from counters.core.measures import measure_value
 from counters.core.models import RawEvent
-from lua.keys import ProjectKeys
-from persist.db import PG_ERRORS
-from persist.schema import stream_order as stream_key
-from persist.state import load_state
+from counters.core.periods import periods
+from counters.core.rollups import OTHER
+from counters.engines.read.context import ReadContext
+from counters.engines.read.parse import ReadQuery
+from counters.engines.read.reply import NamedSeries, Point, points
+from lua.client import redis_unavailable
+from persist.rawlog_reads import RawAggregate, aggregate_raw
+from persist.schema import stream_order
 
 _batch = msgspec.msgpack.Decoder(list[RawEvent])
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Value = int | float
 
 
 class Acc(msgspec.Struct):
@@ -33,107 +36,113 @@ class Acc(msgspec.Struct):
     sum_micros: int = 0
     uids: set[str] | None = None
 
+    def add(self, count: int, sum_micros: int, uid: str | None) -> None:
+        """Counts events (of one uid, when given)."""
+        self.count += count
+        self.sum_micros += sum_micros
+        if uid is not None:
+            if self.uids is None:
+                self.uids = set()
+            self.uids.add(uid)
+
 
 Groups = dict[tuple[str, ...], list[Acc]]
 
 
-def _period_index(ts: int, starts: Sequence[int]) -> int:
-    lo, hi = 0, len(starts)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if starts[mid] <= ts:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
+def _fold_postgres(out: Groups, agg: RawAggregate, uniques: bool) -> None:
+    for r in agg.rows:
+        if None in r.group:
+            continue  # events without a group dim are not in that breakdown
+        group = cast(tuple[str, ...], r.group)
+        out[group][r.period].add(r.count, r.sum_micros, r.uid if uniques else None)
+
+
+def _matches(ev: RawEvent, filters: Mapping[str, str], group_by: Sequence[str]) -> bool:
+    if any(ev.dims.get(d) != v for d, v in filters.items()):
+        return False
+    return all(g in ev.dims for g in group_by)
+
+
+def _fold_redis(
+    out: Groups,
+    entries: Entries,
+    cursor: str,
+    name: str,
+    starts: Sequence[int],
+    end: int,
+    filters: Mapping[str, str],
+    group_by: Sequence[str],
+    uniques: bool,
+) -> None:
+    """Folds the stream entries past Postgres's copy cursor."""
+    done = stream_order(cursor)
+    lo = starts[0]
+    for sid, fields in entries:
+        if stream_order(sid.decode()) <= done:
+            continue
+        for ev in _batch.decode(fields[b"e"]):
+            if ev.name != name or not lo <= ev.ts < end or not _matches(ev, filters, group_by):
+                continue
+            period = bisect.bisect_right(starts, ev.ts) - 1
+            group = tuple(ev.dims[g] for g in group_by)
+            out[group][period].add(1, ev.value, ev.uid if uniques else None)
 
 
 async def read_raw(
-    pool: asyncpg.Pool,
-    redis: Redis,
-    keys: ProjectKeys,
+    ctx: ReadContext,
     name: str,
-    periods: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
     filters: dict[str, str],
     group_by: Sequence[str],
     *,
     uniques: bool,
 ) -> Groups:
     """Per group of `group_by` values, the measures of every period, from the raw log."""
-    starts = [s for s, _ in periods]
-    lo, hi = periods[0][0], periods[-1][1]
-    out: Groups = defaultdict(lambda: [Acc() for _ in periods])
-    try:
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keys.raw, "-", "+")
-        )
-    except (RedisError, OSError) as exc:
-        raise Unavailable("redis", str(exc) or type(exc).__name__) from exc
-
-    args: list[Any] = [
-        keys.project,
-        name,
-        to_datetime(lo),
-        to_datetime(hi),
-        [to_datetime(s) for s in starts],
-    ]
-    where = ""
-    for dim, value in filters.items():
-        args.append(dim)
-        args.append(value)
-        where += f" AND dims->>${len(args) - 1} = ${len(args)}"
-    groups_sql = "".join(f", dims->>'{g}'" for g in group_by)  # names match [a-z0-9_]
-    n_groups = len(group_by)
-    select_groups = "".join(f", dims->>'{g}' AS g{i}" for i, g in enumerate(group_by))
-    if uniques:
-        sql = (
-            f"SELECT width_bucket(ts, $5::timestamptz[]) AS i{select_groups}, uid,"
-            " count(*) AS n, coalesce(sum(value_micros), 0)::bigint AS s FROM raw_events"
-            f" WHERE project = $1 AND name = $2 AND ts >= $3 AND ts < $4{where}"
-            f" GROUP BY i{groups_sql}, uid"
-        )
-    else:
-        sql = (
-            f"SELECT width_bucket(ts, $5::timestamptz[]) AS i{select_groups},"
-            " count(*) AS n, coalesce(sum(value_micros), 0)::bigint AS s FROM raw_events"
-            f" WHERE project = $1 AND name = $2 AND ts >= $3 AND ts < $4{where}"
-            f" GROUP BY i{groups_sql}"
-        )
-    try:
-        async with pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                cursor = (await load_state(conn, keys.project, create=False)).raw_stream_id
-                # the snapshot holds exactly the entries up to the cursor read with it
-                for r in await conn.fetch(sql, *args):
-                    group = tuple(r[f"g{i}"] for i in range(n_groups))
-                    if None in group:
-                        continue  # events without a group dim are not in that breakdown
-                    acc = out[group][r["i"] - 1]
-                    acc.count += r["n"]
-                    acc.sum_micros += r["s"]
-                    if uniques and r["uid"] is not None:
-                        if acc.uids is None:
-                            acc.uids = set()
-                        acc.uids.add(r["uid"])
-    except PG_ERRORS as exc:
-        raise Unavailable("postgres", str(exc) or type(exc).__name__) from exc
-
-    done = stream_key(cursor)
-    for sid, fields in entries:
-        if stream_key(sid.decode()) <= done:
-            continue
-        for ev in _batch.decode(fields[b"e"]):
-            if ev.name != name or not lo <= ev.ts < hi:
-                continue
-            if any(ev.dims.get(d) != v for d, v in filters.items()):
-                continue
-            if any(g not in ev.dims for g in group_by):
-                continue
-            acc = out[tuple(ev.dims[g] for g in group_by)][_period_index(ev.ts, starts)]
-            acc.count += 1
-            acc.sum_micros += ev.value
-            if uniques and ev.uid is not None:
-                if acc.uids is None:
-                    acc.uids = set()
-                acc.uids.add(ev.uid)
+    starts = [s for s, _ in spans]
+    end = spans[-1][1]
+    out: Groups = defaultdict(lambda: [Acc() for _ in spans])
+    with redis_unavailable():
+        entries = cast(Entries, await ctx.redis.xrange(ctx.keys.raw, "-", "+"))
+    agg = await aggregate_raw(
+        ctx.pool, ctx.project, name, starts, end, filters, group_by, uniques=uniques
+    )
+    _fold_postgres(out, agg, uniques)
+    _fold_redis(out, entries, agg.cursor, name, starts, end, filters, group_by, uniques)
     return dict(out)
+
+
+def _measure(q: ReadQuery, accs: Sequence[Acc]) -> Value:
+    if q.measure == "uniques":
+        return len(set().union(*(a.uids or set() for a in accs)))
+    return measure_value(q.measure, sum(a.count for a in accs), sum(a.sum_micros for a in accs))
+
+
+def _per_period(q: ReadQuery, per_group: Sequence[Sequence[Acc]], n: int) -> list[Point]:
+    return points(q, [_measure(q, [accs[i] for accs in per_group]) for i in range(n)])
+
+
+async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSeries]:
+    """The same answers from the raw log: one series, or the top tuples and __other__."""
+    spans = periods(q.start, q.end, q.precision, q.tz)
+    filters = dict(q.filters)
+    groups = await read_raw(ctx, name, spans, filters, q.group_by, uniques=q.measure == "uniques")
+    n = len(spans)
+    if not q.group_by:
+        accs = groups.get(()) or [Acc() for _ in spans]
+        return [NamedSeries(name, filters, _measure(q, accs), _per_period(q, [accs], n))]
+    items = sorted(groups.items(), key=lambda kv: (-_measure(q, kv[1]), kv[0]))
+    top, rest = items[: q.limit], items[q.limit :]
+    out = [
+        NamedSeries(
+            name,
+            {**filters, **dict(zip(q.group_by, g, strict=True))},
+            _measure(q, accs),
+            _per_period(q, [accs], n),
+        )
+        for g, accs in top
+    ]
+    rest_accs = [accs for _, accs in rest]
+    everything = [a for accs in rest_accs for a in accs]
+    other = {**filters, **{d: OTHER for d in q.group_by}}
+    out.append(NamedSeries(name, other, _measure(q, everything), _per_period(q, rest_accs, n)))
+    return out

@@ -1,0 +1,190 @@
+"""The route table: one entry per HTTP route (path, method, handler and what the OpenAPI
+document says about it). The app serves these routes and /openapi.json documents them, so
+a new route is one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import catalog, ingest, ops, pixel, reads
+from api.openapi import (
+    PROJECT,
+    READ_ERRORS,
+    READ_PARAMS,
+    TOTAL_PARAMS,
+    Operation,
+    build,
+    json_content,
+    one_of,
+    query,
+    ref,
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class RouteSpec(msgspec.Struct, frozen=True):
+    """One HTTP route; operation None leaves it out of the document."""
+
+    path: str
+    method: str
+    handler: Handler
+    operation: Operation | None
+
+
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json."""
+    return Response(_document, media_type="application/json")
+
+
+ROUTES: list[RouteSpec] = [
+    RouteSpec(
+        "/v1/events",
+        "POST",
+        ingest.post_events,
+        Operation(
+            summary="Count a batch of events (all or nothing)",
+            secured=True,
+            request_body={
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "array", "items": ref("EventIn")}},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            },
+            ok="Counted",
+            ok_schema=ref("IngestReply"),
+            errors=(400, 401, 403, 413, 422, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/pixel.gif",
+        "GET",
+        pixel.pixel,
+        Operation(
+            summary="Count one event; always a 1x1 GIF",
+            params=(
+                query("key", {"type": "string"}, "Ingest key"),
+                query("name", {"type": "string"}, "Event name"),
+                query("uid", {"type": "string"}, "Who, for uniques"),
+                query("id", {"type": "string"}, "Idempotency key"),
+                query("value", {"type": "string"}, "Number"),
+                query("ts", {"type": "string"}, "RFC 3339 or epoch ms"),
+            ),
+            ok="The GIF",
+            ok_content={"image/gif": {"schema": {"type": "string"}}},
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/series",
+        "GET",
+        reads.series,
+        Operation(
+            summary="Values per bucket (zero-padded), or a breakdown",
+            secured=True,
+            params=(PROJECT, *READ_PARAMS),
+            ok="Series",
+            ok_schema=one_of("SeriesReply", "MultiSeriesReply"),
+            not_modified=True,
+            errors=READ_ERRORS,
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/total",
+        "GET",
+        reads.total,
+        Operation(
+            summary="One value over the range",
+            secured=True,
+            params=(PROJECT, *TOTAL_PARAMS),
+            ok="Total",
+            ok_schema=one_of("TotalReply", "MultiTotalReply"),
+            not_modified=True,
+            errors=READ_ERRORS,
+        ),
+    ),
+    RouteSpec(
+        "/v1/series",
+        "GET",
+        reads.projects_series,
+        Operation(
+            summary="One series per project plus their union",
+            secured=True,
+            params=(
+                query("project", {"type": "string"}, "Project (repeat)", required=True),
+                *READ_PARAMS,
+            ),
+            ok="Series",
+            ok_schema=ref("ProjectsReply"),
+            not_modified=True,
+            errors=READ_ERRORS,
+        ),
+    ),
+    RouteSpec(
+        "/v1/whoami",
+        "GET",
+        catalog.whoami,
+        Operation(
+            summary="The projects and scope of the presented key",
+            secured=True,
+            ok="The key",
+            ok_schema=ref("WhoAmI"),
+            errors=(401, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/catalog",
+        "GET",
+        catalog.catalog,
+        Operation(
+            summary="Event names of the last 30 days and their dims",
+            secured=True,
+            params=(PROJECT,),
+            ok="Catalog",
+            ok_schema=ref("Catalog"),
+            errors=(401, 403, 404, 503),
+        ),
+    ),
+    RouteSpec("/openapi.json", "GET", openapi, None),
+    RouteSpec(
+        "/healthz",
+        "GET",
+        ops.healthz,
+        Operation(
+            summary="Redis and Postgres reachable",
+            ok="Up",
+            ok_schema=ref("HealthReply"),
+            extra_responses={
+                "503": {"description": "A backend is down", **json_content(ref("HealthReply"))}
+            },
+        ),
+    ),
+    RouteSpec(
+        "/metrics",
+        "GET",
+        ops.metrics,
+        Operation(
+            summary="Prometheus metrics",
+            ok="Text exposition",
+            ok_content={"text/plain": {"schema": {"type": "string"}}},
+        ),
+    ),
+]
+
+
+def document() -> dict[str, object]:
+    """The OpenAPI document of ROUTES."""
+    return build(ROUTES)
+
+
+def starlette_routes() -> list[Route]:
+    """The Starlette routes of ROUTES."""
+    return [Route(r.path, r.handler, methods=[r.method]) for r in ROUTES]
+
+
+_document = msgspec.json.encode(document())

@@ -1,0 +1,107 @@
+"""Breakdown series: the top `limit` dims tuples by the measure over the range, each with
+its per-period values, then one `__other__` series for the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from counters.core.measures import measure_value
+from counters.core.rollups import OTHER
+from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
+from counters.engines.read.cells import Periods, Value
+from counters.engines.read.context import ReadContext
+from counters.engines.read.parse import ReadQuery
+from counters.engines.read.plan import Cell, flatten, need
+from counters.engines.read.query import BucketValues, count_uniques
+from counters.engines.read.reply import NamedSeries, points
+
+
+def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
+    """The filters plus the breakdown dims' values of one tuple (values in rollup order)."""
+    return {**dict(q.filters), **{d: values[q.rollup.index(d)] for d in q.group_by}}
+
+
+def other_dims(q: ReadQuery) -> dict[str, str]:
+    """The dims of the `__other__` series."""
+    return {**dict(q.filters), **{d: OTHER for d in q.group_by}}
+
+
+def _value_of(q: ReadQuery, t: TupleCells, cells: Sequence[Cell]) -> Value:
+    return measure_value(
+        q.measure, sum(t.counts.get(x, 0) for x in cells), sum(t.sums.get(x, 0) for x in cells)
+    )
+
+
+async def ranked_series(
+    ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
+) -> list[NamedSeries]:
+    """Breakdown by count or sum: ranked in Postgres, only the top tuples' rows read; the
+    rest is all tuples minus the top."""
+    ranked = await read_ranked(
+        ctx,
+        name,
+        q.rollup,
+        dict(q.filters),
+        need(cells),
+        by_sum=q.measure == "sum",
+        limit=q.limit,
+    )
+    everything = flatten(cells)
+
+    def series(t: TupleCells, dims: dict[str, str]) -> NamedSeries:
+        data = [_value_of(q, t, p) for p in cells]
+        return NamedSeries(name, dims, _value_of(q, t, everything), points(q, data))
+
+    out: list[NamedSeries] = []
+    rest = TupleCells(dict(ranked.all_tuples.counts), dict(ranked.all_tuples.sums))
+    for values, t in ranked.top:
+        out.append(series(t, _dims(q, values)))
+        rest.add(t, sign=-1)
+    out.append(series(rest, other_dims(q)))
+    return out
+
+
+def _sketches(t: TupleCells, cells: Sequence[Cell]) -> list[str]:
+    return [k for cell in cells for k in t.hlls.get(cell, [])]
+
+
+async def uniques_series(
+    ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
+) -> list[NamedSeries]:
+    """Breakdown by uniques: every tuple's sketches read, ranked by the union over the
+    range; the rest's uniques are the union of the rest's sketches, never a sum."""
+    bd = await read_breakdown(ctx, name, q.rollup, dict(q.filters), need(cells))
+    blobs = BucketValues([], [], [], bd.tmp_blobs)
+    everything = flatten(cells)
+    items = list(bd.tuples.items())
+    totals: list[Value] = list(
+        await count_uniques(ctx.redis, blobs, [_sketches(t, everything) for _, t in items])
+        if items
+        else []
+    )
+    ranked = sorted(range(len(items)), key=lambda i: (-totals[i], items[i][0]))
+    top, rest = ranked[: q.limit], ranked[q.limit :]
+    groups: list[list[str]] = []
+    for i in top:
+        groups.extend(_sketches(items[i][1], p) for p in cells)
+    for p in cells:
+        groups.append([k for i in rest for k in _sketches(items[i][1], p)])
+    groups.append([k for i in rest for k in _sketches(items[i][1], everything)])
+    counted: list[Value] = list(await count_uniques(ctx.redis, blobs, groups))
+    n = len(cells)
+    out: list[NamedSeries] = []
+    for j, i in enumerate(top):
+        data = counted[j * n : (j + 1) * n]
+        out.append(NamedSeries(name, _dims(q, items[i][0]), totals[i], points(q, data)))
+    other = counted[len(top) * n : len(top) * n + n]
+    out.append(NamedSeries(name, other_dims(q), counted[-1], points(q, other)))
+    return out
+
+
+async def breakdown_series(
+    ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
+) -> list[NamedSeries]:
+    """Top `limit` dims tuples by the measure over the range, then __other__."""
+    if q.measure == "uniques":
+        return await uniques_series(ctx, q, name, cells)
+    return await ranked_series(ctx, q, name, cells)

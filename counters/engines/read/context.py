@@ -1,0 +1,32 @@
+"""The one object every read-engine function takes: the backends, the project's keys, and
+the per-request facts read once (the oldest minute bucket still kept)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import asyncpg
+from redis.asyncio import Redis
+
+from lua import Scripts
+from lua.keys import ProjectKeys
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadContext:
+    """Backends and the project one read is about; built once per request."""
+
+    pool: asyncpg.Pool
+    redis: Redis
+    scripts: Scripts
+    keys: ProjectKeys
+    oldest_minute: int
+    """Start of the oldest minute bucket still stored (one clock read per request)."""
+
+    @property
+    def project(self) -> str:
+        return self.keys.project
+
+    def for_project(self, keys: ProjectKeys) -> ReadContext:
+        """The same request, about another project."""
+        return dataclasses.replace(self, keys=keys)

@@ -1,0 +1,132 @@
+"""The read engine's entry points: a parsed query and a context in, a reply struct out
+(series, total, and series across projects with their union)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import cast
+
+from counters.core.errors import BadRequest
+from counters.engines.read.breakdown_series import breakdown_series
+from counters.engines.read.cells import Cells, Periods, Value, one_series, read_cells, reduce_cells
+from counters.engines.read.context import ReadContext
+from counters.engines.read.parse import ReadQuery
+from counters.engines.read.plan import series_plan, whole
+from counters.engines.read.query import BucketValues, count_uniques
+from counters.engines.read.raw import raw_series
+from counters.engines.read.reply import (
+    MultiSeriesReply,
+    MultiTotalReply,
+    NamedSeries,
+    NamedTotal,
+    ProjectSeries,
+    ProjectsReply,
+    SeriesReply,
+    TotalReply,
+    UnionSeries,
+    points,
+    projects_reply,
+    series_reply,
+    total_reply,
+)
+from lua.client import redis_unavailable
+from lua.keys import ProjectKeys
+
+MAX_PROJECTS = 20
+
+
+async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeriesReply:
+    """Zero-padded values per period of every name; with group_by, the top tuples and
+    __other__; from the raw log when no rollup covers the dims."""
+    cells = series_plan(q, ctx.oldest_minute)
+    out: list[NamedSeries] = []
+    for name in q.names:
+        if q.source == "raw":
+            out.extend(await raw_series(ctx, q, name))
+        elif q.group_by:
+            out.extend(await breakdown_series(ctx, q, name, cells))
+        else:
+            data, total = await one_series(ctx, q, name, cells)
+            out.append(NamedSeries(name, dict(q.filters), total, points(q, data)))
+    return series_reply(q, out)
+
+
+async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
+    """One value per name over the whole range; uniques are the union of every sketch."""
+    if q.group_by:
+        raise BadRequest(
+            "group_by: total answers one value; ask series for a breakdown",
+            code="bad_parameter",
+        )
+    values: list[NamedTotal] = []
+    for name in q.names:
+        if q.source == "raw":
+            value = (await raw_series(ctx, q, name))[0].total
+        else:
+            _, value = await one_series(ctx, q, name, [whole(q)])
+        values.append(NamedTotal(name, value))
+    return total_reply(q, values)
+
+
+async def _union_uniques(
+    ctx: ReadContext, per_project: Sequence[tuple[ProjectKeys, Cells]], cells: Periods
+) -> tuple[list[int], int]:
+    """Uniques of the union across projects: every sketch is copied into scratch keys in
+    one slot (projects live in different Redis Cluster slots), then counted together."""
+    home = per_project[0][0]
+    blobs: dict[str, bytes] = {}
+    renamed: dict[tuple[int, str], str] = {}
+    with redis_unavailable():
+        for n, (_, c) in enumerate(per_project):
+            resident = sorted({k for p in cells for k in c.hlls(p) if k not in c.values.tmp_blobs})
+            fetched = cast(list[bytes | None], await ctx.redis.mget(resident) if resident else [])
+            found = dict(zip(resident, fetched, strict=True))
+            found.update(c.values.tmp_blobs)
+            for k, blob in found.items():
+                if blob is not None:
+                    new = home.tmp(uuid.uuid4().hex)
+                    blobs[new] = blob
+                    renamed[(n, k)] = new
+    groups = [
+        [
+            renamed[(n, k)]
+            for n, (_, c) in enumerate(per_project)
+            for k in c.hlls(p)
+            if (n, k) in renamed
+        ]
+        for p in cells
+    ]
+    union = [k for g in groups for k in g]
+    counted = await count_uniques(ctx.redis, BucketValues([], [], [], blobs), [*groups, union])
+    return list(counted[:-1]), counted[-1]
+
+
+async def read_projects(ctxs: Sequence[ReadContext], q: ReadQuery) -> ProjectsReply:
+    """One series per project (one context each) plus their union: counts and sums add,
+    uniques merge across projects, never summed."""
+    if q.group_by or q.source == "raw":
+        raise BadRequest(
+            "across projects, reads take filters that a rollup covers and no group_by",
+            code="bad_parameter",
+        )
+    cells = series_plan(q, ctxs[0].oldest_minute)
+    series: list[ProjectSeries] = []
+    union: list[UnionSeries] = []
+    for name in q.names:
+        per_project: list[tuple[ProjectKeys, Cells]] = []
+        sums: list[Value] = [0] * len(cells)
+        whole_value: Value = 0
+        for ctx in ctxs:
+            c = await read_cells(ctx, q, name, cells)
+            per_project.append((ctx.keys, c))
+            data, total = await reduce_cells(ctx, q, c, cells)
+            series.append(ProjectSeries(ctx.project, name, total, points(q, data)))
+            sums = [a + b for a, b in zip(sums, data, strict=True)]
+            whole_value += total
+        if q.measure == "uniques":
+            counted, union_total = await _union_uniques(ctxs[0], per_project, cells)
+            union.append(UnionSeries(name, union_total, points(q, list(counted))))
+        else:
+            union.append(UnionSeries(name, whole_value, points(q, sums)))
+    return projects_reply(q, [ctx.project for ctx in ctxs], series, union)

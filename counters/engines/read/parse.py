@@ -1,0 +1,249 @@
+"""Read parameters -> a frozen ReadQuery: each parameter checked by its own small validator,
+a 400 naming the first bad one."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from counters.core.buckets import GRAIN_BY_NAME, Grain, parse_ts
+from counters.core.errors import BadRequest
+from counters.core.measures import MEASURES
+from counters.core.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN
+from counters.core.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, zone
+from counters.core.rollups import Rollup, is_stored, rollup_for_filters
+from counters.engines.read.plan import check_range_retention
+
+RESERVED = {
+    "name",
+    "measure",
+    "grain",
+    "precision",
+    "tz",
+    "from",
+    "to",
+    "excluding_current",
+    "group_by",
+    "limit",
+    "project",
+}
+MAX_NAMES = 20
+DEFAULT_BUCKETS = 30
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1_000
+MAX_FILTER_BYTES = 256
+_name_re = re.compile(NAME_PATTERN)
+_dim_re = re.compile(DIM_NAME_PATTERN)
+_value_re = re.compile(DIM_VALUE_PATTERN)
+_GRAIN_OF_PRECISION = {p: GRAIN_BY_NAME[g] for g, p in GRAIN_ALIASES.items()}
+
+
+class ReadQuery(msgspec.Struct, frozen=True):
+    """A parsed read: names, measure, precision and zone, the period-aligned [start, end),
+    dim filters, breakdown dims, and the rollup that covers filters and breakdown."""
+
+    names: tuple[str, ...]
+    measure: str
+    precision: str
+    tz_name: str
+    start: int
+    end: int
+    filters: tuple[tuple[str, str], ...]
+    group_by: tuple[str, ...]
+    limit: int
+    rollup: Rollup
+    alias: str | None = None
+    """The `grain` name the caller used, if any."""
+    source: str = "rollups"
+    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims."""
+
+    @property
+    def name(self) -> str:
+        """The first (often the only) name."""
+        return self.names[0]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.tz_name)
+
+    @property
+    def grain(self) -> Grain | None:
+        """The stored grain this precision is (UTC only), else None."""
+        return _GRAIN_OF_PRECISION.get(self.precision) if self.tz_name == "UTC" else None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """Filter values in rollup order (when there is no breakdown)."""
+        f = dict(self.filters)
+        return tuple(f[d] for d in self.rollup)
+
+
+def _bad(message: str) -> BadRequest:
+    return BadRequest(message, code="bad_parameter")
+
+
+def _bool(text: str, param: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise _bad(f"{param} must be true or false")
+
+
+def parse_names(params: Mapping[str, str]) -> tuple[str, ...]:
+    """The distinct names asked for (repeatable `name`), 1..MAX_NAMES, each valid."""
+    getlist = getattr(params, "getlist", None)
+    names = getlist("name") if getlist is not None else [params.get("name")]
+    found = tuple(dict.fromkeys(n for n in names if n))
+    if not found:
+        raise _bad("name is required (e.g. name=click)")
+    if len(found) > MAX_NAMES:
+        raise _bad(f"at most {MAX_NAMES} names per request")
+    for n in found:
+        if not _name_re.match(n):
+            raise _bad(f"name must match {NAME_PATTERN}")
+    return found
+
+
+def parse_measure(params: Mapping[str, str]) -> str:
+    """count (default), sum or uniques."""
+    measure = params.get("measure", "count")
+    if measure not in MEASURES:
+        raise _bad(f"measure must be one of {', '.join(MEASURES)}")
+    return measure
+
+
+def parse_precision(params: Mapping[str, str]) -> tuple[str, str | None]:
+    """(precision, grain alias used): `grain` is an alias of 1m/1h/1d; default 1h."""
+    alias = params.get("grain")
+    if alias is not None and alias not in GRAIN_ALIASES:
+        raise _bad("grain must be minute, hour or day")
+    precision = params.get("precision")
+    if precision is None:
+        return GRAIN_ALIASES["hour" if alias is None else alias], alias
+    if precision not in PRECISIONS:
+        raise _bad(f"precision must be one of {', '.join(PRECISIONS)}")
+    if alias is not None and GRAIN_ALIASES[alias] != precision:
+        raise _bad(f"grain={alias} and precision={precision} disagree (grain is an alias)")
+    return precision, alias
+
+
+def parse_zone(params: Mapping[str, str]) -> ZoneInfo:
+    """The IANA zone of `tz` (UTC by default)."""
+    try:
+        return zone(params.get("tz"))
+    except ValueError as exc:
+        raise _bad(str(exc)) from exc
+
+
+def _step_back(end: int, n: int, precision: str, tz: ZoneInfo) -> int:
+    size = FIXED_MS.get(precision)
+    if size is not None:
+        return end - n * size
+    start = end
+    for _ in range(n):
+        start = floor(start - 1, precision, tz)
+    return start
+
+
+def parse_range(
+    params: Mapping[str, str], now_ms: int, precision: str, tz: ZoneInfo
+) -> tuple[int, int]:
+    """The period-aligned [start, end): `to` rounded up and capped at the current period
+    (or the next one with excluding_current=false), `from` rounded down, by default
+    DEFAULT_BUCKETS periods back from the end."""
+    excluding_current = _bool(params.get("excluding_current", "true"), "excluding_current")
+    limit = floor(now_ms, precision, tz) if excluding_current else ceil(now_ms + 1, precision, tz)
+    try:
+        raw_end = parse_ts(params["to"]) if "to" in params else None
+        raw_start = parse_ts(params["from"]) if "from" in params else None
+    except ValueError as exc:
+        raise _bad(f"from/to: {exc}") from exc
+    if raw_start is not None and raw_end is not None and raw_start > raw_end:
+        raise _bad("from must be before to")
+    end = limit if raw_end is None else min(ceil(raw_end, precision, tz), limit)
+    if raw_start is None:
+        return _step_back(end, DEFAULT_BUCKETS, precision, tz), end
+    start = floor(raw_start, precision, tz)
+    if start > end:
+        raise _bad(
+            "from is after the last bucket that can be read (to stops at the current bucket)"
+        )
+    return start, end
+
+
+def parse_filters(params: Mapping[str, str]) -> dict[str, str]:
+    """Every non-reserved parameter is a dim filter: a valid dim name, a 1..256 byte value."""
+    filters: dict[str, str] = {}
+    for key, value in params.items():
+        if key in RESERVED:
+            continue
+        if not _dim_re.match(key):
+            raise _bad(f"unknown parameter {key!r} (dimension names match {DIM_NAME_PATTERN})")
+        if not _value_re.match(value) or len(value.encode()) > MAX_FILTER_BYTES:
+            raise _bad(f"filter {key} must be 1..256 bytes without control characters")
+        filters[key] = value
+    return filters
+
+
+def parse_group_by(params: Mapping[str, str], filters: Mapping[str, str]) -> tuple[str, ...]:
+    """The comma-separated breakdown dims (distinct, in order), none of them filtered on."""
+    group_by = tuple(d for d in (params.get("group_by") or "").split(",") if d)
+    for d in group_by:
+        if not _dim_re.match(d):
+            raise _bad(f"group_by: {d!r} is not a dimension name")
+        if d in filters:
+            raise _bad(f"group_by: {d} is also filtered on")
+    return tuple(dict.fromkeys(group_by))
+
+
+def parse_limit(params: Mapping[str, str]) -> int:
+    """Top N tuples of a breakdown: 1..MAX_LIMIT, DEFAULT_LIMIT by default."""
+    try:
+        top = int(params.get("limit", DEFAULT_LIMIT))
+    except ValueError as exc:
+        raise _bad("limit must be a whole number") from exc
+    if not 1 <= top <= MAX_LIMIT:
+        raise _bad(f"limit must be 1..{MAX_LIMIT}")
+    return top
+
+
+def parse_read(
+    params: Mapping[str, str],
+    now_ms: int,
+    crosstabs: tuple[Rollup, ...],
+    *,
+    oldest_minute: int | None = None,
+) -> ReadQuery:
+    """Validates read parameters; 400 naming the first bad one (minute buckets before
+    oldest_minute are past retention)."""
+    names = parse_names(params)
+    measure = parse_measure(params)
+    precision, alias = parse_precision(params)
+    tz = parse_zone(params)
+    start, end = parse_range(params, now_ms, precision, tz)
+    filters = parse_filters(params)
+    group_by = parse_group_by(params, filters)
+    top = parse_limit(params)
+    rollup = rollup_for_filters([*filters, *group_by])
+    source = "rollups" if is_stored(rollup, crosstabs) else "raw"
+    q = ReadQuery(
+        names,
+        measure,
+        precision,
+        tz.key,
+        start,
+        end,
+        tuple(sorted(filters.items())),
+        group_by,
+        top,
+        rollup,
+        alias,
+        source,
+    )
+    if oldest_minute is not None and source == "rollups":
+        check_range_retention(q, oldest_minute)
+    return q

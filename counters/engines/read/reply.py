@@ -1,0 +1,159 @@
+"""The read replies (msgspec structs, the JSON the API sends) and building them from a
+query and its values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from counters.core.buckets import format_ts
+from counters.core.periods import FIXED_MS, GRAIN_ALIASES, label, periods
+from counters.engines.read.parse import ReadQuery
+
+Value = int | float
+_ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
+
+
+class Point(msgspec.Struct):
+    bucket: str
+    value: int | float
+
+
+class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
+    name: str
+    measure: str
+    grain: str
+    precision: str
+    tz: str
+    from_: str
+    to: str
+    source: str
+    data: list[Point]
+
+
+class NamedSeries(msgspec.Struct):
+    name: str
+    dims: dict[str, str]
+    total: int | float
+    data: list[Point]
+
+
+class MultiSeriesReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    precision: str
+    tz: str
+    from_: str
+    to: str
+    source: str
+    series: list[NamedSeries]
+
+
+class TotalReply(msgspec.Struct, rename={"from_": "from"}):
+    name: str
+    measure: str
+    from_: str
+    to: str
+    value: int | float
+
+
+class NamedTotal(msgspec.Struct):
+    name: str
+    value: int | float
+
+
+class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    from_: str
+    to: str
+    totals: list[NamedTotal]
+
+
+class ProjectSeries(msgspec.Struct):
+    project: str
+    name: str
+    total: int | float
+    data: list[Point]
+
+
+class UnionSeries(msgspec.Struct):
+    name: str
+    total: int | float
+    data: list[Point]
+
+
+class ProjectsReply(msgspec.Struct, rename={"from_": "from"}):
+    measure: str
+    precision: str
+    tz: str
+    from_: str
+    to: str
+    source: str
+    projects: list[str]
+    series: list[ProjectSeries]
+    union: list[UnionSeries]
+
+
+def points(q: ReadQuery, data: Sequence[Value]) -> list[Point]:
+    """One labelled point per output period of the query (labels in the query's zone)."""
+    tz = q.tz
+    size = FIXED_MS.get(q.precision)
+    starts: Sequence[int] = (
+        range(q.start, q.end, size)
+        if size is not None
+        else [s for s, _ in periods(q.start, q.end, q.precision, tz)]
+    )
+    if tz.key == "UTC":
+        return [Point(format_ts(s), v) for s, v in zip(starts, data, strict=True)]
+    return [Point(label(s, tz), v) for s, v in zip(starts, data, strict=True)]
+
+
+def grain_label(q: ReadQuery) -> str:
+    """The `grain` a single-series reply names: the alias asked for, or the precision's."""
+    return q.alias or _ALIAS_OF.get(q.precision, q.precision)
+
+
+def series_reply(q: ReadQuery, out: list[NamedSeries]) -> SeriesReply | MultiSeriesReply:
+    """The single-series shape for one name without breakdown, else the multi-series one."""
+    tz = q.tz
+    start, end = label(q.start, tz), label(q.end, tz)
+    if len(q.names) == 1 and not q.group_by:
+        return SeriesReply(
+            q.name,
+            q.measure,
+            grain_label(q),
+            q.precision,
+            q.tz_name,
+            start,
+            end,
+            q.source,
+            out[0].data,
+        )
+    return MultiSeriesReply(q.measure, q.precision, q.tz_name, start, end, q.source, out)
+
+
+def total_reply(q: ReadQuery, values: list[NamedTotal]) -> TotalReply | MultiTotalReply:
+    """One value for one name, else one per name."""
+    tz = q.tz
+    start, end = label(q.start, tz), label(q.end, tz)
+    if len(values) == 1:
+        return TotalReply(q.name, q.measure, start, end, values[0].value)
+    return MultiTotalReply(q.measure, start, end, values)
+
+
+def projects_reply(
+    q: ReadQuery, projects: list[str], series: list[ProjectSeries], union: list[UnionSeries]
+) -> ProjectsReply:
+    """Per-project series and their union."""
+    tz = q.tz
+    return ProjectsReply(
+        q.measure,
+        q.precision,
+        q.tz_name,
+        label(q.start, tz),
+        label(q.end, tz),
+        "rollups",
+        projects,
+        series,
+        union,
+    )

@@ -1,0 +1,36 @@
+"""Catalog and health reads: which names and single dims a project stored lately; whether
+Postgres answers."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from counters.core.buckets import Grain, to_datetime
+from counters.core.rollups import parse_rollup_id
+from persist.db import postgres_unavailable
+from persist.schema import ROLLUP_TABLE
+
+_CATALOG_SQL = (
+    f"SELECT DISTINCT name, rollup FROM {ROLLUP_TABLE[Grain.day]}"
+    " WHERE project = $1 AND bucket >= $2 AND position(',' in rollup) = 0"
+)
+
+
+async def names_and_dims(pool: asyncpg.Pool, project: str, since_ms: int) -> dict[str, set[str]]:
+    """Every event name with day rollups from since_ms on, and the single dims it was
+    rolled up by (cross-tabs left out); a Postgres failure raises Unavailable."""
+    with postgres_unavailable():
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_CATALOG_SQL, project, to_datetime(since_ms))
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        dims = seen.setdefault(r["name"], set())
+        dims.update(parse_rollup_id(r["rollup"]))
+    return seen
+
+
+async def ping(pool: asyncpg.Pool) -> bool:
+    """Whether Postgres answers a trivial query (any failure raises, for the caller's
+    timeout and error handling)."""
+    async with pool.acquire() as conn:
+        return bool(await conn.fetchval("SELECT 1") == 1)

@@ -1,0 +1,87 @@
+"""Aggregates of the Postgres raw log for reads no rollup covers, read in one snapshot with
+the persister's copy cursor (so the snapshot holds exactly the entries up to it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from counters.core.buckets import to_datetime
+from persist.db import postgres_unavailable
+from persist.schema import RAW_TABLE
+from persist.state import load_state
+
+
+class RawGroupRow(msgspec.Struct, array_like=True):
+    """Events of one group (and one uid, for uniques) in one period."""
+
+    period: int
+    """Index into the period starts given."""
+    group: tuple[str | None, ...]
+    uid: str | None
+    count: int
+    sum_micros: int
+
+
+class RawAggregate(msgspec.Struct):
+    cursor: str
+    """The raw-log stream id up to which Postgres holds the entries."""
+    rows: list[RawGroupRow]
+
+
+def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
+    where = "".join(f" AND dims->>${6 + 2 * n} = ${7 + 2 * n}" for n in range(filters))
+    groups = "".join(f", dims->>'{g}'" for g in group_by)  # names match [a-z0-9_]
+    select = "".join(f", dims->>'{g}' AS g{i}" for i, g in enumerate(group_by))
+    uid = ", uid" if uniques else ""
+    return (
+        f"SELECT width_bucket(ts, $5::timestamptz[]) AS i{select}{uid},"
+        f" count(*) AS n, coalesce(sum(value_micros), 0)::bigint AS s FROM {RAW_TABLE}"
+        f" WHERE project = $1 AND name = $2 AND ts >= $3 AND ts < $4{where}"
+        f" GROUP BY i{groups}{uid}"
+    )
+
+
+async def aggregate_raw(
+    pool: asyncpg.Pool,
+    project: str,
+    name: str,
+    starts: Sequence[int],
+    end: int,
+    filters: Mapping[str, str],
+    group_by: Sequence[str],
+    *,
+    uniques: bool,
+) -> RawAggregate:
+    """Per period (starts[i] .. the next start, the last up to end), per group of group_by
+    values (None where an event lacks the dim) and, for uniques, per uid: count and sum of
+    the matching events in Postgres, with the copy cursor of the same snapshot."""
+    args: list[Any] = [
+        project,
+        name,
+        to_datetime(starts[0]),
+        to_datetime(end),
+        [to_datetime(s) for s in starts],
+    ]
+    for dim, value in filters.items():
+        args += (dim, value)
+    sql = _sql(len(filters), group_by, uniques)
+    n = len(group_by)
+    with postgres_unavailable():
+        async with pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                cursor = (await load_state(conn, project, create=False)).raw_stream_id
+                rows = [
+                    RawGroupRow(
+                        r["i"] - 1,
+                        tuple(r[f"g{i}"] for i in range(n)),
+                        r["uid"] if uniques else None,
+                        r["n"],
+                        r["s"],
+                    )
+                    for r in await conn.fetch(sql, *args)
+                ]
+    return RawAggregate(cursor, rows)
