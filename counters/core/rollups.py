@@ -37,6 +37,17 @@ def decode_field(field: str) -> tuple[str, Rollup, tuple[str, ...]]:
     return parts[0], parse_rollup_id(parts[1]), tuple(parts[2:])
 
 
+def single_dim_values(fields: Iterable[str]) -> set[tuple[str, str]]:
+    """Every (dim, value) that a single-dim field among these names (the total and
+    cross-tab fields are skipped; the same pair under several event names appears once)."""
+    out: set[tuple[str, str]] = set()
+    for rest in {f[f.index(US) + 1 :] for f in fields}:
+        dim, _, value = rest.partition(US)
+        if dim and "," not in dim:
+            out.add((dim, value))
+    return out
+
+
 def fields_for(name: str, dims: Mapping[str, str], crosstabs: Iterable[Rollup]) -> list[str]:
     """Every field one event contributes to: the total, one per dim, and each configured
     cross-tab whose dims the event has."""
@@ -58,3 +69,8 @@ def rollup_for_filters(dims: Iterable[str]) -> Rollup:
 def available_rollups(crosstabs: Iterable[Rollup]) -> set[Rollup]:
     """Multi-dim rollups configured; single-dim and total rollups always exist."""
     return {tuple(sorted(t)) for t in crosstabs}
+
+
+OTHER = "__other__"
+"""The value standing for every dim value past the cardinality cap, and the name of the
+rest of a breakdown."""

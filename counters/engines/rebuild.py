@@ -32,9 +32,9 @@ from counters.core.buckets import (
     to_datetime,
 )
 from counters.core.config import Settings
+from counters.core.grouping import group_minutes, roll_up
 from counters.core.models import RawEvent
 from counters.core.rollups import decode_field, encode_field, parse_rollup_id
-from counters.engines.ingest import group_events
 from counters.engines.persister import (
     TABLE,
     Cut,
@@ -249,11 +249,9 @@ class Rebuilder:
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pending = False
-        for grain_s, bucket_s, field, count, total, uids in group_events(
-            events, self.settings.crosstabs
-        ):
-            grain = _GRAIN[grain_s]
-            bucket = int(bucket_s)
+        for grain, bucket, field, count, total, uids in roll_up(
+            group_minutes(events, self.settings.crosstabs)
+        ).cells():
             if bucket >= limits[grain] or bucket < lows[grain]:
                 continue
             key = (grain, bucket, field)
@@ -261,7 +259,7 @@ class Rebuilder:
             if row is None:
                 acc[key] = row = [0, 0]
             row[0] += count
-            row[1] += int(total)
+            row[1] += total
             if uids:
                 tmp = scratch.get(key)
                 if tmp is None:
