@@ -61,7 +61,7 @@ def all_keys(keys: ProjectKeys) -> dict[str, str]:
     out["late"] = keys.late(7)
     out["late_hll_index"] = keys.late_hll_index(7)
     out["tmp"] = keys.tmp("0123abcd")
-    out["dim_values"] = keys.dim_values("country", BUCKET - BUCKET % DAY_MS)
+    out["dim_values"] = keys.dim_values("country", bucket_start(BUCKET, Grain.day))
     out["dim_values_negative_day"] = keys.dim_values("a_b", -DAY_MS)
     return out
 
