@@ -10,7 +10,7 @@ The one statement in Python of how events become counts, sums and uniques per
 Live ingest sends the minutes to lua/ingest.lua, and lua/seal.lua merges each sealed minute
 into its hour and day in Redis; rebuild recomputes the rows from the raw log with roll_up.
 Invariant 3 (rebuild reproduces the rows exactly) rests on the two agreeing; the property
-test in tests/test_grouping_redis.py runs both on the same random batches.
+test in tests/test_grouping_redis.py runs both (and lua/read_hot.lua) on random batches.
 Also here: what live ingest plans before its script call (plan_batch), dedupe inside one
 batch and folding over-cap dim values into OTHER.
 """
@@ -32,8 +32,8 @@ MinuteGroup = list[Any]
 
 
 class Totals:
-    """Counts, sums (micros) and uids per rollup field, for one bucket. A field is in sums
-    only when its sum is not 0, in uids only when it has a uid."""
+    """Counts, sums (micros) and uids per rollup field, for one bucket. A field missing from
+    sums has sum 0; one missing from uids has no uid."""
 
     __slots__ = ("counts", "sums", "uids")
 
