@@ -1,13 +1,15 @@
 """Every Redis key name counters uses, all inside the project's `{p:<project>}` hash tag.
 
 Layout for prefix X and project P (the Lua scripts derive the names marked * from the
-base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step):
+base `X:{p:P}:` with the same suffixes; tests/test_keys.py runs every script and checks
+that each key it leaves in the slot is one parse_key names):
 
-    X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen
+    X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen;
+                                            rawn: raw events not in Postgres; rawlast: last raw id
     X:{p:P}:h:<g>:<bucket>         * hash   c<US>field -> count, s<US>field -> sum (micros)
     X:{p:P}:u:<g>:<bucket>:<field> * HLL    uids of one (field, grain, bucket)
     X:{p:P}:dirty:<g>              * zset   buckets of grain g with data not yet in Postgres
-    X:{p:P}:raw                      stream the raw log, one entry per accepted event
+    X:{p:P}:raw                      stream the raw log, one entry (n, e) per accepted batch
     X:{p:P}:id:<event id>          * string dedupe marker, expires after the dedupe window
     X:{p:P}:late:<gen>             * hash   <g>:<bucket>:c<US>field -> count delta (and s)
     X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
