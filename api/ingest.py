@@ -8,7 +8,13 @@ from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
-from counters.core.models import EventWire, batch_decoder, event_decoder, validate_events
+from counters.core.models import (
+    EventLimits,
+    EventWire,
+    batch_decoder,
+    event_decoder,
+    validate_events,
+)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -75,10 +81,7 @@ async def post_events(request: Request) -> Response:
             code="too_many_events",
         )
     raw = validate_events(
-        events,
-        now_ms=state.clock.now_ms(),
-        max_age_ms=settings.max_event_age_days * 86_400_000,
-        max_future_ms=settings.max_future_seconds * 1000,
+        events, now_ms=state.clock.now_ms(), limits=EventLimits.from_settings(settings)
     )
     reply = await state.ingestor.apply(project, raw)
     state.metrics.events_accepted.labels(project).inc(reply.accepted)

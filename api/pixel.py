@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from api.common import app_state, authorize
 from counters.core.errors import CountersError
-from counters.core.models import EventWire, RawEvent, validate_events
+from counters.core.models import EventLimits, EventWire, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 
 log = logging.getLogger("counters.pixel")
@@ -125,12 +125,8 @@ async def pixel(request: Request) -> Response:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)
             return gif()
-        settings = state.settings
         (raw,) = validate_events(
-            [event],
-            now_ms=state.clock.now_ms(),
-            max_age_ms=settings.max_event_age_days * 86_400_000,
-            max_future_ms=settings.max_future_seconds * 1000,
+            [event], now_ms=state.clock.now_ms(), limits=EventLimits.from_settings(state.settings)
         )
         await committer.submit(project, raw)
         state.metrics.events_accepted.labels(project).inc()

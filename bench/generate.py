@@ -169,14 +169,13 @@ def json_batches(evs: list[dict[str, Any]], batch: int = 1000) -> list[bytes]:
 
 def raw_events(evs: list[dict[str, Any]], *, at_ms: int | None = None) -> list[Any]:
     """The events validated exactly as the API does (events without `ts` count at at_ms)."""
-    from counters.core.models import EventIn, validate_events
+    from counters.core.models import EventIn, EventLimits, validate_events
 
     decoded = [msgspec.convert(e, EventIn) for e in evs]
     return validate_events(
         decoded,
         now_ms=now_ms() if at_ms is None else at_ms,
-        max_age_ms=3650 * 86_400_000,
-        max_future_ms=86_400_000,
+        limits=EventLimits(max_age_ms=3650 * 86_400_000, max_future_ms=86_400_000),
     )
 
 

@@ -5,7 +5,7 @@ bodies without `ts`, so events count at arrival time), against, in the same run:
   (a) Postgres, one INSERT per event in autocommit (what an OLTP tracker does per click),
       into a plain table with the columns of counters' raw_events, asyncpg;
   (b) Postgres COPY of the same events (copy_records_to_table, one COPY per 1,000);
-  (c) the limit without HTTP: the same batches grouped with counters.engines.ingest.compact_groups
+  (c) the limit without HTTP: the same batches grouped with counters.core.grouping.plan_batch
       and applied with the product's own ingest script (EVALSHA via redis-py) from this
       process with several calls in flight; also (c2) grouping in this process on every
       call (Ingestor.apply: everything the service does minus HTTP, JSON and validation) and
@@ -196,8 +196,8 @@ class Direct:
         self, redis_url: str, bodies: list[list[dict[str, Any]]], prefix: str, in_flight: int
     ) -> None:
         from counters.core.config import Settings
+        from counters.core.grouping import plan_batch
         from counters.core.models import raw_encoder
-        from counters.engines.ingest import plan_batch
         from lua.keys import ProjectKeys
 
         self._redis_url = redis_url

@@ -1,4 +1,10 @@
-"""The Redis scripts, shipped as package data and registered once per client."""
+"""The Redis scripts, shipped as package data and registered once per client.
+
+Each script starts with a prelude defining the bucket sizes from counters.core.buckets
+(`MINUTE_MS`, `HOUR_MS`, `DAY_MS`, in ms), so the scripts and Python share one definition;
+it is joined to the script's first line (a comment), so line numbers in Redis's error
+messages match the .lua file.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,24 @@ from importlib.resources import files
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from counters.core.buckets import Grain
+
+PRELUDE = (
+    f"local MINUTE_MS, HOUR_MS, DAY_MS = "
+    f"{Grain.minute.value}, {Grain.hour.value}, {Grain.day.value} "
+)
+"""Lua put in front of every script (no newline: it shares the script's first line)."""
+
+NAMES = ("ingest", "seal", "restore", "rotate_late", "trim_raw", "cut", "read_hot")
+"""Every script in lua/*.lua."""
+
 
 def read_script(name: str) -> str:
-    """Text of lua/<name>.lua."""
-    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """Text of lua/<name>.lua, as Redis runs it (after the PRELUDE)."""
+    text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if not text.startswith("--"):
+        raise ValueError(f"lua/{name}.lua must start with its header comment")
+    return PRELUDE + text
 
 
 class Scripts:

@@ -7,6 +7,7 @@
 -- KEYS[1]  X:{p:P}:wm   hash: m, h, d (sealed-until, epoch ms), gen, rawlast (id of the
 --                       last raw-log entry ever added; the stream itself is trimmed)
 -- KEYS[2]  X:{p:P}:raw  stream (not read; declared so the script names its slot's keys)
+-- ARGV     none
 -- Returns  {last closed generation, m, h, d, last stream id ("0-0" when empty)}, or
 --          {"NOWM"} when the watermarks are missing
 

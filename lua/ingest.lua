@@ -5,7 +5,7 @@
 --                       rawlast = id of the last raw-log entry ever added
 -- KEYS[2]  X:{p:P}:raw  stream: the raw log, one entry per batch (fields n, e)
 -- ARGV[1]  key base "X:{p:P}:"; the other keys are derived from it exactly as
---          counters/keys.py names them (h:, u:, dirty:, id:, late:)
+--          lua/keys.py names them (h:, u:, dirty:, id:, late:, card:)
 -- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
 --          dim_values, dim_ttl_ms]
 --            dedupe_ttl_ms  integer, milliseconds an event id is remembered
@@ -22,6 +22,8 @@
 --                           in the batch; remembered in the set card:<dim>:<day>
 --            dim_ttl_ms     integer, how long such a set lives after its last new value
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
+-- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
+--                   (from counters.core.buckets)
 -- Returns
 --   {"OK", late_groups}     applied everything
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
@@ -99,7 +101,6 @@ end
 local late = 0
 local late_key = base .. 'late:' .. gen
 local late_hll_index = late_key .. ':hll'
-local HOUR, DAY = 3600000, 86400000
 
 -- per (grain, bucket): the hot hash's key, or false when the bucket is sealed (late)
 local hot_keys = {m = {}, h = {}, d = {}}
@@ -152,7 +153,7 @@ local function parents_of(minute)
   local p = parents[minute]
   if not p then
     local x = tonumber(minute)
-    local hour, day = x - x % HOUR, x - x % DAY
+    local hour, day = x - x % HOUR_MS, x - x % DAY_MS
     local hot = x >= sealed.m
     p = {string.format('%.0f', hour), string.format('%.0f', day),
          not hot or hour < sealed.h, not hot or day < sealed.d}

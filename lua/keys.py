@@ -1,13 +1,15 @@
 """Every Redis key name counters uses, all inside the project's `{p:<project>}` hash tag.
 
 Layout for prefix X and project P (the Lua scripts derive the names marked * from the
-base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step):
+base `X:{p:P}:` with the same suffixes; tests/test_keys.py runs every script and checks
+that each key it leaves in the slot is one parse_key names):
 
-    X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen
+    X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen;
+                                            rawn: raw events not in Postgres; rawlast: last raw id
     X:{p:P}:h:<g>:<bucket>         * hash   c<US>field -> count, s<US>field -> sum (micros)
     X:{p:P}:u:<g>:<bucket>:<field> * HLL    uids of one (field, grain, bucket)
     X:{p:P}:dirty:<g>              * zset   buckets of grain g with data not yet in Postgres
-    X:{p:P}:raw                      stream the raw log, one entry per accepted event
+    X:{p:P}:raw                      stream the raw log, one entry (n, e) per accepted batch
     X:{p:P}:id:<event id>          * string dedupe marker, expires after the dedupe window
     X:{p:P}:late:<gen>             * hash   <g>:<bucket>:c<US>field -> count delta (and s)
     X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
@@ -16,13 +18,15 @@ base `X:{p:P}:` with the same suffixes; tests/test_lua.py holds the two in step)
     X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
 
 <g> is m, h or d; <bucket> the bucket start in epoch ms; <US> the unit separator \\x1f.
+parse_key names any of these keys (the inverse of ProjectKeys); the parse_*_field
+functions decode the hash fields and index members.
 Ingest writes hot events to minute keys only; an hour's or day's h: and u: keys hold the
 minutes sealed so far (lua/seal.lua merges them) plus events for minutes already sealed.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 from counters.core.buckets import GRAIN_BY_SHORT, Grain
 from counters.core.rollups import US
@@ -32,11 +36,14 @@ __all__ = [
     "COUNT",
     "SUM",
     "BucketField",
+    "KeyKind",
+    "KeyName",
     "MeasureField",
     "ProjectKeys",
     "count_field",
     "late_field",
     "late_hll_member",
+    "parse_key",
     "parse_late_field",
     "parse_late_hll_member",
     "parse_measure_field",
@@ -163,3 +170,142 @@ def parse_late_field(text: str | bytes) -> BucketField:
 def parse_late_hll_member(text: str | bytes) -> BucketField:
     """Inverse of late_hll_member: (grain, bucket, rollup field)."""
     return _bucket_field(text)
+
+
+KeyKind = Literal[
+    "watermarks",
+    "raw",
+    "hot",
+    "hll",
+    "dirty",
+    "event_id",
+    "late",
+    "late_hll",
+    "late_hll_index",
+    "dim_values",
+    "tmp",
+]
+"""Which ProjectKeys method names a key (dim_values is the cardinality cap's card: set)."""
+
+
+class KeyName(NamedTuple):
+    """A decoded key: its kind and the arguments of the ProjectKeys method naming it."""
+
+    kind: KeyKind
+    prefix: str
+    project: str
+    grain: Grain | None = None
+    bucket: int | None = None
+    """Bucket start (epoch ms); for dim_values, the UTC day's start."""
+    field: str | None = None
+    """Rollup field of an hll or late_hll key."""
+    gen: int | None = None
+    """Late generation of late, late_hll and late_hll_index keys."""
+    name: str | None = None
+    """The event id (event_id), the dim (dim_values) or the token (tmp)."""
+
+    def key(self) -> str:
+        """The key again, as ProjectKeys names it (parse_key(k).key() == k)."""
+        keys = ProjectKeys(self.prefix, self.project)
+        kind = self.kind
+        if kind == "watermarks":
+            return keys.watermarks
+        if kind == "raw":
+            return keys.raw
+        if kind == "dirty":
+            return keys.dirty(_some(self.grain))
+        if kind == "hot":
+            return keys.hot(_some(self.grain), _some(self.bucket))
+        if kind == "hll":
+            return keys.hll(_some(self.grain), _some(self.bucket), _some(self.field))
+        if kind == "event_id":
+            return keys.event_id(_some(self.name))
+        if kind == "late":
+            return keys.late(_some(self.gen))
+        if kind == "late_hll_index":
+            return keys.late_hll_index(_some(self.gen))
+        if kind == "late_hll":
+            return keys.late_hll(
+                _some(self.gen), _some(self.grain), _some(self.bucket), _some(self.field)
+            )
+        if kind == "dim_values":
+            return keys.dim_values(_some(self.name), _some(self.bucket))
+        return keys.tmp(_some(self.name))
+
+
+T = TypeVar("T")
+
+
+def _some(value: T | None) -> T:
+    if value is None:
+        raise ValueError("incomplete KeyName")
+    return value
+
+
+def _int(text: str) -> int:
+    """A decimal integer written the way Python and Lua write one (no sign +, no spaces)."""
+    value = int(text)
+    if str(value) != text:
+        raise ValueError(f"not a canonical integer: {text!r}")
+    return value
+
+
+def _grain_bucket(text: str) -> tuple[Grain, int, str]:
+    """'<g>:<bucket>[:<rest>]' -> (grain, bucket, rest)."""
+    grain_s, bucket_s, *rest = text.split(":", 2)
+    return GRAIN_BY_SHORT[grain_s], _int(bucket_s), rest[0] if rest else ""
+
+
+def parse_key(key: str | bytes) -> KeyName:
+    """Names a key of the layout above (any prefix, any project); raises ValueError for a
+    key counters does not name."""
+    s = key.decode() if isinstance(key, bytes) else key
+    start = s.find(":{p:")
+    end = s.find("}:", start + 4)
+    if start < 0 or end < 0:
+        raise ValueError(f"not in a project's slot: {s!r}")
+    prefix, project, rest = s[:start], s[start + 4 : end], s[end + 2 :]
+    kind_s, sep, args = rest.partition(":")
+    try:
+        return _parse_rest(prefix, project, rest, kind_s, sep, args)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"not a counters key: {s!r}") from exc
+
+
+def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args: str) -> KeyName:
+    if rest == "wm":
+        return KeyName("watermarks", prefix, project)
+    if rest == "raw":
+        return KeyName("raw", prefix, project)
+    if not sep:
+        raise ValueError(rest)
+    if kind == "h":
+        grain, bucket, tail = _grain_bucket(args)
+        if tail or args.count(":") != 1:
+            raise ValueError(rest)
+        return KeyName("hot", prefix, project, grain, bucket)
+    if kind == "u":
+        grain, bucket, field = _grain_bucket(args)
+        return KeyName("hll", prefix, project, grain, bucket, field)
+    if kind == "dirty":
+        return KeyName("dirty", prefix, project, GRAIN_BY_SHORT[args])
+    if kind == "id":
+        return KeyName("event_id", prefix, project, name=args)
+    if kind == "tmp":
+        return KeyName("tmp", prefix, project, name=args)
+    if kind == "card":
+        dim, _, day = args.rpartition(":")
+        if not dim:
+            raise ValueError(rest)
+        return KeyName("dim_values", prefix, project, bucket=_int(day), name=dim)
+    if kind == "late":
+        gen_s, _, tail = args.partition(":")
+        gen = _int(gen_s)
+        if args == gen_s:
+            return KeyName("late", prefix, project, gen=gen)
+        if tail == "hll":
+            return KeyName("late_hll_index", prefix, project, gen=gen)
+        if tail.startswith("u:"):
+            grain, bucket, field = _grain_bucket(tail[2:])
+            return KeyName("late_hll", prefix, project, grain, bucket, field, gen)
+    raise ValueError(rest)

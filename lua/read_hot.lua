@@ -10,6 +10,7 @@
 -- ARGV[2]  F, the number of hash fields to read (0: whole hashes, as HGETALL)
 -- ARGV[3 .. 2+F]  the hash fields
 -- ARGV[3+F ..]    cells "<g>:<bucket start ms>", g = m | h | d
+-- HOUR_MS, DAY_MS  bucket sizes (ms), from the prelude lua/__init__.py puts in front
 -- Returns  one entry per cell: {minutes, own, minute_1, ...}: minutes = the hot minute
 --          buckets (strings) inside an hour or day cell, ascending; own and each minute_i
 --          = HMGET of the F fields, or the flat HGETALL when F is 0
@@ -21,7 +22,7 @@ for i = 1, nfields do
   fields[i] = ARGV[2 + i]
 end
 local sealed = tonumber(redis.call('HGET', KEYS[1], 'm') or '0')
-local SIZE = {h = 3600000, d = 86400000}
+local SIZE = {h = HOUR_MS, d = DAY_MS}
 
 local function read(key)
   if nfields == 0 then

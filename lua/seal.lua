@@ -11,6 +11,7 @@
 --          dirty index dirty:<g>)
 -- ARGV[5]  merge budget: stop sealing minutes once this many hash fields were merged (the
 --          minute that crosses it is finished); h and d never pass the minutes sealed
+-- HOUR_MS, DAY_MS  bucket sizes (ms), from the prelude lua/__init__.py puts in front
 -- Returns  {m, h, d} as now stored (never lowered), or {"NOWM"} when the hash is missing
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -18,7 +19,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local base = ARGV[4]
 local budget = tonumber(ARGV[5])
-local HOUR, DAY = 3600000, 86400000
 
 local cur_m = tonumber(redis.call('HGET', KEYS[1], 'm') or '0')
 local cur_h = tonumber(redis.call('HGET', KEYS[1], 'h') or '0')
@@ -33,11 +33,11 @@ if new_m > cur_m then
       break
     end
     local x = tonumber(mb)
-    local hour_b = string.format('%.0f', x - x % HOUR)
-    local day_b = string.format('%.0f', x - x % DAY)
+    local hour_b = string.format('%.0f', x - x % HOUR_MS)
+    local day_b = string.format('%.0f', x - x % DAY_MS)
     -- an hour or day sealed already (only after watermarks were restored from Postgres)
     -- took this minute's events through ingest's late path: do not merge into it
-    local to_h, to_d = x - x % HOUR >= cur_h, x - x % DAY >= cur_d
+    local to_h, to_d = x - x % HOUR_MS >= cur_h, x - x % DAY_MS >= cur_d
     local hour_h, day_h = base .. 'h:h:' .. hour_b, base .. 'h:d:' .. day_b
     local hour_u, day_u = base .. 'u:h:' .. hour_b .. ':', base .. 'u:d:' .. day_b .. ':'
     local src = base .. 'u:m:' .. mb .. ':'
@@ -76,7 +76,7 @@ if new_m > cur_m then
 end
 
 local m = tonumber(redis.call('HGET', KEYS[1], 'm'))
-local caps = {h = m - m % HOUR, d = m - m % DAY}
+local caps = {h = m - m % HOUR_MS, d = m - m % DAY_MS}
 local out = {redis.call('HGET', KEYS[1], 'm')}
 for i, name in ipairs({'h', 'd'}) do
   local cur = tonumber(redis.call('HGET', KEYS[1], name) or '0')

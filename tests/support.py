@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from counters.core.buckets import Grain, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from counters.core.models import VALUE_SCALE, EventIn, IngestReply, validate_events
+from counters.core.models import VALUE_SCALE, EventIn, EventLimits, IngestReply, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister, ProjectReport
 from counters.engines.read.context import ReadContext
@@ -145,10 +145,7 @@ class Harness:
         """Validates (against the manual clock) and applies one batch."""
         decoded = [msgspec.convert(e, EventIn) for e in events]
         raw = validate_events(
-            decoded,
-            now_ms=self.clock.now_ms(),
-            max_age_ms=self.settings.max_event_age_days * 86_400_000,
-            max_future_ms=self.settings.max_future_seconds * 1000,
+            decoded, now_ms=self.clock.now_ms(), limits=EventLimits.from_settings(self.settings)
         )
         return await self.ingestor.apply(self.project, raw)
 

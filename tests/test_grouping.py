@@ -1,32 +1,31 @@
-"""Unit tests for rollup fields (core.rollups) and batch grouping (engines.ingest)."""
+"""Unit tests for counters.core.grouping: per-minute grouping, roll_up to hours and days,
+the live ingest plan, dedupe inside a batch and folding over-cap values.
+(tests/test_grouping_redis.py checks roll_up against lua/ingest.lua + lua/seal.lua.)"""
 
 from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from typing import Any
 
 import pytest
 
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.config import load_settings
-from counters.core.models import RawEvent
-from counters.core.rollups import (
-    Rollup,
-    available_rollups,
-    decode_field,
-    encode_field,
-    fields_for,
-    parse_rollup_id,
-    rollup_for_filters,
-    rollup_id,
+from counters.core.grouping import (
+    Cell,
+    first_occurrences,
+    fold_over_cap,
+    group_minutes,
+    plan_batch,
+    roll_up,
 )
-from counters.engines.ingest import OTHER, group_events, plan_batch
-from lua.keys import US
+from counters.core.models import RawEvent
+from counters.core.rollups import OTHER, US, Rollup, encode_field
 
 T0 = 1_795_428_000_000  # 2026-11-23T10:00:00Z, a day boundary + 10 h
-MIN = 60_000
-HOUR = 3_600_000
-DAY = 86_400_000
+MIN = MINUTE_MS
+HOUR = HOUR_MS
+DAY = DAY_MS
 
 
 def event(
@@ -36,127 +35,34 @@ def event(
     name: str = "click",
     value: int = 0,
     uid: str | None = None,
+    id: str | None = None,
 ) -> RawEvent:
-    return RawEvent(name, ts, None, dims or {}, value, uid, ts)
+    return RawEvent(name, ts, id, dims or {}, value, uid, ts)
 
 
-def by_key(groups: list[list[Any]]) -> dict[tuple[str, int, str], list[Any]]:
-    """Groups keyed by (grain, bucket, field); fails if a key appears twice."""
-    out: dict[tuple[str, int, str], list[Any]] = {}
-    for g in groups:
-        key = (g[0], int(g[1]), g[2])
-        assert key not in out, f"duplicate group {key}"
-        out[key] = g
+def cells(events: list[RawEvent], crosstabs: list[Rollup]) -> list[Cell]:
+    """What rebuild computes: roll_up of the batch's minutes, every grain."""
+    return list(roll_up(group_minutes(events, crosstabs)).cells())
+
+
+def by_key(found: list[Cell]) -> dict[tuple[str, int, str], Cell]:
+    """Cells keyed by (grain letter, bucket, field); fails if a key appears twice."""
+    out: dict[tuple[str, int, str], Cell] = {}
+    for c in found:
+        key = (c.grain.short, c.bucket, c.field)
+        assert key not in out, f"duplicate cell {key}"
+        out[key] = c
     return out
 
 
-# --- field encoding -------------------------------------------------------------------------
-
-
-def test_fields_for_total_and_one_per_dim() -> None:
-    fields = fields_for("click", {"source": "web", "country": "DE"}, [])
-    assert fields == [
-        encode_field("click", (), ()),
-        encode_field("click", ("country",), ("DE",)),
-        encode_field("click", ("source",), ("web",)),
-    ]
-    assert fields[0] == "click" + US
-
-
-def test_fields_for_no_dims_is_just_the_total() -> None:
-    assert fields_for("click", {}, [("country", "source")]) == ["click" + US]
-
-
-def test_crosstab_only_when_the_event_has_all_its_dims() -> None:
-    crosstabs: list[Rollup] = [("country", "source"), ("country", "device"), ("a", "b", "c")]
-    full = fields_for("click", {"country": "DE", "source": "web", "device": "ios"}, crosstabs)
-    assert encode_field("click", ("country", "source"), ("DE", "web")) in full
-    assert encode_field("click", ("country", "device"), ("DE", "ios")) in full
-    assert not any(decode_field(f)[1] == ("a", "b", "c") for f in full)
-    assert len(full) == 1 + 3 + 2
-
-    partial = fields_for("click", {"country": "DE", "source": "web"}, crosstabs)
-    assert encode_field("click", ("country", "source"), ("DE", "web")) in partial
-    assert not any(decode_field(f)[1] == ("country", "device") for f in partial)
-    assert len(partial) == 1 + 2 + 1
-
-    assert len(fields_for("click", {"device": "ios"}, crosstabs)) == 2
-
-
-def test_crosstab_values_follow_rollup_order_not_dict_order() -> None:
-    (_, _, _, tab) = fields_for(
-        "click", {"source": "web", "country": "DE"}, [("country", "source")]
-    )
-    assert decode_field(tab) == ("click", ("country", "source"), ("DE", "web"))
-
-
-@pytest.mark.parametrize(
-    ("name", "rollup", "values"),
-    [
-        ("click", (), ()),
-        ("click", ("country",), ("DE",)),
-        ("page.view", ("country", "source"), ("Zürich", "東京")),
-        ("x", ("a", "b", "c"), ("😀", "ß", "a b,c:d")),
-        ("x", ("city",), ("€" * 85,)),
-        ("x", ("city",), ("",)),
-    ],
-)
-def test_encode_decode_round_trip(name: str, rollup: Rollup, values: tuple[str, ...]) -> None:
-    field = encode_field(name, rollup, values)
-    assert decode_field(field) == (name, rollup, values)
-
-
-def test_every_field_from_fields_for_decodes_to_its_dims() -> None:
-    dims = {"country": "日本", "source": "wéb", "device": "📱"}
-    crosstabs: list[Rollup] = [("country", "source"), ("device", "source")]
-    decoded = [decode_field(f) for f in fields_for("ev", dims, crosstabs)]
-    assert decoded == [
-        ("ev", (), ()),
-        ("ev", ("country",), ("日本",)),
-        ("ev", ("device",), ("📱",)),
-        ("ev", ("source",), ("wéb",)),
-        ("ev", ("country", "source"), ("日本", "wéb")),
-        ("ev", ("device", "source"), ("📱", "wéb")),
-    ]
-    for _, rollup, values in decoded:
-        assert values == tuple(dims[d] for d in rollup)
-
-
-def test_distinct_rollups_and_values_give_distinct_fields() -> None:
-    fields = [
-        encode_field("click", (), ()),
-        encode_field("click", ("a",), ("b",)),
-        encode_field("click", ("a", "b"), ("c", "d")),
-        encode_field("click", ("a",), ("b,c",)),
-        encode_field("click", ("b",), ("a",)),
-        encode_field("clicks", (), ()),
-    ]
-    assert len(set(fields)) == len(fields)
-
-
-@pytest.mark.parametrize("rollup", [(), ("country",), ("country", "source"), ("a", "b", "c")])
-def test_rollup_id_round_trip(rollup: Rollup) -> None:
-    assert parse_rollup_id(rollup_id(rollup)) == rollup
-
-
-def test_rollup_helpers() -> None:
-    assert rollup_id(()) == ""
-    assert rollup_id(("country", "source")) == "country,source"
-    assert rollup_for_filters(["source", "country", "source"]) == ("country", "source")
-    assert rollup_for_filters([]) == ()
-    assert available_rollups([("source", "country"), ("country", "source")]) == {
-        ("country", "source")
-    }
-
-
-# --- group_events ---------------------------------------------------------------------------
+# --- roll_up ----------------------------------------------------------------------------------
 
 
 def test_group_shape() -> None:
-    (m, h, d) = group_events([event(T0 + 17 * MIN + 5_000, value=2_500_000, uid="u1")], [])
-    assert m == ["m", str(T0 + 17 * MIN), "click" + US, 1, "2500000", ["u1"]]
-    assert h == ["h", str(T0), "click" + US, 1, "2500000", ["u1"]]
-    assert d == ["d", str(T0 - 10 * HOUR), "click" + US, 1, "2500000", ["u1"]]
+    (m, h, d) = cells([event(T0 + 17 * MIN + 5_000, value=2_500_000, uid="u1")], [])
+    assert m == (Grain.minute, T0 + 17 * MIN, "click" + US, 1, 2_500_000, {"u1"})
+    assert h == (Grain.hour, T0, "click" + US, 1, 2_500_000, {"u1"})
+    assert d == (Grain.day, T0 - 10 * HOUR, "click" + US, 1, 2_500_000, {"u1"})
 
 
 def test_same_grain_bucket_field_collapse_into_one_group() -> None:
@@ -167,31 +73,31 @@ def test_same_grain_bucket_field_collapse_into_one_group() -> None:
         event(ts + 59_999, {"country": "DE"}, value=-500_000, uid="zoe"),
         event(ts, {"country": "DE"}, value=0, uid=None),
     ]
-    groups = by_key(group_events(events, []))
+    groups = by_key(cells(events, []))
     assert len(groups) == 3 * 2  # (total, country) x (m, h, d)
     for grain, bucket in (("m", ts), ("h", T0), ("d", T0 - 10 * HOUR)):
         for field in ("click" + US, encode_field("click", ("country",), ("DE",))):
             g = groups[(grain, bucket, field)]
-            assert g[3] == 4
-            assert g[4] == "3000000"
-            assert g[5] == ["adam", "zoe"]
+            assert g.events == 4
+            assert g.sum_micros == 3_000_000
+            assert g.uids == {"adam", "zoe"}
 
 
 def test_different_dim_values_are_different_groups() -> None:
-    groups = by_key(group_events([event(T0, {"c": "DE"}), event(T0, {"c": "FR"})], []))
-    assert groups[("m", T0, encode_field("click", ("c",), ("DE",)))][3] == 1
-    assert groups[("m", T0, encode_field("click", ("c",), ("FR",)))][3] == 1
-    assert groups[("m", T0, "click" + US)][3] == 2
+    groups = by_key(cells([event(T0, {"c": "DE"}), event(T0, {"c": "FR"})], []))
+    assert groups[("m", T0, encode_field("click", ("c",), ("DE",)))].events == 1
+    assert groups[("m", T0, encode_field("click", ("c",), ("FR",)))].events == 1
+    assert groups[("m", T0, "click" + US)].events == 2
 
 
 def test_different_names_are_different_groups() -> None:
-    groups = by_key(group_events([event(T0, name="a"), event(T0, name="b")], []))
+    groups = by_key(cells([event(T0, name="a"), event(T0, name="b")], []))
     assert set(groups) == {(g, b, n + US) for n in "ab" for g, b in _buckets(T0)}
-    assert all(g[3] == 1 for g in groups.values())
+    assert all(g.events == 1 for g in groups.values())
 
 
 def _buckets(ts: int) -> list[tuple[str, int]]:
-    return [("m", ts - ts % MIN), ("h", ts - ts % HOUR), ("d", ts - ts % DAY)]
+    return [(g.short, bucket_start(ts, g)) for g in Grain]
 
 
 def test_minutes_of_one_hour_are_separate_minute_groups_but_one_hour_group() -> None:
@@ -201,19 +107,19 @@ def test_minutes_of_one_hour_are_separate_minute_groups_but_one_hour_group() -> 
         event(T0 + 42 * MIN, uid="a"),
         event(T0 + HOUR - 1, uid="c"),
     ]
-    groups = by_key(group_events(events, []))
-    minute = {b: g[3] for (grain, b, _), g in groups.items() if grain == "m"}
+    groups = by_key(cells(events, []))
+    minute = {b: g.events for (grain, b, _), g in groups.items() if grain == "m"}
     assert minute == {T0 + 3 * MIN: 2, T0 + 42 * MIN: 1, T0 + 59 * MIN: 1}
     hours = [g for (grain, _, _), g in groups.items() if grain == "h"]
-    assert hours == [["h", str(T0), "click" + US, 4, "0", ["a", "b", "c"]]]
+    assert hours == [(Grain.hour, T0, "click" + US, 4, 0, {"a", "b", "c"})]
     days = [g for (grain, _, _), g in groups.items() if grain == "d"]
-    assert len(days) == 1 and days[0][3] == 4
+    assert len(days) == 1 and days[0].events == 4
 
 
 def test_hours_and_days_split_at_their_boundaries() -> None:
     day_start = T0 - 10 * HOUR
     events = [event(day_start - 1), event(day_start), event(day_start + HOUR)]
-    groups = by_key(group_events(events, []))
+    groups = by_key(cells(events, []))
     assert {b for (g, b, _) in groups if g == "d"} == {day_start - DAY, day_start}
     assert {b for (g, b, _) in groups if g == "h"} == {
         day_start - HOUR,
@@ -223,7 +129,7 @@ def test_hours_and_days_split_at_their_boundaries() -> None:
 
 
 def test_negative_epoch_events_group_into_1969_buckets() -> None:
-    groups = by_key(group_events([event(-1)], []))
+    groups = by_key(cells([event(-1)], []))
     assert set(groups) == {
         ("m", -MIN, "click" + US),
         ("h", -HOUR, "click" + US),
@@ -231,30 +137,31 @@ def test_negative_epoch_events_group_into_1969_buckets() -> None:
     }
 
 
-def test_group_events_of_nothing() -> None:
-    assert group_events([], [("a", "b")]) == []
+def test_roll_up_of_nothing() -> None:
+    assert cells([], [("a", "b")]) == []
+    assert plan_batch([], [("a", "b")]) == ([], [])
 
 
-def test_crosstab_groups_in_group_events() -> None:
+def test_crosstab_cells() -> None:
     crosstabs: list[Rollup] = [("country", "source")]
     events = [
         event(T0, {"country": "DE", "source": "web"}),
         event(T0, {"country": "DE"}),
         event(T0, {"source": "web", "country": "DE", "device": "ios"}),
     ]
-    groups = by_key(group_events(events, crosstabs))
+    groups = by_key(cells(events, crosstabs))
     tab = encode_field("click", ("country", "source"), ("DE", "web"))
-    assert groups[("h", T0, tab)][3] == 2
-    assert groups[("h", T0, encode_field("click", ("country",), ("DE",)))][3] == 3
-    assert groups[("h", T0, encode_field("click", ("device",), ("ios",)))][3] == 1
+    assert groups[("h", T0, tab)].events == 2
+    assert groups[("h", T0, encode_field("click", ("country",), ("DE",)))].events == 3
+    assert groups[("h", T0, encode_field("click", ("device",), ("ios",)))].events == 1
 
 
 def test_crosstab_declared_twice_counts_each_event_once() -> None:
     crosstabs = load_settings({"COUNTERS_CROSSTABS": "source:country,country:source"}).crosstabs
     ev = event(T0, {"country": "DE", "source": "web"}, value=1_000_000)
-    groups = by_key(group_events([ev], crosstabs))
+    groups = by_key(cells([ev], crosstabs))
     tab = encode_field("click", ("country", "source"), ("DE", "web"))
-    assert groups[("m", T0, tab)][3:5] == [1, "1000000"]
+    assert groups[("m", T0, tab)][3:5] == (1, 1_000_000)
 
 
 # --- property: groups equal per-event application -------------------------------------------
@@ -305,27 +212,27 @@ def test_groups_equal_per_event_application(seed: int) -> None:
                 if ev.uid is not None:
                     uids[key].add(ev.uid)
 
-    groups = by_key(group_events(events, crosstabs))
+    groups = by_key(cells(events, crosstabs))
     assert set(groups) == set(counts)
     for key, g in groups.items():
-        assert g[3] == counts[key], key
-        assert int(g[4]) == sums[key], key
-        assert g[5] == sorted(uids[key]), key
+        assert g.events == counts[key], key
+        assert g.sum_micros == sums[key], key
+        assert g.uids == uids[key], key
 
     # Every grain sees every event exactly once in its total fields.
     for grain in "mhd":
-        total = sum(g[3] for (gr, _, f), g in groups.items() if gr == grain and f.endswith(US))
+        total = sum(g.events for (gr, _, f), g in groups.items() if gr == grain and f.endswith(US))
         assert total == len(events)
         assert sum(
-            int(g[4]) for (gr, _, f), g in groups.items() if gr == grain and f.endswith(US)
+            g.sum_micros for (gr, _, f), g in groups.items() if gr == grain and f.endswith(US)
         ) == sum(ev.value for ev in events)
 
     # Splitting the batch anywhere and adding the halves gives the same totals.
     cut = rng.randrange(1, len(events))
     merged: Counter[tuple[str, int, str]] = Counter()
     for part in (events[:cut], events[cut:]):
-        for key, g in by_key(group_events(part, crosstabs)).items():
-            merged[key] += g[3]
+        for key, g in by_key(cells(part, crosstabs)).items():
+            merged[key] += g.events
     assert merged == counts
 
 
@@ -343,7 +250,7 @@ def test_plan_batch_lists_every_distinct_dim_value_per_day() -> None:
     ]
     expected = sorted(
         {
-            (dim, str(ev.ts - ev.ts % DAY), value)
+            (dim, str(bucket_start(ev.ts, Grain.day)), value)
             for ev in events
             for dim, value in ev.dims.items()
             if value != OTHER
@@ -352,3 +259,85 @@ def test_plan_batch_lists_every_distinct_dim_value_per_day() -> None:
     for crosstabs in ((), (("x", "y"), ("x", "z"))):
         _, dim_values = plan_batch(events, crosstabs)
         assert [tuple(v) for v in dim_values] == expected
+    assert plan_batch(events, ()).dim_values != []
+    assert plan_batch(events, (), dim_values=False).dim_values == []
+
+
+# --- the live plan -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_plan_groups_are_the_minute_grain_of_roll_up(seed: int) -> None:
+    rng = random.Random(seed)
+    crosstabs: list[Rollup] = [("country", "source")]
+    events = _random_events(rng, 400)
+    minutes = {
+        (c.bucket, c.field): (c.events, c.sum_micros, c.uids)
+        for c in roll_up(group_minutes(events, crosstabs)).cells([Grain.minute])
+    }
+    groups = plan_batch(events, crosstabs).groups
+    assert len(groups) == len(minutes)
+    for minute, field, count, total, uids in groups:
+        assert isinstance(minute, str) and isinstance(total, str)  # as lua/ingest.lua reads them
+        assert (count, int(total), set(uids)) == minutes[(int(minute), field)]
+        assert len(uids) == len(set(uids))
+
+
+def test_fields_per_grain_are_the_fields_of_the_cells() -> None:
+    rng = random.Random(9)
+    rolled = roll_up(group_minutes(_random_events(rng, 300), [("country", "source")]))
+    for grain in Grain:
+        expected: defaultdict[int, set[str]] = defaultdict(set)
+        for c in rolled.cells([grain]):
+            expected[c.bucket].add(c.field)
+        assert dict(rolled.fields(grain)) == expected
+        assert set(rolled.buckets(grain)) == set(expected)
+    assert rolled.buckets(Grain.minute) is rolled.minutes
+
+
+def test_roll_up_leaves_the_minutes_unchanged() -> None:
+    minutes = group_minutes([event(T0, uid="a", value=1), event(T0 + MIN, uid="b", value=2)], [])
+    rolled = roll_up(minutes)
+    (hour,) = rolled.buckets(Grain.hour).values()
+    assert hour.uids == {"click" + US: {"a", "b"}}
+    hour.uids["click" + US].add("c")
+    assert minutes[T0].uids == {"click" + US: {"a"}}
+    assert (minutes[T0].sums, minutes[T0 + MIN].sums) == ({"click" + US: 1}, {"click" + US: 2})
+
+
+# --- dedupe inside a batch, folding over-cap values ----------------------------------------
+
+
+def test_first_occurrences_keep_the_first_of_each_id() -> None:
+    events = [
+        event(T0, id="a", value=1),
+        event(T0, id="b"),
+        event(T0, id="a", value=2),
+        event(T0),
+        event(T0),
+        event(T0, id="b"),
+    ]
+    kept, dropped = first_occurrences(events)
+    assert dropped == 2
+    assert kept == [events[0], events[1], events[3], events[4]]
+    assert first_occurrences([]) == ([], 0)
+
+
+def test_fold_over_cap_replaces_only_the_listed_day_values() -> None:
+    today, yesterday = str(T0 - 10 * HOUR), str(T0 - 10 * HOUR - DAY)
+    events = [
+        event(T0, {"source": "z", "country": "DE"}),
+        event(T0 - DAY, {"source": "z"}),
+        event(T0, {"source": "a"}),
+        event(T0, {"country": "z"}),
+    ]
+    out, folded = fold_over_cap(events, {("source", today, "z"), ("source", yesterday, "q")})
+    assert folded == 1
+    assert [e.dims for e in out] == [
+        {"source": OTHER, "country": "DE"},
+        {"source": "z"},
+        {"source": "a"},
+        {"country": "z"},
+    ]
+    assert out[1:] == events[1:]
+    assert (out[0].name, out[0].ts, out[0].value) == (events[0].name, T0, 0)

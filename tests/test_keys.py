@@ -1,14 +1,35 @@
-"""Unit tests for lua.keys: every key in the project's Redis Cluster hash tag."""
+"""lua.keys: every key in the project's Redis Cluster hash tag, parse_key the inverse of
+ProjectKeys, the hash-field grammar both ways; and every key the scripts create on a real
+Redis is one parse_key names."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any, get_args
 
 import pytest
+from redis.asyncio import Redis
 
-from counters.core.buckets import GRAINS, Grain
+from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.rollups import encode_field
-from lua.keys import US, ProjectKeys, count_field, late_field, sum_field
+from lua import NAMES, read_script
+from lua.keys import (
+    COUNT,
+    SUM,
+    US,
+    KeyKind,
+    KeyName,
+    ProjectKeys,
+    count_field,
+    late_field,
+    late_hll_member,
+    parse_key,
+    parse_late_field,
+    parse_late_hll_member,
+    parse_measure_field,
+    sum_field,
+)
+from tests.support import T0, Harness
 
 FIELD = encode_field("click", ("country", "source"), ("DE", "web"))
 BUCKET = 1_795_428_000_000
@@ -40,6 +61,8 @@ def all_keys(keys: ProjectKeys) -> dict[str, str]:
     out["late"] = keys.late(7)
     out["late_hll_index"] = keys.late_hll_index(7)
     out["tmp"] = keys.tmp("0123abcd")
+    out["dim_values"] = keys.dim_values("country", bucket_start(BUCKET, Grain.day))
+    out["dim_values_negative_day"] = keys.dim_values("a_b", -DAY_MS)
     return out
 
 
@@ -127,3 +150,175 @@ def test_late_fields_distinguish_grain_bucket_and_measure() -> None:
         for measure in (count_field, sum_field)
     }
     assert len(fields) == len(GRAINS) * 3 * 2
+
+
+# --- parse_key: the inverse of ProjectKeys ----------------------------------------------------
+
+KINDS: tuple[str, ...] = get_args(KeyKind)
+
+
+def kind_of(label: str) -> str:
+    """The KeyKind an all_keys label names (the longest kind it starts with)."""
+    return max((k for k in KINDS if label.startswith(k)), key=len)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("project", PROJECTS)
+def test_parse_key_names_every_key_and_round_trips(prefix: str, project: str) -> None:
+    keys = ProjectKeys(prefix, project)
+    odd_ids = ["wm", "raw", "a:b:c", "x}:y", "{p:z}:wm", "id:1", "日本"]
+    names = list(all_keys(keys).items())
+    names += [(f"event_id:{i}", keys.event_id(i)) for i in odd_ids]
+    names += [("tmp:x", keys.tmp("rb:abc:12")), ("hll:colon", keys.hll(Grain.hour, 0, "c\x1fa:b"))]
+    for label, name in names:
+        parsed = parse_key(name)
+        assert parsed.kind == kind_of(label), label
+        assert (parsed.prefix, parsed.project) == (prefix, project), label
+        assert parsed.key() == name, label
+        assert parse_key(name.encode()) == parsed
+
+
+def test_parse_key_parts() -> None:
+    k = ProjectKeys("ctr", "acme")
+    assert parse_key(k.hot(Grain.day, -DAY_MS)) == KeyName("hot", "ctr", "acme", Grain.day, -DAY_MS)
+    assert parse_key(k.hll(Grain.minute, 60_000, FIELD)) == KeyName(
+        "hll", "ctr", "acme", Grain.minute, 60_000, FIELD
+    )
+    assert parse_key(k.late_hll(3, Grain.hour, BUCKET, FIELD)) == KeyName(
+        "late_hll", "ctr", "acme", Grain.hour, BUCKET, FIELD, 3
+    )
+    assert parse_key(k.late(12)).gen == 12
+    assert parse_key(k.late_hll_index(12)) == KeyName("late_hll_index", "ctr", "acme", gen=12)
+    assert parse_key(k.dirty(Grain.hour)).grain is Grain.hour
+    assert parse_key(k.event_id("a:b")).name == "a:b"
+    card = parse_key(k.dim_values("country", DAY_MS))
+    assert (card.kind, card.name, card.bucket) == ("dim_values", "country", DAY_MS)
+    assert {kind_of(label) for label in all_keys(k)} == set(KINDS)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ctr:acme:wm",  # no hash tag
+        "ctr:{p:acme}:",
+        "ctr:{p:acme}:nope",
+        "ctr:{p:acme}:wm:1",
+        "ctr:{p:acme}:h:x:60000",
+        "ctr:{p:acme}:h:m:060000",
+        "ctr:{p:acme}:h:m:+60000",
+        "ctr:{p:acme}:h:m:60000:extra",
+        "ctr:{p:acme}:h:m",
+        "ctr:{p:acme}:dirty:q",
+        "ctr:{p:acme}:late:x",
+        "ctr:{p:acme}:late:1:zz",
+        "ctr:{p:acme}:card:country",
+        "ctr:{p:acme}:card::5",
+    ],
+)
+def test_parse_key_refuses_what_counters_does_not_name(key: str) -> None:
+    with pytest.raises(ValueError):
+        parse_key(key)
+
+
+def test_field_grammar_both_ways() -> None:
+    for measure, encode in ((COUNT, count_field), (SUM, sum_field)):
+        assert parse_measure_field(encode(FIELD)) == (measure, FIELD)
+        assert parse_measure_field(encode(FIELD).encode()) == (measure, FIELD)
+    for grain in GRAINS:
+        for bucket in (0, -DAY_MS, BUCKET):
+            assert parse_late_field(late_field(grain, bucket, sum_field(FIELD))) == (
+                grain,
+                bucket,
+                sum_field(FIELD),
+            )
+            assert parse_late_hll_member(late_hll_member(grain, bucket, FIELD)) == (
+                grain,
+                bucket,
+                FIELD,
+            )
+
+
+# --- every script, every key in the slot ------------------------------------------------------
+
+
+def test_every_script_header_lists_keys_argv_and_returns() -> None:
+    for name in NAMES:
+        text = read_script(name)
+        header = text[: text.index("\n\n")]
+        assert f"-- {name}.lua:" in header, name
+        assert "KEYS[1]" in header, name
+        assert "ARGV" in header, name
+        assert "Returns" in header, name
+        assert "\n" not in text[: text.index("--")], "the prelude keeps line numbers"
+
+
+async def _slot_keys(redis: Redis, keys: ProjectKeys) -> set[str]:
+    return {k.decode() async for k in redis.scan_iter(match=keys.base + "*", count=1000)}
+
+
+async def test_every_key_the_scripts_create_is_named_by_parse_key(harness: Harness) -> None:
+    """Drives every script (ingest with dedupe ids, uniques, cross-tabs and the dim cap;
+    read_hot; seal; the persister's rotate_late, trim_raw and cut; restore after the
+    watermarks are lost; late events) and checks each key in the project's slot."""
+    h = Harness.build(
+        harness.settings,
+        harness.redis,
+        harness.pool,
+        harness.scripts,
+        harness.project,
+        crosstabs=(("country", "source"),),
+        dim_cardinality_cap=2,
+    )
+    redis, keys, scripts = h.redis, h.keys, h.scripts
+    hour, day = bucket_start(T0, Grain.hour), bucket_start(T0, Grain.day)
+    seen: set[str] = set()
+
+    def ev(**kw: Any) -> dict[str, Any]:
+        return {"name": "click", "ts": T0, **kw}
+
+    await h.ingest(
+        ev(id="e1", uid="u1", value=1.5, dims={"country": "DE", "source": "a:b"}),
+        ev(id="e2", uid="u2", dims={"country": "FR", "source": "web", "device": "ios"}),
+        ev(id="e3", ts=T0 + MINUTE_MS, dims={"device": "and"}),
+        ev(id="e4", ts=T0 + MINUTE_MS, dims={"device": "win"}),  # over the cap: __other__
+    )
+    assert (await h.ingest(ev(id="e1"))).duplicates == 1
+    assert await h.total("click", hour, hour + HOUR_MS, "uniques") == 2  # read_hot.lua
+    seen |= await _slot_keys(redis, keys)
+
+    # seal the first minute only: hour and day hashes and sketches appear
+    await scripts.seal(
+        keys=[keys.watermarks, keys.dirty(Grain.minute)],
+        args=[T0 + MINUTE_MS, hour, day, keys.base, 20_000],
+    )
+    await h.ingest(ev(uid="u3", dims={"country": "DE"}))  # a sealed minute, hot hour
+    seen |= await _slot_keys(redis, keys)
+
+    h.clock.advance(2 * HOUR_MS)
+    await h.persist()  # seal, copy, rotate_late, trim_raw
+    await h.ingest(ev(id="late1", uid="u4", value=2, dims={"country": "DE", "source": "web"}))
+    seen |= await _slot_keys(redis, keys)  # late generation: hash, sketches, index
+
+    await redis.delete(keys.watermarks)  # Redis lost its state: restore.lua puts it back
+    await h.ingest(ev(id="late2", uid="u5"))
+    seen |= await _slot_keys(redis, keys)
+    reply = await scripts.cut(keys=[keys.watermarks, keys.raw])
+    assert reply[0] != b"NOWM"
+    await h.persist()
+    await h.persist()
+    seen |= await _slot_keys(redis, keys)
+
+    kinds = set()
+    for name in seen:
+        parsed = parse_key(name)
+        assert (parsed.prefix, parsed.project) == (h.settings.key_prefix, h.project), name
+        assert parsed.key() == name
+        kinds.add(parsed.kind)
+    assert kinds >= set(KINDS) - {"tmp"}, set(KINDS) - kinds
+    # and nothing of the project lives outside its slot
+    stray = {
+        k.decode()
+        async for k in redis.scan_iter(match=f"*{h.project}*", count=1000)
+        if not k.decode().startswith(keys.base)
+    }
+    assert not stray

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.errors import BacklogFull, Unavailable
 from counters.core.rollups import encode_field
+from lua import PRELUDE
 from lua.keys import count_field, sum_field
 from tests.support import T0, Harness, wait_for
 
@@ -47,11 +48,11 @@ async def test_batch_lands_in_hot_hash_grouped(harness: Harness) -> None:
     assert int(minute[sum_field(total).encode()]) == 3_250_000
     # ingest writes minutes only; seal merges them into the hour and day, reads add the
     # minutes not merged yet
-    assert await harness.redis.hgetall(keys.hot(Grain.hour, T0 - T0 % HOUR_MS)) == {}
-    hour = T0 - T0 % HOUR_MS
+    assert await harness.redis.hgetall(keys.hot(Grain.hour, bucket_start(T0, Grain.hour))) == {}
+    hour = bucket_start(T0, Grain.hour)
     assert await harness.total("click", hour, hour + HOUR_MS) == 3
     assert await harness.redis.pfcount(keys.hll(Grain.minute, T0, total)) == 2
-    assert await harness.redis.pfcount(keys.hll(Grain.day, T0 - T0 % DAY_MS, total)) == 0
+    assert await harness.redis.pfcount(keys.hll(Grain.day, bucket_start(T0, Grain.day), total)) == 0
     assert await harness.redis.zscore(keys.dirty(Grain.minute), str(T0)) == T0
     assert await harness.redis.xlen(keys.raw) == 1  # one stream entry per batch
     assert int(await harness.redis.hget(keys.watermarks, "rawn")) == 3
@@ -207,8 +208,8 @@ async def seal(harness: Harness, minute_until: int, budget: int = 20_000) -> lis
         keys=[keys.watermarks, keys.dirty(Grain.minute)],
         args=[
             minute_until,
-            minute_until - minute_until % HOUR_MS,
-            minute_until - minute_until % DAY_MS,
+            bucket_start(minute_until, Grain.hour),
+            bucket_start(minute_until, Grain.day),
             keys.base,
             budget,
         ],
@@ -219,7 +220,7 @@ async def seal(harness: Harness, minute_until: int, budget: int = 20_000) -> lis
 async def test_seal_merges_minutes_into_hour_and_day(harness: Harness) -> None:
     keys = harness.keys
     total = encode_field("click", (), ())
-    hour, day = T0 - T0 % HOUR_MS, T0 - T0 % DAY_MS
+    hour, day = bucket_start(T0, Grain.hour), bucket_start(T0, Grain.day)
     hour_hash, day_hash = keys.hot(Grain.hour, hour), keys.hot(Grain.day, day)
     await harness.ingest(ev(uid="u1"), ev(uid="u2", value=1.5), ev(ts=T0 + MINUTE_MS, uid="u1"))
     await harness.ingest(ev(ts=T0 + MINUTE_MS, uid="u3"))
@@ -258,7 +259,7 @@ async def test_seal_merges_minutes_into_hour_and_day(harness: Harness) -> None:
 async def test_seal_budget_stops_between_minutes(harness: Harness) -> None:
     keys = harness.keys
     total = encode_field("click", (), ())
-    start = T0 - T0 % DAY_MS + DAY_MS - 3 * MINUTE_MS  # the day's last three minutes
+    start = bucket_start(T0, Grain.day) + DAY_MS - 3 * MINUTE_MS  # the day's last three minutes
     harness.clock.set(start + 3 * MINUTE_MS)
     await harness.ingest(
         *(ev(ts=start + i * MINUTE_MS, uid=f"u{i}", dims={"k": str(i)}) for i in range(3))
@@ -276,7 +277,7 @@ async def test_seal_budget_stops_between_minutes(harness: Harness) -> None:
 async def test_reads_survive_a_script_flush(harness: Harness) -> None:
     """Redis forgetting its scripts (a restart, SCRIPT FLUSH) costs a read one reload, not
     an error: read_hot.lua is queued as a bare EVALSHA inside the read's pipeline."""
-    hour = T0 - T0 % HOUR_MS
+    hour = bucket_start(T0, Grain.hour)
     await harness.ingest(ev(uid="u1"), ev(uid="u2"))
     assert await harness.total("click", hour, hour + HOUR_MS) == 2
     await harness.redis.script_flush()
@@ -289,7 +290,7 @@ async def test_hot_minute_of_an_hour_restored_as_sealed(harness: Harness) -> Non
     be copied while a minute of it is not (a persister stopped between the two). A new
     event for that minute must still reach the hour (through the late path), and seal must
     not merge the minute into the sealed hour as well."""
-    hour, day = T0 - T0 % HOUR_MS, T0 - T0 % DAY_MS
+    hour, day = bucket_start(T0, Grain.hour), bucket_start(T0, Grain.day)
     async with harness.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO projects (project) VALUES ($1) ON CONFLICT DO NOTHING", harness.project
@@ -312,3 +313,11 @@ async def test_hot_minute_of_an_hour_restored_as_sealed(harness: Harness) -> Non
     assert await harness.total("click", day, day + DAY_MS) == 2
     assert await harness.series("click", Grain.hour, hour, hour + HOUR_MS, "uniques") == [2]
     assert await harness.total("click", day, day + DAY_MS, "uniques") == 2
+
+
+async def test_scripts_see_the_bucket_sizes_of_core_buckets(harness: Harness) -> None:
+    """Every script runs after lua.PRELUDE, which defines the sizes from counters.core.buckets
+    on the script's first line (so Redis's line numbers match the .lua files)."""
+    assert "\n" not in PRELUDE
+    reply = await harness.redis.eval(PRELUDE + "-- probe\nreturn {MINUTE_MS, HOUR_MS, DAY_MS}", 0)
+    assert reply == [g.value for g in GRAINS]

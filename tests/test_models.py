@@ -1,4 +1,5 @@
-"""Unit tests for counters.core.models: wire decoding (msgspec) and validate_events."""
+"""Unit tests for counters.core.models: wire decoding (msgspec), validate_events and its
+limits, the raw-log batch codec."""
 
 from __future__ import annotations
 
@@ -7,22 +8,26 @@ from typing import Any
 import msgspec
 import pytest
 
+from counters.core.buckets import DAY_MS
+from counters.core.config import Settings
 from counters.core.errors import Invalid
 from counters.core.models import (
     EventIn,
+    EventLimits,
     EventWire,
     RawEvent,
     batch_decoder,
-    raw_decoder,
+    decode_raw_batch,
     raw_encoder,
     to_micros,
     validate_events,
 )
 
 NOW = 1_795_428_000_000  # 2026-11-23T10:00:00Z
-DAY = 86_400_000
+DAY = DAY_MS
 MAX_AGE = 30 * DAY
 MAX_FUTURE = 300_000
+LIMITS = EventLimits(max_age_ms=MAX_AGE, max_future_ms=MAX_FUTURE)
 
 
 def decode(events: list[dict[str, Any]]) -> list[EventWire]:
@@ -30,7 +35,7 @@ def decode(events: list[dict[str, Any]]) -> list[EventWire]:
 
 
 def validate(events: list[EventWire]) -> list[RawEvent]:
-    return validate_events(events, now_ms=NOW, max_age_ms=MAX_AGE, max_future_ms=MAX_FUTURE)
+    return validate_events(events, now_ms=NOW, limits=LIMITS)
 
 
 def accept(**fields: Any) -> RawEvent:
@@ -85,7 +90,16 @@ def test_full_event_round_trip() -> None:
         "u-42",
         NOW,
     )
-    assert raw_decoder.decode(raw_encoder.encode(raw)) == raw
+    # the raw log holds one list of events per stream entry
+    assert decode_raw_batch(raw_encoder.encode([raw])) == [raw]
+    assert decode_raw_batch(raw_encoder.encode([raw, raw])) == [raw, raw]
+    assert decode_raw_batch(raw_encoder.encode([])) == []
+
+
+def test_limits_from_settings_are_the_service_defaults() -> None:
+    assert EventLimits.from_settings(Settings()) == LIMITS
+    custom = Settings(max_event_age_days=2, max_future_seconds=7)
+    assert EventLimits.from_settings(custom) == EventLimits(2 * DAY_MS, 7_000)
 
 
 def test_minimal_event_defaults() -> None:

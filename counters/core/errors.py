@@ -44,11 +44,6 @@ class PayloadTooLarge(CountersError):
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(CountersError):
-    status = 415
-    code = "unsupported_media_type"
-
-
 class Invalid(CountersError):
     """One field of one event is wrong; nothing of the batch was applied."""
 

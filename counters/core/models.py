@@ -9,7 +9,8 @@ from typing import Annotated
 
 import msgspec
 
-from counters.core.buckets import parse_ts
+from counters.core.buckets import DAY_MS, parse_ts
+from counters.core.config import Settings
 from counters.core.errors import Invalid
 
 NAME_PATTERN = "^[a-z0-9_.-]{1,64}\\Z"
@@ -78,12 +79,35 @@ class IngestReply(msgspec.Struct):
 batch_decoder = msgspec.json.Decoder(list[EventWire])
 event_decoder = msgspec.json.Decoder(EventWire)
 raw_encoder = msgspec.msgpack.Encoder()
-raw_decoder = msgspec.msgpack.Decoder(RawEvent)
+"""Encodes a list of RawEvent as one raw-log stream entry (decode_raw_batch reads it)."""
+_raw_batch_decoder = msgspec.msgpack.Decoder(list[RawEvent])
+
+
+def decode_raw_batch(data: bytes) -> list[RawEvent]:
+    """The events of one raw-log stream entry (raw_encoder.encode of a list of RawEvent)."""
+    return _raw_batch_decoder.decode(data)
 
 
 def to_micros(value: float | None) -> int:
     """Value in integer millionths, rounded half to even."""
     return 0 if value is None else round(value * VALUE_SCALE)
+
+
+class EventLimits(msgspec.Struct, frozen=True):
+    """How far from now an event's time may be; validate_events refuses events outside."""
+
+    max_age_ms: int
+    """Events older than now - max_age_ms are refused (ts_too_old)."""
+    max_future_ms: int
+    """Events later than now + max_future_ms are refused (ts_in_future)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLimits:
+        """The limits the service applies (max_event_age_days, max_future_seconds)."""
+        return cls(
+            max_age_ms=settings.max_event_age_days * DAY_MS,
+            max_future_ms=settings.max_future_seconds * 1000,
+        )
 
 
 class _Checked:
@@ -147,14 +171,16 @@ def validate_events(
     events: Sequence[EventIn | EventWire],
     *,
     now_ms: int,
-    max_age_ms: int,
-    max_future_ms: int,
+    limits: EventLimits,
 ) -> list[RawEvent]:
-    """Checks every rule of EventIn's schema and what a schema cannot say (timestamps,
-    byte lengths), and returns the events as they will be stored. Raises Invalid naming the
-    first bad event's index and field."""
+    """Checks every rule of EventIn's schema and what a schema cannot say (timestamps
+    within limits of now_ms, byte lengths), and returns the events as they will be stored.
+    Raises Invalid naming the first bad event's index and field."""
+    max_age_ms = limits.max_age_ms
+    max_future_ms = limits.max_future_ms
     oldest = now_ms - max_age_ms
     newest = now_ms + max_future_ms
+    micros = to_micros
     out: list[RawEvent] = []
     append = out.append
     for index, ev in enumerate(events):
@@ -171,7 +197,7 @@ def validate_events(
                 raise Invalid(f"$[{index}].ts: {exc}", code="invalid_ts") from exc
         if ts_ms < oldest:
             raise Invalid(
-                f"$[{index}].ts: older than max_event_age ({max_age_ms // 86_400_000} days)",
+                f"$[{index}].ts: older than max_event_age ({max_age_ms // DAY_MS} days)",
                 code="ts_too_old",
             )
         if ts_ms > newest:
@@ -186,16 +212,5 @@ def validate_events(
                     f"$[{index}].dims.{key}: longer than {MAX_DIM_VALUE_BYTES} bytes",
                     code="dim_too_long",
                 )
-        value = ev.value
-        append(
-            RawEvent(
-                ev.name,
-                ts_ms,
-                ev.id,
-                dims,
-                0 if value is None else round(value * VALUE_SCALE),
-                ev.uid,
-                now_ms,
-            )
-        )
+        append(RawEvent(ev.name, ts_ms, ev.id, dims, micros(ev.value), ev.uid, now_ms))
     return out

@@ -49,6 +49,17 @@ def field_values(field: str, prefix: str) -> tuple[str, ...] | None:
     return tuple(field[len(prefix) :].split(US))
 
 
+def single_dim_values(fields: Iterable[str]) -> set[tuple[str, str]]:
+    """Every (dim, value) that a single-dim field among these names (the total and
+    cross-tab fields are skipped; the same pair under several event names appears once)."""
+    out: set[tuple[str, str]] = set()
+    for rest in {f[f.index(US) + 1 :] for f in fields}:
+        dim, _, value = rest.partition(US)
+        if dim and "," not in dim:
+            out.add((dim, value))
+    return out
+
+
 def fields_for(name: str, dims: Mapping[str, str], crosstabs: Iterable[Rollup]) -> list[str]:
     """Every field one event contributes to: the total, one per dim, and each configured
     cross-tab whose dims the event has."""

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import cast
 
-import msgspec
 from redis.asyncio import Redis
 
 from counters.core.buckets import Grain, bucket_start
-from counters.core.models import RawEvent
+from counters.core.models import decode_raw_batch
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.client import redis_unavailable
@@ -22,8 +21,6 @@ from persist.state import load_state, set_raw_stream_id
 RAW_CHUNK_ENTRIES = 10
 """Raw-log stream entries (each a whole batch, up to 10,000 events) copied per transaction:
 small enough that one XRANGE reply stays a few MB while ingest scripts run in between."""
-
-_raw_batch = msgspec.msgpack.Decoder(list[RawEvent])
 
 
 class RawCopier:
@@ -66,7 +63,7 @@ class RawCopier:
             days: set[int] = set()
             for sid_raw, fields in entries:
                 sid = sid_raw.decode()
-                for seq, ev in enumerate(_raw_batch.decode(fields[b"e"])):
+                for seq, ev in enumerate(decode_raw_batch(fields[b"e"])):
                     days.add(bucket_start(ev.ts, Grain.day))
                     records.append(raw_record(keys.project, ev, sid, seq))
             last = entries[-1][0].decode()

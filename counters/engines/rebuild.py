@@ -31,9 +31,9 @@ from counters.core.buckets import (
     format_ts,
 )
 from counters.core.config import Settings
+from counters.core.grouping import group_minutes, roll_up
 from counters.core.models import RawEvent
 from counters.core.rollups import decode_field
-from counters.engines.ingest import group_events
 from counters.engines.persister import Cut, Persister
 from counters.engines.retention import minute_edge, raw_edge
 from lua.keys import ProjectKeys
@@ -211,11 +211,9 @@ class Rebuilder:
     ) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pending = False
-        for grain_s, bucket_s, field, count, total, uids in group_events(
-            events, self.settings.crosstabs
-        ):
-            grain = _GRAIN[grain_s]
-            bucket = int(bucket_s)
+        for grain, bucket, field, count, total, uids in roll_up(
+            group_minutes(events, self.settings.crosstabs)
+        ).cells():
             if bucket >= limits[grain] or bucket < lows[grain]:
                 continue
             key = (grain, bucket, field)
@@ -223,7 +221,7 @@ class Rebuilder:
             if row is None:
                 acc[key] = row = [0, 0]
             row[0] += count
-            row[1] += int(total)
+            row[1] += total
             if uids:
                 tmp = scratch.get(key)
                 if tmp is None:
@@ -278,9 +276,6 @@ class Rebuilder:
                 await replace_rollup_range(
                     conn, project, grain, lows[grain], limits[grain], name, by_grain[grain]
                 )
-
-
-_GRAIN = {g.short: g for g in GRAINS}
 
 
 def _diff(

@@ -14,7 +14,7 @@ from typing import cast
 import msgspec
 
 from counters.core.measures import measure_value
-from counters.core.models import RawEvent
+from counters.core.models import RawEvent, decode_raw_batch
 from counters.core.periods import periods
 from counters.core.rollups import OTHER
 from counters.engines.read.context import ReadContext
@@ -24,7 +24,6 @@ from lua.client import redis_unavailable
 from persist.rawlog_reads import RawAggregate, aggregate_raw
 from persist.schema import stream_order
 
-_batch = msgspec.msgpack.Decoder(list[RawEvent])
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Value = int | float
 
@@ -80,7 +79,7 @@ def _fold_redis(
     for sid, fields in entries:
         if stream_order(sid.decode()) <= done:
             continue
-        for ev in _batch.decode(fields[b"e"]):
+        for ev in decode_raw_batch(fields[b"e"]):
             if ev.name != name or not lo <= ev.ts < end or not _matches(ev, filters, group_by):
                 continue
             period = bisect.bisect_right(starts, ev.ts) - 1
