@@ -18,13 +18,13 @@ import asyncpg
 import pytest
 import redis
 
-from counters import embedded
-from counters.embedded import postgres, process
 from counters.embedded import (
     EmbeddedServerError,
     embedded_status,
     ensure_postgres,
     ensure_valkey,
+    postgres,
+    process,
     stop_embedded,
 )
 
