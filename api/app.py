@@ -131,7 +131,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             # from re-scanning it (a full collection over it was the 15-25 ms tail of reads).
             gc.freeze()
             try:
-                yield {"counters": state, "pixel": pixel.GroupCommitter(services.ingestor)}
+                yield {
+                    "counters": state,
+                    "pixel": pixel.GroupCommitter(services.ingestor),
+                    "services": services,
+                }
             finally:
                 stop.set()
                 await background

@@ -22,7 +22,7 @@ import asyncio
 import sys
 import time
 
-from tests.faults import FaultConfig, run_faults, run_kill_redis_default
+from counters.harness.faults import FaultConfig, run_faults, run_kill_redis_default
 
 
 def _log(text: str) -> None:

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.faults import FaultConfig, run_faults
+from counters.harness.faults import FaultConfig, run_faults
 
 pytestmark = pytest.mark.faults
 
