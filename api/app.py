@@ -28,7 +28,7 @@ from api.common import json_response
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
-from counters.core.errors import CountersError, Unavailable
+from counters.core.errors import CountersError, Unavailable, as_unavailable
 from counters.services import (
     SETTINGS_ENV,
     decode_settings,
@@ -61,7 +61,7 @@ async def _counters_error(request: Request, exc: Exception) -> Response:
 
 async def _backend_error(request: Request, exc: Exception) -> Response:
     backend = "redis" if isinstance(exc, RedisError) else "postgres"
-    return await _counters_error(request, Unavailable(backend, str(exc) or type(exc).__name__))
+    return await _counters_error(request, as_unavailable(backend, exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
