@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,17 +29,14 @@ from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
-from counters.core.errors import CountersError, Unavailable
-from counters.engines.ingest import Ingestor
-from counters.engines.persister import Persister
-from counters.engines.rebuild import Rebuilder
-from counters.engines.restore import restore_watermarks
-from counters.engines.schedule import nightly_reconcile
-from counters.metrics import Metrics
-from counters.services import resolve_settings
-from lua import Scripts
-from lua.client import open_redis
-from persist.db import create_pool
+from counters.core.errors import CountersError, Unavailable, as_unavailable
+from counters.services import (
+    SETTINGS_ENV,
+    decode_settings,
+    is_resolved,
+    open_services,
+    resolve_settings,
+)
 
 log = logging.getLogger("counters.api")
 STATIC = Path(__file__).parent / "static"
@@ -64,7 +62,7 @@ async def _counters_error(request: Request, exc: Exception) -> Response:
 
 async def _backend_error(request: Request, exc: Exception) -> Response:
     backend = "redis" if isinstance(exc, RedisError) else "postgres"
-    return await _counters_error(request, Unavailable(backend, str(exc) or type(exc).__name__))
+    return await _counters_error(request, as_unavailable(backend, exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -107,64 +105,42 @@ class ServerTiming:
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
     """The service. Backends are opened in the lifespan: the configured URLs, else the
-    embedded servers. Runs the persister in-process unless settings turn it off."""
+    embedded servers (started only when a URL is unset). Runs the persister and the nightly
+    reconcile in-process unless settings turn them off."""
     base_settings = settings if settings is not None else load_settings()
     the_clock = clock if clock is not None else SystemClock()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        resolved = await asyncio.to_thread(resolve_settings, base_settings)
-        metrics = Metrics()
-        assert resolved.redis_url and resolved.database_url
-        redis = open_redis(resolved.redis_url)
-        pool = await create_pool(resolved.database_url)
-        scripts = Scripts(redis)
-
-        async def restore(project: str) -> None:
-            await restore_watermarks(pool, redis, scripts, resolved.key_prefix, project)
-
-        ingestor = Ingestor.from_settings(
-            redis, scripts, resolved, restore, on_fold=metrics.dims_folded.inc
-        )
-        state = AppState(
-            resolved,
-            the_clock,
-            redis,
-            pool,
-            scripts,
-            ingestor,
-            metrics,
-            KeyCache(resolved.key_cache_seconds),
-        )
-        stop = asyncio.Event()
-        persister = Persister(pool, redis, scripts, resolved, the_clock, metrics)
-        tasks: list[asyncio.Task[None]] = []
-        if resolved.persister_enabled:
-            tasks.append(asyncio.create_task(persister.run(stop)))
-        if resolved.reconcile_enabled:
-            tasks.append(
-                asyncio.create_task(
-                    nightly_reconcile(
-                        Rebuilder(pool, redis, resolved, persister),
-                        pool,
-                        the_clock,
-                        metrics,
-                        at=resolved.reconcile_at,
-                        days=resolved.reconcile_days,
-                        stop=stop,
-                    )
-                )
+        resolved = base_settings
+        if not is_resolved(resolved):
+            resolved = await asyncio.to_thread(resolve_settings, resolved)
+        async with open_services(resolved, the_clock) as services:
+            state = AppState(
+                services.settings,
+                services.clock,
+                services.redis,
+                services.pool,
+                services.scripts,
+                services.ingestor,
+                services.metrics,
+                KeyCache(resolved.key_cache_seconds),
+                services.limits,
             )
-        # Everything built so far lives as long as the process: keep the cyclic collector
-        # from re-scanning it (a full collection over it was the 15-25 ms tail of reads).
-        gc.freeze()
-        try:
-            yield {"counters": state, "pixel": pixel.GroupCommitter(ingestor)}
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-            await pool.close()
-            await redis.aclose()
+            stop = asyncio.Event()
+            background = asyncio.create_task(services.run_background(stop))
+            # Everything built so far lives as long as the process: keep the cyclic collector
+            # from re-scanning it (a full collection over it was the 15-25 ms tail of reads).
+            gc.freeze()
+            try:
+                yield {
+                    "counters": state,
+                    "pixel": pixel.GroupCommitter(services.ingestor),
+                    "services": services,
+                }
+            finally:
+                stop.set()
+                await background
 
     routes = [
         *starlette_routes(),
@@ -186,3 +162,13 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             Exception: _unexpected,
         },
     )
+
+
+def create_app_from_env() -> Starlette:
+    """The uvicorn factory `counters serve` starts its workers with
+    (`api.app:create_app_from_env`). Its settings come from ONE channel: the environment
+    variable COUNTERS_RESOLVED_SETTINGS, msgspec JSON of the Settings `serve` resolved
+    (both URLs set), so a worker never reads the config file or COUNTERS_* again and never
+    starts embedded servers. Raises KeyError / ValueError when the variable is missing or
+    holds unresolved settings."""
+    return create_app(decode_settings(os.environ[SETTINGS_ENV]))

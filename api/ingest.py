@@ -9,7 +9,6 @@ from starlette.responses import Response
 from api.common import app_state, authorize, bearer_key, json_response
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
 from counters.core.models import (
-    EventLimits,
     EventWire,
     batch_decoder,
     event_decoder,
@@ -80,9 +79,7 @@ async def post_events(request: Request) -> Response:
             f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",
             code="too_many_events",
         )
-    raw = validate_events(
-        events, now_ms=state.clock.now_ms(), limits=EventLimits.from_settings(settings)
-    )
+    raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
     reply = await state.ingestor.apply(project, raw)
     state.metrics.events_accepted.labels(project).inc(reply.accepted)
     if reply.duplicates:

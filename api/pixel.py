@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from api.common import app_state, authorize
 from counters.core.errors import CountersError
-from counters.core.models import EventLimits, EventWire, RawEvent, validate_events
+from counters.core.models import EventWire, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 
 log = logging.getLogger("counters.pixel")
@@ -125,9 +125,7 @@ async def pixel(request: Request) -> Response:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)
             return gif()
-        (raw,) = validate_events(
-            [event], now_ms=state.clock.now_ms(), limits=EventLimits.from_settings(state.settings)
-        )
+        (raw,) = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
         await committer.submit(project, raw)
         state.metrics.events_accepted.labels(project).inc()
     except CountersError as exc:

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from counters.core.clock import Clock
 from counters.core.config import Settings
 from counters.core.errors import Unavailable
+from counters.core.models import EventLimits
 from counters.engines.ingest import Ingestor
 from counters.metrics import Metrics
 from lua import Scripts
@@ -68,3 +69,5 @@ class AppState:
     ingestor: Ingestor
     metrics: Metrics
     keys: KeyCache
+    limits: EventLimits
+    """Age and future limits events are validated against."""

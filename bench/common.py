@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from counters.harness.servers import (
+    Backends,
+    Servers,
+    create_database,
+    drop_database,
+    drop_prefix,
+    start_servers,
+    stop_servers,
+)
+from counters.harness.service import Service, create_key, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -157,8 +167,6 @@ class Stack:
 
     def database(self, label: str) -> str:
         """A new empty database on the server; returns its URL (dropped on close)."""
-        from tests.support import create_database
-
         name = f"bench_{label}_{uuid.uuid4().hex[:6]}"
         url = create_database(self.server_url, name)
         self.databases.append(name)
@@ -174,9 +182,6 @@ class Stack:
         env: dict[str, str] | None = None,
     ) -> ServiceProc:
         """A started `counters serve` on its own database (unless given) and key prefix."""
-        from tests.service import service_env
-        from tests.support import Backends
-
         db = database_url or self.database(label)
         prefix = f"b{label}{uuid.uuid4().hex[:4]}"
         workdir = self.work / f"svc-{label}-{uuid.uuid4().hex[:4]}"
@@ -213,8 +218,6 @@ class Stack:
         return proc
 
     def close(self) -> None:
-        from tests.support import drop_database, drop_prefix
-
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -233,10 +236,8 @@ class Stack:
                 with contextlib.suppress(Exception):
                     drop_database(self.server_url, name)
         else:
-            from counters import embedded
-
             with contextlib.suppress(Exception):
-                embedded.stop_embedded(self.data_dir)
+                stop_servers(Servers(self.redis_url, self.server_url, self.data_dir))
             shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -244,73 +245,35 @@ class Stack:
 @contextlib.contextmanager
 def stack() -> Iterator[Stack]:
     """Backends for one scenario run."""
-    from counters import embedded
-
     redis_url = os.environ.get("COUNTERS_REDIS_URL") or None
     server_url = os.environ.get("COUNTERS_DATABASE_URL") or None
-    data_dir: Path | None = None
-    if redis_url is None or server_url is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="counters-bench-", dir="/tmp"))
-        data_dir.chmod(0o755)
-        log(f"starting private Valkey and Postgres under {data_dir}")
-        redis_url = redis_url or embedded.ensure_valkey(data_dir)
-        server_url = server_url or embedded.ensure_postgres(data_dir)
+    servers = start_servers(redis_url, server_url, tmp_prefix="counters-bench-", tmp_dir="/tmp")
+    if servers.data_dir is not None:
+        log(f"started private Valkey and Postgres under {servers.data_dir}")
     work = Path(tempfile.mkdtemp(prefix="counters-bench-work-", dir="/tmp"))
-    s = Stack(redis_url, server_url, data_dir, work)
+    s = Stack(servers.redis_url, servers.server_url, servers.data_dir, work)
     try:
         yield s
     finally:
         s.close()
 
 
-class ServiceProc:
-    """`python -m counters serve --port P [args]` as a separate process."""
+class ServiceProc(Service):
+    """`python -m counters serve --port P [args]` as a separate process (run from the
+    repository root), with the database and key prefix it was given."""
 
     def __init__(
         self, env: dict[str, str], log_path: Path, args: Sequence[str], db: str, prefix: str
     ) -> None:
-        from tests.service import free_port
-
-        self.env = env
-        self.args = list(args)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
+        super().__init__(env, log_path, args, cwd=ROOT, stop_timeout=20.0)
         self.database_url = db
         self.prefix = prefix
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> None:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "counters", "serve", "--port", str(self.port), *self.args],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
-        wait_healthy(self.url, self.proc, self.log_path, timeout)
+        super().start(timeout)
 
     def key(self, project: str, scope: str) -> str:
-        from tests.service import create_key
-
         return create_key(self.env, project, scope)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
     def metric(self, name: str) -> float:
         """Sum of every sample of one Prometheus metric on /metrics (0 when absent).

@@ -6,7 +6,7 @@
 The first drives --events events through a real service (durable acknowledgements on) while
 a chaos loop injects --faults faults (persister kill -9, some mid-drain; Postgres restart;
 Valkey kill -9; service kill -9; `counters rebuild` of a live range), then verifies every
-invariant (tests/faults/verify.py) and prints the figures; exit code 1 on any finding.
+invariant (counters/harness/faults/verify.py) and prints the figures; exit code 1 on any finding.
 
 The second posts at a steady rate with durable acknowledgements off while Valkey
 (appendfsync everysec) is kill -9ed once and restarted, and prints how many acknowledged
@@ -22,7 +22,7 @@ import asyncio
 import sys
 import time
 
-from tests.faults import FaultConfig, run_faults, run_kill_redis_default
+from counters.harness.faults import FaultConfig, run_faults, run_kill_redis_default
 
 
 def _log(text: str) -> None:

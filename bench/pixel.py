@@ -95,7 +95,7 @@ class EmptyServer:
     """uvicorn bench.pixel:empty_app with the service's settings, in its own process."""
 
     def __init__(self, log_path: Any) -> None:
-        from tests.service import free_port
+        from counters.harness.servers import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from counters import embedded
-from tests.service import Service, create_key, service_env
-from tests.support import Backends
+from counters.harness.servers import Backends, start_servers, stop_servers
+from counters.harness.service import Service, create_key, service_env
 
 
 def make_batches(n: int, batch: int, spread_ms: int, seed: int = 1) -> list[bytes]:
@@ -59,17 +58,19 @@ def make_batches(n: int, batch: int, spread_ms: int, seed: int = 1) -> list[byte
 
 
 async def run(args: argparse.Namespace) -> None:
-    data_dir: Path | None = None
-    redis_url = os.environ.get("COUNTERS_REDIS_URL")
-    database_url = os.environ.get("COUNTERS_DATABASE_URL")
-    if not redis_url or not database_url:
-        data_dir = Path(tempfile.mkdtemp(prefix="counters-bench-"))
-        data_dir.chmod(0o755)
-        redis_url = redis_url or embedded.ensure_valkey(data_dir)
-        database_url = database_url or embedded.ensure_postgres(data_dir)
+    servers = start_servers(
+        os.environ.get("COUNTERS_REDIS_URL"),
+        os.environ.get("COUNTERS_DATABASE_URL"),
+        tmp_prefix="counters-bench-",
+    )
     work = Path(tempfile.mkdtemp(prefix="counters-bench-svc-"))
     env = service_env(
-        Backends(redis_url, database_url, "bench" + uuid.uuid4().hex[:6], data_dir),
+        Backends(
+            servers.redis_url,
+            servers.server_url,
+            "bench" + uuid.uuid4().hex[:6],
+            servers.data_dir,
+        ),
         work,
         COUNTERS_GRACE_SECONDS="30",
         COUNTERS_PERSIST_INTERVAL_SECONDS="1",
@@ -137,9 +138,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         svc.stop()
         shutil.rmtree(work, ignore_errors=True)
-        if data_dir is not None:
-            embedded.stop_embedded(data_dir)
-            shutil.rmtree(data_dir, ignore_errors=True)
+        stop_servers(servers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,13 +48,14 @@ import numpy as np
 from bench import sketches
 from counters import embedded
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, to_datetime
-from lua.client import open_redis
-from persist.db import create_pool
+from counters.core.clock import SystemClock
+from counters.core.config import Settings
+from counters.harness.servers import Backends, create_database, drop_database
+from counters.harness.service import Service, service_env
+from counters.services import open_services
 from persist.projects import create_key
 from persist.rollups import upsert_rollups
 from persist.schema import RAW_COLUMNS
-from tests.service import Service, service_env
-from tests.support import Backends
 
 NAMES = np.array(["click", "view", "conversion"])
 DIMS = ("link", "source", "country", "device", "affiliate")
@@ -527,10 +528,7 @@ async def run(args: argparse.Namespace) -> None:
     redis_url = os.environ.get("COUNTERS_REDIS_URL") or embedded.ensure_valkey(data_dir)
     server_url = os.environ.get("COUNTERS_DATABASE_URL") or embedded.ensure_postgres(data_dir)
     db = "bench_reads_" + uuid.uuid4().hex[:6]
-    conn0 = await asyncpg.connect(server_url)
-    await conn0.execute(f'CREATE DATABASE "{db}"')
-    await conn0.close()
-    database_url = server_url.rsplit("/", 1)[0] + "/" + db
+    database_url = await asyncio.to_thread(create_database, server_url, db)
     prefix = "benchr" + uuid.uuid4().hex[:4]
     env = service_env(
         Backends(redis_url, database_url, prefix, data_dir),
@@ -540,8 +538,10 @@ async def run(args: argparse.Namespace) -> None:
         COUNTERS_CROSSTABS="",
     )
     (data_dir / "svc").mkdir()
-    pool = await create_pool(database_url, max_size=4)
-    redis = open_redis(redis_url)
+    settings = Settings(redis_url=redis_url, database_url=database_url, key_prefix=prefix)
+    opened = open_services(settings, SystemClock(), pool_max_size=4)
+    services = await opened.__aenter__()  # closed in the finally below
+    pool, redis = services.pool, services.redis
     end = (time.time_ns() // 1_000_000) // HOUR_MS * HOUR_MS
     rows_out: list[str] = []
     per_level: dict[int, Timings] = {}
@@ -588,12 +588,9 @@ async def run(args: argparse.Namespace) -> None:
                 )
     finally:
         svc.stop()
-        await pool.close()
-        await redis.aclose()
+        await opened.__aexit__(None, None, None)
         if not args.keep:
-            conn0 = await asyncpg.connect(server_url)
-            await conn0.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            await conn0.close()
+            await asyncio.to_thread(drop_database, server_url, db)
             if not os.environ.get("COUNTERS_REDIS_URL") or not os.environ.get(
                 "COUNTERS_DATABASE_URL"
             ):

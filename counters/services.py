@@ -1,11 +1,38 @@
-"""Resolving the backends: real URLs when configured, else the embedded Valkey and
-Postgres under the data dir."""
+"""The wiring, written once: resolving the backends (real URLs, else the embedded servers),
+opening Redis and Postgres, and building the ingestor, persister and rebuilder on them.
+The app lifespan, every CLI command, the test harness and bench go through here."""
 
 from __future__ import annotations
 
-import msgspec
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+
+from counters.core.clock import Clock
 from counters.core.config import Settings
+from counters.core.models import EventIn, EventLimits, RawEvent, validate_events
+from counters.engines.ingest import Ingestor
+from counters.engines.persister import Persister
+from counters.engines.rebuild import Rebuilder
+from counters.engines.restore import restore_watermarks
+from counters.engines.schedule import nightly_reconcile
+from counters.metrics import Metrics
+from lua import Scripts
+from lua.client import open_redis
+from persist import projects as pg_projects
+from persist.db import PG_ERRORS, create_pool, migrate, postgres_unavailable
+
+log = logging.getLogger("counters.services")
+
+SETTINGS_ENV = "COUNTERS_RESOLVED_SETTINGS"
+"""The one channel from `counters serve` to its uvicorn workers: msgspec JSON of the
+resolved Settings (see api.app:create_app_from_env)."""
 
 
 def resolve_settings(settings: Settings) -> Settings:
@@ -23,3 +50,178 @@ def resolve_settings(settings: Settings) -> Settings:
         if database_url is None:
             database_url = embedded.ensure_postgres(data_dir)
     return msgspec.structs.replace(settings, redis_url=redis_url, database_url=database_url)
+
+
+def is_resolved(settings: Settings) -> bool:
+    """Whether both backend URLs are set (resolve_settings would start nothing)."""
+    return settings.redis_url is not None and settings.database_url is not None
+
+
+def encode_settings(settings: Settings) -> str:
+    """Resolved settings as the text of SETTINGS_ENV. Raises ValueError if a URL is unset."""
+    if not is_resolved(settings):
+        raise ValueError("only resolved settings (both URLs set) are handed to workers")
+    return msgspec.json.encode(settings).decode()
+
+
+def decode_settings(text: str) -> Settings:
+    """The Settings encode_settings wrote (already resolved: both URLs set)."""
+    settings = msgspec.json.decode(text, type=Settings)
+    if not is_resolved(settings):
+        raise ValueError(f"{SETTINGS_ENV} must hold resolved settings (both URLs set)")
+    return settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the runtime is built from, opened on one set of resolved settings."""
+
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    pool: asyncpg.Pool
+    scripts: Scripts
+    metrics: Metrics
+    ingestor: Ingestor
+    persister: Persister
+    rebuilder: Rebuilder
+    limits: EventLimits
+    """Age and future limits of events, from the settings (built once)."""
+
+    def validate(self, events: Sequence[EventIn], now_ms: int) -> list[RawEvent]:
+        """validate_events with this deployment's age and future limits."""
+        return validate_events(events, now_ms=now_ms, limits=self.limits)
+
+    async def run_background(self, stop: asyncio.Event) -> None:
+        """Runs the persister loop and the nightly reconcile (each only if the settings turn
+        it on) until stop is set; returns once both have finished."""
+        s = self.settings
+        jobs = []
+        if s.persister_enabled:
+            jobs.append(self.persister.run(stop))
+        if s.reconcile_enabled:
+            jobs.append(
+                nightly_reconcile(
+                    self.rebuilder,
+                    self.pool,
+                    self.clock,
+                    self.metrics,
+                    at=s.reconcile_at,
+                    days=s.reconcile_days,
+                    stop=stop,
+                )
+            )
+        await asyncio.gather(*jobs)
+
+    async def project_exists(self, project: str) -> bool:
+        """Whether the project is known to Postgres."""
+        async with self.pool.acquire() as conn:
+            return await pg_projects.project_exists(conn, project)
+
+    async def list_projects(self) -> list[str]:
+        """Every project, as Postgres lists them."""
+        async with self.pool.acquire() as conn:
+            return await pg_projects.list_projects(conn)
+
+
+def build_services(
+    settings: Settings,
+    clock: Clock,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    *,
+    scripts: Scripts | None = None,
+    metrics: Metrics | None = None,
+) -> Services:
+    """Services on an open Redis client and pool (which the caller keeps and closes): the
+    scripts registered on the client, the ingestor (restoring watermarks from Postgres),
+    one persister and the rebuilder that shares it, all on one Metrics."""
+    scripts = scripts if scripts is not None else Scripts(redis)
+    metrics = metrics if metrics is not None else Metrics()
+
+    async def restore(project: str) -> None:
+        await restore_watermarks(pool, redis, scripts, settings.key_prefix, project)
+
+    ingestor = Ingestor.from_settings(
+        redis, scripts, settings, restore, on_fold=metrics.dims_folded.inc
+    )
+    persister = Persister(pool, redis, scripts, settings, clock, metrics)
+    rebuilder = Rebuilder(pool, redis, settings, persister)
+    return Services(
+        settings,
+        clock,
+        redis,
+        pool,
+        scripts,
+        metrics,
+        ingestor,
+        persister,
+        rebuilder,
+        EventLimits.from_settings(settings),
+    )
+
+
+async def _open_pool(url: str, max_size: int | None, wait: bool) -> asyncpg.Pool:
+    """A migrated pool; with wait, retries (backing off up to 5 s) until Postgres accepts."""
+    delay = 0.2
+    while True:
+        try:
+            if max_size is None:
+                return await create_pool(url)
+            return await create_pool(url, max_size=max_size)
+        except PG_ERRORS as exc:
+            if not wait:
+                raise
+            log.warning("waiting for postgres: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings,
+    clock: Clock,
+    *,
+    pool_max_size: int | None = None,
+    wait_for_postgres: bool = False,
+) -> AsyncIterator[Services]:
+    """Opens Redis and a migrated Postgres pool on resolved settings, yields the Services
+    built on them, and closes the pool, then Redis, on the way out. A Postgres that cannot
+    be reached raises Unavailable("postgres") (nothing is left open), unless
+    wait_for_postgres, which waits for it instead."""
+    if settings.redis_url is None or settings.database_url is None:
+        raise ValueError("open_services needs resolved settings (see resolve_settings)")
+    redis = open_redis(settings.redis_url)
+    try:
+        with postgres_unavailable():
+            pool = await _open_pool(settings.database_url, pool_max_size, wait_for_postgres)
+    except BaseException:
+        await redis.aclose()
+        raise
+    try:
+        yield build_services(settings, clock, redis, pool)
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def migrate_database(settings: Settings) -> list[str]:
+    """Applies pending migrations on one connection; returns the names applied."""
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def create_api_key(settings: Settings, projects: Sequence[str], scope: str) -> str:
+    """Migrates, then creates a key for the projects (created if new); returns the key, which
+    only exists in the caller's hands (Postgres keeps its hash). ValueError on bad input."""
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(conn)
+        return await pg_projects.create_key(conn, list(projects), scope)
+    finally:
+        await conn.close()

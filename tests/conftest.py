@@ -9,25 +9,30 @@ never touches anything else on those servers.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from counters import embedded
 from counters.core.config import Settings
+from counters.harness.servers import (
+    Backends,
+    create_database,
+    drop_database,
+    drop_prefix,
+    start_servers,
+    stop_servers,
+)
+from counters.harness.service import Service, service_env
 from lua import Scripts
 from lua.client import open_redis
 from persist.db import create_pool
 from persist.projects import ensure_project
-from tests.service import Service, service_env
-from tests.support import Backends, Harness, create_database, drop_database, drop_prefix
+from tests.support import Harness
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -35,25 +40,20 @@ RUN_ID = uuid.uuid4().hex[:8]
 @pytest.fixture(scope="session")
 def backends() -> Iterator[Backends]:
     """URLs of the Redis and the (per-run) Postgres database the suite uses."""
-    redis_url = os.environ.get("COUNTERS_TEST_REDIS_URL")
-    server_url = os.environ.get("COUNTERS_TEST_DATABASE_URL")
-    data_dir: Path | None = None
-    if not redis_url or not server_url:
-        data_dir = Path(tempfile.mkdtemp(prefix="counters-test-"))
-        data_dir.chmod(0o755)
-        redis_url = redis_url or embedded.ensure_valkey(data_dir)
-        server_url = server_url or embedded.ensure_postgres(data_dir)
+    servers = start_servers(
+        os.environ.get("COUNTERS_TEST_REDIS_URL"),
+        os.environ.get("COUNTERS_TEST_DATABASE_URL"),
+        tmp_prefix="counters-test-",
+    )
     database = f"counters_test_{RUN_ID}"
-    database_url = create_database(server_url, database)
+    database_url = create_database(servers.server_url, database)
     prefix = f"cttest{RUN_ID}"
     try:
-        yield Backends(redis_url, database_url, prefix, data_dir)
+        yield Backends(servers.redis_url, database_url, prefix, servers.data_dir)
     finally:
-        drop_prefix(redis_url, prefix)
-        drop_database(server_url, database)
-        if data_dir is not None:
-            embedded.stop_embedded(data_dir)
-            shutil.rmtree(data_dir, ignore_errors=True)
+        drop_prefix(servers.redis_url, prefix)
+        drop_database(servers.server_url, database)
+        stop_servers(servers)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Test helpers: backend set-up, an in-process harness on a manual clock, waiting on
-conditions with a deadline (never sleeping as synchronisation)."""
+"""Test helpers: the shared server helpers (counters.harness) re-exported, an in-process
+harness on the production wiring and a manual clock, waiting on conditions with a deadline
+(never sleeping as synchronisation)."""
 
 from __future__ import annotations
 
@@ -7,84 +8,41 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import msgspec
-import redis as sync_redis
 from redis.asyncio import Redis
 
 from counters.core.buckets import Grain, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from counters.core.models import VALUE_SCALE, EventIn, EventLimits, IngestReply, validate_events
+from counters.core.models import VALUE_SCALE, EventIn, IngestReply
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister, ProjectReport
 from counters.engines.read.context import ReadContext
 from counters.engines.read.plan import decompose
 from counters.engines.read.query import count_uniques, read_buckets
-from counters.engines.restore import restore_watermarks
 from counters.engines.retention import minute_edge
-from counters.metrics import Metrics
+from counters.harness.servers import Backends, create_database, drop_database, drop_prefix
+from counters.services import Services, build_services
 from lua import Scripts
 from lua.keys import ProjectKeys
 
+__all__ = [
+    "T0",
+    "Backends",
+    "Harness",
+    "InProcessApp",
+    "create_database",
+    "drop_database",
+    "drop_prefix",
+    "wait_for",
+]
+
 T = TypeVar("T")
 T0 = parse_ts("2026-03-01T10:00:00Z")
-
-
-@dataclass(frozen=True)
-class Backends:
-    redis_url: str
-    database_url: str
-    prefix: str
-    data_dir: Path | None
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
-def create_database(server_url: str, database: str) -> str:
-    """Creates an empty database on the server; returns its URL."""
-
-    async def run() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-    return _with_database(server_url, database)
-
-
-def drop_database(server_url: str, database: str) -> None:
-    """Drops the database (and any connection still open to it)."""
-
-    async def run() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def drop_prefix(redis_url: str, prefix: str) -> None:
-    """Deletes every key under the prefix."""
-    client = sync_redis.Redis.from_url(redis_url)
-    try:
-        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(batch), 500):
-            client.delete(*batch[i : i + 500])
-    finally:
-        client.close()
 
 
 async def wait_for(
@@ -108,16 +66,12 @@ async def wait_for(
 
 @dataclass
 class Harness:
-    """One project driven in-process: ingest, persist and read on a manual clock."""
+    """One project driven in-process: ingest, persist and read on a manual clock, on
+    Services wired by the production build_services."""
 
-    settings: Settings
-    redis: Redis
-    pool: asyncpg.Pool
-    scripts: Scripts
+    services: Services
     project: str
     clock: ManualClock
-    ingestor: Ingestor
-    persister: Persister
     keys: ProjectKeys
 
     @classmethod
@@ -132,21 +86,37 @@ class Harness:
     ) -> Harness:
         settings = msgspec.structs.replace(settings, **overrides)
         clock = ManualClock(T0)
+        services = build_services(settings, clock, redis, pool, scripts=scripts)
+        return cls(services, project, clock, ProjectKeys(settings.key_prefix, project))
 
-        async def restore(p: str) -> None:
-            await restore_watermarks(pool, redis, scripts, settings.key_prefix, p)
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
 
-        ingestor = Ingestor.from_settings(redis, scripts, settings, restore)
-        persister = Persister(pool, redis, scripts, settings, clock, Metrics())
-        keys = ProjectKeys(settings.key_prefix, project)
-        return cls(settings, redis, pool, scripts, project, clock, ingestor, persister, keys)
+    @property
+    def redis(self) -> Redis:
+        return self.services.redis
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.services.pool
+
+    @property
+    def scripts(self) -> Scripts:
+        return self.services.scripts
+
+    @property
+    def ingestor(self) -> Ingestor:
+        return self.services.ingestor
+
+    @property
+    def persister(self) -> Persister:
+        return self.services.persister
 
     async def ingest(self, *events: dict[str, Any]) -> IngestReply:
         """Validates (against the manual clock) and applies one batch."""
         decoded = [msgspec.convert(e, EventIn) for e in events]
-        raw = validate_events(
-            decoded, now_ms=self.clock.now_ms(), limits=EventLimits.from_settings(self.settings)
-        )
+        raw = self.services.validate(decoded, now_ms=self.clock.now_ms())
         return await self.ingestor.apply(self.project, raw)
 
     async def persist(self) -> ProjectReport:
@@ -236,7 +206,5 @@ class InProcessApp:
         await self._lifespan.__aexit__(None, None, None)
 
     async def persist(self, project: str) -> None:
-        """One persister pass on the app's clock."""
-        s = self.state["counters"]
-        persister = Persister(s.pool, s.redis, s.scripts, s.settings, self.clock, Metrics())
-        await persister.persist_project(project)
+        """One pass of the app's own persister (on the app's clock)."""
+        await self.state["services"].persister.persist_project(project)

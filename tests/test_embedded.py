@@ -18,12 +18,13 @@ import asyncpg
 import pytest
 import redis
 
-from counters import embedded
 from counters.embedded import (
     EmbeddedServerError,
     embedded_status,
     ensure_postgres,
     ensure_valkey,
+    postgres,
+    process,
     stop_embedded,
 )
 
@@ -81,7 +82,7 @@ def _answers(port: int) -> bool:
 
 def _wait_dead(pid: int) -> None:
     deadline = time.monotonic() + 10
-    while embedded._pid_alive(pid):
+    while process._pid_alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} still alive"
         time.sleep(0.02)
 
@@ -243,7 +244,7 @@ def test_postgres_relocates_data_of_unreachable_dir(unreachable_data_dir: Path) 
     assert base.name.startswith("counters-") and base.parent != data_dir.parent
     assert (base / "pg" / "PG_VERSION").exists()
     assert not (data_dir / "pg").exists()
-    who = embedded._pg_run_as()
+    who = postgres._pg_run_as()
     assert who is not None and (base / "pg").stat().st_uid == who.uid
     assert oct((base / "pg").stat().st_mode & 0o777) == oct(0o700)
     assert data_dir.parent.stat().st_mode & 0o777 == 0o700  # never chmod-ed
@@ -260,8 +261,8 @@ def test_copied_install_runs_as_nobody() -> None:
     base = _make_base(0o755)
     try:
         dest = base / "pg-install"
-        bin_dir = embedded._copy_pg_install(dest)
-        assert embedded._copy_pg_install(dest) == bin_dir  # reused, not copied again
+        bin_dir = postgres._copy_pg_install(dest)
+        assert postgres._copy_pg_install(dest) == bin_dir  # reused, not copied again
         for tool in ("initdb", "pg_ctl", "postgres"):
             proc = subprocess.run(
                 [str(bin_dir / tool), "--version"],

@@ -1,7 +1,7 @@
 """Fault injection, short form: ~30k events through a real service while a chaos loop kills
 persisters (some mid-drain), restarts Postgres, kill -9s Valkey (durable acknowledgements
 on), kill -9s the service and rebuilds a live range; then every invariant of DESIGN.md is
-checked against the driver's log of acknowledged events (tests/faults/verify.py).
+checked against the driver's log of acknowledged events (counters/harness/faults/verify.py).
 
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
 moments the faults land still depend on timing). The long form is `python -m bench.faults`.
@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.faults import FaultConfig, run_faults
+from counters.harness.faults import FaultConfig, run_faults
 
 pytestmark = pytest.mark.faults
 

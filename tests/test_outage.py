@@ -16,8 +16,13 @@ import httpx
 import pytest
 
 from counters import embedded
-from tests.service import Service, create_key, service_env
-from tests.support import Backends, create_database, wait_for
+from counters.core.clock import SystemClock
+from counters.harness.servers import Backends, create_database, free_port
+from counters.harness.service import Service, create_key, service_env
+from counters.services import build_services
+from lua.client import open_redis
+from persist.projects import ensure_project
+from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +117,11 @@ def test_redis_then_postgres_down_and_back(
 async def test_persister_loop_survives_a_dead_redis(settings: Any, pool: Any) -> None:
     """A pass that fails (here: Redis unreachable while restoring watermarks) is counted and
     retried; the loop never dies."""
-    from counters.core.clock import SystemClock
-    from counters.engines.persister import Persister
-    from counters.metrics import Metrics
-    from lua import Scripts
-    from lua.client import open_redis
-    from tests.service import free_port
-
     dead = open_redis(f"redis://127.0.0.1:{free_port()}/0")
-    metrics = Metrics()
-    persister = Persister(pool, dead, Scripts(dead), settings, SystemClock(), metrics)
+    services = build_services(settings, SystemClock(), dead, pool)
+    persister, metrics = services.persister, services.metrics
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO projects (project) VALUES ('deadredis') ON CONFLICT DO NOTHING"
-        )
+        await ensure_project(conn, "deadredis")
     stop = asyncio.Event()
     task = asyncio.create_task(persister.run(stop))
 

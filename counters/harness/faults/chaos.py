@@ -17,10 +17,10 @@ import asyncpg
 from redis.asyncio import Redis
 
 from counters.core.buckets import MINUTE_MS, format_ts
+from counters.harness.faults.cluster import Cluster, Log, Proc, log_tail, now_ms, poll_until
+from counters.harness.faults.driver import Driver
 from lua.client import open_redis
 from lua.keys import ProjectKeys
-from tests.faults.cluster import Cluster, Log, Proc, log_tail, now_ms, poll_until
-from tests.faults.driver import Driver
 
 ALL_KINDS = ("persister", "valkey", "postgres", "rebuild", "service")
 WEIGHTS = {"persister": 4, "valkey": 3, "postgres": 2, "rebuild": 2, "service": 1}
@@ -135,7 +135,8 @@ class Chaos:
                 p.send(signal.SIGSTOP)
             before = await rawn()
             target = before + self.rng.randint(500, 4000)
-            _, backlog = await poll_until(rawn, lambda n: n >= target, timeout=4)
+            stalled = await poll_until(rawn, lambda n: n >= target, timeout=4)
+            backlog = stalled[1]
             s0 = await state()
             for p in procs:
                 p.send(signal.SIGCONT)
@@ -160,7 +161,8 @@ class Chaos:
         async def in_flight() -> int:
             return self.driver.in_flight
 
-        hit, n = await poll_until(in_flight, lambda n: n > 0, timeout=5, interval=0.002)
+        polled = await poll_until(in_flight, lambda n: n > 0, timeout=5, interval=0.002)
+        hit, n = polled
         delay = self.rng.uniform(0, 0.2)
         await asyncio.sleep(delay)
         if not hit:

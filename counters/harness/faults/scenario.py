@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from counters.core.buckets import MINUTE_MS
-from tests.faults.chaos import ALL_KINDS, Chaos
-from tests.faults.cluster import Cluster, Log
-from tests.faults.driver import Driver, DriverConfig
-from tests.faults.verify import Findings, verify
+from counters.harness.faults.chaos import ALL_KINDS, Chaos
+from counters.harness.faults.cluster import Cluster, Log
+from counters.harness.faults.driver import Driver, DriverConfig
+from counters.harness.faults.verify import Findings, verify
 
 
 @dataclass

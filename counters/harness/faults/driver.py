@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from tests.faults.cluster import Log, now_ms
+from counters.harness.faults.cluster import Log, now_ms
 
 NAMES = ("click", "view", "conversion")
 NAME_WEIGHTS = (6, 3, 1)

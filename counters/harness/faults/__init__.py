@@ -2,6 +2,6 @@
 and Postgres, then a verification of DESIGN.md's invariants against the driver's log of
 acknowledged events. Short form: tests/test_faults.py; long form: `python -m bench.faults`."""
 
-from tests.faults.scenario import FaultConfig, Report, run_faults, run_kill_redis_default
+from counters.harness.faults.scenario import FaultConfig, Report, run_faults, run_kill_redis_default
 
 __all__ = ["FaultConfig", "Report", "run_faults", "run_kill_redis_default"]

@@ -21,8 +21,8 @@ from typing import TypeVar
 import httpx
 
 from counters import embedded
-from tests.service import create_key, free_port, service_env
-from tests.support import Backends
+from counters.harness.servers import Backends, free_port
+from counters.harness.service import create_key, service_env
 
 T = TypeVar("T")
 Log = Callable[[str], None]

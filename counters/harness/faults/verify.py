@@ -16,10 +16,10 @@ import asyncpg
 import httpx
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from counters.harness.faults.cluster import Cluster, Log, log_tail, now_ms, poll_until
+from counters.harness.faults.driver import DIMS, Event
 from lua.client import open_redis
 from lua.keys import ProjectKeys
-from tests.faults.cluster import Cluster, Log, log_tail, now_ms, poll_until
-from tests.faults.driver import DIMS, Event
 
 GRAINS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 Series = tuple[str, tuple[str, ...], tuple[str, ...]]
@@ -113,12 +113,13 @@ async def wait_drained(cluster: Cluster, timeout: float, log: Log) -> tuple[bool
         assert row is not None
         return row["minute_until"], row["late_applied"], gen, rawn, open_late
 
-    ok, state = await poll_until(
+    drained = await poll_until(
         probe,
         lambda s: s[0] >= edge - edge % MINUTE_MS and s[1] == s[2] - 1 and s[3] == 0 and s[4] == 0,
         timeout=timeout,
         interval=0.1,
     )
+    ok, state = drained
     took = time.monotonic() - began
     log(
         f"verify: drained={ok} after {took:.1f}s: (minute_until, late_applied, gen, rawn,"
@@ -184,7 +185,8 @@ async def verify(
         try:
             await check
         except Exception as exc:  # noqa: BLE001 - report every check, not just the first
-            f.fail(f"{check.__qualname__} could not run: {type(exc).__name__}: {exc}", log)
+            name = getattr(check, "__qualname__", check)
+            f.fail(f"{name} could not run: {type(exc).__name__}: {exc}", log)
     _check_logs(cluster, f, log)
     return f
 
@@ -275,10 +277,12 @@ async def _check_raw_log(cluster: Cluster, acked: list[Event], f: Findings, log:
             " dims::text AS dims, value_micros, uid FROM raw_events WHERE project = $1",
             cluster.project,
         )
-        total, distinct = await conn.fetchrow(
+        counts = await conn.fetchrow(
             "SELECT count(*), count(DISTINCT event_id) FROM raw_events WHERE project = $1",
             cluster.project,
         )
+        assert counts is not None  # an aggregate always returns one row
+        total, distinct = counts
     finally:
         await conn.close()
     truth = {ev[0]: ev for ev in acked}

