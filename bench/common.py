@@ -624,7 +624,7 @@ _ROOT_FRAMES = (
     "uvicorn/main.py",
     "uvicorn/server.py",
     "uvicorn/_compat.py",
-    "counters/cli.py",
+    "counters/cli/__init__.py",
     "counters/__main__.py",
     "uvloop/__init__.py",
 )

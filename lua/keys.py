@@ -36,6 +36,7 @@ __all__ = [
     "COUNT",
     "SUM",
     "BucketField",
+    "bucket_ref",
     "KeyKind",
     "KeyName",
     "MeasureField",
@@ -149,6 +150,11 @@ def parse_measure_field(text: str | bytes) -> MeasureField:
 def late_field(grain: Grain, bucket: int, measure_field: str) -> str:
     """Field of a late-delta hash: which bucket, then the hot-hash field name."""
     return f"{grain.short}:{bucket}:{measure_field}"
+
+
+def bucket_ref(grain: Grain, bucket: int) -> str:
+    """`<g>:<bucket>`: how a script argument names one (grain, bucket) (read_hot.lua's cells)."""
+    return f"{grain.short}:{bucket}"
 
 
 def late_hll_member(grain: Grain, bucket: int, field: str) -> str:

@@ -1,6 +1,7 @@
 """Fault injection, short form: ~30k events through a real service while a chaos loop kills
 persisters (some mid-drain), restarts Postgres, kill -9s Valkey (durable acknowledgements
-on), kill -9s the service and rebuilds a live range; then every invariant of DESIGN.md is
+on), kill -9s the service and rebuilds a live range; then every invariant of
+docs/ARCHITECTURE.md is
 checked against the driver's log of acknowledged events (counters/harness/faults/verify.py).
 
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the

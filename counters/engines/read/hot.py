@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError
 
 from counters.core.buckets import Grain
 from lua import Scripts
-from lua.keys import ProjectKeys
+from lua.keys import ProjectKeys, bucket_ref
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ def _hot_args(
     keys: ProjectKeys, fields: Sequence[str] | None, cells: Sequence[tuple[Grain, int]]
 ) -> tuple[list[str], list[Any]]:
     args: list[Any] = [keys.base, len(fields or ()), *(fields or ())]
-    args += [f"{g.short}:{b}" for g, b in cells]
+    args += [bucket_ref(g, b) for g, b in cells]
     return [keys.watermarks, keys.dirty(Grain.minute)], args
 
 

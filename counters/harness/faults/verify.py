@@ -1,5 +1,6 @@
 """After the chaos: wait (condition with a deadline) until the persister caught up, then hold
-the system to DESIGN.md's invariants against the driver's log of acknowledged events."""
+the system to the invariants of docs/ARCHITECTURE.md against the driver's log of
+acknowledged events."""
 
 from __future__ import annotations
 
