@@ -5,6 +5,7 @@ a new route is one entry here."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -40,6 +41,19 @@ class RouteSpec(msgspec.Struct, frozen=True):
 async def openapi(request: Request) -> Response:
     """GET /openapi.json."""
     return Response(_document, media_type="application/json")
+
+
+def _read(summary: str, params: tuple[dict[str, Any], ...], ok: str, schema: Any) -> Operation:
+    """The operation of a read route: secured, ETag-revalidated, the read errors."""
+    return Operation(
+        summary=summary,
+        secured=True,
+        params=params,
+        ok=ok,
+        ok_schema=schema,
+        not_modified=True,
+        errors=READ_ERRORS,
+    )
 
 
 ROUTES: list[RouteSpec] = [
@@ -84,45 +98,33 @@ ROUTES: list[RouteSpec] = [
         "/v1/projects/{project}/series",
         "GET",
         reads.series,
-        Operation(
-            summary="Values per bucket (zero-padded), or a breakdown",
-            secured=True,
-            params=(PROJECT, *READ_PARAMS),
-            ok="Series",
-            ok_schema=one_of("SeriesReply", "MultiSeriesReply"),
-            not_modified=True,
-            errors=READ_ERRORS,
+        _read(
+            "Values per bucket (zero-padded), or a breakdown",
+            (PROJECT, *READ_PARAMS),
+            "Series",
+            one_of("SeriesReply", "MultiSeriesReply"),
         ),
     ),
     RouteSpec(
         "/v1/projects/{project}/total",
         "GET",
         reads.total,
-        Operation(
-            summary="One value over the range",
-            secured=True,
-            params=(PROJECT, *TOTAL_PARAMS),
-            ok="Total",
-            ok_schema=one_of("TotalReply", "MultiTotalReply"),
-            not_modified=True,
-            errors=READ_ERRORS,
+        _read(
+            "One value over the range",
+            (PROJECT, *TOTAL_PARAMS),
+            "Total",
+            one_of("TotalReply", "MultiTotalReply"),
         ),
     ),
     RouteSpec(
         "/v1/series",
         "GET",
         reads.projects_series,
-        Operation(
-            summary="One series per project plus their union",
-            secured=True,
-            params=(
-                query("project", {"type": "string"}, "Project (repeat)", required=True),
-                *READ_PARAMS,
-            ),
-            ok="Series",
-            ok_schema=ref("ProjectsReply"),
-            not_modified=True,
-            errors=READ_ERRORS,
+        _read(
+            "One series per project plus their union",
+            (query("project", {"type": "string"}, "Project (repeat)", required=True), *READ_PARAMS),
+            "Series",
+            ref("ProjectsReply"),
         ),
     ),
     RouteSpec(

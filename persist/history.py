@@ -1,5 +1,6 @@
 """Reads of Postgres rollup history for one dims tuple, inside one snapshot with the
-persister state. Buckets go in and come out as epoch ms (converted by counters.core.buckets)."""
+persister state. Buckets go in as timestamptz and come out as epoch ms computed in SQL
+(persist.schema.epoch_ms_sql)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from counters.core.buckets import Grain, from_datetime, to_datetime
+from counters.core.buckets import Grain, to_datetime
 from persist.db import postgres_unavailable
-from persist.schema import ROLLUP_TABLE
+from persist.schema import ROLLUP_TABLE, epoch_ms_sql
 from persist.state import PersistState, load_state
 
 
@@ -30,8 +31,9 @@ class Snapshot(msgspec.Struct):
 
 
 _SQL = {
-    (grain, with_hll): f"SELECT bucket, count, sum_micros, {'hll' if with_hll else 'NULL::bytea'}"
-    f" AS hll FROM {table} WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
+    (grain, with_hll): f"SELECT {epoch_ms_sql('bucket')} AS ms, count, sum_micros,"
+    f" {'hll' if with_hll else 'NULL::bytea'} AS hll FROM {table}"
+    " WHERE project = $1 AND name = $2 AND rollup = $3 AND dims = $4"
     " AND bucket >= $5 AND bucket < $6"
     for grain, table in ROLLUP_TABLE.items()
     for with_hll in (False, True)
@@ -71,7 +73,7 @@ async def read_history(
                             to_datetime(min(wanted[-1] + grain.value, until)),
                         )
                         for r in records:
-                            b = from_datetime(r["bucket"])
+                            b = r["ms"]
                             rows[b] = HistoryRow(b, r["count"], r["sum_micros"], r["hll"])
                     out.append(rows)
     return Snapshot(state, out)

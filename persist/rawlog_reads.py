@@ -26,6 +26,18 @@ class RawGroupRow(msgspec.Struct, array_like=True):
     sum_micros: int
 
 
+class RawScope(msgspec.Struct, frozen=True):
+    """Which raw events a read aggregates, and how: one name, periods starting at `starts`
+    (the last up to `end`), filters, the dims to group by, and whether uids are kept."""
+
+    name: str
+    starts: Sequence[int]
+    end: int
+    filters: Mapping[str, str]
+    group_by: Sequence[str]
+    uniques: bool
+
+
 class RawAggregate(msgspec.Struct):
     cursor: str
     """The raw-log stream id up to which Postgres holds the entries."""
@@ -45,31 +57,22 @@ def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
     )
 
 
-async def aggregate_raw(
-    pool: asyncpg.Pool,
-    project: str,
-    name: str,
-    starts: Sequence[int],
-    end: int,
-    filters: Mapping[str, str],
-    group_by: Sequence[str],
-    *,
-    uniques: bool,
-) -> RawAggregate:
+async def aggregate_raw(pool: asyncpg.Pool, project: str, scope: RawScope) -> RawAggregate:
     """Per period (starts[i] .. the next start, the last up to end), per group of group_by
     values (None where an event lacks the dim) and, for uniques, per uid: count and sum of
     the matching events in Postgres, with the copy cursor of the same snapshot."""
+    uniques = scope.uniques
     args: list[Any] = [
         project,
-        name,
-        to_datetime(starts[0]),
-        to_datetime(end),
-        [to_datetime(s) for s in starts],
+        scope.name,
+        to_datetime(scope.starts[0]),
+        to_datetime(scope.end),
+        [to_datetime(s) for s in scope.starts],
     ]
-    for dim, value in filters.items():
+    for dim, value in scope.filters.items():
         args += (dim, value)
-    sql = _sql(len(filters), group_by, uniques)
-    n = len(group_by)
+    sql = _sql(len(scope.filters), scope.group_by, uniques)
+    n = len(scope.group_by)
     with postgres_unavailable():
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -82,7 +82,7 @@ def _answers(port: int) -> bool:
 
 def _wait_dead(pid: int) -> None:
     deadline = time.monotonic() + 10
-    while process._pid_alive(pid):
+    while process.pid_alive(pid):
         assert time.monotonic() < deadline, f"pid {pid} still alive"
         time.sleep(0.02)
 

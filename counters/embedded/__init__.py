@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from counters.embedded import process
 from counters.embedded.postgres import (
     _pg_paths,
     _pg_running,
@@ -37,7 +38,7 @@ from counters.embedded.postgres import (
     _stop_postgres,
     ensure_postgres,
 )
-from counters.embedded.process import EmbeddedServerError, _abs, _locked
+from counters.embedded.process import EmbeddedServerError
 from counters.embedded.valkey import (
     _stop_valkey,
     _valkey_paths,
@@ -61,15 +62,15 @@ def stop_embedded(data_dir: Path) -> list[str]:
     Names are ``"valkey"`` and/or ``"postgres"``.  Data is kept; the next ensure_* call
     restarts the server on the same data.  A server that is not running is skipped.
     """
-    data_dir = _abs(data_dir)
+    data_dir = process.absolute(data_dir)
     stopped: list[str] = []
     if not data_dir.is_dir():
         return stopped
     paths = _valkey_paths(data_dir)
-    with _locked(paths.lock):
+    with process.locked(paths.lock):
         if _stop_valkey(paths):
             stopped.append("valkey")
-    with _locked(data_dir / ".postgres.lock"):
+    with process.locked(data_dir / ".postgres.lock"):
         if _stop_postgres(data_dir):
             stopped.append("postgres")
     return stopped
@@ -81,7 +82,7 @@ def embedded_status(data_dir: Path) -> dict[str, str | None]:
     A URL is only reported for a server that currently answers (PING / pg_isready).
     Never starts anything and never creates files.
     """
-    data_dir = _abs(data_dir)
+    data_dir = process.absolute(data_dir)
     status: dict[str, str | None] = {"redis": None, "postgres": None}
     if not data_dir.is_dir():
         return status

@@ -17,25 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from counters.embedded.process import (
-    _POLL_INTERVAL,
-    _STOP_DEADLINE,
-    HOST,
-    EmbeddedServerError,
-    _abs,
-    _error,
-    _json_int,
-    _locked,
-    _log_since,
-    _pick_port,
-    _pid_alive,
-    _process_names,
-    _read_json,
-    _run,
-    _RunAs,
-    _wait_gone,
-    _write_json,
-)
+from counters.embedded import process
+from counters.embedded.process import HOST, EmbeddedServerError
 
 PG_USER = "postgres"
 PG_DATABASE = "postgres"
@@ -54,7 +37,7 @@ class _PgPaths:
     lock: Path
 
 
-def _pg_run_as() -> _RunAs | None:
+def _pg_run_as() -> process.RunAs | None:
     """The unprivileged account Postgres runs as when we are root (None: run as ourselves)."""
     if os.geteuid() != 0:
         return None
@@ -64,10 +47,10 @@ def _pg_run_as() -> _RunAs | None:
         raise EmbeddedServerError(
             f"running as root, but user {PG_RUN_AS!r} (needed to run Postgres) does not exist"
         ) from None
-    return _RunAs(entry.pw_uid, entry.pw_gid)
+    return process.RunAs(entry.pw_uid, entry.pw_gid)
 
 
-def _traversable_by(path: Path, who: _RunAs) -> bool:
+def _traversable_by(path: Path, who: process.RunAs) -> bool:
     """True if who can search (x) path and every ancestor, judged by mode bits."""
     for p in (path, *path.parents):
         try:
@@ -106,7 +89,7 @@ def _pg_version() -> str:
         return hashlib.sha1(str(_pg_source_bin()).encode()).hexdigest()[:12]
 
 
-def _fallback_root(who: _RunAs) -> Path:
+def _fallback_root(who: process.RunAs) -> Path:
     """A world-traversable directory for relocated Postgres files."""
     for candidate in (Path("/var/tmp"), Path(tempfile.gettempdir())):
         if candidate.is_dir() and _traversable_by(candidate, who):
@@ -172,7 +155,7 @@ def _copy_pg_install(dest: Path) -> Path:
     return bin_dir
 
 
-def _pg_bin_for_server(who: _RunAs | None) -> Path:
+def _pg_bin_for_server(who: process.RunAs | None) -> Path:
     """Bin dir from which initdb / pg_ctl / postgres can run as the server account."""
     src = _pg_source_bin()
     if not (src / "postgres").exists():
@@ -186,7 +169,7 @@ def _pg_bin_for_server(who: _RunAs | None) -> Path:
     return _copy_pg_install(root / f"counters-pg-{_pg_version()}")
 
 
-def _pg_paths(data_dir: Path, who: _RunAs | None, *, decide: bool) -> _PgPaths:
+def _pg_paths(data_dir: Path, who: process.RunAs | None, *, decide: bool) -> _PgPaths:
     """Where this data dir's Postgres lives.
 
     An existing relocation marker wins, then an existing in-place PGDATA.  Otherwise, with
@@ -194,7 +177,7 @@ def _pg_paths(data_dir: Path, who: _RunAs | None, *, decide: bool) -> _PgPaths:
     """
     marker = data_dir / "pg-location.json"
     base = data_dir
-    relocated = _read_json(marker).get("base")
+    relocated = process.read_json(marker).get("base")
     if isinstance(relocated, str) and relocated:
         base = Path(relocated)
     elif (
@@ -209,7 +192,7 @@ def _pg_paths(data_dir: Path, who: _RunAs | None, *, decide: bool) -> _PgPaths:
             base.mkdir()
             os.chmod(base, 0o755)  # not subject to the umask: nobody must traverse it
         _check_owned_dir(base)
-        _write_json(marker, {"base": str(base), "data_dir": str(data_dir)})
+        process.write_json(marker, {"base": str(base), "data_dir": str(data_dir)})
     return _PgPaths(
         base=base,
         pgdata=base / "pg",
@@ -256,7 +239,7 @@ def _pg_isready(port: int) -> bool:
         "-t",
         "2",
     ]
-    return _run(cmd, timeout=10, env=_pg_env()).returncode == 0
+    return process.run(cmd, timeout=10, env=_pg_env()).returncode == 0
 
 
 def _pg_running(paths: _PgPaths) -> tuple[int, int] | None:
@@ -267,7 +250,7 @@ def _pg_running(paths: _PgPaths) -> tuple[int, int] | None:
     return info if _pg_isready(info[1]) else None
 
 
-def _prepare_owned(path: Path, who: _RunAs | None, *, directory: bool, mode: int) -> None:
+def _prepare_owned(path: Path, who: process.RunAs | None, *, directory: bool, mode: int) -> None:
     if directory:
         path.mkdir(mode=mode, exist_ok=True)
     else:
@@ -277,7 +260,7 @@ def _prepare_owned(path: Path, who: _RunAs | None, *, directory: bool, mode: int
     os.chmod(path, mode)
 
 
-def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> None:
+def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> None:
     version_file = paths.pgdata / "PG_VERSION"
     if version_file.exists():
         major = version_file.read_text().strip()
@@ -306,10 +289,10 @@ def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> None:
         "--no-sync",
         "--no-instructions",
     ]
-    proc = _run(cmd, timeout=120, run_as=who, env=_pg_env())
+    proc = process.run(cmd, timeout=120, run_as=who, env=_pg_env())
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _error(
+        raise process.server_error(
             f"initdb failed (exit code {proc.returncode}) for {paths.pgdata}", output=proc.stdout
         )
     if paths.pgdata.exists():
@@ -319,20 +302,20 @@ def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> None:
 
 def _is_postmaster(pid: int, pgdata: Path) -> bool:
     """pid is a live postmaster serving pgdata (its command line names the data dir)."""
-    if not _pid_alive(pid):
+    if not process.pid_alive(pid):
         return False
-    names = _process_names(pid)
+    names = process.process_names(pid)
     return names is None or ("postgres" in names and str(pgdata) in names)
 
 
-def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
+def _pg_start(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> str:
     _prepare_owned(paths.logfile, who, directory=False, mode=0o600)
     _prepare_owned(paths.socket_dir, who, directory=True, mode=0o700)
     # unix socket paths are limited to ~107 bytes; go TCP-only when ours would not fit
     socket_dir = str(paths.socket_dir) if len(str(paths.socket_dir)) < 80 else ""
     info = _postmaster_info(paths.pgdata)
     if info is not None:
-        names = _process_names(info[0]) if _pid_alive(info[0]) else ""
+        names = process.process_names(info[0]) if process.pid_alive(info[0]) else ""
         if names is not None and "postgres" not in names:
             # Stale lock file: its postmaster is dead (possibly an unreaped zombie, which
             # Postgres itself would mistake for a live server) or the pid was reused.
@@ -341,7 +324,7 @@ def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
     # postmaster of ours is running (we hold the lock), so anything left there is stale.
     for leftover in paths.socket_dir.glob(".s.PGSQL.*"):
         leftover.unlink(missing_ok=True)
-    port = _pick_port(_json_int(_read_json(paths.state), "port"))
+    port = process.pick_port(process.json_int(process.read_json(paths.state), "port"))
     deadline = time.monotonic() + _PG_START_DEADLINE
     while True:
         opts = [
@@ -371,30 +354,30 @@ def _pg_start(paths: _PgPaths, bin_dir: Path, who: _RunAs | None) -> str:
             "-o",
             shlex.join(opts),
         ]
-        proc = _run(cmd, timeout=_PG_START_DEADLINE + 10, run_as=who, env=_pg_env())
+        proc = process.run(cmd, timeout=_PG_START_DEADLINE + 10, run_as=who, env=_pg_env())
         if proc.returncode == 0:
             break
-        error = _error(
+        error = process.server_error(
             f"Postgres failed to start on port {port} (pg_ctl exit code {proc.returncode})",
             paths.logfile,
             proc.stdout,
         )
-        new_log = _log_since(paths.logfile, log_offset)
+        new_log = process.log_since(paths.logfile, log_offset)
         if time.monotonic() > deadline:
             raise error
         if "Address already in use" in new_log:
-            port = _pick_port(None)  # lost a race for the port: pick another one
+            port = process.pick_port(None)  # lost a race for the port: pick another one
         elif "pre-existing shared memory block" in new_log:
             time.sleep(0.1)  # children of a killed postmaster are still exiting
         else:
             raise error
     while not _pg_isready(port):
         if time.monotonic() > deadline:
-            raise _error(
+            raise process.server_error(
                 f"Postgres on port {port} not ready within {_PG_START_DEADLINE:.0f}s", paths.logfile
             )
-        time.sleep(_POLL_INTERVAL)
-    _write_json(paths.state, {"port": port, "pgdata": str(paths.pgdata)})
+        time.sleep(process.POLL_INTERVAL)
+    process.write_json(paths.state, {"port": port, "pgdata": str(paths.pgdata)})
     return _pg_url(port)
 
 
@@ -408,23 +391,23 @@ def ensure_postgres(data_dir: Path) -> str:
     docs).  Concurrent callers for the same data_dir get the same server.  Raises
     EmbeddedServerError (with the log tail) if it cannot be started.
     """
-    data_dir = _abs(data_dir)
+    data_dir = process.absolute(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     who = _pg_run_as()
-    with _locked(data_dir / ".postgres.lock"):
+    with process.locked(data_dir / ".postgres.lock"):
         paths = _pg_paths(data_dir, who, decide=True)
         info = _postmaster_info(paths.pgdata)
         if info is not None and _is_postmaster(info[0], paths.pgdata):
             # ours is running: reuse it once it accepts connections (it may be recovering)
             deadline = time.monotonic() + _PG_START_DEADLINE
             while not _pg_isready(info[1]):
-                if time.monotonic() > deadline or not _pid_alive(info[0]):
-                    raise _error(
+                if time.monotonic() > deadline or not process.pid_alive(info[0]):
+                    raise process.server_error(
                         f"Postgres for {data_dir} is running (pid {info[0]}) but "
                         f"not accepting connections on port {info[1]}",
                         paths.logfile,
                     )
-                time.sleep(_POLL_INTERVAL)
+                time.sleep(process.POLL_INTERVAL)
             return _pg_url(info[1])
         if not paths.base.is_dir():
             raise EmbeddedServerError(
@@ -457,11 +440,11 @@ def _stop_postgres(data_dir: Path) -> bool:
         "fast",
         "-w",
         "-t",
-        str(int(_STOP_DEADLINE)),
+        str(int(process.STOP_DEADLINE)),
     ]
-    proc = _run(cmd, timeout=_STOP_DEADLINE + 10, run_as=who, env=_pg_env())
-    if not _wait_gone(pid, time.monotonic() + 10):
-        raise _error(
+    proc = process.run(cmd, timeout=process.STOP_DEADLINE + 10, run_as=who, env=_pg_env())
+    if not process.wait_gone(pid, time.monotonic() + 10):
+        raise process.server_error(
             f"Postgres (pid {pid}) did not stop (pg_ctl exit code {proc.returncode})",
             paths.logfile,
             proc.stdout,

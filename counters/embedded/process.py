@@ -19,10 +19,10 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 
-_POLL_INTERVAL = 0.02
-_STOP_DEADLINE = 60.0
-_LOCK_DEADLINE = 120.0
-_LOG_TAIL_LINES = 25
+POLL_INTERVAL = 0.02
+STOP_DEADLINE = 60.0
+LOCK_DEADLINE = 120.0
+LOG_TAIL_LINES = 25
 
 
 class EmbeddedServerError(RuntimeError):
@@ -30,12 +30,12 @@ class EmbeddedServerError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive flock on lock_path (serialises processes sharing a data dir)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + _LOCK_DEADLINE
+        deadline = time.monotonic() + LOCK_DEADLINE
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -43,19 +43,19 @@ def _locked(lock_path: Path) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise EmbeddedServerError(
-                        f"timed out after {_LOCK_DEADLINE:.0f}s waiting for lock {lock_path}"
+                        f"timed out after {LOCK_DEADLINE:.0f}s waiting for lock {lock_path}"
                     ) from None
-                time.sleep(_POLL_INTERVAL)
+                time.sleep(POLL_INTERVAL)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _abs(path: Path) -> Path:
+def absolute(path: Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -68,16 +68,16 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text) if text else f"(log {path} is empty)"
 
 
-def _error(what: str, log: Path | None = None, output: str = "") -> EmbeddedServerError:
+def server_error(what: str, log: Path | None = None, output: str = "") -> EmbeddedServerError:
     parts = [what]
     if output.strip():
         parts.append(f"--- command output ---\n{output.strip()}")
     if log is not None:
-        parts.append(f"--- tail of {log} ---\n{_log_tail(log)}")
+        parts.append(f"--- tail of {log} ---\n{log_tail(log)}")
     return EmbeddedServerError("\n".join(parts))
 
 
-def _read_json(path: Path) -> dict[str, object]:
+def read_json(path: Path) -> dict[str, object]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -85,19 +85,19 @@ def _read_json(path: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_json(path: Path, data: dict[str, object]) -> None:
+def write_json(path: Path, data: dict[str, object]) -> None:
     """Atomically replace path with the JSON encoding of data."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-def _json_int(data: dict[str, object], key: str) -> int | None:
+def json_int(data: dict[str, object], key: str) -> int | None:
     value = data.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True if pid exists and is not a zombie (daemons get reparented; zombies may linger)."""
     if pid <= 0:
         return False
@@ -127,7 +127,7 @@ def _pid_alive(pid: int) -> bool:
     return False
 
 
-def _process_names(pid: int) -> str | None:
+def process_names(pid: int) -> str | None:
     """comm + cmdline of pid, or None when procfs is unavailable."""
     try:
         comm = Path(f"/proc/{pid}/comm").read_text()
@@ -137,15 +137,15 @@ def _process_names(pid: int) -> str | None:
     return comm + " " + cmdline.decode("utf-8", errors="replace")
 
 
-def _wait_gone(pid: int, deadline: float) -> bool:
-    while _pid_alive(pid):
+def wait_gone(pid: int, deadline: float) -> bool:
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
-        time.sleep(_POLL_INTERVAL)
+        time.sleep(POLL_INTERVAL)
     return True
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -155,9 +155,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pick_port(preferred: int | None) -> int:
+def pick_port(preferred: int | None) -> int:
     """The previously used port if it is still free (stable URLs), else a fresh free one."""
-    if preferred is not None and 0 < preferred < 65536 and _port_free(preferred):
+    if preferred is not None and 0 < preferred < 65536 and port_free(preferred):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -166,16 +166,16 @@ def _pick_port(preferred: int | None) -> int:
 
 
 @dataclass(frozen=True)
-class _RunAs:
+class RunAs:
     uid: int
     gid: int
 
 
-def _run(
+def run(
     cmd: Sequence[str],
     *,
     timeout: float,
-    run_as: _RunAs | None = None,
+    run_as: RunAs | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run cmd with output captured via a temp file (daemons may keep pipes open)."""
@@ -197,7 +197,7 @@ def _run(
             )
         except subprocess.TimeoutExpired as exc:
             out.seek(0)
-            raise _error(
+            raise server_error(
                 f"command timed out after {timeout:.0f}s: {shlex.join(cmd)}", output=out.read()
             ) from exc
         except OSError as exc:
@@ -210,7 +210,7 @@ def _run(
 # --------------------------------------------------------------------------- Valkey
 
 
-def _log_since(path: Path, offset: int) -> str:
+def log_since(path: Path, offset: int) -> str:
     try:
         with path.open("rb") as fh:
             fh.seek(offset)

@@ -12,23 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from counters.embedded.process import (
-    _POLL_INTERVAL,
-    _STOP_DEADLINE,
-    HOST,
-    EmbeddedServerError,
-    _abs,
-    _error,
-    _json_int,
-    _locked,
-    _pick_port,
-    _pid_alive,
-    _process_names,
-    _read_json,
-    _run,
-    _wait_gone,
-    _write_json,
-)
+from counters.embedded import process
+from counters.embedded.process import HOST, EmbeddedServerError
 from counters.embedded.resp import _resp_command
 
 _VALKEY_START_DEADLINE = 10.0
@@ -78,19 +63,19 @@ def _read_pidfile(path: Path) -> int | None:
 
 def _is_our_valkey(pid: int | None, port: int | None) -> bool:
     """pid is alive and is the Valkey serving port (asked via INFO, else its process title)."""
-    if pid is None or port is None or not _pid_alive(pid):
+    if pid is None or port is None or not process.pid_alive(pid):
         return False
     if _valkey_server_pid(port) == pid:
         return True
-    names = _process_names(pid)  # a hung server still shows "valkey-server 127.0.0.1:PORT"
+    names = process.process_names(pid)  # a hung server still shows "valkey-server 127.0.0.1:PORT"
     return names is not None and "valkey-server" in names and f"{HOST}:{port} " in names + " "
 
 
 def _valkey_running(paths: _ValkeyPaths) -> tuple[int, int] | None:
     """(pid, port) of a ready Valkey for this data dir, verified through INFO."""
     pid = _read_pidfile(paths.pidfile)
-    port = _json_int(_read_json(paths.state), "port")
-    if pid is None or port is None or not _pid_alive(pid):
+    port = process.json_int(process.read_json(paths.state), "port")
+    if pid is None or port is None or not process.pid_alive(pid):
         return None
     if _resp_command(port, "PING") != "PONG" or _valkey_server_pid(port) != pid:
         return None
@@ -112,16 +97,16 @@ def _valkey_wait_ready(paths: _ValkeyPaths, port: int, log_offset: int) -> int:
             deadline = start + _VALKEY_LOADING_DEADLINE
         if daemon_pid is None:
             daemon_pid = _read_pidfile(paths.pidfile) or _launched_pid(paths.logfile, log_offset)
-        if daemon_pid is not None and not _pid_alive(daemon_pid):
-            raise _error(
+        if daemon_pid is not None and not process.pid_alive(daemon_pid):
+            raise process.server_error(
                 f"Valkey (pid {daemon_pid}) exited during startup on port {port}", paths.logfile
             )
         if time.monotonic() > deadline:
-            raise _error(
+            raise process.server_error(
                 f"Valkey did not answer PING on {HOST}:{port} within {deadline - start:.0f}s",
                 paths.logfile,
             )
-        time.sleep(_POLL_INTERVAL)
+        time.sleep(process.POLL_INTERVAL)
 
 
 def _launched_pid(logfile: Path, offset: int) -> int | None:
@@ -156,10 +141,10 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
     exe = _valkey_executable()
     if not exe or not os.access(exe, os.X_OK):
         raise EmbeddedServerError(f"valkey-server binary not found or not executable: {exe!r}")
-    preferred = _json_int(_read_json(paths.state), "port")
+    preferred = process.json_int(process.read_json(paths.state), "port")
     last_error: EmbeddedServerError | None = None
     for _attempt in range(_START_ATTEMPTS):
-        port = _pick_port(preferred)
+        port = process.pick_port(preferred)
         preferred = None
         paths.pidfile.unlink(missing_ok=True)  # stale: the owner is known to be dead
         try:
@@ -179,9 +164,9 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             "--logfile", str(paths.logfile),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        proc = _run(cmd, timeout=_VALKEY_START_DEADLINE)
+        proc = process.run(cmd, timeout=_VALKEY_START_DEADLINE)
         if proc.returncode != 0:
-            raise _error(
+            raise process.server_error(
                 f"valkey-server failed to launch (exit code {proc.returncode})",
                 paths.logfile,
                 proc.stdout,
@@ -193,7 +178,7 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             if "Address already in use" in str(exc):
                 continue  # lost a race for the port: pick another one
             raise
-        _write_json(paths.state, {"port": port})
+        process.write_json(paths.state, {"port": port})
         return _valkey_url(port)
     assert last_error is not None
     raise last_error
@@ -207,15 +192,15 @@ def ensure_valkey(data_dir: Path) -> str:
     this process exits.  Concurrent callers for the same data_dir get the same server.
     Raises EmbeddedServerError (with the log tail) if it cannot be started.
     """
-    data_dir = _abs(data_dir)
+    data_dir = process.absolute(data_dir)
     paths = _valkey_paths(data_dir)
     paths.dir.mkdir(parents=True, exist_ok=True)
-    with _locked(paths.lock):
+    with process.locked(paths.lock):
         running = _valkey_running(paths)
         if running is not None:
             return _valkey_url(running[1])
         pid = _read_pidfile(paths.pidfile)
-        port = _json_int(_read_json(paths.state), "port")
+        port = process.json_int(process.read_json(paths.state), "port")
         if _is_our_valkey(pid, port):
             # Ours is alive but not (yet) answering: never start a second server on the AOF.
             deadline = time.monotonic() + _VALKEY_START_DEADLINE
@@ -223,8 +208,8 @@ def ensure_valkey(data_dir: Path) -> str:
                 running = _valkey_running(paths)
                 if running is not None:
                     return _valkey_url(running[1])
-                time.sleep(_POLL_INTERVAL)
-            raise _error(
+                time.sleep(process.POLL_INTERVAL)
+            raise process.server_error(
                 f"Valkey for {data_dir} is running (pid {pid}) but does not answer "
                 f"on its recorded port {port}; stop it and retry",
                 paths.logfile,
@@ -234,14 +219,16 @@ def ensure_valkey(data_dir: Path) -> str:
 
 def _stop_valkey(paths: _ValkeyPaths) -> bool:
     pid = _read_pidfile(paths.pidfile)
-    if pid is None or not _is_our_valkey(pid, _json_int(_read_json(paths.state), "port")):
+    if pid is None or not _is_our_valkey(
+        pid, process.json_int(process.read_json(paths.state), "port")
+    ):
         return False
     os.kill(pid, signal.SIGTERM)  # same as SHUTDOWN: fsyncs the AOF, then exits
-    if not _wait_gone(pid, time.monotonic() + _STOP_DEADLINE):
+    if not process.wait_gone(pid, time.monotonic() + process.STOP_DEADLINE):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        if not _wait_gone(pid, time.monotonic() + 5):
-            raise _error(f"Valkey (pid {pid}) did not exit", paths.logfile)
+        if not process.wait_gone(pid, time.monotonic() + 5):
+            raise process.server_error(f"Valkey (pid {pid}) did not exit", paths.logfile)
     return True
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
@@ -33,14 +34,14 @@ TMP_TTL_MS = MINUTE_MS
 """Lifetime of the scratch key a Postgres sketch is merged in (deleted right away)."""
 
 
+@dataclass(frozen=True)
 class LateApplier:
     """Rotates a project's late generation and adds closed generations to Postgres."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings, metrics: Metrics):
-        self.redis = redis
-        self.scripts = scripts
-        self.settings = settings
-        self.metrics = metrics
+    redis: Redis
+    scripts: Scripts
+    settings: Settings
+    metrics: Metrics
 
     async def drain(self, conn: Conn, keys: ProjectKeys) -> int:
         """Closes the open generation and applies every closed one not applied yet; returns

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
 
@@ -167,7 +168,8 @@ class Rebuilder:
         limits = {g: min(day + DAY_MS, cut.sealed[g]) for g in GRAINS}
         lows = {g: day for g in GRAINS}
         lows[Grain.minute] = max(day, self._oldest_minute)
-        if all(limits[g] <= lows[g] for g in GRAINS):
+        part = DayPart(keys.project, name, lows, limits)
+        if not part.ranges():
             return  # nothing of this day is sealed yet
         token = uuid.uuid4().hex
         acc: dict[RowKey, list[int]] = {}
@@ -185,13 +187,13 @@ class Rebuilder:
                             progress(len(events))
             blobs = await self._scratch_blobs(scratch)
             rebuilt = {k: (c, s, blobs.get(k)) for k, (c, s) in acc.items()}
-            stored = await self._stored(conn, keys.project, lows, limits, name)
+            stored = await self._stored(conn, part)
             diffs = _diff(rebuilt, stored)
             report.rows += len(rebuilt)
             report.discrepancies += len(diffs)
             report.diffs.extend(diffs[: max(0, DETAILS_REPORTED - len(report.diffs))])
             if write and diffs:
-                await self._write(conn, keys.project, lows, limits, name, rebuilt)
+                await self._write(conn, part, rebuilt)
                 report.written_days += 1
         finally:
             if scratch:
@@ -241,41 +243,37 @@ class Rebuilder:
             out.update({k: v for (k, _), v in zip(part, values, strict=True) if v is not None})
         return out
 
-    async def _stored(
-        self,
-        conn: Conn,
-        project: str,
-        lows: dict[Grain, int],
-        limits: dict[Grain, int],
-        name: str | None,
-    ) -> dict[RowKey, RowValue]:
+    async def _stored(self, conn: Conn, part: DayPart) -> dict[RowKey, RowValue]:
         out: dict[RowKey, RowValue] = {}
-        for grain in GRAINS:
-            if limits[grain] <= lows[grain]:
-                continue
-            rows = await read_rollup_range(conn, project, grain, lows[grain], limits[grain], name)
+        for grain, lo, hi in part.ranges():
+            rows = await read_rollup_range(conn, part.project, grain, lo, hi, part.name)
             out.update({(grain, bucket, field): v for (bucket, field), v in rows.items()})
         return out
 
-    async def _write(
-        self,
-        conn: Conn,
-        project: str,
-        lows: dict[Grain, int],
-        limits: dict[Grain, int],
-        name: str | None,
-        rebuilt: dict[RowKey, RowValue],
-    ) -> None:
+    async def _write(self, conn: Conn, part: DayPart, rebuilt: dict[RowKey, RowValue]) -> None:
         by_grain: dict[Grain, list[Record]] = {g: [] for g in GRAINS}
         for (grain, bucket, field), (count, total, hll) in rebuilt.items():
-            by_grain[grain].append(rollup_record(project, field, bucket, count, total, hll))
+            by_grain[grain].append(rollup_record(part.project, field, bucket, count, total, hll))
         async with conn.transaction():
-            for grain in GRAINS:
-                if limits[grain] <= lows[grain]:
-                    continue
+            for grain, lo, hi in part.ranges():
                 await replace_rollup_range(
-                    conn, project, grain, lows[grain], limits[grain], name, by_grain[grain]
+                    conn, part.project, grain, lo, hi, part.name, by_grain[grain]
                 )
+
+
+@dataclass(frozen=True)
+class DayPart:
+    """What of one UTC day a rebuild covers: per grain [low, limit) (limits stop at the
+    cut's watermarks; minutes start at minute retention), of one name or all."""
+
+    project: str
+    name: str | None
+    lows: dict[Grain, int]
+    limits: dict[Grain, int]
+
+    def ranges(self) -> list[tuple[Grain, int, int]]:
+        """(grain, low, limit) of every grain whose part of the day is not empty."""
+        return [(g, self.lows[g], self.limits[g]) for g in GRAINS if self.limits[g] > self.lows[g]]
 
 
 def _diff(

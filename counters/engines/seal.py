@@ -7,6 +7,7 @@ overwrites, and a bucket below the Postgres watermark is only released."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import msgspec
@@ -36,14 +37,14 @@ class HotBuckets(msgspec.Struct):
     fields: dict[int, list[str]]
 
 
+@dataclass(frozen=True)
 class Sealer:
     """Seals closed buckets of a project and copies sealed ones into Postgres."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings, metrics: Metrics):
-        self.redis = redis
-        self.scripts = scripts
-        self.settings = settings
-        self.metrics = metrics
+    redis: Redis
+    scripts: Scripts
+    settings: Settings
+    metrics: Metrics
 
     async def seal(self, keys: ProjectKeys, now_ms: int) -> None:
         """Seals every bucket that closed more than grace_seconds before now_ms (minutes are

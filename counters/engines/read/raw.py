@@ -21,7 +21,7 @@ from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.reply import NamedSeries, Point, points
 from lua.client import redis_unavailable
-from persist.rawlog_reads import RawAggregate, aggregate_raw
+from persist.rawlog_reads import RawAggregate, RawScope, aggregate_raw
 from persist.schema import stream_order
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -62,29 +62,21 @@ def _matches(ev: RawEvent, filters: Mapping[str, str], group_by: Sequence[str]) 
     return all(g in ev.dims for g in group_by)
 
 
-def _fold_redis(
-    out: Groups,
-    entries: Entries,
-    cursor: str,
-    name: str,
-    starts: Sequence[int],
-    end: int,
-    filters: Mapping[str, str],
-    group_by: Sequence[str],
-    uniques: bool,
-) -> None:
+def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> None:
     """Folds the stream entries past Postgres's copy cursor."""
     done = stream_order(cursor)
-    lo = starts[0]
+    lo, end = scope.starts[0], scope.end
     for sid, fields in entries:
         if stream_order(sid.decode()) <= done:
             continue
         for ev in decode_raw_batch(fields[b"e"]):
-            if ev.name != name or not lo <= ev.ts < end or not _matches(ev, filters, group_by):
+            if ev.name != scope.name or not lo <= ev.ts < end:
                 continue
-            period = bisect.bisect_right(starts, ev.ts) - 1
-            group = tuple(ev.dims[g] for g in group_by)
-            out[group][period].add(1, ev.value, ev.uid if uniques else None)
+            if not _matches(ev, scope.filters, scope.group_by):
+                continue
+            period = bisect.bisect_right(scope.starts, ev.ts) - 1
+            group = tuple(ev.dims[g] for g in scope.group_by)
+            out[group][period].add(1, ev.value, ev.uid if scope.uniques else None)
 
 
 async def read_raw(
@@ -97,16 +89,13 @@ async def read_raw(
     uniques: bool,
 ) -> Groups:
     """Per group of `group_by` values, the measures of every period, from the raw log."""
-    starts = [s for s, _ in spans]
-    end = spans[-1][1]
+    scope = RawScope(name, [s for s, _ in spans], spans[-1][1], filters, group_by, uniques)
     out: Groups = defaultdict(lambda: [Acc() for _ in spans])
     with redis_unavailable():
         entries = cast(Entries, await ctx.redis.xrange(ctx.keys.raw, "-", "+"))
-    agg = await aggregate_raw(
-        ctx.pool, ctx.project, name, starts, end, filters, group_by, uniques=uniques
-    )
+    agg = await aggregate_raw(ctx.pool, ctx.project, scope)
     _fold_postgres(out, agg, uniques)
-    _fold_redis(out, entries, agg.cursor, name, starts, end, filters, group_by, uniques)
+    _fold_redis(out, entries, agg.cursor, scope)
     return dict(out)
 
 
