@@ -18,14 +18,19 @@ watermarks hash is missing), the restore puts back
   each expiring when it would have;
 - the watermarks and late generation.
 
-Hashes and sketches are staged under restore:<token>: keys (chunked writes, with a TTL);
-lua/restore.lua then moves them into place and writes the watermarks in one atomic step,
-only if the watermarks are still missing, so concurrent restorers add the persisted part
-once (the losers' staged keys are deleted).
+Hashes and sketches are staged under restore:<token>: keys with a TTL, in chunks of a few
+thousand operations per lua/restore_stage.lua call (which also sets the markers, NX, so
+they are in place before the watermarks); lua/restore.lua then moves the staged keys into
+place and writes the watermarks in one atomic step, only if the watermarks are still
+missing, so concurrent restorers add the persisted part once (the losers' staged keys are
+deleted). Everything is read in one REPEATABLE READ snapshot, so the rows and the raw log
+fit the watermarks written.
 
-What cannot come back: events acknowledged but not yet in Postgres when Redis was lost
-without its AOF (their minute, late generation and raw-log entry lived in Redis only);
-durable_ack bounds that to nothing a kill -9 can lose, not a lost volume.
+What cannot come back: events acknowledged but not yet in Postgres's raw log when Redis
+was lost without its AOF (the raw-log backlog), and from the rollups, late events of
+generations not applied yet (their raw rows are kept: a rebuild or reconcile counts them).
+durable_ack makes a kill -9 of Redis lose nothing acknowledged; it does not cover a lost
+volume or a failover to a replica without the data.
 """
 
 from __future__ import annotations
