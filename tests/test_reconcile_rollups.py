@@ -219,3 +219,34 @@ async def test_reconcile_after_redis_loses_the_hour_in_progress(harness: Harness
         (short, short > 0),
         (0, False),
     ]
+
+
+async def test_a_wrong_minute_is_fixed_from_the_raw_log_not_spread_to_its_hour(
+    harness: Harness,
+) -> None:
+    """When a minute row is wrong, its (right) hour differs from its minutes too: both rows
+    are reported (the hour on its own basis), each once, and the repair comes from the raw
+    log, so the hour keeps its right value and the minute gets its right one back."""
+    events = await populate(harness)
+    minute = min(e["ts"] for e in events) // MINUTE_MS * MINUTE_MS
+    hour = minute - minute % HOUR_MS
+    await execute(
+        harness.pool,
+        "UPDATE rollups_minute SET count = count + 2 WHERE project = $1 AND bucket = $2"
+        " AND rollup = ''",
+        harness.project,
+        to_datetime(minute),
+    )
+    truth = sum(1 for e in events if hour <= e["ts"] < hour + HOUR_MS)
+    found, lines = await reconcile(harness, write=False)
+    assert found == 2, lines
+    assert any(x.startswith(f"  minute {format_ts(minute)}") and "(-2)" in x for x in lines)
+    assert any(
+        x.startswith(f"  hour {format_ts(hour)}") and x.endswith("[vs its minutes]") for x in lines
+    )
+    assert (await reconcile(harness, write=True))[0] == 2
+    assert await harness.total("click", hour, hour + HOUR_MS) == truth
+    assert await harness.total("click", minute, minute + MINUTE_MS) == sum(
+        1 for e in events if minute <= e["ts"] < minute + MINUTE_MS
+    )
+    assert (await reconcile(harness, write=False))[0] == 0
