@@ -31,6 +31,21 @@ class Metrics:
             "How far Postgres lags the newest closed minute bucket, worst project",
             registry=r,
         )
+        self.grain_lag = Gauge(
+            "counters_persister_grain_lag_seconds",
+            "Now minus the Postgres watermark of each grain (every bucket before it is in"
+            " Postgres), worst project",
+            ["grain"],
+            registry=r,
+        )
+        self.redis_only_buckets = Gauge(
+            "counters_redis_only_buckets",
+            "Buckets of each grain whose data is only in Redis (hot, or sealed and not yet"
+            " copied; for hour and day this includes the current hour and day holding merged"
+            " minutes), all projects",
+            ["grain"],
+            registry=r,
+        )
         self.raw_backlog = Gauge(
             "counters_raw_backlog_events",
             "Raw-log events in Redis not yet copied to Postgres, all projects",
@@ -52,7 +67,8 @@ class Metrics:
         )
         self.reconcile_discrepancies = Gauge(
             "counters_reconcile_discrepancies",
-            "Rollup rows the latest reconcile of each project found different from the raw log",
+            "Rollup rows the latest reconcile of each project found different from the raw log"
+            " or, for hours and days, from the minute rows they are made of",
             registry=r,
         )
         self.persister_errors = Counter(

@@ -34,9 +34,11 @@ from counters.core.buckets import (
 from counters.core.config import Settings
 from counters.core.grouping import group_minutes, roll_up
 from counters.core.models import RawEvent
-from counters.core.rollups import decode_field
+from counters.engines.diffs import BucketDiff as BucketDiff  # re-exported for reconcile
+from counters.engines.diffs import bucket_diff
 from counters.engines.persister import Cut, Persister
 from counters.engines.retention import minute_edge, raw_edge
+from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
 from lua.keys import ProjectKeys
 from persist import rawlog
 from persist.db import Conn
@@ -56,21 +58,6 @@ Progress = Callable[[int], None]
 """Called with the number of raw events just processed."""
 
 
-class BucketDiff(msgspec.Struct):
-    """One rollup row whose stored value differs from what the raw log says."""
-
-    grain: str
-    bucket: str
-    name: str
-    rollup: str
-    dims: list[str]
-    stored_count: int
-    rebuilt_count: int
-    stored_sum: int
-    rebuilt_sum: int
-    uniques_differ: bool
-
-
 class RebuildReport(msgspec.Struct):
     """What one rebuild or reconcile of one project found and did."""
 
@@ -82,6 +69,8 @@ class RebuildReport(msgspec.Struct):
     discrepancies: int = 0
     written_days: int = 0
     diffs: list[BucketDiff] = msgspec.field(default_factory=list)
+    rows_vs_parts: int = 0
+    """Hour and day rows compared with the rows they are made of (reconcile only)."""
 
 
 RowKey = tuple[Grain, int, str]  # grain, bucket, field
@@ -106,6 +95,7 @@ class Rebuilder:
         self.redis = redis
         self.settings = settings
         self.persister = persister
+        self.rollcheck = RollupChecker(redis)
         self._oldest_minute = 0
 
     async def run(
@@ -118,9 +108,13 @@ class Rebuilder:
         write: bool = True,
         kind: str = "rebuild",
         progress: Progress | None = None,
+        against_parts: bool = False,
     ) -> RebuildReport:
         """Rebuilds every sealed bucket of the UTC days overlapping [start, end). With
-        write=False only reports what differs. Records the run in reconcile_runs."""
+        write=False only reports what differs. With against_parts, also compares each
+        sealed hour and day row with the rows it is made of (engines/rollcheck.py) at the
+        same cut; a row found on both bases counts once. Records the run in
+        reconcile_runs."""
         first = bucket_start(start, Grain.day)
         last = bucket_ceil(end, Grain.day)
         now = self.persister.clock.now_ms()
@@ -138,7 +132,12 @@ class Rebuilder:
             async with self.pool.acquire() as conn:
                 async with project_lock(conn, project, wait=True):
                     cut = await self.persister.drain_to_cut(conn, keys)
-                    await self._day(conn, keys, cut, day, name, write, report, progress)
+                    checks = (
+                        day_spans(day, cut.sealed, parts_edge(self._oldest_minute))
+                        if against_parts
+                        else []
+                    )
+                    await self._day(conn, keys, cut, day, name, write, report, progress, checks)
         async with self.pool.acquire() as conn:
             await record_run(
                 conn,
@@ -164,6 +163,7 @@ class Rebuilder:
         write: bool,
         report: RebuildReport,
         progress: Progress | None,
+        checks: list[Span],
     ) -> None:
         limits = {g: min(day + DAY_MS, cut.sealed[g]) for g in GRAINS}
         lows = {g: day for g in GRAINS}
@@ -189,11 +189,18 @@ class Rebuilder:
             rebuilt = {k: (c, s, blobs.get(k)) for k, (c, s) in acc.items()}
             stored = await self._stored(conn, part)
             diffs = _diff(rebuilt, stored)
+            found = await self.rollcheck.check(conn, keys, checks, name)
+            seen = {d.row() for d in diffs}
+            extra = [d for d in found.diffs if d.row() not in seen]
             report.rows += len(rebuilt)
-            report.discrepancies += len(diffs)
-            report.diffs.extend(diffs[: max(0, DETAILS_REPORTED - len(report.diffs))])
-            if write and diffs:
+            report.rows_vs_parts += found.rows
+            report.discrepancies += len(diffs) + len(extra)
+            report.diffs.extend((diffs + extra)[: max(0, DETAILS_REPORTED - len(report.diffs))])
+            if write and diffs:  # rows from the raw log also agree with their minutes
                 await self._write(conn, part, rebuilt)
+                report.written_days += 1
+            elif write and extra:  # the raw log agrees with the minutes: only parts differ
+                await self.rollcheck.repair(conn, keys, found)
                 report.written_days += 1
         finally:
             if scratch:
@@ -287,19 +294,5 @@ def _diff(
         hll_differs = not same_registers(new[2], old[2])
         if new[0] != old[0] or new[1] != old[1] or hll_differs:
             grain, bucket, field = key
-            n, rollup, values = decode_field(field)
-            out.append(
-                BucketDiff(
-                    grain.name,
-                    format_ts(bucket),
-                    n,
-                    ",".join(rollup),
-                    list(values),
-                    old[0],
-                    new[0],
-                    old[1],
-                    new[1],
-                    hll_differs,
-                )
-            )
+            out.append(bucket_diff(grain, bucket, field, old[:2], new[:2], hll_differs))
     return out

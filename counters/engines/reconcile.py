@@ -38,21 +38,29 @@ async def reconcile_projects(
     write: bool,
     echo: Callable[[str], None],
 ) -> int:
-    """Compares every rollup of the last `days` days with the raw log for each project,
-    reports what differs and (write=True) corrects it. Returns the number of differing
-    rows found."""
+    """Compares every rollup of the last `days` days with the raw log, and every sealed hour
+    and day row with the minute rows it is made of (while those are kept), for each project;
+    reports what differs and (write=True) corrects it. Returns the number of differing rows
+    found (a row found on both bases counts once)."""
     total = 0
     for project in projects:
         report = await rebuilder.run(
-            project, now_ms - days * DAY_MS, now_ms, write=write, kind="reconcile"
+            project,
+            now_ms - days * DAY_MS,
+            now_ms,
+            write=write,
+            kind="reconcile",
+            against_parts=True,
         )
         total += report.discrepancies
         echo(
             f"{project}: {report.events} events, {report.rows} rollup rows checked,"
+            f" {report.rows_vs_parts} hour/day rows checked against their parts,"
             f" {report.discrepancies} differ"
             + (" (fixed)" if write and report.discrepancies else "")
         )
         for diff in report.diffs:
-            echo("  " + describe(diff))
+            basis = "" if diff.basis == "raw" else f" [vs its {diff.basis}]"
+            echo("  " + describe(diff) + basis)
     echo(f"discrepancies: {total}")
     return total

@@ -45,7 +45,8 @@ async def nightly_reconcile(
     stop: asyncio.Event,
 ) -> None:
     """Sleeps until `at` (UTC) every day and reconciles the last `days` days of every
-    project, fixing what differs, unless another process is already doing it."""
+    project (rollups against the raw log, sealed hour and day rows against their minutes),
+    fixing what differs and publishing the count, unless another process is doing it."""
     while not stop.is_set():
         wait_s = (next_run(clock.now_ms(), at) - clock.now_ms()) / 1000
         try:
