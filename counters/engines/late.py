@@ -46,8 +46,16 @@ class LateApplier:
     async def drain(self, conn: Conn, keys: ProjectKeys) -> int:
         """Closes the open generation and applies every closed one not applied yet; returns
         how many it applied. Every bucket a delta touches must be in Postgres already."""
+        return await self.apply_closed(conn, keys, await self.rotate(keys))
+
+    async def rotate(self, keys: ProjectKeys) -> int:
+        """Closes the open generation (later late events go to a new one); returns the new
+        open generation, or -1 when Redis holds no watermarks."""
         with redis_unavailable():
-            open_gen = int(await self.scripts.rotate_late(keys=[keys.watermarks], args=[keys.base]))
+            return int(await self.scripts.rotate_late(keys=[keys.watermarks], args=[keys.base]))
+
+    async def apply_closed(self, conn: Conn, keys: ProjectKeys, open_gen: int) -> int:
+        """Applies every generation below open_gen not applied yet; returns how many."""
         if open_gen < 0:
             return 0
         with postgres_unavailable():

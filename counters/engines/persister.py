@@ -211,15 +211,16 @@ class Persister:
         project's lock."""
         await self.restore(keys)
         report = ProjectReport()
-        # 1. finish buckets sealed earlier but not yet copied
-        report.buckets_copied += await self.sealer.copy_sealed(conn, keys)
-        # 2. late deltas: every bucket they touch is now in Postgres
-        report.late_generations += await self.late.drain(conn, keys)
-        # 3. seal what has closed since, and copy it
+        # 1. seal what has closed and close the open late generation (Redis only)
         await self.sealer.seal(keys, self.clock.now_ms())
-        report.buckets_copied += await self.sealer.copy_sealed(conn, keys)
-        # 4. the raw log
+        open_gen = await self.late.rotate(keys)
+        # 2. the raw log, drained past every event step 1 sealed or closed: each event a row
+        #    or delta below counts has its raw row (and so its dedupe id) in Postgres first
         report.raw_events += await self.raw.copy(conn, keys)
+        # 3. every sealed bucket not copied yet (from this pass or an earlier one)
+        report.buckets_copied += await self.sealer.copy_sealed(conn, keys)
+        # 4. late deltas of the closed generations: every bucket they touch is in Postgres
+        report.late_generations += await self.late.apply_closed(conn, keys, open_gen)
         return report
 
     async def restore(self, keys: ProjectKeys) -> bool:
@@ -242,14 +243,15 @@ class Persister:
             sealed={g: int(v) for g, v in zip(GRAINS, reply[1:4], strict=True)},
             stream_id=_s(reply[4]),
         )
-        await self.sealer.copy_sealed(conn, keys)
+        # raw rows first, as in run_protocol: nothing is counted in Postgres before its raw row
         with postgres_unavailable():
             state = await load_state(conn, keys.project)
-        for gen in range(state.late_applied + 1, cut.last_gen + 1):
-            await self.late.apply(conn, keys, gen)
         while stream_order(state.raw_stream_id) < stream_order(cut.stream_id):
             if not await self.raw.copy(conn, keys):
                 break
             with postgres_unavailable():
                 state = await load_state(conn, keys.project)
+        await self.sealer.copy_sealed(conn, keys)
+        for gen in range(state.late_applied + 1, cut.last_gen + 1):
+            await self.late.apply(conn, keys, gen)
         return cut
