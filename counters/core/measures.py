@@ -1,19 +1,46 @@
-"""What a read reports for a measure of stored counters: written once for every read path."""
+"""What a read reports for a measure of stored counters: written once for every read path.
+
+Sums are stored as integer millionths (micros) and reported as exact decimals built from
+them, never through a float: 12 × 999999999.999999 is 11999999999.999988, not ...989."""
 
 from __future__ import annotations
+
+from decimal import Context, Decimal
 
 from counters.core.models import VALUE_SCALE
 
 MEASURES = ("count", "sum", "uniques")
 
+Measured = int | Decimal
+"""A reported value: a count or uniques (int), or a sum (exact Decimal)."""
 
-def measure_value(measure: str, count: int, sum_micros: int) -> int | float:
-    """The count for measure=count, else the sum in the event's units (micros / 1e6)."""
-    return count if measure == "count" else sum_micros / VALUE_SCALE
+_EXACT = Context(prec=40)
+"""Enough digits for any 64-bit micros (19) and a sum of many: the division stays exact."""
+_SCALE = Decimal(VALUE_SCALE)
+_ZERO = Decimal(0)
 
 
-def measure_values(measure: str, stored: list[int]) -> list[int | float]:
+def micros_to_decimal(micros: int) -> Decimal:
+    """The exact value of `micros` millionths in its shortest plain form (no exponent):
+    10_000_000 -> 10, 12_500_000 -> 12.5, 5 -> 0.000005, -1 -> -0.000001, 0 -> 0."""
+    if not micros:
+        return _ZERO
+    # an exact quotient takes the ideal exponent 0 and drops trailing zeros down to it
+    return _EXACT.divide(Decimal(micros), _SCALE)
+
+
+def micros_text(micros: int) -> str:
+    """micros_to_decimal as text, for command-line output (`4406.789044`, `10`)."""
+    return str(micros_to_decimal(micros))
+
+
+def measure_value(measure: str, count: int, sum_micros: int) -> Measured:
+    """The count for measure=count, else the exact sum in the event's units."""
+    return count if measure == "count" else micros_to_decimal(sum_micros)
+
+
+def measure_values(measure: str, stored: list[int]) -> list[Measured]:
     """measure_value of each stored count (measure=count) or sum (else)."""
     if measure == "count":
         return list(stored)
-    return [v / VALUE_SCALE for v in stored]
+    return [micros_to_decimal(v) for v in stored]

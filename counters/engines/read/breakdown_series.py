@@ -1,12 +1,17 @@
 """Breakdown series: the top `limit` dims tuples by the measure over the range, each with
-its per-period values, then one `__other__` series for the rest."""
+its per-period values, then one `__other__` series for the rest of the tuples and one
+`__none__` series for the events lacking a grouped dim, so that for count and sum the
+series add up to the total, per period and over the range. For uniques, `__none__` is the
+uids seen only in events lacking a grouped dim: uniques(total) - uniques(union of every
+tuple), floored at 0 (an estimate within HyperLogLog error of both terms); the union of
+every series is then the total's uniques."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from counters.core.measures import measure_value
-from counters.core.rollups import OTHER
+from counters.core.rollups import NONE, OTHER
 from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
 from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
@@ -21,9 +26,9 @@ def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
     return {**dict(q.filters), **{d: values[q.rollup.index(d)] for d in q.group_by}}
 
 
-def other_dims(q: ReadQuery) -> dict[str, str]:
-    """The dims of the `__other__` series."""
-    return {**dict(q.filters), **{d: OTHER for d in q.group_by}}
+def other_dims(q: ReadQuery, value: str = OTHER) -> dict[str, str]:
+    """The dims of the `__other__` series (or, with value=NONE, of `__none__`)."""
+    return {**dict(q.filters), **{d: value for d in q.group_by}}
 
 
 def _value_of(q: ReadQuery, t: TupleCells, cells: Sequence[Cell]) -> Value:
@@ -58,6 +63,9 @@ async def ranked_series(
         out.append(series(t, _dims(q, values)))
         rest.add(t, sign=-1)
     out.append(series(rest, other_dims(q)))
+    none = TupleCells(dict(ranked.total.counts), dict(ranked.total.sums))
+    none.add(ranked.all_tuples, sign=-1)
+    out.append(series(none, other_dims(q, NONE)))
     return out
 
 
@@ -84,24 +92,30 @@ async def uniques_series(
     groups: list[list[str]] = []
     for i in top:
         groups.extend(_sketches(items[i][1], p) for p in cells)
-    for p in cells:
-        groups.append([k for i in rest for k in _sketches(items[i][1], p)])
-    groups.append([k for i in rest for k in _sketches(items[i][1], everything)])
-    counted: list[Value] = list(await count_uniques(ctx.redis, blobs, groups))
+    # per period then the range: the rest, every tuple, the total (the filters' rollup)
+    for sel in (rest, range(len(items))):
+        for p in [*cells, everything]:
+            groups.append([k for i in sel for k in _sketches(items[i][1], p)])
+    groups.extend(_sketches(bd.total, p) for p in [*cells, everything])
+    counted: list[int] = await count_uniques(ctx.redis, blobs, groups)
     n = len(cells)
     out: list[NamedSeries] = []
     for j, i in enumerate(top):
         data = counted[j * n : (j + 1) * n]
         out.append(NamedSeries(name, _dims(q, items[i][0]), totals[i], points(q, data)))
-    other = counted[len(top) * n : len(top) * n + n]
-    out.append(NamedSeries(name, other_dims(q), counted[-1], points(q, other)))
+    at = len(top) * n
+    other, tuples, whole = (counted[at + k * (n + 1) : at + (k + 1) * (n + 1)] for k in range(3))
+    out.append(NamedSeries(name, other_dims(q), other[-1], points(q, other[:-1])))
+    none = [max(0, w - t) for w, t in zip(whole, tuples, strict=True)]
+    out.append(NamedSeries(name, other_dims(q, NONE), none[-1], points(q, none[:-1])))
     return out
 
 
 async def breakdown_series(
     ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
 ) -> list[NamedSeries]:
-    """Top `limit` dims tuples by the measure over the range, then __other__."""
+    """Top `limit` dims tuples by the measure over the range, then __other__ and __none__
+    (always both, zero or not)."""
     if q.measure == "uniques":
         return await uniques_series(ctx, q, name, cells)
     return await ranked_series(ctx, q, name, cells)

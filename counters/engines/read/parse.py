@@ -229,7 +229,9 @@ def parse_read(
     group_by = parse_group_by(params, filters)
     top = parse_limit(params)
     rollup = rollup_for_filters([*filters, *group_by])
-    source = "rollups" if is_stored(rollup, crosstabs) else "raw"
+    # a breakdown's __none__ needs the filters' own rollup too (what the tuples add up to)
+    stored = is_stored(rollup, crosstabs) and is_stored(rollup_for_filters(filters), crosstabs)
+    source = "rollups" if stored else "raw"
     q = ReadQuery(
         names,
         measure,
