@@ -143,15 +143,18 @@ def truth(evs: list[Event], measure: str, keep: Callable[[Event], bool]) -> list
 
 
 async def additive(
-    reader: Reader, measure: str, group_by: tuple[str, ...], **filters: str
+    reader: Reader,
+    measure: str,
+    group_by: tuple[str, ...],
+    params: dict[str, str] | None = None,
+    **filters: str,
 ) -> dict[str, Any]:
     """Asserts top + __other__ + __none__ == the total per period and over the range;
     returns the __none__ series."""
-    bd = await reader.get(
-        "series", group_by=",".join(group_by), limit="2", measure=measure, **filters
-    )
-    plain = await reader.get("series", measure=measure, **filters)
-    total = (await reader.get("total", measure=measure, **filters))["value"]
+    asked = {"measure": measure, **(params or {}), **filters}
+    bd = await reader.get("series", group_by=",".join(group_by), limit="2", **asked)
+    plain = await reader.get("series", **asked)
+    total = (await reader.get("total", **asked))["value"]
     series = bd["series"]
     assert [s["dims"] for s in series[-2:]] == [
         {**filters, **{d: "__other__" for d in group_by}},
@@ -181,8 +184,8 @@ async def test_none_makes_breakdowns_add_up(reader: Reader, measure: str) -> Non
         )
         assert [p["value"] for p in none["data"]] + [none["total"]] == de
         # periods composed of several stored buckets (minutes, in a half-hour zone)
-        await additive(reader, measure, ("source",), precision="15m")
-        await additive(reader, measure, ("country",), precision="1d", tz="Asia/Kolkata")
+        await additive(reader, measure, ("source",), {"precision": "15m"})
+        await additive(reader, measure, ("country",), {"precision": "1d", "tz": "Asia/Kolkata"})
 
     await live_and_persisted(reader, check)
 

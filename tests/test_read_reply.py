@@ -34,7 +34,8 @@ def test_measure_value_is_count_or_exact_sum_in_units() -> None:
     assert measure_value("sum", 3, 2_500_000) == Decimal("2.5")
     assert measure_values("count", [1, 2]) == [1, 2]
     assert measure_values("sum", [1_000_000, 500_000]) == [Decimal(1), Decimal("0.5")]
-    assert all(type(v) is Decimal for v in measure_values("sum", [0, 7, 10**12]))
+    assert [type(v) for v in measure_values("sum", [0, 7, 10**12])] == [int, Decimal, Decimal]
+    assert measure_values("sum", [12 * 999_999_999_999_999]) == [Decimal("11999999999.999988")]
     assert type(measure_value("count", 3, 0)) is int
 
 

@@ -254,6 +254,7 @@ async def test_breakdown_top_n_and_other(ctx: Ctx) -> None:
         by_source["google"],
         by_source["bing"],
         sum(by_source.values()) - by_source["google"] - by_source["bing"],
+        0,
     ]
     assert sum(sum(p["value"] for p in s["data"]) for s in series) == len(events)
     # filter + group_by on a cross-tab, and sums
