@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 from counters.core.buckets import HOUR_MS, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from counters.core.measures import micros_to_decimal
 from lua.keys import ProjectKeys
 from persist.projects import create_key
 from tests.support import InProcessApp
@@ -139,7 +138,7 @@ def truth(evs: list[Event], measure: str, keep: Callable[[Event], bool]) -> list
             v = 1 if measure == "count" else round(e["value"] * 1_000_000)
             per[hour_of(e)] += v
             per[5] += v
-    return per if measure == "count" else [micros_to_decimal(v) for v in per]
+    return per if measure == "count" else [Decimal(v).scaleb(-6) for v in per]
 
 
 async def additive(

@@ -19,7 +19,6 @@ import pytest_asyncio
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from counters.core.measures import micros_to_decimal
 from persist.projects import create_key
 from tests.support import InProcessApp
 
@@ -45,6 +44,8 @@ EXACT = "11999999999.999988"
     ],
 )
 def test_micros_to_decimal_is_exact_and_shortest(micros: int, text: str) -> None:
+    from counters.core.measures import micros_to_decimal
+
     d = micros_to_decimal(micros)
     assert str(d) == text
     assert msgspec.json.Encoder(decimal_format="number").encode(d) == text.encode()
