@@ -8,7 +8,10 @@ every series is then the total's uniques."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+
+from redis.asyncio import Redis
 
 from counters.core.measures import measure_value
 from counters.core.rollups import NONE, OTHER
@@ -17,8 +20,9 @@ from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import Cell, flatten, need
-from counters.engines.read.query import BucketValues, count_uniques
+from counters.engines.read.query import TMP_TTL_MS, BucketValues, count_uniques
 from counters.engines.read.reply import NamedSeries, points
+from lua.client import redis_unavailable
 
 
 def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
@@ -73,6 +77,32 @@ def _sketches(t: TupleCells, cells: Sequence[Cell]) -> list[str]:
     return [k for cell in cells for k in t.hlls.get(cell, [])]
 
 
+async def _count_merged(
+    redis: Redis,
+    blobs: BucketValues,
+    merges: Sequence[tuple[str, list[str]]],
+    groups: Sequence[Sequence[str]],
+) -> list[int]:
+    """count_uniques, after PFMERGE of each (scratch key, sketches) in the same pipeline:
+    a union counted more than once (the rest's, alone and with the top) is merged once."""
+    with redis_unavailable():
+        pipe = redis.pipeline(transaction=False)
+        for key, blob in blobs.tmp_blobs.items():
+            pipe.set(key, blob, px=TMP_TTL_MS)
+        for scratch, keys in merges:
+            pipe.pfmerge(scratch, *keys)
+            pipe.pexpire(scratch, TMP_TTL_MS)
+        for group in groups:
+            if group:
+                pipe.pfcount(*group)
+        scratch_keys = [*blobs.tmp_blobs, *(scratch for scratch, _ in merges)]
+        if scratch_keys:
+            pipe.delete(*scratch_keys)
+        replies = await pipe.execute()
+    counted = iter(replies[len(blobs.tmp_blobs) + 2 * len(merges) :])
+    return [int(next(counted)) if group else 0 for group in groups]
+
+
 async def uniques_series(
     ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
 ) -> list[NamedSeries]:
@@ -92,12 +122,18 @@ async def uniques_series(
     groups: list[list[str]] = []
     for i in top:
         groups.extend(_sketches(items[i][1], p) for p in cells)
-    # per period then the range: the rest, every tuple, the total (the filters' rollup)
-    for sel in (rest, range(len(items))):
-        for p in [*cells, everything]:
-            groups.append([k for i in sel for k in _sketches(items[i][1], p)])
-    groups.extend(_sketches(bd.total, p) for p in [*cells, everything])
-    counted: list[int] = await count_uniques(ctx.redis, blobs, groups)
+    # per period, then the range: the rest (merged once into a scratch key), every tuple
+    # (that scratch key and the top's sketches), the total (the filters' rollup)
+    spans = [*cells, everything]
+    merges = [
+        (ctx.keys.tmp(uuid.uuid4().hex), [k for i in rest for k in _sketches(items[i][1], p)])
+        for p in spans
+    ]
+    groups.extend([scratch] for scratch, _ in merges)
+    for (scratch, _), p in zip(merges, spans, strict=True):
+        groups.append([scratch, *(k for i in top for k in _sketches(items[i][1], p))])
+    groups.extend(_sketches(bd.total, p) for p in spans)
+    counted = await _count_merged(ctx.redis, blobs, [m for m in merges if m[1]], groups)
     n = len(cells)
     out: list[NamedSeries] = []
     for j, i in enumerate(top):
