@@ -58,7 +58,8 @@ class ReadQuery(msgspec.Struct, frozen=True):
     alias: str | None = None
     """The `grain` name the caller used, if any."""
     source: str = "rollups"
-    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims."""
+    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims (for a
+    breakdown, also when the filters' own rollup, which `__none__` needs, is not stored)."""
 
     @property
     def name(self) -> str:
