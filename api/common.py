@@ -18,7 +18,8 @@ from counters.engines.retention import minute_edge
 from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
 
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(decimal_format="number")
+"""Sums are Decimals built from integer micros: sent as exact JSON numbers, never floats."""
 
 
 def app_state(request: Request) -> AppState:

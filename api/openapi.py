@@ -155,11 +155,28 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
         return op
 
 
+DECIMAL_SCHEMA = {"type": "string", "format": "decimal"}
+"""What msgspec says of a Decimal; the API encodes them as JSON numbers instead."""
+
+
+def decimals_as_numbers(schema: Any) -> Any:
+    """The schema with every Decimal described as what the API sends: a JSON number (exact
+    sums are encoded with decimal_format="number", see api/common.py)."""
+    if schema == DECIMAL_SCHEMA:
+        return {"type": "number"}
+    if isinstance(schema, dict):
+        return {k: decimals_as_numbers(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [decimals_as_numbers(v) for v in schema]
+    return schema
+
+
 def build(routes: Sequence[RouteSpec]) -> dict[str, Any]:
     """The whole document: components from the models, paths from the documented routes."""
     (_, components) = msgspec.json.schema_components(
         MODELS, ref_template="#/components/schemas/{name}"
     )
+    components = decimals_as_numbers(components)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if route.operation is not None:

@@ -229,6 +229,19 @@ def test_three_dims_need_their_own_crosstab() -> None:
     assert q.values == ("DE", "ios", "web")
 
 
+def test_breakdown_needs_the_filters_rollup_too() -> None:
+    """__none__ is the filters' own rollup minus every tuple: without that rollup stored, a
+    breakdown comes from the raw log even if its cross-tab is stored."""
+    tabs = (("country", "device", "source"),)
+    params = {"country": "DE", "source": "web", "group_by": "device"}
+    q = read(params, crosstabs=tabs)
+    assert (q.source, q.rollup) == ("raw", ("country", "device", "source"))
+    both = read(params, crosstabs=(*tabs, ("country", "source")))
+    assert both.source == "rollups"
+    assert read({"country": "DE", "group_by": "source"}).source == "rollups"
+    assert read({"group_by": "country,source"}).source == "rollups"
+
+
 @pytest.mark.parametrize("dim", ["Country", "bad-dim", "a.b", "a" * 33, "utm source"])
 def test_bad_dim_name(dim: str) -> None:
     err = bad({dim: "x"})

@@ -3,8 +3,11 @@ what a measure reports (counters.core.measures)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import msgspec
 
+from api.common import json_response
 from counters.core.buckets import parse_ts
 from counters.core.measures import measure_value, measure_values
 from counters.engines.read.parse import ReadQuery, parse_read
@@ -26,11 +29,40 @@ def read(**params: str) -> ReadQuery:
     return parse_read({"name": "click", **params}, NOW, ())
 
 
-def test_measure_value_is_count_or_sum_in_units() -> None:
+def test_measure_value_is_count_or_exact_sum_in_units() -> None:
     assert measure_value("count", 3, 2_500_000) == 3
-    assert measure_value("sum", 3, 2_500_000) == 2.5
+    assert measure_value("sum", 3, 2_500_000) == Decimal("2.5")
     assert measure_values("count", [1, 2]) == [1, 2]
-    assert measure_values("sum", [1_000_000, 500_000]) == [1.0, 0.5]
+    assert measure_values("sum", [1_000_000, 500_000]) == [Decimal(1), Decimal("0.5")]
+    assert [type(v) for v in measure_values("sum", [0, 7, 10**12])] == [int, Decimal, Decimal]
+    assert measure_values("sum", [12 * 999_999_999_999_999]) == [Decimal("11999999999.999988")]
+    assert type(measure_value("count", 3, 0)) is int
+
+
+def test_sum_replies_are_exact_json_numbers() -> None:
+    """A sum goes from micros to JSON text without a float: 12 x 999999999.999999."""
+    q = read(precision="1d", measure="sum", **{"from": "2026-11-22T00:00:00Z"})
+    exact = measure_value("sum", 12, 12 * 999_999_999_999_999)
+    body = json_response(total_reply(q, [NamedTotal("click", exact)])).body
+    assert b'"value":11999999999.999988}' in body
+    assert float(exact) == 11999999999.999989  # what a float would have said
+    many = series_reply(q, [NamedSeries("click", {}, exact, points(q, [exact]))])
+    assert bytes(json_response(many).body).count(b"11999999999.999988") == 1
+    assert b'"value":0}' in json_response(total_reply(q, [NamedTotal("c", Decimal(0))])).body
+
+
+def test_openapi_describes_sums_as_numbers() -> None:
+    """msgspec describes a Decimal as a string; the API sends numbers, and says so."""
+    from api.openapi import DECIMAL_SCHEMA
+    from api.routes import document
+
+    doc = document()
+    text = msgspec.json.encode(doc).decode()
+    assert '"format":"decimal"' not in text and DECIMAL_SCHEMA["format"] == "decimal"
+    point = doc["components"]["schemas"]["Point"]["properties"]["value"]
+    assert point == {"anyOf": [{"type": "integer"}, {"type": "number"}]}
+    total = doc["components"]["schemas"]["TotalReply"]["properties"]["value"]
+    assert total == point
 
 
 def test_points_are_labelled_in_the_zone() -> None:

@@ -1,6 +1,6 @@
 """The read API a dashboard needs, in-process on a manual clock (real Redis and Postgres):
 precisions, time zones (DST days, half- and quarter-hour zones), uniques over any range,
-breakdowns with __other__, several names, ETag/304."""
+breakdowns with __other__ and __none__, several names, ETag/304."""
 
 from __future__ import annotations
 
@@ -247,12 +247,14 @@ async def test_breakdown_top_n_and_other(ctx: Ctx) -> None:
         "series", name="bd", precision="1d", group_by="source", limit=2, **rng_params
     )
     series = body["series"]
-    assert [s["dims"]["source"] for s in series] == ["google", "bing", "__other__"]
+    assert [s["dims"]["source"] for s in series] == ["google", "bing", "__other__", "__none__"]
+    assert series[-1]["total"] == 0  # every event has a source: __none__ is there, and 0
     by_source = Counter(e["dims"]["source"] for e in events)
     assert [s["total"] for s in series] == [
         by_source["google"],
         by_source["bing"],
         sum(by_source.values()) - by_source["google"] - by_source["bing"],
+        0,
     ]
     assert sum(sum(p["value"] for p in s["data"]) for s in series) == len(events)
     # filter + group_by on a cross-tab, and sums
@@ -286,7 +288,8 @@ async def test_breakdown_top_n_and_other(ctx: Ctx) -> None:
         **rng_params,
     )
     other_uids = {e["uid"] for e in events if e["dims"]["source"] not in ("google", "bing")}
-    assert abs(uniq["series"][-1]["total"] - len(other_uids)) <= max(3, 0.02 * len(other_uids))
+    assert uniq["series"][-2]["dims"] == {"source": "__other__"}
+    assert abs(uniq["series"][-2]["total"] - len(other_uids)) <= max(3, 0.02 * len(other_uids))
 
 
 async def test_several_names_and_etag(ctx: Ctx) -> None:

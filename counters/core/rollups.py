@@ -92,3 +92,7 @@ def is_stored(rollup: Rollup, crosstabs: Iterable[Rollup]) -> bool:
 OTHER = "__other__"
 """The value standing for every dim value past the cardinality cap, and the name of the
 rest of a breakdown."""
+
+NONE = "__none__"
+"""The name of a breakdown's series for the events lacking a grouped dim (so the top tuples,
+__other__ and __none__ add up to the total)."""

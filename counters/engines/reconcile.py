@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from counters.core.buckets import DAY_MS
+from counters.core.measures import micros_text
 from counters.core.rollups import parse_rollup_id
 from counters.engines.rebuild import BucketDiff, Rebuilder
 
 
 def describe(diff: BucketDiff) -> str:
-    """One line for a differing bucket."""
+    """One line for a differing bucket; sums exact (micros as decimals, never rounded)."""
     dims = ",".join(
         f"{d}={v}" for d, v in zip(parse_rollup_id(diff.rollup), diff.dims, strict=True)
     )
@@ -23,7 +24,11 @@ def describe(diff: BucketDiff) -> str:
             f" ({diff.rebuilt_count - diff.stored_count:+d})"
         )
     if diff.stored_sum != diff.rebuilt_sum:
-        parts.append(f"sum {diff.stored_sum / 1e6:g} -> {diff.rebuilt_sum / 1e6:g}")
+        delta = diff.rebuilt_sum - diff.stored_sum
+        parts.append(
+            f"sum {micros_text(diff.stored_sum)} -> {micros_text(diff.rebuilt_sum)}"
+            f" ({'+' if delta > 0 else ''}{micros_text(delta)})"
+        )
     if diff.uniques_differ:
         parts.append("uniques sketch differs")
     return ": ".join([parts[0], ", ".join(parts[1:])])

@@ -12,7 +12,13 @@ from typing import Any
 import msgspec
 
 from counters.core.buckets import Grain
-from counters.core.rollups import Rollup, encode_field, field_prefix, field_values
+from counters.core.rollups import (
+    Rollup,
+    encode_field,
+    field_prefix,
+    field_values,
+    rollup_for_filters,
+)
 from counters.engines.read.context import ReadContext
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
 from counters.engines.read.plan import Cell, Need
@@ -46,6 +52,8 @@ class TupleCells(msgspec.Struct):
 class Breakdown(msgspec.Struct):
     tuples: dict[Tuple, TupleCells]
     tmp_blobs: dict[str, bytes]
+    total: TupleCells
+    """The filters' own rollup (every event the breakdown is about, grouped dims or not)."""
 
 
 class RankedBreakdown(msgspec.Struct):
@@ -53,12 +61,20 @@ class RankedBreakdown(msgspec.Struct):
 
     top: list[tuple[Tuple, TupleCells]]
     all_tuples: TupleCells
+    total: TupleCells
+    """The filters' own rollup: all_tuples plus the events lacking a grouped dim."""
     totals: dict[Tuple, int]
     """Range total of the ranking measure for each top tuple."""
 
 
+TOTAL: Tuple = ()
+"""The key of the breakdown's total (the filters' own rollup) among its tuples: a breakdown
+rollup has at least one grouped dim, so no real tuple is empty."""
+
+
 class _Scope:
-    """Which fields of which rollup, with some dims fixed by filters."""
+    """Which fields of which rollup, with some dims fixed by filters; and the one field of
+    the filters' own rollup (the total every breakdown adds up to), under the key TOTAL."""
 
     def __init__(self, project: str, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
         self.name = name
@@ -66,9 +82,16 @@ class _Scope:
         self.fixed = {rollup.index(d): v for d, v in filters.items()}
         self.prefix = field_prefix(name, rollup)
         self.select = RollupSelect(project, name, rollup, self.fixed)
+        whole = rollup_for_filters(filters)
+        self.total_field = encode_field(name, whole, [filters[d] for d in whole])
+        self.total_select = RollupSelect(
+            project, name, whole, dict(enumerate(filters[d] for d in whole))
+        )
 
     def values(self, field: str) -> Tuple | None:
-        """The dims tuple of a rollup field in scope, else None."""
+        """The dims tuple of a rollup field in scope (TOTAL for the total's field), else None."""
+        if field == self.total_field:
+            return TOTAL
         values = field_values(field, self.prefix)
         if values is None or len(values) != len(self.rollup):
             return None
@@ -77,6 +100,8 @@ class _Scope:
         return values
 
     def field(self, values: Tuple) -> str:
+        if values == TOTAL:
+            return self.total_field
         return encode_field(self.name, self.rollup, values)
 
 
@@ -202,7 +227,9 @@ async def read_breakdown(
     tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
     async with snapshot(ctx.pool, ctx.project) as (conn, state):
         for grain, wanted in _pg_buckets(state, need):
-            for r in await tuple_rows(conn, scope.select, grain, wanted, with_hll=True):
+            rows = await tuple_rows(conn, scope.select, grain, wanted, with_hll=True)
+            whole = await tuple_rows(conn, scope.total_select, grain, wanted, with_hll=True)
+            for r in rows + [msgspec.structs.replace(r, dims=TOTAL) for r in whole]:
                 cell = (grain, r.bucket)
                 row = tuples[r.dims]
                 row.counts[cell] = r.count
@@ -213,7 +240,8 @@ async def read_breakdown(
                     row.hlls.setdefault(cell, []).append(k)
         for t, cells in (await _redis_cells(ctx, state, scope, need, uniques=True)).items():
             tuples[t].add(cells)
-    return Breakdown(dict(tuples), tmp)
+    total = tuples.pop(TOTAL, None) or TupleCells()
+    return Breakdown(dict(tuples), tmp, total)
 
 
 RANK_DEPTHS = (64, 512)
@@ -304,6 +332,16 @@ async def _top_cells(
     return cells_of
 
 
+async def _total_cells(conn: Conn, sel: RollupSelect, per_grain: Grains) -> TupleCells:
+    """The Postgres rows of the filters' own rollup (one field) in the buckets."""
+    out = TupleCells()
+    for grain, wanted in per_grain:
+        for r in await tuple_rows(conn, sel, grain, wanted, with_hll=False):
+            out.counts[(grain, r.bucket)] = r.count
+            out.sums[(grain, r.bucket)] = r.sum_micros
+    return out
+
+
 async def read_ranked(
     ctx: ReadContext,
     name: str,
@@ -321,6 +359,7 @@ async def read_ranked(
     scope = _Scope(ctx.project, name, rollup, filters)
     async with snapshot(ctx.pool, ctx.project) as (conn, state):
         redis_part = await _redis_cells(ctx, state, scope, need, uniques=False)
+        total = redis_part.pop(TOTAL, None) or TupleCells()
         ranking: dict[Tuple, int] = {
             t: sum((c.sums if by_sum else c.counts).values()) for t, c in redis_part.items()
         }
@@ -342,6 +381,7 @@ async def read_ranked(
         )
         top = (proven if proven is not None else _ranking(ranking))[:limit]
         cells_of = await _top_cells(conn, scope.select, per_grain, top)
+        total.add(await _total_cells(conn, scope.total_select, per_grain))
     for t in top:
         if t in redis_part:
             cells_of[t].add(redis_part[t])
@@ -349,5 +389,5 @@ async def read_ranked(
         ranking = {t: sum(cells_of[t].counts.values()) for t in top}
         top = _ranking(ranking)
     return RankedBreakdown(
-        [(t, cells_of[t]) for t in top], everything, {t: ranking[t] for t in top}
+        [(t, cells_of[t]) for t in top], everything, total, {t: ranking[t] for t in top}
     )

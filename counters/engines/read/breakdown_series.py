@@ -1,19 +1,28 @@
 """Breakdown series: the top `limit` dims tuples by the measure over the range, each with
-its per-period values, then one `__other__` series for the rest."""
+its per-period values, then one `__other__` series for the rest of the tuples and one
+`__none__` series for the events lacking a grouped dim, so that for count and sum the
+series add up to the total, per period and over the range. For uniques, `__none__` is the
+uids seen only in events lacking a grouped dim: uniques(total) - uniques(union of every
+tuple), floored at 0 (an estimate within HyperLogLog error of both terms); the union of
+every series is then the total's uniques."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
+from redis.asyncio import Redis
+
 from counters.core.measures import measure_value
-from counters.core.rollups import OTHER
+from counters.core.rollups import NONE, OTHER
 from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
 from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import Cell, flatten, need
-from counters.engines.read.query import BucketValues, count_uniques
+from counters.engines.read.query import TMP_TTL_MS, BucketValues, count_uniques
 from counters.engines.read.reply import NamedSeries, points
+from lua.client import redis_unavailable
 
 
 def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
@@ -21,9 +30,9 @@ def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
     return {**dict(q.filters), **{d: values[q.rollup.index(d)] for d in q.group_by}}
 
 
-def other_dims(q: ReadQuery) -> dict[str, str]:
-    """The dims of the `__other__` series."""
-    return {**dict(q.filters), **{d: OTHER for d in q.group_by}}
+def other_dims(q: ReadQuery, value: str = OTHER) -> dict[str, str]:
+    """The dims of the `__other__` series (or, with value=NONE, of `__none__`)."""
+    return {**dict(q.filters), **{d: value for d in q.group_by}}
 
 
 def _value_of(q: ReadQuery, t: TupleCells, cells: Sequence[Cell]) -> Value:
@@ -58,11 +67,40 @@ async def ranked_series(
         out.append(series(t, _dims(q, values)))
         rest.add(t, sign=-1)
     out.append(series(rest, other_dims(q)))
+    none = TupleCells(dict(ranked.total.counts), dict(ranked.total.sums))
+    none.add(ranked.all_tuples, sign=-1)
+    out.append(series(none, other_dims(q, NONE)))
     return out
 
 
 def _sketches(t: TupleCells, cells: Sequence[Cell]) -> list[str]:
     return [k for cell in cells for k in t.hlls.get(cell, [])]
+
+
+async def _count_merged(
+    redis: Redis,
+    blobs: BucketValues,
+    merges: Sequence[tuple[str, list[str]]],
+    groups: Sequence[Sequence[str]],
+) -> list[int]:
+    """count_uniques, after PFMERGE of each (scratch key, sketches) in the same pipeline:
+    a union counted more than once (the rest's, alone and with the top) is merged once."""
+    with redis_unavailable():
+        pipe = redis.pipeline(transaction=False)
+        for key, blob in blobs.tmp_blobs.items():
+            pipe.set(key, blob, px=TMP_TTL_MS)
+        for scratch, keys in merges:
+            pipe.pfmerge(scratch, *keys)
+            pipe.pexpire(scratch, TMP_TTL_MS)
+        for group in groups:
+            if group:
+                pipe.pfcount(*group)
+        scratch_keys = [*blobs.tmp_blobs, *(scratch for scratch, _ in merges)]
+        if scratch_keys:
+            pipe.delete(*scratch_keys)
+        replies = await pipe.execute()
+    counted = iter(replies[len(blobs.tmp_blobs) + 2 * len(merges) :])
+    return [int(next(counted)) if group else 0 for group in groups]
 
 
 async def uniques_series(
@@ -84,24 +122,36 @@ async def uniques_series(
     groups: list[list[str]] = []
     for i in top:
         groups.extend(_sketches(items[i][1], p) for p in cells)
-    for p in cells:
-        groups.append([k for i in rest for k in _sketches(items[i][1], p)])
-    groups.append([k for i in rest for k in _sketches(items[i][1], everything)])
-    counted: list[Value] = list(await count_uniques(ctx.redis, blobs, groups))
+    # per period, then the range: the rest (merged once into a scratch key), every tuple
+    # (that scratch key and the top's sketches), the total (the filters' rollup)
+    spans = [*cells, everything]
+    merges = [
+        (ctx.keys.tmp(uuid.uuid4().hex), [k for i in rest for k in _sketches(items[i][1], p)])
+        for p in spans
+    ]
+    groups.extend([scratch] for scratch, _ in merges)
+    for (scratch, _), p in zip(merges, spans, strict=True):
+        groups.append([scratch, *(k for i in top for k in _sketches(items[i][1], p))])
+    groups.extend(_sketches(bd.total, p) for p in spans)
+    counted = await _count_merged(ctx.redis, blobs, [m for m in merges if m[1]], groups)
     n = len(cells)
     out: list[NamedSeries] = []
     for j, i in enumerate(top):
         data = counted[j * n : (j + 1) * n]
         out.append(NamedSeries(name, _dims(q, items[i][0]), totals[i], points(q, data)))
-    other = counted[len(top) * n : len(top) * n + n]
-    out.append(NamedSeries(name, other_dims(q), counted[-1], points(q, other)))
+    at = len(top) * n
+    other, tuples, whole = (counted[at + k * (n + 1) : at + (k + 1) * (n + 1)] for k in range(3))
+    out.append(NamedSeries(name, other_dims(q), other[-1], points(q, other[:-1])))
+    none = [max(0, w - t) for w, t in zip(whole, tuples, strict=True)]
+    out.append(NamedSeries(name, other_dims(q, NONE), none[-1], points(q, none[:-1])))
     return out
 
 
 async def breakdown_series(
     ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
 ) -> list[NamedSeries]:
-    """Top `limit` dims tuples by the measure over the range, then __other__."""
+    """Top `limit` dims tuples by the measure over the range, then __other__ and __none__
+    (always both, zero or not)."""
     if q.measure == "uniques":
         return await uniques_series(ctx, q, name, cells)
     return await ranked_series(ctx, q, name, cells)

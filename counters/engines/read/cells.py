@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from counters.core.measures import measure_value, measure_values
+from counters.core.measures import Measured, measure_value, measure_values
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import Cell, Need, flatten, need
 from counters.engines.read.query import BucketValues, count_uniques, read_buckets
 
-Value = int | float
+Value = Measured
 Periods = list[list[Cell]]
 
 

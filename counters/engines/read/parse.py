@@ -58,7 +58,8 @@ class ReadQuery(msgspec.Struct, frozen=True):
     alias: str | None = None
     """The `grain` name the caller used, if any."""
     source: str = "rollups"
-    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims."""
+    """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims (for a
+    breakdown, also when the filters' own rollup, which `__none__` needs, is not stored)."""
 
     @property
     def name(self) -> str:
@@ -229,7 +230,9 @@ def parse_read(
     group_by = parse_group_by(params, filters)
     top = parse_limit(params)
     rollup = rollup_for_filters([*filters, *group_by])
-    source = "rollups" if is_stored(rollup, crosstabs) else "raw"
+    # a breakdown's __none__ needs the filters' own rollup too (what the tuples add up to)
+    stored = is_stored(rollup, crosstabs) and is_stored(rollup_for_filters(filters), crosstabs)
+    source = "rollups" if stored else "raw"
     q = ReadQuery(
         names,
         measure,

@@ -13,10 +13,10 @@ from typing import cast
 
 import msgspec
 
-from counters.core.measures import measure_value
+from counters.core.measures import Measured, measure_value
 from counters.core.models import RawEvent, decode_raw_batch
 from counters.core.periods import periods
-from counters.core.rollups import OTHER
+from counters.core.rollups import NONE, OTHER
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.reply import NamedSeries, Point, points
@@ -25,7 +25,7 @@ from persist.rawlog_reads import RawAggregate, RawScope, aggregate_raw
 from persist.schema import stream_order
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
-Value = int | float
+Value = Measured
 
 
 class Acc(msgspec.Struct):
@@ -46,20 +46,23 @@ class Acc(msgspec.Struct):
 
 
 Groups = dict[tuple[str, ...], list[Acc]]
+NO_GROUP: tuple[str, ...] = ()
+"""With group_by, the group of the events lacking a grouped dim (a real group has one value
+per grouped dim); without group_by, the one group of every event."""
+
+
+def _group(values: tuple[str | None, ...]) -> tuple[str, ...]:
+    """The group of an event's grouped-dim values (None where it lacks the dim)."""
+    return NO_GROUP if None in values else cast(tuple[str, ...], values)
 
 
 def _fold_postgres(out: Groups, agg: RawAggregate, uniques: bool) -> None:
     for r in agg.rows:
-        if None in r.group:
-            continue  # events without a group dim are not in that breakdown
-        group = cast(tuple[str, ...], r.group)
-        out[group][r.period].add(r.count, r.sum_micros, r.uid if uniques else None)
+        out[_group(r.group)][r.period].add(r.count, r.sum_micros, r.uid if uniques else None)
 
 
-def _matches(ev: RawEvent, filters: Mapping[str, str], group_by: Sequence[str]) -> bool:
-    if any(ev.dims.get(d) != v for d, v in filters.items()):
-        return False
-    return all(g in ev.dims for g in group_by)
+def _matches(ev: RawEvent, filters: Mapping[str, str]) -> bool:
+    return all(ev.dims.get(d) == v for d, v in filters.items())
 
 
 def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> None:
@@ -72,10 +75,10 @@ def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> 
         for ev in decode_raw_batch(fields[b"e"]):
             if ev.name != scope.name or not lo <= ev.ts < end:
                 continue
-            if not _matches(ev, scope.filters, scope.group_by):
+            if not _matches(ev, scope.filters):
                 continue
             period = bisect.bisect_right(scope.starts, ev.ts) - 1
-            group = tuple(ev.dims[g] for g in scope.group_by)
+            group = _group(tuple(ev.dims.get(g) for g in scope.group_by))
             out[group][period].add(1, ev.value, ev.uid if scope.uniques else None)
 
 
@@ -88,7 +91,8 @@ async def read_raw(
     *,
     uniques: bool,
 ) -> Groups:
-    """Per group of `group_by` values, the measures of every period, from the raw log."""
+    """Per group of `group_by` values, the measures of every period, from the raw log; the
+    events lacking a grouped dim under NO_GROUP."""
     scope = RawScope(name, [s for s, _ in spans], spans[-1][1], filters, group_by, uniques)
     out: Groups = defaultdict(lambda: [Acc() for _ in spans])
     with redis_unavailable():
@@ -109,15 +113,37 @@ def _per_period(q: ReadQuery, per_group: Sequence[Sequence[Acc]], n: int) -> lis
     return points(q, [_measure(q, [accs[i] for accs in per_group]) for i in range(n)])
 
 
+def _none_uniques(none: Sequence[Acc], groups: Sequence[Sequence[Acc]]) -> list[Acc]:
+    """Per period, then over the range: the uids seen only in events lacking a grouped dim
+    (the rollup path estimates the same: uniques(total) - uniques(every tuple))."""
+    n = len(none)
+    with_dims = [set().union(*(accs[i].uids or set() for accs in groups)) for i in range(n)]
+    out = [Acc(uids=(none[i].uids or set()) - with_dims[i]) for i in range(n)]
+    everywhere = set().union(*with_dims)
+    out.append(Acc(uids=set().union(*(a.uids or set() for a in none)) - everywhere))
+    return out
+
+
+def _none_series(q: ReadQuery, name: str, none: list[Acc], groups: Groups) -> NamedSeries:
+    """The `__none__` series: the events lacking a grouped dim (for uniques, the uids seen
+    only there)."""
+    dims = {**dict(q.filters), **{d: NONE for d in q.group_by}}
+    if q.measure != "uniques":
+        return NamedSeries(name, dims, _measure(q, none), _per_period(q, [none], len(none)))
+    accs = _none_uniques(none, list(groups.values()))
+    return NamedSeries(name, dims, _measure(q, accs[-1:]), _per_period(q, [accs[:-1]], len(none)))
+
+
 async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSeries]:
-    """The same answers from the raw log: one series, or the top tuples and __other__."""
+    """The same answers from the raw log: one series, or the top tuples, __other__ and
+    __none__ (exact, uniques included)."""
     spans = periods(q.start, q.end, q.precision, q.tz)
     filters = dict(q.filters)
     groups = await read_raw(ctx, name, spans, filters, q.group_by, uniques=q.measure == "uniques")
     n = len(spans)
+    none = groups.pop(NO_GROUP, None) or [Acc() for _ in spans]
     if not q.group_by:
-        accs = groups.get(()) or [Acc() for _ in spans]
-        return [NamedSeries(name, filters, _measure(q, accs), _per_period(q, [accs], n))]
+        return [NamedSeries(name, filters, _measure(q, none), _per_period(q, [none], n))]
     items = sorted(groups.items(), key=lambda kv: (-_measure(q, kv[1]), kv[0]))
     top, rest = items[: q.limit], items[q.limit :]
     out = [
@@ -133,4 +159,5 @@ async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSer
     everything = [a for accs in rest_accs for a in accs]
     other = {**filters, **{d: OTHER for d in q.group_by}}
     out.append(NamedSeries(name, other, _measure(q, everything), _per_period(q, rest_accs, n)))
+    out.append(_none_series(q, name, none, groups))
     return out

@@ -8,16 +8,18 @@ from collections.abc import Sequence
 import msgspec
 
 from counters.core.buckets import format_ts
+from counters.core.measures import Measured
 from counters.core.periods import FIXED_MS, GRAIN_ALIASES, label, periods
 from counters.engines.read.parse import ReadQuery
 
-Value = int | float
+Value = Measured
+"""A count or uniques (int), or an exact sum (Decimal, sent as a JSON number)."""
 _ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
 
 
 class Point(msgspec.Struct):
     bucket: str
-    value: int | float
+    value: Value
 
 
 class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
@@ -35,7 +37,7 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
 class NamedSeries(msgspec.Struct):
     name: str
     dims: dict[str, str]
-    total: int | float
+    total: Value
     data: list[Point]
 
 
@@ -54,12 +56,12 @@ class TotalReply(msgspec.Struct, rename={"from_": "from"}):
     measure: str
     from_: str
     to: str
-    value: int | float
+    value: Value
 
 
 class NamedTotal(msgspec.Struct):
     name: str
-    value: int | float
+    value: Value
 
 
 class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
@@ -72,13 +74,13 @@ class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
 class ProjectSeries(msgspec.Struct):
     project: str
     name: str
-    total: int | float
+    total: Value
     data: list[Point]
 
 
 class UnionSeries(msgspec.Struct):
     name: str
-    total: int | float
+    total: Value
     data: list[Point]
 
 
