@@ -53,3 +53,27 @@ def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.double == 0, explain
     assert report.findings.lost_to_loss <= report.findings.at_risk, explain
     assert not report.all_failures(), explain
+
+
+def test_loss_account_tolerates_only_what_postgres_lacked() -> None:
+    """The bookkeeping of a Redis total loss: an event may go missing only if its batch was
+    first posted before Redis was empty and Postgres's raw log lacked it; its count is at risk
+    if its minute was not persisted yet or it was late."""
+    from counters.harness.faults.driver import Span
+    from counters.harness.faults.loss import Loss, account
+
+    minute = 60_000
+    t = 100 * minute
+    acked = [
+        ("a", "click", t - 2 * minute, (), 0, None),  # persisted minute, in the raw log
+        ("b", "click", t - 2 * minute, (), 0, None),  # persisted minute, raw log lacks it
+        ("c", "click", t + 5, (), 0, None),  # minute not persisted, in the raw log
+        ("d", "click", t - 30 * minute, (), 0, None),  # late, in the raw log
+        ("e", "click", t + 10, (), 0, None),  # first posted after the loss
+    ]
+    spans = [Span(1.0, t - 2 * minute + 10, 0, 2), Span(2.0, t + 20, 2, 4), Span(9.0, t, 4, 5)]
+    loss = Loss("FLUSHALL", 5.0, t, t - 60 * minute, t - 100 * minute, 3, "1-0", frozenset("acd"))
+    risk = account([loss], acked, spans)
+    assert risk.at_risk == {"b"}
+    assert risk.count_at_risk == {"c", "d"}
+    assert "1 acknowledged" in risk.per_loss[0]

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -162,7 +162,7 @@ async def verify(
         f"verify: ground truth {len(survivors)} events ({len(acked)} acknowledged), {len(agg)}"
         f" cells ({time.monotonic() - began:.1f}s)"
     )
-    checks = []
+    checks: list[Coroutine[Any, Any, None]] = []
     if losses:
         floor = aggregate((ev for ev in survivors if ev[0] not in risk.count_at_risk), tabs)
         checks += [
