@@ -113,6 +113,12 @@ class Services:
             )
         await asyncio.gather(*jobs)
 
+    async def restore(self, project: str) -> bool:
+        """restore_watermarks for one project (a no-op unless Redis lost its state)."""
+        return await restore_watermarks(
+            self.pool, self.redis, self.scripts, self.settings, self.clock, project
+        )
+
     async def project_exists(self, project: str) -> bool:
         """Whether the project is known to Postgres."""
         async with self.pool.acquire() as conn:
@@ -140,7 +146,7 @@ def build_services(
     metrics = metrics if metrics is not None else Metrics()
 
     async def restore(project: str) -> None:
-        await restore_watermarks(pool, redis, scripts, settings.key_prefix, project)
+        await restore_watermarks(pool, redis, scripts, settings, clock, project)
 
     ingestor = Ingestor.from_settings(
         redis, scripts, settings, restore, on_fold=metrics.dims_folded.inc

@@ -16,6 +16,9 @@ that each key it leaves in the slot is one parse_key names):
     X:{p:P}:late:<gen>:hll         * set    <g>:<bucket>:<field> of every late HLL in gen
     X:{p:P}:card:<dim>:<day>       * set    values of one dim seen on one UTC day (the cap)
     X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
+    X:{p:P}:restore:<token>:index    set    staged keys of one restore, as live-key suffixes
+    X:{p:P}:restore:<token>:<suffix> hash/HLL  a staged h:<g>:<bucket> or u:<g>:<bucket>:<field>
+                                            (lua/restore.lua moves it to X:{p:P}:<suffix>)
 
 <g> is m, h or d; <bucket> the bucket start in epoch ms; <US> the unit separator \\x1f.
 parse_key names any of these keys (the inverse of ProjectKeys); the parse_*_field
@@ -48,6 +51,7 @@ __all__ = [
     "parse_late_field",
     "parse_late_hll_member",
     "parse_measure_field",
+    "restore_member",
     "sum_field",
 ]
 
@@ -113,6 +117,22 @@ class ProjectKeys:
         """A short-lived scratch key in the project's slot."""
         return f"{self.base}tmp:{token}"
 
+    def restore_base(self, token: str) -> str:
+        """Prefix of one restore's staged keys: staged key = restore_base + restore_member."""
+        return f"{self.base}restore:{token}:"
+
+    def restore_index(self, token: str) -> str:
+        """Set naming (by restore_member) every key one restore staged."""
+        return f"{self.base}restore:{token}:index"
+
+    def restore_hot(self, token: str, grain: Grain, bucket: int) -> str:
+        """A restore's staged copy of hot(grain, bucket)."""
+        return self.restore_base(token) + restore_member(grain, bucket)
+
+    def restore_hll(self, token: str, grain: Grain, bucket: int, field: str) -> str:
+        """A restore's staged copy of hll(grain, bucket, field)."""
+        return self.restore_base(token) + restore_member(grain, bucket, field)
+
 
 class MeasureField(NamedTuple):
     """A decoded hot-hash field: which measure, of which rollup field."""
@@ -162,6 +182,14 @@ def late_hll_member(grain: Grain, bucket: int, field: str) -> str:
     return f"{grain.short}:{bucket}:{field}"
 
 
+def restore_member(grain: Grain, bucket: int, field: str | None = None) -> str:
+    """A staged key's member of its restore index: the live key's name after the base,
+    `h:<g>:<bucket>` (field None) or `u:<g>:<bucket>:<field>`."""
+    if field is None:
+        return f"h:{grain.short}:{bucket}"
+    return f"u:{grain.short}:{bucket}:{field}"
+
+
 def _bucket_field(text: str | bytes) -> BucketField:
     s = text.decode() if isinstance(text, bytes) else text
     grain_s, bucket_s, rest = s.split(":", 2)
@@ -190,8 +218,12 @@ KeyKind = Literal[
     "late_hll_index",
     "dim_values",
     "tmp",
+    "restore_index",
+    "restore_hot",
+    "restore_hll",
 ]
-"""Which ProjectKeys method names a key (dim_values is the cardinality cap's card: set)."""
+"""Which ProjectKeys method names a key (dim_values is the cardinality cap's card: set;
+restore_* are a restore's staged keys, lua/restore.lua)."""
 
 
 class KeyName(NamedTuple):
@@ -208,7 +240,7 @@ class KeyName(NamedTuple):
     gen: int | None = None
     """Late generation of late, late_hll and late_hll_index keys."""
     name: str | None = None
-    """The event id (event_id), the dim (dim_values) or the token (tmp)."""
+    """The event id (event_id), the dim (dim_values) or the token (tmp, restore_*)."""
 
     def key(self) -> str:
         """The key again, as ProjectKeys names it (parse_key(k).key() == k)."""
@@ -236,6 +268,14 @@ class KeyName(NamedTuple):
             )
         if kind == "dim_values":
             return keys.dim_values(_some(self.name), _some(self.bucket))
+        if kind == "restore_index":
+            return keys.restore_index(_some(self.name))
+        if kind == "restore_hot":
+            return keys.restore_hot(_some(self.name), _some(self.grain), _some(self.bucket))
+        if kind == "restore_hll":
+            return keys.restore_hll(
+                _some(self.name), _some(self.grain), _some(self.bucket), _some(self.field)
+            )
         return keys.tmp(_some(self.name))
 
 
@@ -299,6 +339,8 @@ def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args:
         return KeyName("event_id", prefix, project, name=args)
     if kind == "tmp":
         return KeyName("tmp", prefix, project, name=args)
+    if kind == "restore":
+        return _parse_restore(prefix, project, args)
     if kind == "card":
         dim, _, day = args.rpartition(":")
         if not dim:
@@ -315,3 +357,18 @@ def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args:
             grain, bucket, field = _grain_bucket(tail[2:])
             return KeyName("late_hll", prefix, project, grain, bucket, field, gen)
     raise ValueError(rest)
+
+
+def _parse_restore(prefix: str, project: str, args: str) -> KeyName:
+    token, _, member = args.partition(":")
+    if not token:
+        raise ValueError(args)
+    if member == "index":
+        return KeyName("restore_index", prefix, project, name=token)
+    kind, _, tail = member.partition(":")
+    grain, bucket, field = _grain_bucket(tail)
+    if kind == "h" and not field and tail.count(":") == 1:
+        return KeyName("restore_hot", prefix, project, grain, bucket, name=token)
+    if kind == "u":
+        return KeyName("restore_hll", prefix, project, grain, bucket, field, name=token)
+    raise ValueError(args)

@@ -128,7 +128,9 @@ class Harness:
     def read_context(self) -> ReadContext:
         """The read engine's context for this project, on the manual clock."""
         oldest = minute_edge(self.clock.now_ms(), self.settings.minute_retention_days)
-        return ReadContext(self.pool, self.redis, self.scripts, self.keys, oldest)
+        return ReadContext(
+            self.pool, self.redis, self.scripts, self.keys, oldest, self.services.restore
+        )
 
     async def series(
         self, name: str, grain: Grain, start: int, end: int, measure: str = "count", **dims: str

@@ -192,7 +192,7 @@ class Persister:
     async def restore(self, keys: ProjectKeys) -> bool:
         """Restores the project's watermarks into Redis if Redis lost them."""
         return await restore_watermarks(
-            self.pool, self.redis, self.scripts, self.settings.key_prefix, keys.project
+            self.pool, self.redis, self.scripts, self.settings, self.clock, keys.project
         )
 
     async def drain_to_cut(self, conn: Conn, keys: ProjectKeys) -> Cut:

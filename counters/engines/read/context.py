@@ -4,6 +4,7 @@ the per-request facts read once (the oldest minute bucket still kept)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from redis.asyncio import Redis
@@ -22,6 +23,9 @@ class ReadContext:
     keys: ProjectKeys
     oldest_minute: int
     """Start of the oldest minute bucket still stored (one clock read per request)."""
+    restore: Callable[[str], Awaitable[bool]] | None = None
+    """Restores a project into Redis from Postgres (engines.restore.restore_watermarks) when
+    a read finds the watermarks missing, so answers do not move after a Redis loss."""
 
     @property
     def project(self) -> str:

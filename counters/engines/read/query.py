@@ -4,6 +4,7 @@ watermarks decide which buckets come from Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -153,6 +154,13 @@ async def read_buckets(
 
     with redis_unavailable():
         replies = await with_scripts_loaded(ctx.scripts, first_round)
+    if replies[0] is None and ctx.restore is not None:
+        # no watermarks: Redis lost its state. Restore first (the hot hours and days come
+        # back from Postgres), then answer, so answers for persisted data do not move
+        await ctx.restore(keys.project)
+        again = dataclasses.replace(ctx, restore=None)
+        return await read_buckets(again, name, rollup, values, pieces, uniques=uniques)
+    with redis_unavailable():
         if hot:
             _add_hot(out, keys, field, hot, replies[3], uniques)
         gen = int(replies[0] or 0)
