@@ -258,10 +258,12 @@ class Chaos:
 
         _, in_pg = await poll_until(ids, lambda _: True, timeout=30)
         assert in_pg is not None, "Postgres did not answer within 30s"
+        _, after = await poll_until(state, lambda _: True, timeout=30)
+        assert after is not None, "Postgres did not answer within 30s"
         loss = Loss(
             mode,
             done,
-            int(str(before["minute_until"])),
+            max(int(str(before["minute_until"])), int(str(after["minute_until"]))),
             int(str(before["hour_until"])),
             int(str(before["day_until"])),
             int(str(before["late_applied"])),

@@ -9,10 +9,13 @@ the loss. Those are *at risk*; every other acknowledged event must be in the raw
 once. Postgres rows are never deleted during a run, so "in Postgres right after the loss"
 implies "in Postgres at the end".
 
-Counts: an event of such a batch whose minute was at or past Postgres's minute watermark, or
-that was late (its count went to a late generation, which may not have been applied yet),
-had its count only in Redis: the rollups may lack it until a rebuild recomputes those
-buckets from the raw log (*count at risk*)."""
+Counts: the restore replays the raw log's events of minutes at or after Postgres's minute
+watermark, so those must all be counted. An event of such a batch for an earlier minute was
+counted in Postgres's minute row if it was hot; if it went the late path (its minute was
+already sealed) and its generation was not applied yet, its count went with Redis: the
+rollups lack it until a rebuild recomputes those buckets from the raw log. Which way each
+went is not known, so every such event's count is *at risk* (the verifier's floor).
+"""
 
 from __future__ import annotations
 
@@ -25,10 +28,6 @@ from counters.core.buckets import MINUTE_MS
 from counters.harness.faults.cluster import Cluster, Log
 from counters.harness.faults.driver import Event, Span
 
-LATE_MARGIN_MS = 60_000
-"""An event whose ts is this far before its batch was made is late (the driver makes hot
-events within 1.5 s and late ones 2 to 60 minutes back)."""
-
 
 @dataclass(frozen=True)
 class Loss:
@@ -38,11 +37,12 @@ class Loss:
     done_at: float
     """time.monotonic() once Redis was empty."""
     minute_until: int
+    """Postgres's minute watermark around the loss (the larger of before and after)."""
     hour_until: int
     day_until: int
     late_applied: int
     raw_stream_id: str
-    """persist_state just before the loss."""
+    """The rest of persist_state just before the loss."""
     in_postgres: frozenset[str]
     """Event ids in raw_events right after the loss."""
 
@@ -107,15 +107,15 @@ def account(losses: Sequence[Loss], acked: Sequence[Event], spans: Sequence[Span
                 if eid not in loss.in_postgres:
                     out.at_risk.add(eid)
                     risk += 1
-                late = ts < span.created_ms - LATE_MARGIN_MS
-                if late or ts - ts % MINUTE_MS >= loss.minute_until:
+                if ts - ts % MINUTE_MS < loss.minute_until:
                     out.count_at_risk.add(eid)
                     counts += 1
         out.per_loss.append(
             f"{loss.mode}: Postgres held minute_until={loss.minute_until}"
             f" late_applied={loss.late_applied} raw_stream_id={loss.raw_stream_id} and"
             f" {len(loss.in_postgres)} raw events; {risk} acknowledged (or in flight) events"
-            f" not in it were at risk, {counts} had their count only in Redis"
+            f" not in it were at risk, {counts} were for persisted minutes (their count is at"
+            " risk if they went the late path)"
         )
     return out
 

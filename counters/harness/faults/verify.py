@@ -8,8 +8,8 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -20,10 +20,16 @@ from counters.harness.faults.commands import check_rebuild_and_reconcile, repair
 from counters.harness.faults.driver import DIMS, Event, Span
 from counters.harness.faults.findings import Findings
 from counters.harness.faults.logs import check_logs
-from counters.harness.faults.loss import Loss, account, check_hours_days_are_their_minutes
+from counters.harness.faults.loss import (
+    Loss,
+    account,
+    check_hours_days_are_their_minutes,
+    persisted_state,
+)
 from lua.client import open_redis
 from lua.keys import ProjectKeys
 
+T = TypeVar("T")
 GRAINS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 Series = tuple[str, tuple[str, ...], tuple[str, ...]]
 """(event name, rollup dims, their values)."""
@@ -162,26 +168,32 @@ async def verify(
         f"verify: ground truth {len(survivors)} events ({len(acked)} acknowledged), {len(agg)}"
         f" cells ({time.monotonic() - began:.1f}s)"
     )
-    checks: list[Coroutine[Any, Any, None]] = []
+
+    async def guarded(check: Awaitable[T]) -> T | None:
+        try:
+            return await check
+        except Exception as exc:  # noqa: BLE001 - report every check, not just the first
+            f.fail(f"{check!r} could not run: {type(exc).__name__}: {exc}", log)
+            return None
+
+    carried: dict[Cell, list[int]] | None = None
+    sealed = (0, 0)
     if losses:
         floor = aggregate((ev for ev in survivors if ev[0] not in risk.count_at_risk), tabs)
-        checks += [
-            _check_reads(cluster, agg, range_start, range_end, f, log, floor=floor),
-            _check_hours_days(cluster, f, log),
-            repair(cluster, range_start, range_end, f, log),
-        ]
-    checks += [
-        _check_reads(cluster, agg, range_start, range_end, f, log),
-        _check_uniques(cluster, survivors, range_start, range_end, f, log),
-    ]
+        carried = await guarded(
+            _check_reads(cluster, agg, range_start, range_end, f, log, floor=floor)
+        )
+        await guarded(_check_hours_days(cluster, f, log))
+        await guarded(repair(cluster, range_start, range_end, f, log))
+        state = await guarded(persisted_state(cluster))
+        if state is not None:
+            sealed = (int(str(state["hour_until"])), int(str(state["day_until"])))
+    await guarded(
+        _check_reads(cluster, agg, range_start, range_end, f, log, carried=carried, sealed=sealed)
+    )
+    await guarded(_check_uniques(cluster, survivors, range_start, range_end, f, log))
     if full:
-        checks.append(check_rebuild_and_reconcile(cluster, range_start, range_end, f, log))
-    for check in checks:
-        try:
-            await check
-        except Exception as exc:  # noqa: BLE001 - report every check, not just the first
-            name = getattr(check, "__qualname__", check)
-            f.fail(f"{name} could not run: {type(exc).__name__}: {exc}", log)
+        await guarded(check_rebuild_and_reconcile(cluster, range_start, range_end, f, log))
     check_logs(cluster, f, log)
     return f
 
@@ -213,6 +225,55 @@ async def _check_hours_days(cluster: Cluster, f: Findings, log: Log) -> None:
         )
 
 
+async def _read_cells(
+    cluster: Cluster, series_list: Sequence[Series], range_start: int, range_end: int
+) -> dict[Cell, tuple[int, int]]:
+    """(count, sum in millionths) the API answers for every bucket of every series at minute,
+    hour and day grain over the range."""
+    headers = {"Authorization": f"Bearer {cluster.read_key}"}
+    sem = asyncio.Semaphore(8)
+    path = f"/v1/projects/{cluster.project}/series"
+    out: dict[Cell, tuple[int, int]] = {}
+
+    async def one(client: httpx.AsyncClient, series: Series, grain: str) -> None:
+        g = GRAINS[grain]
+        name, dims, values = series
+        got: dict[str, dict[int, Any]] = {}
+        async with sem:
+            for measure in ("count", "sum"):
+                params = {
+                    "name": name,
+                    "measure": measure,
+                    "grain": grain,
+                    "from": str(range_start - range_start % g),
+                    "to": str(range_end - range_end % g + g),
+                    "excluding_current": "false",
+                    **dict(zip(dims, values, strict=True)),
+                }
+                body = await _get(client, path, params)
+                got[measure] = {parse_ts(p["bucket"]): p["value"] for p in body["data"]}
+        for b, count in got["count"].items():
+            total = got["sum"].get(b)
+            micros = -(1 << 62) if total is None else round(float(total) * 1_000_000)
+            out[(series, g, b)] = (int(count), micros)
+
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=headers) as client:
+        await asyncio.gather(*(one(client, s, g) for s in series_list for g in GRAINS))
+    return out
+
+
+def _containing(cell: Cell) -> list[Cell]:
+    """The hour and day cells a minute cell belongs to."""
+    series, _, b = cell
+    return [(series, HOUR_MS, b - b % HOUR_MS), (series, DAY_MS, b - b % DAY_MS)]
+
+
+def _describe(cell: Cell) -> str:
+    (name, dims, values), g, b = cell
+    grain = {v: k for k, v in GRAINS.items()}[g]
+    return f"{name} {','.join(dims) or 'total'}={','.join(values)} {grain} {format_ts(b)}"
+
+
 async def _check_reads(
     cluster: Cluster,
     agg: dict[Cell, list[int]],
@@ -222,89 +283,85 @@ async def _check_reads(
     log: Log,
     *,
     floor: dict[Cell, list[int]] | None = None,
-) -> None:
+    carried: dict[Cell, list[int]] | None = None,
+    sealed: tuple[int, int] = (0, 0),
+) -> dict[Cell, list[int]]:
     """1. Every (name, rollup, dims, bucket) at minute, hour and day grain equals the truth.
-    With a floor (right after Redis total losses, before the repair): every count lies
-    between the floor (the truth without the events whose count lived only in Redis) and the
-    truth; f.uncounted = how far the minute totals fall short of the truth."""
+
+    With a floor (right after Redis total losses, before the repair): every minute's count
+    lies between the floor (the truth without the events whose count may have gone with
+    Redis) and the truth, every hour and day equals the sum of its minutes as answered (count
+    and sum), and the minutes' shortfall per hour and day is returned (f.uncounted = that of
+    the minute totals). With carried (after the repair): buckets the rebuild rewrote are
+    exact, and an hour or day not sealed yet (at or after `sealed` = Postgres's hour_until,
+    day_until) is short by exactly the carried shortfall of its minutes."""
     all_series = sorted({cell[0] for cell in agg})
-    headers = {"Authorization": f"Bearer {cluster.read_key}"}
-    sem = asyncio.Semaphore(8)
-    path = f"/v1/projects/{cluster.project}/series"
-    mismatches: list[str] = []
-
-    async def one(client: httpx.AsyncClient, series: Series, grain: str) -> None:
-        g = GRAINS[grain]
-        name, dims, values = series
-        lo = range_start - range_start % g
-        hi = range_end - range_end % g + g
-        got: dict[str, dict[int, int | float]] = {}
-        async with sem:
-            for measure in ("count", "sum"):
-                params = {
-                    "name": name,
-                    "measure": measure,
-                    "grain": grain,
-                    "from": str(lo),
-                    "to": str(hi),
-                    "excluding_current": "false",
-                    **dict(zip(dims, values, strict=True)),
-                }
-                body = await _get(client, path, params)
-                got[measure] = {parse_ts(p["bucket"]): p["value"] for p in body["data"]}
-        expected_buckets = {cell[2] for cell in cells_by_series[(series, g)]}
-        missing = expected_buckets - set(got["count"])
-        if missing:
-            f.fail(f"{series} {grain}: buckets not in the answer: {sorted(missing)[:5]}", log)
-        for b in sorted(got["count"]):
-            count, micros = agg.get((series, g, b), (0, 0))
-            api_count, api_sum = got["count"][b], got["sum"].get(b)
-            if floor is not None:
-                least = floor.get((series, g, b), (0, 0))[0]
-                if not least <= api_count <= count:
-                    bad.append(
-                        f"{name} {','.join(dims) or 'total'}={','.join(values)} {grain}"
-                        f" {format_ts(b)}: count {api_count}, not within [{least}, {count}]"
-                    )
-                if grain == "minute" and not dims:
-                    f.uncounted += count - int(api_count)
-                continue
-            f.cells += 1
-            if api_count != count or api_sum != micros / 1_000_000:
-                f.bad_cells += 1
-                if len(mismatches) < 30:
-                    mismatches.append(
-                        f"{name} {','.join(dims) or 'total'}={','.join(values)} {grain}"
-                        f" {format_ts(b)}: count {api_count} (truth {count}),"
-                        f" sum {api_sum} (truth {micros / 1_000_000})"
-                    )
-            if grain == "minute" and not dims:
-                diff = int(api_count) - count
-                if diff > 0:
-                    f.double += diff
-                else:
-                    f.lost -= diff
-
-    cells_by_series: defaultdict[tuple[Series, int], list[Cell]] = defaultdict(list)
+    cells_by_series: defaultdict[tuple[Series, int], set[int]] = defaultdict(set)
     for cell in agg:
-        cells_by_series[(cell[0], cell[1])].append(cell)
+        cells_by_series[(cell[0], cell[1])].add(cell[2])
     began = time.monotonic()
-    bad: list[str] = []
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=headers) as client:
-        await asyncio.gather(*(one(client, s, g) for s in all_series for g in GRAINS))
+    got = await _read_cells(cluster, all_series, range_start, range_end)
+    for (series, g), buckets in cells_by_series.items():
+        missing = buckets - {b for (s, gg, b) in got if s == series and gg == g}
+        if missing:
+            f.fail(f"{series} {g}: buckets not in the answer: {sorted(missing)[:5]}", log)
     if floor is not None:
+        short: defaultdict[Cell, list[int]] = defaultdict(lambda: [0, 0])
+        minutes: defaultdict[Cell, list[int]] = defaultdict(lambda: [0, 0])
+        bad: list[str] = []
+        for cell, (count, micros) in got.items():
+            if cell[1] != MINUTE_MS:
+                continue
+            truth = agg.get(cell, [0, 0])
+            least = floor.get(cell, [0, 0])[0]
+            if not least <= count <= truth[0]:
+                bad.append(f"{_describe(cell)}: count {count}, not within [{least}, {truth[0]}]")
+            if not cell[0][1]:
+                f.uncounted += truth[0] - count
+            for up in _containing(cell):
+                minutes[up][0] += count
+                minutes[up][1] += micros
+                short[up][0] += truth[0] - count
+                short[up][1] += truth[1] - micros
+        for cell, (count, micros) in got.items():
+            if cell[1] != MINUTE_MS and (count, micros) != tuple(minutes.get(cell, (0, 0))):
+                m = minutes.get(cell, [0, 0])
+                bad.append(
+                    f"{_describe(cell)}: count {count} sum {micros / 1e6}, its minutes as"
+                    f" answered: count {m[0]} sum {m[1] / 1e6}"
+                )
         log(
-            f"verify: reads right after the loss: {len(bad)} cells outside [floor, truth];"
-            f" minute totals short of the raw log by {f.uncounted} events"
-            f" ({time.monotonic() - began:.1f}s)"
+            f"verify: reads right after the loss: {len(bad)} cells wrong (minute outside"
+            f" [floor, truth], or hour/day not the sum of its minutes); minute totals short of"
+            f" the raw log by {f.uncounted} events ({time.monotonic() - began:.1f}s)"
         )
         if bad:
             f.fail(
-                f"after the loss, {len(bad)} cells are outside [truth without the events whose"
-                " count lived only in Redis, truth]; first:\n  " + "\n  ".join(bad[:30]),
+                f"after the loss, {len(bad)} cells are wrong; first:\n  " + "\n  ".join(bad[:30]),
                 log,
             )
-        return
+        return short
+    mismatches: list[str] = []
+    for cell, (api_count, api_micros) in sorted(got.items()):
+        series, g, b = cell
+        count, micros = agg.get(cell, (0, 0))
+        if carried is not None and g != MINUTE_MS and b >= sealed[g == DAY_MS]:
+            gap = carried.get(cell, [0, 0])
+            count, micros = count - gap[0], micros - gap[1]
+        f.cells += 1
+        if api_count != count or api_micros != micros:
+            f.bad_cells += 1
+            if len(mismatches) < 30:
+                mismatches.append(
+                    f"{_describe(cell)}: count {api_count} (truth {count}), sum"
+                    f" {api_micros / 1e6} (truth {micros / 1e6})"
+                )
+        if g == MINUTE_MS and not series[1]:
+            diff = api_count - count
+            if diff > 0:
+                f.double += diff
+            else:
+                f.lost -= diff
     log(
         f"verify: reads: {len(all_series)} series x 3 grains, {f.cells} buckets compared,"
         f" {f.bad_cells} differ, lost {f.lost}, double-counted {f.double}"
@@ -317,6 +374,7 @@ async def _check_reads(
             + "\n  ".join(mismatches),
             log,
         )
+    return {}
 
 
 async def _check_raw_log(
