@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             f" Postgres's raw log at a loss (at risk); {f.lost_to_loss} of them are gone,"
             f" {f.reaccepted} came back through a client re-send; {f.uncounted} raw events"
             f" were missing from the counts until the rebuild, which rewrote {f.repaired}"
-            " buckets"
+            f" buckets; the day in progress is short {f.in_progress_short} until it seals"
+            " and reconcile runs"
         )
     sys.exit(1 if report.all_failures() or report.lost or report.double else 0)
 

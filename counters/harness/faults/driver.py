@@ -41,6 +41,8 @@ class Span:
     """Wall clock (epoch ms) when the batch was made (hot events are within 1.5 s of it)."""
     lo: int
     hi: int
+    acked_ms: int = 0
+    """Wall clock when it was acknowledged (every attempt that applied it came before)."""
 
 
 _json = msgspec.json.Encoder()
@@ -332,7 +334,7 @@ class Driver:
         self.stats["acked_batches"] += 1
         lo = len(self.acked)
         self.acked.extend(batch.events)
-        self.spans.append(Span(batch.first_post, batch.created_ms, lo, len(self.acked)))
+        self.spans.append(Span(batch.first_post, batch.created_ms, lo, len(self.acked), now_ms()))
         self._recent.append(batch)
         after_loss = self.loss_done_at is not None and batch.first_post > self.loss_done_at
         for ev in batch.events:

@@ -31,6 +31,11 @@ class Findings:
     uncounted: int = 0
     """Events in the raw log missing from the minute totals right after the drain (their
     counts lived only in Redis); a rebuild of the range then puts them back."""
+    in_progress_short: int = 0
+    """After the repair: how far the day totals still in progress fall short of the truth
+    (counts of late events whose generation went with Redis; the reconcile after the day
+    seals repairs them)."""
+    hour_day_rows_differ: int = 0
     repaired: int | None = None
     """Buckets that rebuild rewrote after a loss (None: no loss)."""
 

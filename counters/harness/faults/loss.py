@@ -14,7 +14,8 @@ watermark, so those must all be counted. An event of such a batch for an earlier
 counted in Postgres's minute row if it was hot; if it went the late path (its minute was
 already sealed) and its generation was not applied yet, its count went with Redis: the
 rollups lack it until a rebuild recomputes those buckets from the raw log. Which way each
-went is not known, so every such event's count is *at risk* (the verifier's floor).
+went is known only for events acknowledged before their minute could seal (its end plus
+grace): those were hot. Every other such event's count is *at risk* (the verifier's floor).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import asyncpg
 from counters.core.buckets import MINUTE_MS
 from counters.harness.faults.cluster import Cluster, Log
 from counters.harness.faults.driver import Event, Span
+
+SEAL_SLACK_MS = 250
+"""Clock slack between the driver and the persister's sealing edge."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,13 @@ class LossAccount:
     """One line per loss: mode, persisted point, how many at risk."""
 
 
-def account(losses: Sequence[Loss], acked: Sequence[Event], spans: Sequence[Span]) -> LossAccount:
+def account(
+    losses: Sequence[Loss], acked: Sequence[Event], spans: Sequence[Span], grace_ms: int = 0
+) -> LossAccount:
     """The union over every loss of the events at risk (first posted before Redis was empty,
-    not in Postgres's raw log right after) and of the events whose count is at risk."""
+    not in Postgres's raw log right after) and of the events whose count is at risk (for a
+    persisted minute, and not surely applied before that minute could seal: acknowledged at
+    or after its end + grace)."""
     out = LossAccount()
     for loss in losses:
         risk = 0
@@ -107,15 +115,17 @@ def account(losses: Sequence[Loss], acked: Sequence[Event], spans: Sequence[Span
                 if eid not in loss.in_postgres:
                     out.at_risk.add(eid)
                     risk += 1
-                if ts - ts % MINUTE_MS < loss.minute_until:
+                minute = ts - ts % MINUTE_MS
+                could_be_late = span.acked_ms + SEAL_SLACK_MS >= minute + MINUTE_MS + grace_ms
+                if minute < loss.minute_until and could_be_late:
                     out.count_at_risk.add(eid)
                     counts += 1
         out.per_loss.append(
             f"{loss.mode}: Postgres held minute_until={loss.minute_until}"
             f" late_applied={loss.late_applied} raw_stream_id={loss.raw_stream_id} and"
             f" {len(loss.in_postgres)} raw events; {risk} acknowledged (or in flight) events"
-            f" not in it were at risk, {counts} were for persisted minutes (their count is at"
-            " risk if they went the late path)"
+            f" not in it were at risk, {counts} were for persisted minutes and may have gone"
+            " the late path (their count is at risk)"
         )
     return out
 

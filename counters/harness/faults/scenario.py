@@ -76,7 +76,8 @@ class Report:
         return (
             f" redis_loss: at risk={f.at_risk} lost with Redis={f.lost_to_loss}"
             f" (re-sent and counted again {f.reaccepted}; uncounted until the rebuild"
-            f" {f.uncounted}, rebuild rewrote {f.repaired} buckets)"
+            f" {f.uncounted}, rebuild rewrote {f.repaired} buckets, day in progress short"
+            f" {f.in_progress_short})"
         )
 
     def summary_line(self) -> str:
