@@ -21,7 +21,16 @@ PRELUDE = (
 )
 """Lua put in front of every script (no newline: it shares the script's first line)."""
 
-NAMES = ("ingest", "seal", "restore", "rotate_late", "trim_raw", "cut", "read_hot")
+NAMES = (
+    "ingest",
+    "seal",
+    "restore",
+    "restore_stage",
+    "rotate_late",
+    "trim_raw",
+    "cut",
+    "read_hot",
+)
 """Every script in lua/*.lua."""
 
 
@@ -40,6 +49,7 @@ class Scripts:
         self.ingest: AsyncScript = redis.register_script(read_script("ingest"))
         self.seal: AsyncScript = redis.register_script(read_script("seal"))
         self.restore: AsyncScript = redis.register_script(read_script("restore"))
+        self.restore_stage: AsyncScript = redis.register_script(read_script("restore_stage"))
         self.rotate_late: AsyncScript = redis.register_script(read_script("rotate_late"))
         self.trim_raw: AsyncScript = redis.register_script(read_script("trim_raw"))
         self.cut: AsyncScript = redis.register_script(read_script("cut"))

@@ -15,7 +15,7 @@ from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, bucket_star
 from counters.core.rollups import encode_field
 from counters.engines.read.engine import read_series, read_total
 from counters.engines.read.parse import parse_read
-from lua.keys import ProjectKeys, count_field, parse_key
+from lua.keys import ProjectKeys, count_field, parse_key, restore_member
 from persist.state import load_state
 from tests.support import T0, Harness
 
@@ -259,3 +259,19 @@ async def test_minutes_only_the_raw_log_holds_come_back(harness: Harness) -> Non
     assert [await h.total("click", DAY, DAY + DAY_MS, m) for m in MEASURES] == before
     report = await h.services.rebuilder.run(h.project, DAY, DAY + DAY_MS, write=False)
     assert report.discrepancies == 0, report.diffs[:5]
+
+
+async def test_restore_refuses_staging_that_expired(harness: Harness) -> None:
+    """lua/restore.lua writes nothing when a staged key is gone (its TTL ran out): the
+    restorer stages again rather than put back part of an hour."""
+    h = harness
+    token = "expired"
+    await h.redis.hset(h.keys.restore_hot(token, Grain.hour, HOUR), "c\x1fclick\x1f\x1f", 3)
+    members = [restore_member(Grain.hour, HOUR), restore_member(Grain.hour, HOUR, "x")]
+    await h.redis.sadd(h.keys.restore_index(token), *members)
+    args = [0, 0, 0, 1, "0-0", h.keys.base, h.keys.restore_base(token), 2]
+    keys = [h.keys.watermarks, h.keys.restore_index(token)]
+    assert await h.scripts.restore(keys=keys, args=args) == -1
+    assert not await h.redis.exists(h.keys.watermarks, h.keys.hot(Grain.hour, HOUR))
+    assert not await h.redis.exists(h.keys.restore_index(token))
+    assert not await h.redis.exists(h.keys.restore_hot(token, Grain.hour, HOUR))

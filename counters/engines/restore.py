@@ -18,14 +18,19 @@ watermarks hash is missing), the restore puts back
   each expiring when it would have;
 - the watermarks and late generation.
 
-Hashes and sketches are staged under restore:<token>: keys (chunked writes, with a TTL);
-lua/restore.lua then moves them into place and writes the watermarks in one atomic step,
-only if the watermarks are still missing, so concurrent restorers add the persisted part
-once (the losers' staged keys are deleted).
+Hashes and sketches are staged under restore:<token>: keys with a TTL, in chunks of a few
+thousand operations per lua/restore_stage.lua call (which also sets the markers, NX, so
+they are in place before the watermarks); lua/restore.lua then moves the staged keys into
+place and writes the watermarks in one atomic step, only if the watermarks are still
+missing, so concurrent restorers add the persisted part once (the losers' staged keys are
+deleted). Everything is read in one REPEATABLE READ snapshot, so the rows and the raw log
+fit the watermarks written.
 
-What cannot come back: events acknowledged but not yet in Postgres when Redis was lost
-without its AOF (their minute, late generation and raw-log entry lived in Redis only);
-durable_ack bounds that to nothing a kill -9 can lose, not a lost volume.
+What cannot come back: events acknowledged but not yet in Postgres's raw log when Redis
+was lost without its AOF (the raw-log backlog), and from the rollups, late events of
+generations not applied yet (their raw rows are kept: a rebuild or reconcile counts them).
+durable_ack makes a kill -9 of Redis lose nothing acknowledged; it does not cover a lost
+volume or a failover to a replica without the data.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, Grain, bucket_start
@@ -59,13 +65,15 @@ log = logging.getLogger("counters.restore")
 
 STAGE_TTL_MS = 3_600_000
 """Lifetime of a restore's staged keys (a restorer that dies leaves nothing for long)."""
-ROW_CHUNK = 1000
-"""Postgres rows fetched, and sketches staged in one Redis pipeline, at a time."""
-FIELD_CHUNK = 2000
-"""Hash fields per staged HSET."""
-ID_CHUNK = 5000
-"""Dedupe markers per Redis pipeline."""
+ROW_CHUNK = 2000
+"""Postgres rows (rollup rows, raw events, event ids) fetched at a time."""
+STAGE_OPS = 4000
+"""Staging operations (sketch unions, hash increments, PFADDs, markers) per
+lua/restore_stage.lua call: each call holds Redis for a few milliseconds."""
+STAGE_BYTES = 4_000_000
+"""Payload bytes per restore_stage.lua call (sketch blobs are up to 12 kB each)."""
 _ATTEMPTS = 3
+_encoder = msgspec.msgpack.Encoder()
 
 Target = tuple[Grain, int]
 
@@ -80,102 +88,108 @@ def _targets(state: PersistState) -> tuple[int, int, int]:
 
 
 class _Stage:
-    """One restore's staged keys: counts and sums folded here, sketches merged in Redis."""
+    """One restore's staged keys. Hour and day counts and sums are folded here and written
+    at the end; sketches, replayed minutes and dedupe markers go to Redis in chunks through
+    lua/restore_stage.lua. `members` names every staged key (restore.lua checks them)."""
 
-    def __init__(self, redis: Redis, keys: ProjectKeys, token: str) -> None:
+    def __init__(self, redis: Redis, scripts: Scripts, keys: ProjectKeys, token: str) -> None:
         self.redis = redis
+        self.scripts = scripts
         self.keys = keys
         self.token = token
         self.members: set[str] = set()
         self.cells: dict[Target, dict[str, list[int]]] = defaultdict(dict)
-        self.scratch = keys.tmp(f"restore:{token}")
+        self.markers = 0
+        self._ops: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+        """Queued sketches, increments, uid adds and markers (replaced by each flush)."""
+        self._n = 0
+        self._bytes = 0
 
-    async def add(self, rows: list[StoredRow], route: list[list[Target]]) -> None:
-        """Adds each row to its targets (counts in memory, sketches in Redis)."""
-        pipe = self.redis.pipeline(transaction=False)
+    async def _queued(self, n: int, size: int = 0) -> None:
+        self._n += n
+        self._bytes += size
+        if self._n >= STAGE_OPS or self._bytes >= STAGE_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Sends the queued operations (one restore_stage.lua call)."""
+        if not self._n:
+            return
+        sketches, *rest = self._ops
+        blobs = [blob for _, blob in sketches]
+        refs = [(member, n) for n, (member, _) in enumerate(sketches, 1)]
+        payload = _encoder.encode([refs, *rest])
+        self._ops, self._n, self._bytes = ([], [], [], []), 0, 0
+        with redis_unavailable():
+            set_now = await self.scripts.restore_stage(
+                keys=[self.keys.restore_index(self.token), self.keys.tmp(f"restore:{self.token}")],
+                args=[
+                    self.keys.restore_base(self.token),
+                    STAGE_TTL_MS,
+                    self.keys.base,
+                    payload,
+                    *blobs,
+                ],
+            )
+        self.markers += int(set_now)
+
+    async def add_rows(self, rows: list[StoredRow], route: list[list[Target]]) -> None:
+        """Adds each stored row to its targets (counts in memory, sketches united in Redis)."""
         for row, targets in zip(rows, route, strict=True):
-            for target in targets:
-                cell = self.cells[target].setdefault(row.field, [0, 0])
+            for grain, bucket in targets:
+                cell = self.cells[(grain, bucket)].setdefault(row.field, [0, 0])
                 cell[0] += row.count
                 cell[1] += row.sum_micros
                 if row.hll is not None:
-                    self._queue_hll(pipe, target, row.field, row.hll)
-        if len(pipe):
-            with redis_unavailable():
-                await pipe.execute()
-
-    def _queue_hll(self, pipe: Any, target: Target, field: str, blob: bytes) -> None:
-        grain, bucket = target
-        member = restore_member(grain, bucket, field)
-        staged = self.keys.restore_hll(self.token, grain, bucket, field)
-        if member not in self.members:
-            self.members.add(member)
-            pipe.set(staged, blob, px=STAGE_TTL_MS)
-            pipe.sadd(self.keys.restore_index(self.token), member)
-            pipe.pexpire(self.keys.restore_index(self.token), STAGE_TTL_MS)
-        else:
-            pipe.set(self.scratch, blob, px=STAGE_TTL_MS)
-            pipe.pfmerge(staged, self.scratch)
+                    member = restore_member(grain, bucket, row.field)
+                    self.members.add(member)
+                    self._ops[0].append((member, row.hll))
+                    await self._queued(1, len(row.hll))
 
     async def add_hot_minutes(self, events: list[RawEvent], crosstabs: Sequence[Rollup]) -> None:
         """Stages events into their minutes as ingest.lua writes a hot minute: HINCRBY of
         count and (non-zero) sum, PFADD of the uids."""
-        pipe = self.redis.pipeline(transaction=False)
-        index = self.keys.restore_index(self.token)
         for bucket_s, field, count, total, uids in plan_batch(
             events, crosstabs, dim_values=False
         ).groups:
-            bucket = int(bucket_s)
-            staged = self.keys.restore_hot(self.token, Grain.minute, bucket)
-            pipe.hincrby(staged, count_field(field), count)
+            member = restore_member(Grain.minute, int(bucket_s))
+            self.members.add(member)
+            self._ops[1].append((member, count_field(field), str(count)))
             if total != "0":
-                pipe.hincrby(staged, sum_field(field), int(total))
-            pipe.pexpire(staged, STAGE_TTL_MS)
-            members = [restore_member(Grain.minute, bucket)]
+                self._ops[1].append((member, sum_field(field), total))
             if uids:
-                sketch = self.keys.restore_hll(self.token, Grain.minute, bucket, field)
-                pipe.pfadd(sketch, *uids)
-                pipe.pexpire(sketch, STAGE_TTL_MS)
-                members.append(restore_member(Grain.minute, bucket, field))
-            for member in members:
-                if member not in self.members:
-                    self.members.add(member)
-                    pipe.sadd(index, member)
-            pipe.pexpire(index, STAGE_TTL_MS)
-        if len(pipe):
-            with redis_unavailable():
-                await pipe.execute()
+                sketch = restore_member(Grain.minute, int(bucket_s), field)
+                self.members.add(sketch)
+                self._ops[2].append((sketch, *uids))
+            await self._queued(2 + len(uids))
 
-    async def flush_hashes(self) -> None:
-        """Writes the folded counts and sums as staged hashes, FIELD_CHUNK fields a call."""
-        index = self.keys.restore_index(self.token)
-        with redis_unavailable():
-            for (grain, bucket), fields in self.cells.items():
-                staged = self.keys.restore_hot(self.token, grain, bucket)
-                mapping: dict[str, int] = {}
-                for field, (count, total) in fields.items():
-                    mapping[count_field(field)] = count
-                    if total:
-                        mapping[sum_field(field)] = total
-                items = list(mapping.items())
-                for start in range(0, len(items), FIELD_CHUNK):
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.hset(staged, mapping=dict(items[start : start + FIELD_CHUNK]))
-                    pipe.pexpire(staged, STAGE_TTL_MS)
-                    await pipe.execute()
-                self.members.add(restore_member(grain, bucket))
-                await self.redis.sadd(index, restore_member(grain, bucket))
-                await self.redis.pexpire(index, STAGE_TTL_MS)
-            await self.redis.delete(self.scratch)
+    async def add_marker(self, event_id: str, ttl_ms: int) -> None:
+        """Queues the dedupe marker of one event id (set NX, so a live one is left alone)."""
+        self._ops[3].append((event_id, ttl_ms))
+        await self._queued(1)
+
+    async def finish(self) -> None:
+        """Writes the folded hour and day counts and sums, then flushes everything queued."""
+        for (grain, bucket), fields in self.cells.items():
+            member = restore_member(grain, bucket)
+            self.members.add(member)
+            for field, (count, total) in fields.items():
+                self._ops[1].append((member, count_field(field), str(count)))
+                if total:
+                    self._ops[1].append((member, sum_field(field), str(total)))
+                await self._queued(2)
+        await self.flush()
 
     async def discard(self) -> None:
         """Deletes whatever was staged (best effort: the TTL removes the rest)."""
         base = self.keys.restore_base(self.token)
         names = [base + m for m in self.members]
         with redis_unavailable():
-            for start in range(0, len(names), FIELD_CHUNK):
-                await self.redis.delete(*names[start : start + FIELD_CHUNK])
-            await self.redis.delete(self.keys.restore_index(self.token), self.scratch)
+            for start in range(0, len(names), ROW_CHUNK):
+                await self.redis.delete(*names[start : start + ROW_CHUNK])
+            await self.redis.delete(
+                self.keys.restore_index(self.token), self.keys.tmp(f"restore:{self.token}")
+            )
 
 
 async def _stage_rollups(conn: Conn, stage: _Stage, state: PersistState) -> None:
@@ -192,12 +206,11 @@ async def _stage_rollups(conn: Conn, stage: _Stage, state: PersistState) -> None
             if row.bucket >= day_minutes_from:
                 targets.append((Grain.day, bucket_start(row.bucket, Grain.day)))
             route.append(targets)
-        await stage.add(rows, route)
+        await stage.add_rows(rows, route)
     async for rows in rollup_rows(
         conn, project, Grain.hour, state.day_until, day_hours_until, ROW_CHUNK
     ):
-        await stage.add(rows, [[(Grain.day, bucket_start(r.bucket, Grain.day))] for r in rows])
-    await stage.flush_hashes()
+        await stage.add_rows(rows, [[(Grain.day, bucket_start(r.bucket, Grain.day))] for r in rows])
 
 
 async def _stage_unpersisted(
@@ -219,27 +232,17 @@ async def _stage_unpersisted(
     return replayed
 
 
-async def restore_dedupe(
-    conn: Conn, redis: Redis, keys: ProjectKeys, settings: Settings, now_ms: int
-) -> int:
-    """Sets the dedupe marker of every event id the raw log received within the dedupe
-    window before now_ms, expiring when the original would have (received + window);
-    markers that exist are left alone. Returns how many were set."""
+async def _stage_dedupe(conn: Conn, stage: _Stage, settings: Settings, now_ms: int) -> None:
+    """Queues the dedupe marker of every event id the raw log received within the dedupe
+    window before now_ms, expiring when the original would have (received + window)."""
     window = settings.dedupe_window_seconds * 1000
     since = now_ms - window
     oldest_ts = since - settings.max_event_age_days * DAY_MS
-    written = 0
-    async for chunk in recent_event_ids(conn, keys.project, since, oldest_ts, ID_CHUNK):
-        pipe = redis.pipeline(transaction=False)
+    async for chunk in recent_event_ids(conn, stage.keys.project, since, oldest_ts, ROW_CHUNK):
         for rid in chunk:
             ttl = rid.received_ms + window - now_ms
             if ttl > 0:
-                pipe.set(keys.event_id(rid.event_id), "1", px=ttl, nx=True)
-                written += 1
-        if len(pipe):
-            with redis_unavailable():
-                await pipe.execute()
-    return written
+                await stage.add_marker(rid.event_id, ttl)
 
 
 async def _restore_once(
@@ -252,13 +255,14 @@ async def _restore_once(
 ) -> int:
     """One staged restore; lua/restore.lua's answer (1 restored, 0 lost the race, -1 stale)."""
     started = time.monotonic()
-    stage = _Stage(redis, keys, uuid.uuid4().hex)
+    stage = _Stage(redis, scripts, keys, uuid.uuid4().hex)
     try:
         async with restore_snapshot(pool, keys.project) as (conn, state):
             now = clock.now_ms()
-            markers = await restore_dedupe(conn, redis, keys, settings, now)
+            await _stage_dedupe(conn, stage, settings, now)
             replayed = await _stage_unpersisted(conn, stage, state, settings, now)
             await _stage_rollups(conn, stage, state)
+            await stage.finish()
         with redis_unavailable():
             outcome = int(
                 await scripts.restore(
@@ -289,7 +293,7 @@ async def _restore_once(
             len(stage.cells),
             len(stage.members),
             replayed,
-            markers,
+            stage.markers,
             time.monotonic() - started,
         )
     return outcome
