@@ -1,11 +1,20 @@
 """Fault injection, short form: ~30k events through a real service while a chaos loop kills
 persisters (some mid-drain), restarts Postgres, kill -9s Valkey (durable acknowledgements
-on), kill -9s the service and rebuilds a live range; then every invariant of
-docs/ARCHITECTURE.md is
-checked against the driver's log of acknowledged events (counters/harness/faults/verify.py).
+on), kill -9s the service, rebuilds a live range and loses all of Redis once (FLUSHALL, or
+a restart with the AOF deleted); then every invariant of docs/ARCHITECTURE.md is checked
+against the driver's log of acknowledged events (counters/harness/faults/verify.py). After
+the loss, only events acknowledged but not yet in Postgres's raw log at that moment may be
+missing; the summary says exactly how many were.
 
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
-moments the faults land still depend on timing). The long form is `python -m bench.faults`.
+moments the faults land still depend on timing). COUNTERS_FAULTS_KINDS=a,b picks the fault
+kinds. The long form is `python -m bench.faults`.
+
+The Redis total loss is opt-in here for now (COUNTERS_FAULTS_REDIS_LOSS=1, or name
+redis_loss in COUNTERS_FAULTS_KINDS): it finds a double count that the persister's step order
+allows (a retry after the loss of an event whose count reached Postgres before its raw-log
+row did; see the report of issue 10's fault part). Make it the default once the persister
+copies the raw log before the buckets and late generations it counts.
 """
 
 from __future__ import annotations
@@ -16,13 +25,19 @@ import os
 import pytest
 
 from counters.harness.faults import FaultConfig, run_faults
+from counters.harness.faults.chaos import ALL_KINDS
 
 pytestmark = pytest.mark.faults
+
+DEFAULT_KINDS = tuple(
+    k for k in ALL_KINDS if k != "redis_loss" or os.environ.get("COUNTERS_FAULTS_REDIS_LOSS") == "1"
+)
 
 
 @pytest.mark.timeout(900)
 def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
     seed = os.environ.get("COUNTERS_FAULTS_SEED")
+    kinds = os.environ.get("COUNTERS_FAULTS_KINDS")
     cfg = FaultConfig(
         events=int(os.environ.get("COUNTERS_FAULTS_EVENTS", "30000")),
         faults=int(os.environ.get("COUNTERS_FAULTS_FAULTS", "8")),
@@ -31,16 +46,50 @@ def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
         clients=8,
         persisters=2,
         uids=5000,
+        kinds=tuple(k for k in kinds.split(",") if k) if kinds else DEFAULT_KINDS,
+        max_losses=1,
         drain_timeout=180.0,
     )
     report = asyncio.run(run_faults(cfg))
     with capsys.disabled():
         print("\n" + report.summary_line())
     explain = report.summary_line() + "\n" + report.details()
-    kinds = set(cfg.kinds) - set(report.skipped)
+    kinds_run = set(cfg.kinds) - set(report.skipped)
     assert report.events_acked == cfg.events, explain
-    assert set(report.faults) == kinds, explain
+    assert set(report.faults) == kinds_run, explain
     assert sum(report.faults.values()) == cfg.faults, explain
+    assert report.faults["redis_loss"] <= 1, explain
     assert report.lost == 0, explain
     assert report.double == 0, explain
+    assert report.findings.lost_to_loss <= report.findings.at_risk, explain
     assert not report.all_failures(), explain
+
+
+def test_loss_account_tolerates_only_what_postgres_lacked() -> None:
+    """The bookkeeping of a Redis total loss: an event may go missing only if its batch was
+    first posted before Redis was empty and Postgres's raw log lacked it; its count is at risk
+    if its minute was persisted and it may have gone the late path (acknowledged after the
+    minute could seal; later minutes are replayed from the raw log)."""
+    from counters.harness.faults.driver import Span
+    from counters.harness.faults.loss import Loss, account
+
+    minute = 60_000
+    t = 100 * minute
+    acked = [
+        ("a", "click", t - 2 * minute, (), 0, None),  # persisted minute, in the raw log
+        ("b", "click", t - 2 * minute, (), 0, None),  # persisted minute, raw log lacks it
+        ("c", "click", t + 5, (), 0, None),  # minute not persisted, in the raw log
+        ("d", "click", t - 30 * minute, (), 0, None),  # late, in the raw log
+        ("e", "click", t + 10, (), 0, None),  # first posted after the loss
+    ]
+    spans = [
+        Span(1.0, t - 2 * minute + 10, 0, 1, t - 2 * minute + 50),  # acknowledged in its minute
+        Span(1.5, t - 2 * minute + 10, 1, 2, t - minute + 5_000),  # after its minute sealed
+        Span(2.0, t + 20, 2, 4, t + 40),
+        Span(9.0, t, 4, 5, t + 60),
+    ]
+    loss = Loss("FLUSHALL", 5.0, t, t - 60 * minute, t - 100 * minute, 3, "1-0", frozenset("acd"))
+    risk = account([loss], acked, spans, grace_ms=1000)
+    assert risk.at_risk == {"b"}
+    assert risk.count_at_risk == {"b", "d"}
+    assert "1 acknowledged" in risk.per_loss[0]

@@ -1,7 +1,9 @@
 """The chaos loop: at random moments (seeded), kill -9 persisters (some while they drain a
-backlog), restart Postgres, kill -9 Valkey, kill -9 the service, and rebuild a range that is
-still receiving events. A monitor notices any process that died on its own (a crash is a
-finding) and restarts it so the run goes on."""
+backlog), restart Postgres, kill -9 Valkey, kill -9 the service, rebuild a range that is
+still receiving events, and lose all of Redis (FLUSHALL, or kill -9 and a restart with the
+AOF deleted) after recording the last persisted point (counters/harness/faults/loss.py).
+A monitor notices any process that died on its own (a crash is a finding) and restarts it so
+the run goes on."""
 
 from __future__ import annotations
 
@@ -19,11 +21,19 @@ from redis.asyncio import Redis
 from counters.core.buckets import MINUTE_MS, format_ts
 from counters.harness.faults.cluster import Cluster, Log, Proc, log_tail, now_ms, poll_until
 from counters.harness.faults.driver import Driver
+from counters.harness.faults.loss import Loss, persisted_state, raw_ids
 from lua.client import open_redis
 from lua.keys import ProjectKeys
 
-ALL_KINDS = ("persister", "valkey", "postgres", "rebuild", "service")
-WEIGHTS = {"persister": 4, "valkey": 3, "postgres": 2, "rebuild": 2, "service": 1}
+ALL_KINDS = ("persister", "valkey", "postgres", "rebuild", "service", "redis_loss")
+WEIGHTS = {
+    "persister": 4,
+    "valkey": 3,
+    "postgres": 2,
+    "rebuild": 2,
+    "service": 1,
+    "redis_loss": 1,
+}
 PROCESS_KINDS = {"persister", "service"}
 """Faults that kill and restart our processes themselves (the monitor stands aside)."""
 
@@ -36,6 +46,9 @@ class Chaos:
     n_faults: int
     kinds: tuple[str, ...]
     log: Log = print
+    caps: dict[str, int] = field(default_factory=dict)
+    """At most this many faults of a kind (e.g. one redis_loss in the short form)."""
+    losses: list[Loss] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
@@ -54,9 +67,15 @@ class Chaos:
         if not kinds or self.n_faults <= 0:
             return []
         if self.n_faults >= len(kinds):
-            picks = kinds + self.rng.choices(
-                kinds, [WEIGHTS[k] for k in kinds], k=self.n_faults - len(kinds)
-            )
+            picks = list(kinds)
+            extra = [k for k in kinds if self.caps.get(k, self.n_faults) > 1]
+            for _ in range(self.n_faults - len(kinds)):
+                if not extra:
+                    break
+                k = self.rng.choices(extra, [WEIGHTS[x] for x in extra])[0]
+                picks.append(k)
+                if picks.count(k) >= self.caps.get(k, self.n_faults):
+                    extra.remove(k)
         else:
             picks = self.rng.sample(kinds, self.n_faults)
         self.rng.shuffle(picks)
@@ -208,6 +227,55 @@ class Chaos:
             )
         last = (proc.stdout.strip().splitlines() or [""])[-1]
         return f"rebuild {format_ts(start)}..{format_ts(end)} exit {proc.returncode} ({last})"
+
+    async def _redis_loss(self) -> str:
+        """All of Redis lost: FLUSHALL, or kill -9 and a restart with the AOF deleted. The
+        persisted point is recorded around it (persist_state before, raw_events ids after)."""
+        when = await self._while_posting()
+        flush = self.rng.random() < 0.5
+
+        async def state() -> dict[str, object]:
+            return await persisted_state(self.cluster)
+
+        _, before = await poll_until(state, lambda _: True, timeout=30)
+        assert before is not None, "Postgres did not answer within 30s"
+        self.driver.begin_loss()
+        if flush:
+            redis: Redis = open_redis(self.cluster.redis_url)
+            try:
+                await redis.flushall()
+            finally:
+                await redis.aclose()
+            mode = "FLUSHALL"
+        else:
+            pid = await asyncio.to_thread(self.cluster.wipe_valkey)
+            mode = f"kill -9 Valkey pid {pid}, AOF deleted, restarted empty"
+        done = time.monotonic()
+        self.driver.end_loss(done)
+
+        async def ids() -> frozenset[str]:
+            return await raw_ids(self.cluster)
+
+        _, in_pg = await poll_until(ids, lambda _: True, timeout=30)
+        assert in_pg is not None, "Postgres did not answer within 30s"
+        _, after = await poll_until(state, lambda _: True, timeout=30)
+        assert after is not None, "Postgres did not answer within 30s"
+        loss = Loss(
+            mode,
+            done,
+            max(int(str(before["minute_until"])), int(str(after["minute_until"]))),
+            int(str(before["hour_until"])),
+            int(str(before["day_until"])),
+            int(str(before["late_applied"])),
+            str(before["raw_stream_id"]),
+            in_pg,
+        )
+        self.losses.append(loss)
+        return (
+            f"Redis total loss ({mode}) {when}; Postgres held minute_until"
+            f" {format_ts(loss.minute_until)}, raw_stream_id {loss.raw_stream_id},"
+            f" {len(in_pg)} raw events, of {self.driver.acked_events} acknowledged"
+        )
 
     # -- the monitor ----------------------------------------------------------------------
 

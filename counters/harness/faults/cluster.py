@@ -320,6 +320,17 @@ class Cluster:
         wait_sync(lambda: not pid_alive(pid), timeout=30, what=f"Valkey pid {pid} to die")
         return pid
 
+    def wipe_valkey(self) -> int:
+        """kill -9 of Valkey, then its AOF (and any RDB file) deleted: the restarted server
+        is empty, like a failover to a replica without persistence. Returns the old pid."""
+        pid = self.kill_valkey()
+        data = self.vdir / "valkey"
+        shutil.rmtree(data / "appendonlydir", ignore_errors=True)
+        for f in [*data.glob("*.aof"), *data.glob("*.rdb")]:
+            f.unlink(missing_ok=True)
+        self.start_valkey()
+        return pid
+
     def start_valkey(self) -> None:
         url = embedded.ensure_valkey(self.vdir)
         assert url == self.redis_url, f"Valkey came back on {url}, not {self.redis_url}"

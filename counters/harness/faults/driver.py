@@ -30,7 +30,24 @@ OPTIONAL_DIM = "device"
 Event = tuple[str, str, int, tuple[tuple[str, str], ...], int, str | None]
 """(id, name, ts ms, dims as sorted (name, value) pairs, value in millionths, uid)."""
 
+
+@dataclass(frozen=True)
+class Span:
+    """One acknowledged batch: its events are Driver.acked[lo:hi]."""
+
+    first_post: float
+    """time.monotonic() when its first attempt was sent."""
+    created_ms: int
+    """Wall clock (epoch ms) when the batch was made (hot events are within 1.5 s of it)."""
+    lo: int
+    hi: int
+    acked_ms: int = 0
+    """Wall clock when it was acknowledged (every attempt that applied it came before)."""
+
+
 _json = msgspec.json.Encoder()
+RECENT = 40
+"""Acknowledged batches remembered for re-sending right after a Redis total loss."""
 
 
 @dataclass
@@ -62,7 +79,9 @@ class Batch:
     body: bytes
     total: int
     """Events in the body, counting an in-batch repeat twice."""
+    created_ms: int = 0
     attempts: int = 0
+    first_post: float = 0.0
     resend: bool = False
     due: float = 0.0
 
@@ -86,7 +105,19 @@ class Driver:
     in_flight: int = 0
     latencies: list[float] = field(default_factory=list)
     """Seconds from post to 2xx of every acknowledged first attempt."""
+    spans: list[Span] = field(default_factory=list)
+    """Every acknowledged batch, in acknowledgement order (indexes into acked)."""
+    reaccepted: list[tuple[float, list[Event]]] = field(default_factory=list)
+    """Re-sends after a Redis total loss that were accepted again (their first copy was
+    lost with Redis): (when the re-send was posted, its events). The verifier checks they
+    were at risk."""
+    losses: int = 0
+    loss_done_at: float | None = None
+    """While a Redis total loss is under way: inf; after one: when Redis was empty."""
+    acked_since_loss: Counter[str] = field(default_factory=Counter)
+    """Per name, acknowledged events first posted after the last loss (the reader's floor)."""
     _pending: deque[Batch] = field(default_factory=deque)
+    _recent: deque[Batch] = field(default_factory=lambda: deque(maxlen=RECENT))
     _seq: int = 0
     _next_slot: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -154,7 +185,27 @@ class Driver:
         for ev in events:
             self.posted_by_name[ev[1]] += 1
         self.stats["batches"] += 1
-        return Batch(self.stats["batches"], events, _json.encode(bodies), len(bodies))
+        return Batch(self.stats["batches"], events, _json.encode(bodies), len(bodies), t)
+
+    def begin_loss(self) -> None:
+        """Redis is about to lose everything: acknowledged events may go (the reader's floor
+        drops to what is acknowledged after the loss)."""
+        self.losses += 1
+        self.loss_done_at = float("inf")
+        self.acked_since_loss.clear()
+
+    def end_loss(self, done_at: float) -> None:
+        """Redis is empty since done_at (monotonic): later batches must all survive. The last
+        acknowledged batches are posted again at once: those Postgres held must come back
+        all duplicates (dedupe survived), the others are counted again, once."""
+        self.loss_done_at = done_at
+        if not self.cfg.check_resends:
+            return
+        for b in self._recent:
+            again = Batch(b.seq, b.events, b.body, b.total, b.created_ms, resend=True)
+            self.stats["resends_after_loss"] += 1
+            self._pending.append(again)
+        self._recent.clear()
 
     # -- clients --------------------------------------------------------------------------
 
@@ -219,6 +270,8 @@ class Driver:
         self.stats["posts"] += 1
         self.in_flight += 1
         began = time.monotonic()
+        if batch.attempts == 1:
+            batch.first_post = began
         try:
             r = await client.post(
                 "/v1/events", content=batch.body, headers={"Content-Type": "application/json"}
@@ -252,7 +305,11 @@ class Driver:
         unique = len(batch.events)
         if batch.resend:
             self.stats["resends_acked"] += 1
-            if accepted != 0 or duplicates != batch.total:
+            if self.losses and (accepted, duplicates) == (unique, batch.total - unique):
+                # its first copy went with Redis before Postgres had it: counted again, once
+                self.stats["resends_reaccepted"] += 1
+                self.reaccepted.append((began, batch.events))
+            elif accepted != 0 or duplicates != batch.total:
                 self.violation(
                     f"re-sent batch {batch.seq} ({batch.total} events, acknowledged before)"
                     f" answered accepted={accepted} duplicates={duplicates}"
@@ -275,11 +332,19 @@ class Driver:
                     f" duplicates={duplicates} for {batch.total} events ({unique} unique)"
                 )
         self.stats["acked_batches"] += 1
+        lo = len(self.acked)
         self.acked.extend(batch.events)
+        self.spans.append(Span(batch.first_post, batch.created_ms, lo, len(self.acked), now_ms()))
+        self._recent.append(batch)
+        after_loss = self.loss_done_at is not None and batch.first_post > self.loss_done_at
         for ev in batch.events:
             self.acked_by_name[ev[1]] += 1
+            if after_loss:
+                self.acked_since_loss[ev[1]] += 1
         if self.cfg.check_resends and self.rng.random() < self.cfg.resend_fraction:
-            again = Batch(batch.seq, batch.events, batch.body, batch.total, resend=True)
+            again = Batch(
+                batch.seq, batch.events, batch.body, batch.total, batch.created_ms, resend=True
+            )
             again.due = time.monotonic() + self.rng.uniform(0, 2)
             self.stats["resends"] += 1
             self._pending.append(again)
@@ -288,14 +353,16 @@ class Driver:
 
     async def reader(self, start_ms: int, stop: asyncio.Event, interval: float = 0.25) -> None:
         """Invariant 2 while faults happen: a total read over the whole range is never below
-        the events acknowledged before it was sent, nor above the events ever posted."""
+        the events acknowledged before it was sent (once Redis lost everything: acknowledged
+        and first posted after the loss), nor above the events ever posted."""
         headers = {"Authorization": f"Bearer {self.read_key}"}
         async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
             i = 0
             while not stop.is_set():
                 name = NAMES[i % len(NAMES)]
                 i += 1
-                lower = self.acked_by_name[name]
+                losses = self.losses
+                lower = (self.acked_since_loss if losses else self.acked_by_name)[name]
                 params = {
                     "name": name,
                     "grain": "minute",
@@ -311,6 +378,8 @@ class Driver:
                     self.stats["reads_ok"] += 1
                     value = r.json()["value"]
                     upper = self.posted_by_name[name]
+                    if losses != self.losses:
+                        lower = 0  # Redis was lost while the read was under way
                     if not lower <= value <= upper:
                         self.violation(
                             f"read of {name} total = {value}; {lower} acknowledged before the"

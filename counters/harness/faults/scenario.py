@@ -15,7 +15,8 @@ from counters.core.buckets import MINUTE_MS
 from counters.harness.faults.chaos import ALL_KINDS, Chaos
 from counters.harness.faults.cluster import Cluster, Log
 from counters.harness.faults.driver import Driver, DriverConfig
-from counters.harness.faults.verify import Findings, verify
+from counters.harness.faults.findings import Findings
+from counters.harness.faults.verify import verify
 
 
 @dataclass
@@ -36,6 +37,8 @@ class FaultConfig:
     drain_timeout: float = 180.0
     keep: bool = False
     full_checks: bool = True
+    max_losses: int | None = None
+    """At most this many redis_loss faults (None: as the weights fall)."""
     log: Log = print
 
 
@@ -65,11 +68,23 @@ class Report:
     def all_failures(self) -> list[str]:
         return self.failures + self.findings.failures
 
+    def loss_line(self) -> str:
+        """What the Redis total losses cost, exactly (empty without one)."""
+        f = self.findings
+        if not f.losses:
+            return ""
+        return (
+            f" redis_loss: at risk={f.at_risk} lost with Redis={f.lost_to_loss}"
+            f" (re-sent and counted again {f.reaccepted}; uncounted until the rebuild"
+            f" {f.uncounted}, rebuild rewrote {f.repaired} buckets, day in progress short"
+            f" {f.in_progress_short})"
+        )
+
     def summary_line(self) -> str:
         kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.faults.items())) or "none"
         return (
             f"faults summary: events acknowledged={self.events_acked} faults=[{kinds}]"
-            f" lost={self.lost} double-counted={self.double}"
+            f" lost={self.lost} double-counted={self.double}{self.loss_line()}"
             f" failures={len(self.all_failures())} seed={self.seed}"
             f" duration={self.seconds:.0f}s (driving {self.drive_seconds:.0f}s,"
             f" drain {self.findings.drain_seconds:.1f}s)"
@@ -144,7 +159,8 @@ async def run_faults(cfg: FaultConfig) -> Report:
             uuid.uuid4().hex[:8],
             log,
         )
-        chaos = Chaos(cluster, driver, chaos_rng, cfg.faults, kinds, log)
+        caps = {} if cfg.max_losses is None else {"redis_loss": cfg.max_losses}
+        chaos = Chaos(cluster, driver, chaos_rng, cfg.faults, kinds, log, caps)
         t0 = time.time_ns() // 1_000_000
         range_start = t0 - int(driver.cfg.late_max_s * 1000) - 2 * MINUTE_MS
         range_start -= range_start % MINUTE_MS
@@ -190,6 +206,9 @@ async def run_faults(cfg: FaultConfig) -> Report:
             log,
             drain_timeout=cfg.drain_timeout,
             full=cfg.full_checks,
+            losses=chaos.losses,
+            spans=driver.spans,
+            reaccepted=driver.reaccepted,
         )
     finally:
         await asyncio.to_thread(cluster.close)

@@ -6,51 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
-from counters.harness.faults.cluster import Cluster, Log, log_tail, now_ms, poll_until
-from counters.harness.faults.driver import DIMS, Event
+from counters.harness.faults.cluster import Cluster, Log, now_ms, poll_until
+from counters.harness.faults.commands import check_rebuild_and_reconcile, repair
+from counters.harness.faults.driver import DIMS, Event, Span
+from counters.harness.faults.findings import Findings
+from counters.harness.faults.logs import check_logs
+from counters.harness.faults.loss import (
+    Loss,
+    account,
+    check_hours_days_are_their_minutes,
+    persisted_state,
+)
 from lua.client import open_redis
 from lua.keys import ProjectKeys
 
+T = TypeVar("T")
 GRAINS = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 Series = tuple[str, tuple[str, ...], tuple[str, ...]]
 """(event name, rollup dims, their values)."""
 Cell = tuple[Series, int, int]
 """(series, grain ms, bucket start)."""
-
-
-@dataclass
-class Findings:
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    lost: int = 0
-    double: int = 0
-    cells: int = 0
-    bad_cells: int = 0
-    raw_rows: int = 0
-    raw_missing: int = 0
-    raw_extra: int = 0
-    raw_repeated: int = 0
-    uniques: dict[str, tuple[int, int]] = field(default_factory=dict)
-    drain_seconds: float = 0.0
-
-    def fail(self, text: str, log: Log) -> None:
-        self.failures.append(text)
-        log("verify: FAILURE " + text)
-
-    def note(self, text: str, log: Log) -> None:
-        self.notes.append(text)
-        log("verify: note: " + text)
 
 
 def rollups(crosstabs: str) -> list[tuple[str, ...]]:
@@ -140,15 +124,6 @@ async def _get(client: httpx.AsyncClient, path: str, params: dict[str, str]) -> 
     return r.json()
 
 
-def _count_line(text: str) -> int | None:
-    """N of a `discrepancies: N` (or `... differ...: N`) line of rebuild/reconcile output."""
-    for pattern in (r"discrepanc\w*\s*[:=]\s*(\d+)", r"differ\w*[^\n\d]*?[:=]\s*(\d+)"):
-        found = re.findall(pattern, text, re.IGNORECASE)
-        if found:
-            return max(int(n) for n in found)
-    return None
-
-
 async def verify(
     cluster: Cluster,
     acked: list[Event],
@@ -157,8 +132,13 @@ async def verify(
     *,
     drain_timeout: float = 180.0,
     full: bool = True,
+    losses: Sequence[Loss] = (),
+    spans: Sequence[Span] = (),
+    reaccepted: Sequence[tuple[float, list[Event]]] = (),
 ) -> Findings:
-    """Every invariant check; failures are collected, not raised, so one report shows all."""
+    """Every invariant check; failures are collected, not raised, so one report shows all.
+    After Redis total losses, only events at risk at a loss (loss.py) may be missing; the
+    rest must hold exactly, for the events that survived."""
     f = Findings()
     ok, state, f.drain_seconds = await wait_drained(cluster, drain_timeout, log)
     if not ok:
@@ -168,28 +148,126 @@ async def verify(
             log,
         )
     tabs = rollups(cluster.crosstabs)
-    began = time.monotonic()
-    agg = aggregate(acked, tabs)
+    risk = account(losses, acked, spans, cluster.grace_seconds * 1000)
+    f.losses = len(losses)
+    f.at_risk = len(risk.at_risk)
+    for line in risk.per_loss:
+        f.note("loss: " + line, log)
     range_end = max(ev[2] for ev in acked) + 1 if acked else now_ms()
+    survivors = acked
+    try:
+        present = await _check_raw_log(cluster, acked, risk.at_risk, f, log)
+        survivors = [ev for ev in acked if ev[0] in present]
+    except Exception as exc:  # noqa: BLE001 - report every check, not just the first
+        f.fail(f"_check_raw_log could not run: {type(exc).__name__}: {exc}", log)
+    if losses:
+        _check_reaccepted(reaccepted, risk.at_risk, f, log)
+    began = time.monotonic()
+    agg = aggregate(survivors, tabs)
     log(
-        f"verify: ground truth {len(acked)} events, {len(agg)} cells"
-        f" ({time.monotonic() - began:.1f}s)"
+        f"verify: ground truth {len(survivors)} events ({len(acked)} acknowledged), {len(agg)}"
+        f" cells ({time.monotonic() - began:.1f}s)"
     )
-    checks = [
-        _check_reads(cluster, agg, range_start, range_end, f, log),
-        _check_raw_log(cluster, acked, f, log),
-        _check_uniques(cluster, acked, range_start, range_end, f, log),
-    ]
-    if full:
-        checks.append(_check_rebuild_and_reconcile(cluster, range_start, range_end, f, log))
-    for check in checks:
+
+    async def guarded(check: Awaitable[T]) -> T | None:
         try:
-            await check
+            return await check
         except Exception as exc:  # noqa: BLE001 - report every check, not just the first
-            name = getattr(check, "__qualname__", check)
-            f.fail(f"{name} could not run: {type(exc).__name__}: {exc}", log)
-    _check_logs(cluster, f, log)
+            f.fail(f"{check!r} could not run: {type(exc).__name__}: {exc}", log)
+            return None
+
+    floor: dict[Cell, list[int]] | None = None
+    sealed: tuple[int, int] | None = None
+    if losses:
+        floor = aggregate((ev for ev in survivors if ev[0] not in risk.count_at_risk), tabs)
+        await guarded(_check_reads(cluster, agg, range_start, range_end, f, log, floor=floor))
+        await guarded(_check_hours_days(cluster, f, log))
+        await guarded(repair(cluster, range_start, range_end, f, log))
+        state = await guarded(persisted_state(cluster))
+        sealed = (0, 0)
+        if state is not None:
+            sealed = (int(str(state["hour_until"])), int(str(state["day_until"])))
+    await guarded(
+        _check_reads(cluster, agg, range_start, range_end, f, log, floor=floor, sealed=sealed)
+    )
+    await guarded(_check_uniques(cluster, survivors, range_start, range_end, f, log))
+    if full:
+        await guarded(check_rebuild_and_reconcile(cluster, range_start, range_end, f, log))
+    check_logs(cluster, f, log)
     return f
+
+
+def _check_reaccepted(
+    reaccepted: Sequence[tuple[float, list[Event]]], at_risk: set[str], f: Findings, log: Log
+) -> None:
+    """A re-send accepted again after a loss is fine only if its events were at risk (their
+    first copy went with Redis); then the re-send is what counts them, once."""
+    bad = [evs[0][0] for _, evs in reaccepted if any(ev[0] not in at_risk for ev in evs)]
+    f.reaccepted = sum(len(evs) for _, evs in reaccepted)
+    if bad:
+        f.fail(
+            f"{len(bad)} re-sent batches were accepted again although Postgres held their"
+            f" events at the loss (dedupe did not survive it), e.g. event ids {bad[:5]}",
+            log,
+        )
+
+
+async def _check_hours_days(cluster: Cluster, f: Findings, log: Log) -> None:
+    """After a loss, before the repair: how many sealed hour and day rows in Postgres differ
+    from the sum of their minute rows (noted: a late event whose generation went with Redis
+    is missing from both, but a rebuild during the run may have put it back in the minutes
+    only; the reads and the repair hold the rows to the truth)."""
+    differ = await check_hours_days_are_their_minutes(cluster, log)
+    f.hour_day_rows_differ = len(differ)
+    if differ:
+        f.note(
+            f"after the loss, {len(differ)} sealed hour/day rows differ from the sum of"
+            " their minute rows (first 20):\n  " + "\n  ".join(differ),
+            log,
+        )
+
+
+async def _read_cells(
+    cluster: Cluster, series_list: Sequence[Series], range_start: int, range_end: int
+) -> dict[Cell, tuple[int, int]]:
+    """(count, sum in millionths) the API answers for every bucket of every series at minute,
+    hour and day grain over the range."""
+    headers = {"Authorization": f"Bearer {cluster.read_key}"}
+    sem = asyncio.Semaphore(8)
+    path = f"/v1/projects/{cluster.project}/series"
+    out: dict[Cell, tuple[int, int]] = {}
+
+    async def one(client: httpx.AsyncClient, series: Series, grain: str) -> None:
+        g = GRAINS[grain]
+        name, dims, values = series
+        got: dict[str, dict[int, Any]] = {}
+        async with sem:
+            for measure in ("count", "sum"):
+                params = {
+                    "name": name,
+                    "measure": measure,
+                    "grain": grain,
+                    "from": str(range_start - range_start % g),
+                    "to": str(range_end - range_end % g + g),
+                    "excluding_current": "false",
+                    **dict(zip(dims, values, strict=True)),
+                }
+                body = await _get(client, path, params)
+                got[measure] = {parse_ts(p["bucket"]): p["value"] for p in body["data"]}
+        for b, count in got["count"].items():
+            total = got["sum"].get(b)
+            micros = -(1 << 62) if total is None else round(float(total) * 1_000_000)
+            out[(series, g, b)] = (int(count), micros)
+
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=headers) as client:
+        await asyncio.gather(*(one(client, s, g) for s in series_list for g in GRAINS))
+    return out
+
+
+def _describe(cell: Cell) -> str:
+    (name, dims, values), g, b = cell
+    grain = {v: k for k, v in GRAINS.items()}[g]
+    return f"{name} {','.join(dims) or 'total'}={','.join(values)} {grain} {format_ts(b)}"
 
 
 async def _check_reads(
@@ -199,66 +277,80 @@ async def _check_reads(
     range_end: int,
     f: Findings,
     log: Log,
+    *,
+    floor: dict[Cell, list[int]] | None = None,
+    sealed: tuple[int, int] | None = None,
 ) -> None:
-    """1. Every (name, rollup, dims, bucket) at minute, hour and day grain equals the truth."""
+    """1. Every (name, rollup, dims, bucket) at minute, hour and day grain equals the truth.
+
+    After Redis total losses (floor given): right after the drain (sealed None) every count
+    lies between the floor (the truth without the events whose count may have gone with
+    Redis) and the truth, f.uncounted = the minute totals' shortfall. After the repair
+    (sealed = Postgres's hour_until, day_until): minutes and sealed hours and days are exact;
+    an hour or day still in progress lies within [floor, truth] (its shortfall, which only
+    the reconcile after it seals repairs, is f.in_progress_short for the day totals)."""
     all_series = sorted({cell[0] for cell in agg})
-    headers = {"Authorization": f"Bearer {cluster.read_key}"}
-    sem = asyncio.Semaphore(8)
-    path = f"/v1/projects/{cluster.project}/series"
-    mismatches: list[str] = []
-
-    async def one(client: httpx.AsyncClient, series: Series, grain: str) -> None:
-        g = GRAINS[grain]
-        name, dims, values = series
-        lo = range_start - range_start % g
-        hi = range_end - range_end % g + g
-        got: dict[str, dict[int, int | float]] = {}
-        async with sem:
-            for measure in ("count", "sum"):
-                params = {
-                    "name": name,
-                    "measure": measure,
-                    "grain": grain,
-                    "from": str(lo),
-                    "to": str(hi),
-                    "excluding_current": "false",
-                    **dict(zip(dims, values, strict=True)),
-                }
-                body = await _get(client, path, params)
-                got[measure] = {parse_ts(p["bucket"]): p["value"] for p in body["data"]}
-        expected_buckets = {cell[2] for cell in cells_by_series[(series, g)]}
-        missing = expected_buckets - set(got["count"])
-        if missing:
-            f.fail(f"{series} {grain}: buckets not in the answer: {sorted(missing)[:5]}", log)
-        for b in sorted(got["count"]):
-            count, micros = agg.get((series, g, b), (0, 0))
-            f.cells += 1
-            api_count, api_sum = got["count"][b], got["sum"].get(b)
-            if api_count != count or api_sum != micros / 1_000_000:
-                f.bad_cells += 1
-                if len(mismatches) < 30:
-                    mismatches.append(
-                        f"{name} {','.join(dims) or 'total'}={','.join(values)} {grain}"
-                        f" {format_ts(b)}: count {api_count} (truth {count}),"
-                        f" sum {api_sum} (truth {micros / 1_000_000})"
-                    )
-            if grain == "minute" and not dims:
-                diff = int(api_count) - count
-                if diff > 0:
-                    f.double += diff
-                else:
-                    f.lost -= diff
-
-    cells_by_series: defaultdict[tuple[Series, int], list[Cell]] = defaultdict(list)
+    buckets: defaultdict[tuple[Series, int], set[int]] = defaultdict(set)
     for cell in agg:
-        cells_by_series[(cell[0], cell[1])].append(cell)
+        buckets[(cell[0], cell[1])].add(cell[2])
     began = time.monotonic()
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=headers) as client:
-        await asyncio.gather(*(one(client, s, g) for s in all_series for g in GRAINS))
+    got = await _read_cells(cluster, all_series, range_start, range_end)
+    answered: defaultdict[tuple[Series, int], set[int]] = defaultdict(set)
+    for s, g, b in got:
+        answered[(s, g)].add(b)
+    for key, want in buckets.items():
+        if want - answered[key]:
+            f.fail(f"{key}: buckets not in the answer: {sorted(want - answered[key])[:5]}", log)
+    bracketed: list[str] = []
+    mismatches: list[str] = []
+    for cell, (api_count, api_micros) in sorted(got.items()):
+        series, g, b = cell
+        count, micros = agg.get(cell, (0, 0))
+        in_progress = sealed is not None and g != MINUTE_MS and b >= sealed[g == DAY_MS]
+        if floor is not None and (sealed is None or in_progress):
+            least = floor.get(cell, [0, 0])[0]
+            if not least <= api_count <= count:
+                bracketed.append(
+                    f"{_describe(cell)}: count {api_count}, not within [{least}, {count}]"
+                )
+            if sealed is None and g == MINUTE_MS and not series[1]:
+                f.uncounted += count - api_count
+            if in_progress and g == DAY_MS and not series[1]:
+                f.in_progress_short += count - api_count
+            continue
+        f.cells += 1
+        if api_count != count or api_micros != micros:
+            f.bad_cells += 1
+            if len(mismatches) < 30:
+                mismatches.append(
+                    f"{_describe(cell)}: count {api_count} (truth {count}), sum"
+                    f" {api_micros / 1e6} (truth {micros / 1e6})"
+                )
+        if g == MINUTE_MS and not series[1]:
+            diff = api_count - count
+            if diff > 0:
+                f.double += diff
+            else:
+                f.lost -= diff
+    took = time.monotonic() - began
+    if floor is not None:
+        when = "right after the loss" if sealed is None else "hours and days in progress"
+        log(
+            f"verify: reads, {when}: {len(bracketed)} cells outside [floor, truth]; minute"
+            f" totals short {f.uncounted}, day totals in progress short {f.in_progress_short}"
+            f" ({took:.1f}s)"
+        )
+        if bracketed:
+            f.fail(
+                f"reads {when}: {len(bracketed)} cells outside [truth without the events whose"
+                " count may have gone with Redis, truth]; first:\n  " + "\n  ".join(bracketed[:30]),
+                log,
+            )
+        if sealed is None:
+            return
     log(
         f"verify: reads: {len(all_series)} series x 3 grains, {f.cells} buckets compared,"
-        f" {f.bad_cells} differ, lost {f.lost}, double-counted {f.double}"
-        f" ({time.monotonic() - began:.1f}s)"
+        f" {f.bad_cells} differ, lost {f.lost}, double-counted {f.double} ({took:.1f}s)"
     )
     if f.bad_cells:
         f.fail(
@@ -269,8 +361,12 @@ async def _check_reads(
         )
 
 
-async def _check_raw_log(cluster: Cluster, acked: list[Event], f: Findings, log: Log) -> None:
-    """2. raw_events holds every acknowledged event exactly once, as it was sent."""
+async def _check_raw_log(
+    cluster: Cluster, acked: list[Event], at_risk: set[str], f: Findings, log: Log
+) -> set[str]:
+    """2. raw_events holds every acknowledged event exactly once, as it was sent, except
+    events at risk at a Redis total loss, which may be missing (f.lost_to_loss counts them;
+    f.raw_missing counts every other missing one). Returns the ids present."""
     conn = await asyncpg.connect(cluster.database_url)
     try:
         rows = await conn.fetch(
@@ -289,7 +385,9 @@ async def _check_raw_log(cluster: Cluster, acked: list[Event], f: Findings, log:
     truth = {ev[0]: ev for ev in acked}
     ids = Counter(r["event_id"] for r in rows)
     f.raw_rows = total
-    f.raw_missing = sum(1 for i in truth if i not in ids)
+    gone = {i for i in truth if i not in ids}
+    f.lost_to_loss = len(gone & at_risk)
+    f.raw_missing = len(gone) - f.lost_to_loss
     f.raw_extra = sum(1 for i in ids if i not in truth)
     f.raw_repeated = sum(n - 1 for n in ids.values() if n > 1)
     differ = []
@@ -310,20 +408,24 @@ async def _check_raw_log(cluster: Cluster, acked: list[Event], f: Findings, log:
     log(
         f"verify: raw log: {total} rows, {distinct} distinct ids, {len(truth)} acknowledged;"
         f" missing {f.raw_missing}, not acknowledged {f.raw_extra}, repeated {f.raw_repeated},"
-        f" content differs {len(differ)}"
+        f" content differs {len(differ)}; lost with Redis {f.lost_to_loss} of {len(at_risk)}"
+        " at risk"
     )
-    if not total == distinct == len(truth) or f.raw_missing or f.raw_extra:
-        examples = [i for i in truth if i not in ids][:5] + [
+    expect = len(truth) - f.lost_to_loss
+    if not total == distinct == expect or f.raw_missing or f.raw_extra:
+        examples = [i for i in gone if i not in at_risk][:5] + [
             i for i, n in ids.items() if n > 1 or i not in truth
         ][:5]
         f.fail(
             f"raw_events: count(*)={total} count(distinct event_id)={distinct}, acknowledged"
-            f" {len(truth)}; missing {f.raw_missing}, unacknowledged {f.raw_extra}, repeated"
+            f" {len(truth)} ({f.lost_to_loss} of them at risk at a Redis loss and gone);"
+            f" missing otherwise {f.raw_missing}, unacknowledged {f.raw_extra}, repeated"
             f" {f.raw_repeated}; e.g. {examples}",
             log,
         )
     if differ:
         f.fail(f"raw_events: {len(differ)} rows differ from what was sent: {differ[:3]}", log)
+    return set(ids)
 
 
 async def _check_uniques(
@@ -362,74 +464,3 @@ async def _check_uniques(
         "verify: uniques (API, exact): "
         + ", ".join(f"{n} {a}/{e} ({(a - e) / e:+.2%})" for n, (a, e) in f.uniques.items())
     )
-
-
-async def _check_rebuild_and_reconcile(
-    cluster: Cluster, range_start: int, range_end: int, f: Findings, log: Log
-) -> None:
-    """3. reconcile finds nothing to fix; 4a. a dry-run rebuild finds no differing bucket
-    (counts, sums and HLL registers). Skipped with a note while the commands do not exist."""
-    if await asyncio.to_thread(cluster.has_command, "reconcile"):
-        proc = await asyncio.to_thread(cluster.cli, "reconcile", "--dry-run", "--days", "1")
-        out = proc.stdout + proc.stderr
-        n = _count_line(out)
-        log(f"verify: reconcile --dry-run --days 1: exit {proc.returncode}, discrepancies {n}")
-        if proc.returncode != 0 or n is None or n != 0:
-            f.fail(f"reconcile --dry-run --days 1: exit {proc.returncode}:\n{out[-3000:]}", log)
-    else:
-        f.note("`counters reconcile` does not exist yet: reconcile check skipped", log)
-    if await asyncio.to_thread(cluster.has_command, "rebuild"):
-        lo = range_start - range_start % MINUTE_MS
-        hi = range_end - range_end % MINUTE_MS + MINUTE_MS
-        args = ["--project", cluster.project, "--from", format_ts(lo), "--to", format_ts(hi)]
-        proc = await asyncio.to_thread(cluster.cli, "rebuild", *args, "--dry-run")
-        out = proc.stdout + proc.stderr
-        n = _count_line(out)
-        log(f"verify: rebuild --dry-run: exit {proc.returncode}, differing {n}")
-        if proc.returncode != 0 or (n is not None and n != 0):
-            f.fail(
-                f"rebuild --dry-run {' '.join(args)}: exit {proc.returncode}:\n{out[-3000:]}", log
-            )
-        elif n is None:
-            f.note(f"rebuild --dry-run printed no count of differing buckets:\n{out[-1000:]}", log)
-    else:
-        f.note("`counters rebuild` does not exist yet: rebuild --dry-run check skipped", log)
-
-
-BENIGN_BEFORE_TRACEBACK = ("WARNING asyncpg.pool",)
-"""Log records that come with a traceback but are not errors: asyncpg retrying its pool's
-minimum size while Postgres restarts."""
-SURVIVED_BEFORE_TRACEBACK = ("persister: pass failed",)
-"""A pass that failed on something unexpected, logged, and retried: noted, not a failure
-(the data checks say whether it mattered)."""
-
-
-def _check_logs(cluster: Cluster, f: Findings, log: Log) -> None:
-    """Never a 500 and no crash: the service log holds no unexpected error, no process log a
-    traceback (other than asyncpg's own pool warnings while Postgres restarts; a persister
-    pass that failed and was retried is noted)."""
-    procs = [*cluster.persisters, *([cluster.service] if cluster.service else [])]
-    for p in procs:
-        lines = log_tail(p.log_path, 50_000_000).splitlines()
-        survived: list[int] = []
-        for i, line in enumerate(lines):
-            before = lines[i - 1] if i else ""
-            if line.startswith("Traceback") and any(b in before for b in SURVIVED_BEFORE_TRACEBACK):
-                survived.append(i)
-                continue
-            bad = "unexpected error" in line or (
-                line.startswith("Traceback")
-                and not any(b in before for b in BENIGN_BEFORE_TRACEBACK)
-            )
-            if bad:
-                excerpt = "\n".join(lines[max(0, i - 3) : i + 40])
-                f.fail(f"{p.name} log ({p.log_path}) holds an error:\n{excerpt}", log)
-                break
-        if survived:
-            i = survived[0]
-            last = next((x for x in lines[i + 1 : i + 80] if x and not x.startswith(" ")), "")
-            f.note(
-                f"{p.name}: {len(survived)} passes failed and were retried, e.g."
-                f" {lines[i - 1][:200]} ... {last[:300]}",
-                log,
-            )
