@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 services.metrics,
                 KeyCache(resolved.key_cache_seconds),
                 services.limits,
+                services.restore,
             )
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from typing import Any
 
@@ -13,7 +12,6 @@ from starlette.responses import Response
 from api.state import AppState
 from counters.core.errors import Forbidden, NotFound, Unauthorized
 from counters.engines.read.context import ReadContext
-from counters.engines.restore import restore_watermarks
 from counters.engines.retention import minute_edge
 from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
@@ -52,9 +50,7 @@ def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
         state.scripts,
         ProjectKeys(state.settings.key_prefix, project),
         minute_edge(now_ms, state.settings.minute_retention_days),
-        functools.partial(
-            restore_watermarks, state.pool, state.redis, state.scripts, state.settings, state.clock
-        ),
+        state.restore,
     )
 
 

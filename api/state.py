@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -71,3 +72,5 @@ class AppState:
     keys: KeyCache
     limits: EventLimits
     """Age and future limits events are validated against."""
+    restore: Callable[[str], Awaitable[bool]]
+    """Restores a project into Redis from Postgres after a loss (single-flight)."""

@@ -20,7 +20,7 @@ from counters.core.models import EventIn, EventLimits, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister
 from counters.engines.rebuild import Rebuilder
-from counters.engines.restore import restore_watermarks
+from counters.engines.restore import RestoreGate
 from counters.engines.schedule import nightly_reconcile
 from counters.metrics import Metrics
 from lua import Scripts
@@ -115,9 +115,7 @@ class Services:
 
     async def restore(self, project: str) -> bool:
         """restore_watermarks for one project (a no-op unless Redis lost its state)."""
-        return await restore_watermarks(
-            self.pool, self.redis, self.scripts, self.settings, self.clock, project
-        )
+        return await self.persister.gate.restore(project)
 
     async def project_exists(self, project: str) -> bool:
         """Whether the project is known to Postgres."""
@@ -145,13 +143,15 @@ def build_services(
     scripts = scripts if scripts is not None else Scripts(redis)
     metrics = metrics if metrics is not None else Metrics()
 
+    gate = RestoreGate(pool, redis, scripts, settings, clock)
+
     async def restore(project: str) -> None:
-        await restore_watermarks(pool, redis, scripts, settings, clock, project)
+        await gate.restore(project)
 
     ingestor = Ingestor.from_settings(
         redis, scripts, settings, restore, on_fold=metrics.dims_folded.inc
     )
-    persister = Persister(pool, redis, scripts, settings, clock, metrics)
+    persister = Persister(pool, redis, scripts, settings, clock, metrics, gate)
     rebuilder = Rebuilder(pool, redis, settings, persister)
     return Services(
         settings,

@@ -67,6 +67,13 @@ async def test_dashboard_shows_and_updates(service: Service) -> None:
                     "?.dataset.value === '120'",
                     timeout=15_000,
                 )
+                # each card fills in on its own: wait for the signup card too (a condition
+                # with a deadline), then read its value
+                await page.wait_for_function(
+                    "() => document.querySelector('.card[data-name=\"signup\"] .total')"
+                    "?.dataset.value === '7'",
+                    timeout=15_000,
+                )
                 signup = page.locator('.card[data-name="signup"] .total')
                 assert await signup.get_attribute("data-value") == "7"
                 # the numbers are the API's

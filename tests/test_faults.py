@@ -9,12 +9,6 @@ missing; the summary says exactly how many were.
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
 moments the faults land still depend on timing). COUNTERS_FAULTS_KINDS=a,b picks the fault
 kinds. The long form is `python -m bench.faults`.
-
-The Redis total loss is opt-in here for now (COUNTERS_FAULTS_REDIS_LOSS=1, or name
-redis_loss in COUNTERS_FAULTS_KINDS): it finds a double count that the persister's step order
-allows (a retry after the loss of an event whose count reached Postgres before its raw-log
-row did; see the report of issue 10's fault part). Make it the default once the persister
-copies the raw log before the buckets and late generations it counts.
 """
 
 from __future__ import annotations
@@ -29,9 +23,7 @@ from counters.harness.faults.chaos import ALL_KINDS
 
 pytestmark = pytest.mark.faults
 
-DEFAULT_KINDS = tuple(
-    k for k in ALL_KINDS if k != "redis_loss" or os.environ.get("COUNTERS_FAULTS_REDIS_LOSS") == "1"
-)
+DEFAULT_KINDS = ALL_KINDS
 
 
 @pytest.mark.timeout(900)

@@ -22,7 +22,7 @@ from counters.core.config import Settings
 from counters.core.errors import Unavailable
 from counters.engines.late import LateApplier
 from counters.engines.rawcopy import RawCopier
-from counters.engines.restore import restore_watermarks
+from counters.engines.restore import RestoreGate
 from counters.engines.retention import apply_retention
 from counters.engines.seal import Sealer
 from counters.metrics import Metrics
@@ -94,6 +94,7 @@ class Persister:
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
+        gate: RestoreGate | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -104,6 +105,7 @@ class Persister:
         self.sealer = Sealer(redis, scripts, settings, metrics)
         self.late = LateApplier(redis, scripts, settings, metrics)
         self.raw = RawCopier(redis, scripts, metrics)
+        self.gate = gate or RestoreGate(pool, redis, scripts, settings, clock)
         self._retention_due = 0.0
 
     # -- the loop -------------------------------------------------------------------------
@@ -225,9 +227,7 @@ class Persister:
 
     async def restore(self, keys: ProjectKeys) -> bool:
         """Restores the project's watermarks into Redis if Redis lost them."""
-        return await restore_watermarks(
-            self.pool, self.redis, self.scripts, self.settings, self.clock, keys.project
-        )
+        return await self.gate.restore(keys.project)
 
     async def drain_to_cut(self, conn: Conn, keys: ProjectKeys) -> Cut:
         """Takes a cut of the project's write stream and brings Postgres exactly to it: every

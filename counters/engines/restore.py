@@ -35,11 +35,14 @@ volume or a failover to a replica without the data.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -321,3 +324,26 @@ async def restore_watermarks(
         if outcome >= 0:
             return outcome == 1
     raise Unavailable("redis", "restore: staged keys kept expiring before they were used")
+
+
+@dataclass
+class RestoreGate:
+    """One restore per project at a time in this process: callers that meet missing
+    watermarks while a restore of the project runs wait for it instead of reading and
+    staging the whole persisted part again (the script still lets only one restorer of
+    all processes take effect)."""
+
+    pool: asyncpg.Pool
+    redis: Redis
+    scripts: Scripts
+    settings: Settings
+    clock: Clock
+    _locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
+
+    async def restore(self, project: str) -> bool:
+        """restore_watermarks for one project, single-flight; True when this call restored."""
+        lock = self._locks.setdefault(project, asyncio.Lock())
+        async with lock:
+            return await restore_watermarks(
+                self.pool, self.redis, self.scripts, self.settings, self.clock, project
+            )
