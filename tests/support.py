@@ -34,6 +34,7 @@ __all__ = [
     "T0",
     "Backends",
     "Harness",
+    "ApiClient",
     "InProcessApp",
     "create_database",
     "drop_database",
@@ -210,3 +211,39 @@ class InProcessApp:
     async def persist(self, project: str) -> None:
         """One pass of the app's own persister (on the app's clock)."""
         await self.state["services"].persister.persist_project(project)
+
+
+class ApiClient:
+    """A project's ingest and read keys over an InProcessApp's HTTP client."""
+
+    def __init__(self, app: InProcessApp, project: str, ingest: str, read: str) -> None:
+        self.app = app
+        self.project = project
+        self.ingest_h = {"Authorization": f"Bearer {ingest}"}
+        self.read_h = {"Authorization": f"Bearer {read}"}
+
+    async def post(self, events: list[dict[str, Any]]) -> None:
+        """Posts events in batches of 5,000; every one must be accepted."""
+        assert self.app.client is not None
+        for i in range(0, len(events), 5000):
+            chunk = events[i : i + 5000]
+            r = await self.app.client.post(
+                "/v1/events", content=msgspec.json.encode(chunk), headers=self.ingest_h
+            )
+            assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """JSON of GET /v1/projects/<project>/<path>."""
+        assert self.app.client is not None
+        r = await self.app.client.get(
+            f"/v1/projects/{self.project}/{path}", params=params, headers=self.read_h
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def text(self, path: str, **params: Any) -> str:
+        """Body text of GET <path> (an absolute path) with the read key."""
+        assert self.app.client is not None
+        r = await self.app.client.get(path, params=params, headers=self.read_h)
+        assert r.status_code == 200, r.text
+        return r.text

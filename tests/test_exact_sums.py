@@ -20,7 +20,7 @@ from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from persist.projects import create_key
-from tests.support import InProcessApp
+from tests.support import ApiClient, InProcessApp
 
 NOW = parse_ts("2026-04-15T12:20:30Z")
 HOUR = parse_ts("2026-04-15T10:00:00Z")
@@ -52,23 +52,7 @@ def test_micros_to_decimal_is_exact_and_shortest(micros: int, text: str) -> None
     assert d * 1_000_000 == micros
 
 
-class Reader:
-    def __init__(self, app: InProcessApp, project: str, ingest: str, read: str) -> None:
-        self.app = app
-        self.project = project
-        self.ingest_h = {"Authorization": f"Bearer {ingest}"}
-        self.read_h = {"Authorization": f"Bearer {read}"}
-
-    async def post(self, events: list[dict[str, Any]]) -> None:
-        assert self.app.client is not None
-        r = await self.app.client.post("/v1/events", json=events, headers=self.ingest_h)
-        assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
-
-    async def text(self, path: str, **params: Any) -> str:
-        assert self.app.client is not None
-        r = await self.app.client.get(path, params=params, headers=self.read_h)
-        assert r.status_code == 200, r.text
-        return r.text
+Reader = ApiClient
 
 
 @pytest_asyncio.fixture(loop_scope="session")

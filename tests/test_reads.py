@@ -22,35 +22,12 @@ from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from counters.engines.read import breakdown
 from persist.projects import create_key
-from tests.support import InProcessApp
+from tests.support import ApiClient, InProcessApp
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
 
 
-class Ctx:
-    def __init__(self, app: InProcessApp, project: str, ingest: str, read: str) -> None:
-        self.app = app
-        self.project = project
-        self.ingest_h = {"Authorization": f"Bearer {ingest}"}
-        self.read_h = {"Authorization": f"Bearer {read}"}
-
-    async def post(self, events: list[dict[str, Any]]) -> None:
-        assert self.app.client is not None
-        for i in range(0, len(events), 5000):
-            r = await self.app.client.post(
-                "/v1/events",
-                content=msgspec.json.encode(events[i : i + 5000]),
-                headers=self.ingest_h,
-            )
-            assert r.status_code == 200, r.text
-
-    async def get(self, path: str, **params: Any) -> Any:
-        assert self.app.client is not None
-        r = await self.app.client.get(
-            f"/v1/projects/{self.project}/{path}", params=params, headers=self.read_h
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
+Ctx = ApiClient
 
 
 @pytest_asyncio.fixture(loop_scope="session")
