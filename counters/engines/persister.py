@@ -227,7 +227,7 @@ class Persister:
 
     async def restore(self, keys: ProjectKeys) -> bool:
         """Restores the project's watermarks into Redis if Redis lost them."""
-        return await self.gate.restore(keys.project)
+        return await self.gate.restore(keys.project, lock_held=True)
 
     async def drain_to_cut(self, conn: Conn, keys: ProjectKeys) -> Cut:
         """Takes a cut of the project's write stream and brings Postgres exactly to it: every

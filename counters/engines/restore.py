@@ -59,7 +59,8 @@ from counters.core.rollups import Rollup
 from lua import Scripts
 from lua.client import redis_unavailable
 from lua.keys import ProjectKeys, count_field, restore_member, sum_field
-from persist.db import Conn
+from persist.db import Conn, postgres_unavailable
+from persist.locks import project_lock
 from persist.rawlog import raw_batches
 from persist.restore_reads import StoredRow, recent_event_ids, restore_snapshot, rollup_rows
 from persist.state import PersistState
@@ -309,16 +310,40 @@ async def restore_watermarks(
     settings: Settings,
     clock: Clock,
     project: str,
+    *,
+    lock_held: bool = False,
 ) -> bool:
     """Ensures Redis holds the project's watermarks. When Redis lost them, restores, before
     ingest and sealing can run again and exactly once however many processes try at the
     same time: the unsealed hours' and days' persisted parts, the dedupe markers of the
     window, then the watermarks (the late generation restarts after the last one applied).
-    Returns True when this call restored. Raises Unavailable naming the backend down."""
+    The restore runs under the project's persister lock (taken here unless the caller holds
+    it), so it never reads Postgres while a persister pass that began before the loss is
+    still committing. Returns True when this call restored. Raises Unavailable naming the
+    backend down."""
     keys = ProjectKeys(settings.key_prefix, project)
     with redis_unavailable():
         if await redis.exists(keys.watermarks):
             return False
+    if lock_held:
+        return await _restore_locked(pool, redis, scripts, settings, clock, keys)
+    with postgres_unavailable():
+        async with pool.acquire() as conn:
+            async with project_lock(conn, project, wait=True):
+                return await _restore_locked(pool, redis, scripts, settings, clock, keys)
+
+
+async def _restore_locked(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    clock: Clock,
+    keys: ProjectKeys,
+) -> bool:
+    with redis_unavailable():
+        if await redis.exists(keys.watermarks):
+            return False  # restored by another process while this one waited for the lock
     for _ in range(_ATTEMPTS):
         outcome = await _restore_once(pool, redis, scripts, settings, clock, keys)
         if outcome >= 0:
@@ -340,10 +365,23 @@ class RestoreGate:
     clock: Clock
     _locks: dict[str, asyncio.Lock] = dataclasses.field(default_factory=dict)
 
-    async def restore(self, project: str) -> bool:
-        """restore_watermarks for one project, single-flight; True when this call restored."""
-        lock = self._locks.setdefault(project, asyncio.Lock())
-        async with lock:
-            return await restore_watermarks(
-                self.pool, self.redis, self.scripts, self.settings, self.clock, project
-            )
+    async def restore(self, project: str, *, lock_held: bool = False) -> bool:
+        """restore_watermarks for one project, single-flight; True when this call restored.
+        lock_held: the caller holds the project's persister lock already."""
+        if lock_held:
+            # the caller (a persister pass) holds the project's lock: requests waiting in
+            # the gate wait for that lock in turn, so taking the gate here could deadlock
+            return await self._restore(project, lock_held=True)
+        async with self._locks.setdefault(project, asyncio.Lock()):
+            return await self._restore(project, lock_held=False)
+
+    async def _restore(self, project: str, *, lock_held: bool) -> bool:
+        return await restore_watermarks(
+            self.pool,
+            self.redis,
+            self.scripts,
+            self.settings,
+            self.clock,
+            project,
+            lock_held=lock_held,
+        )
