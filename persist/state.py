@@ -36,6 +36,20 @@ _SELECT = (
 )
 
 
+async def load_states(conn: Conn, projects: list[str]) -> dict[str, PersistState]:
+    """The state rows of these projects in one query (EMPTY_STATE where a row is missing;
+    nothing is created)."""
+    rows = await conn.fetch(
+        "SELECT project, minute_until, hour_until, day_until, late_applied, raw_stream_id"
+        f" FROM {STATE_TABLE} WHERE project = ANY($1::text[])",
+        projects,
+    )
+    found = {
+        r["project"]: PersistState(**{k: v for k, v in r.items() if k != "project"}) for r in rows
+    }
+    return {p: found.get(p, EMPTY_STATE) for p in projects}
+
+
 async def load_state(
     conn: Conn, project: str, *, for_update: bool = False, create: bool = True
 ) -> PersistState:

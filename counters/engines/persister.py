@@ -33,7 +33,7 @@ from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
 from persist.projects import list_projects
 from persist.schema import stream_order
-from persist.state import PersistState, load_state
+from persist.state import PersistState, load_state, load_states
 
 log = logging.getLogger("counters.persister")
 
@@ -155,24 +155,27 @@ class Persister:
         return reports
 
     async def observe(self, projects: list[str]) -> Risk:
-        """Sets the persister gauges from these projects (cheap: one Redis round trip of
-        ZCARDs and one state row per project): the raw backlog, the buckets per grain held
+        """Sets the persister gauges from these projects (cheap: one Redis pipeline and one
+        state query for all projects): the raw backlog, the buckets per grain held
         only in Redis, and the lag of each grain's Postgres watermark (worst project)."""
         now = self.clock.now_ms()
         sealable = bucket_start(now - int(self.settings.grace_seconds * 1000), Grain.minute)
         risk = Risk()
-        for project in projects:
-            keys = ProjectKeys(self.settings.key_prefix, project)
-            with redis_unavailable():
-                pipe = self.redis.pipeline(transaction=False)
+        with redis_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            for project in projects:
+                keys = ProjectKeys(self.settings.key_prefix, project)
                 pipe.hget(keys.watermarks, "rawn")
                 for grain in GRAINS:
                     pipe.zcard(keys.dirty(grain))
-                rawn, *cards = await pipe.execute()
-            with postgres_unavailable():
-                async with self.pool.acquire() as conn:
-                    state = await load_state(conn, project)
-            risk.add(int(rawn or 0), cards, state, now, sealable)
+            replies = await pipe.execute()
+        with postgres_unavailable():
+            async with self.pool.acquire() as conn:
+                states = await load_states(conn, projects)
+        per = 1 + len(GRAINS)
+        for i, project in enumerate(projects):
+            rawn, *cards = replies[i * per : (i + 1) * per]
+            risk.add(int(rawn or 0), cards, states[project], now, sealable)
         self.metrics.persister_lag.set(risk.minute_lag)
         self.metrics.raw_backlog.set(risk.raw_backlog)
         for grain in GRAINS:
