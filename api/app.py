@@ -116,18 +116,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         if not is_resolved(resolved):
             resolved = await asyncio.to_thread(resolve_settings, resolved)
         async with open_services(resolved, the_clock) as services:
-            state = AppState(
-                services.settings,
-                services.clock,
-                services.redis,
-                services.pool,
-                services.scripts,
-                services.ingestor,
-                services.metrics,
-                KeyCache(resolved.key_cache_seconds),
-                services.limits,
-                services.restore,
-            )
+            state = AppState(services, KeyCache(resolved.key_cache_seconds))
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
             # Everything built so far lives as long as the process: keep the cyclic collector

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +14,7 @@ from counters.core.errors import Unavailable
 from counters.core.models import EventLimits
 from counters.engines.ingest import Ingestor
 from counters.metrics import Metrics
+from counters.services import Services
 from lua import Scripts
 from persist.keys import find_key, has_project
 
@@ -58,19 +58,47 @@ class KeyCache:
         return found
 
 
-@dataclass
+@dataclass(frozen=True)
 class AppState:
-    """Everything a request handler may use."""
+    """Everything a request handler may use: the services the lifespan opened (read through
+    the properties below, so nothing is held twice) and the key cache."""
 
-    settings: Settings
-    clock: Clock
-    redis: Redis
-    pool: asyncpg.Pool
-    scripts: Scripts
-    ingestor: Ingestor
-    metrics: Metrics
+    services: Services
     keys: KeyCache
-    limits: EventLimits
-    """Age and future limits events are validated against."""
-    restore: Callable[[str], Awaitable[bool]]
-    """Restores a project into Redis from Postgres after a loss (single-flight)."""
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def clock(self) -> Clock:
+        return self.services.clock
+
+    @property
+    def redis(self) -> Redis:
+        return self.services.redis
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.services.pool
+
+    @property
+    def scripts(self) -> Scripts:
+        return self.services.scripts
+
+    @property
+    def ingestor(self) -> Ingestor:
+        return self.services.ingestor
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+    @property
+    def limits(self) -> EventLimits:
+        """Age and future limits events are validated against."""
+        return self.services.limits
+
+    async def restore(self, project: str) -> bool:
+        """Restores a project into Redis from Postgres after a loss (single-flight)."""
+        return await self.services.restore(project)
