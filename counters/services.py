@@ -145,11 +145,8 @@ def build_services(
 
     gate = RestoreGate(pool, redis, scripts, settings, clock)
 
-    async def restore(project: str) -> None:
-        await gate.restore(project)
-
     ingestor = Ingestor.from_settings(
-        redis, scripts, settings, restore, on_fold=metrics.dims_folded.inc
+        redis, scripts, settings, gate.restore, on_fold=metrics.dims_folded.inc
     )
     persister = Persister(pool, redis, scripts, settings, clock, metrics, gate)
     rebuilder = Rebuilder(pool, redis, settings, persister)

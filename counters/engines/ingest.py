@@ -20,7 +20,7 @@ from lua import Scripts
 from lua.client import redis_unavailable
 from lua.keys import ProjectKeys
 
-RestoreWatermarks = Callable[[str], Awaitable[None]]
+RestoreWatermarks = Callable[[str], Awaitable[object]]
 
 _payload_encoder = msgspec.msgpack.Encoder()
 _MAX_ATTEMPTS = 8
