@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 class Metrics:
     """Every metric counters exports."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, project_labels: bool = True) -> None:
+        self.project_labels = project_labels
+        """Whether project names appear as label values (settings.metrics_project_labels)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_accepted = Counter(
@@ -74,6 +76,34 @@ class Metrics:
         self.persister_errors = Counter(
             "counters_persister_errors", "Persister passes that failed", ["backend"], registry=r
         )
+
+        self.persister_project_errors = Counter(
+            "counters_persister_project_errors",
+            "Persister passes that failed for one project (the others go on)",
+            ["project"],
+            registry=r,
+        )
+        self.deadletter_moved = Counter(
+            "counters_deadletter_moved",
+            "Raw-log entries moved to the dead-letter table after repeated copy failures",
+            registry=r,
+        )
+        self.deadletter_entries = Gauge(
+            "counters_deadletter_entries",
+            "Raw-log entries waiting in the dead-letter table, all projects",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "counters_rate_limited",
+            "Requests refused by a rate limit, by limit (ingest, read, project_events)",
+            ["limit"],
+            registry=r,
+        )
+
+    def project(self, name: str) -> str:
+        """The label value for a project: its name when metrics_project_labels is on, else
+        "_" (so /metrics never lists tenants unless asked to)."""
+        return name if self.project_labels else "_"
 
     def render(self) -> bytes:
         """Prometheus text exposition of everything."""

@@ -57,6 +57,41 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     key_cache_seconds: float = 10.0
     """How long the API trusts a looked-up API key without asking Postgres again."""
 
+    # -- issue 11: limits and security (each documented in README "Security") -------------
+    max_points: int = 100_000
+    """Most points one read reply may hold (names x series x buckets); more is a 400."""
+    raw_row_budget: int = 5_000_000
+    """Most raw-log rows one read may scan (reads no rollup covers); more is a 400."""
+    event_name_cap: int = 1_000
+    """Distinct event names per project per UTC day; a batch adding more is a 422 (0 = off)."""
+    dim_name_cap: int = 100
+    """Distinct dim names per project per UTC day; a batch adding more is a 422 (0 = off)."""
+    max_batch_groups: int = 20_000
+    """Most (minute, rollup field) groups one ingest script may apply; a batch over it is a
+    413 asking to split it (keeps every script well under ~50 ms)."""
+    rate_limit_ingest: float = 1_000.0
+    """Requests per second per ingest/pixel key (burst: 2 s worth; 0 = off)."""
+    rate_limit_read: float = 100.0
+    """Requests per second per read/admin key on the read routes (burst: 2 s worth; 0 = off)."""
+    rate_limit_project_events: float = 100_000.0
+    """Events per second per project over all its keys (burst: 2 s worth; 0 = off)."""
+    deadletter_after_attempts: int = 3
+    """Failed copies of one raw-log entry before it moves to the dead-letter table."""
+    metrics_token: str | None = None
+    """When set, /metrics and /healthz details need `Authorization: Bearer <token>`."""
+    metrics_project_labels: bool = False
+    """Whether metrics carry project names as labels (off: no project names in /metrics)."""
+    header_timeout_seconds: float = 10.0
+    """A request's headers must arrive within this; else the connection is closed (408)."""
+    body_timeout_seconds: float = 30.0
+    """Longest wait for the next chunk of a request body; then 408."""
+    keepalive_timeout_seconds: float = 5.0
+    """Idle keep-alive connections are closed after this."""
+    max_header_bytes: int = 65_536
+    """Largest request head (request line and headers); more is a 431."""
+    max_connections: int = 1_000
+    """Open connections per worker; past it new requests get 503 (never fd exhaustion)."""
+
     def resolved_data_dir(self) -> Path:
         """Absolute data directory."""
         return Path(self.data_dir).expanduser().resolve()

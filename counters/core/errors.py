@@ -44,6 +44,35 @@ class PayloadTooLarge(CountersError):
     code = "payload_too_large"
 
 
+class RequestTimeout(CountersError):
+    status = 408
+    code = "request_timeout"
+
+
+class Conflict(CountersError):
+    status = 409
+    code = "conflict"
+
+
+class TooManyRequests(CountersError):
+    """Over a rate limit; headers carry Retry-After and the IETF RateLimit fields."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+
+class HeadersTooLarge(CountersError):
+    status = 431
+    code = "headers_too_large"
+
+
 class Invalid(CountersError):
     """One field of one event is wrong; nothing of the batch was applied."""
 
