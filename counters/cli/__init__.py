@@ -158,6 +158,12 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
         async with _services(settings) as services:
             if not await services.project_exists(project):
                 raise click.ClickException(f"unknown project {project!r}")
+            from counters.engines.deadletter import DeadLetters, range_warning
+
+            letters = await DeadLetters(services.pool).overlapping(project, start, end)
+            warning = range_warning(letters, project, "a rebuild recomputes their days")
+            if warning:
+                click.echo(warning, err=True)
             total = await count_raw(services.pool, project, start, end, name)
             update, close = _progress(f"rebuild {project}", total)
             try:
@@ -270,6 +276,10 @@ def embedded_stop() -> None:
     stopped = emb.stop_embedded(load_settings().resolved_data_dir())
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
+
+from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
+
+main.add_command(deadletter)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
