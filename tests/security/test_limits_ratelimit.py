@@ -180,7 +180,9 @@ async def test_zero_turns_every_limit_off(off: Ctx) -> None:
     assert off.metric("counters_rate_limited_total", limit="ingest") == 0
 
 
-async def test_default_limits_let_a_normal_burst_through(settings: Settings, pool: asyncpg.Pool) -> None:
+async def test_default_limits_let_a_normal_burst_through(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
     async for ctx in _ctx(settings, pool):
         for _ in range(300):
             assert (await ctx.post([ev()])).status_code == 200
