@@ -19,11 +19,9 @@ from redis.asyncio import Redis
 
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from counters.engines.ratelimit import RateLimiter
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.client import open_redis
-from lua.keys import ProjectKeys, parse_key
 from persist.projects import create_key
 from tests.support import T0, InProcessApp, wait_for
 
@@ -194,6 +192,9 @@ async def test_limiter_on_redis_time_refills_and_leaves_only_named_keys(
 ) -> None:
     """Without an injected clock the script uses the server's TIME: after the burst a
     request is refused, and at 20/s a token is back within ~50 ms."""
+    from counters.engines.ratelimit import RateLimiter
+    from lua.keys import ProjectKeys, parse_key
+
     project = "rl" + uuid.uuid4().hex[:10]
     s = msgspec.structs.replace(settings, rate_limit_ingest=20, rate_limit_project_events=20)
     limiter = RateLimiter(redis, scripts, s, Metrics())
@@ -218,6 +219,8 @@ async def test_limiter_on_redis_time_refills_and_leaves_only_named_keys(
 
 
 async def test_limiter_fails_open_when_redis_is_unreachable(settings: Settings) -> None:
+    from counters.engines.ratelimit import RateLimiter
+
     dead = open_redis("redis://127.0.0.1:9/0")
     try:
         limiter = RateLimiter(dead, Scripts(dead), settings, Metrics())
