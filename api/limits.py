@@ -57,13 +57,23 @@ def limit_for(scope: str) -> KeyLimit:
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
-    """RateLimit-Policy and RateLimit (draft-10 syntax) for one decision."""
+    """RateLimit-Policy and RateLimit (draft-10 syntax) for one decision: `t` is the seconds
+    until the bucket is full again, or on a refusal the Retry-After value (the draft: both
+    SHOULD name the same moment)."""
     name = POLICY[decision.limit]
-    reset = math.ceil(decision.reset_ms / 1000)
+    if decision.allowed:
+        reset = math.ceil(decision.reset_ms / 1000)
+    else:
+        reset = retry_after_seconds(decision)
     return {
         "RateLimit-Policy": f'"{name}";q={decision.quota};w={decision.window}',
         "RateLimit": f'"{name}";r={decision.remaining};t={reset}',
     }
+
+
+def retry_after_seconds(decision: Decision) -> int:
+    """Whole seconds to wait before a refused request would pass (at least 1)."""
+    return max(1, math.ceil(decision.retry_after_ms / 1000))
 
 
 def _enforce(decision: Decision | None, what: str) -> None:
@@ -74,7 +84,7 @@ def _enforce(decision: Decision | None, what: str) -> None:
         notes.rate = decision  # successful answers advertise the key's own bucket
     if decision.allowed:
         return
-    retry = max(1, math.ceil(decision.retry_after_ms / 1000))
+    retry = retry_after_seconds(decision)
     raise TooManyRequests(
         f"{what}: retry in {retry} s",
         retry_after=retry,

@@ -11,7 +11,7 @@
 --
 -- Atomic; a refused request takes nothing. The key expires once the bucket is full again
 -- (PEXPIRE), so idle buckets vanish. A TAT more than one burst ahead of now (the clock went
--- back) is clamped to one burst. A request costing more than the burst passes only when the
+-- back) is clamped to one burst, and the clamp is stored. A request costing more than the burst passes only when the
 -- bucket is full, and empties it.
 
 local rate = tonumber(ARGV[1])
@@ -27,15 +27,16 @@ end
 
 local interval = 1000000 / rate          -- microseconds per token
 local capacity = burst * interval        -- microseconds a full bucket holds
+local function ms(us)
+  return math.ceil(us / 1000)
+end
+
 local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then
   tat = now
 elseif tat > now + capacity then
   tat = now + capacity
-end
-
-local function ms(us)
-  return math.ceil(us / 1000)
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ms(capacity) + 1)
 end
 
 local new_tat = tat + cost * interval

@@ -101,7 +101,7 @@ async def test_ingest_burst_is_429_with_retry_after_and_ratelimit_fields(small: 
         assert r.json()["error"]["code"] == "rate_limited"
         assert r.headers["Retry-After"] == "1"
         assert r.headers["RateLimit-Policy"] == '"default";q=10;w=2'
-        assert r.headers["RateLimit"] == '"default";r=0;t=2'
+        assert r.headers["RateLimit"] == '"default";r=0;t=1'  # = Retry-After
     assert small.metric("counters_rate_limited_total", limit="ingest") == 3
     assert small.metric("counters_events_rejected_total", reason="rate_limited") == 3
     small.clock.advance(200)  # one token refilled (5/s)
@@ -228,3 +228,22 @@ async def test_limiter_fails_open_when_redis_is_unreachable(settings: Settings) 
         assert await limiter.charge_events("p", 5) is None
     finally:
         await dead.aclose()
+
+
+async def test_a_clock_gone_back_costs_at_most_one_burst(
+    settings: Settings, redis: Redis, scripts: Scripts
+) -> None:
+    from counters.engines.ratelimit import RateLimiter
+
+    project = "rl" + uuid.uuid4().hex[:10]
+    clock = ManualClock(T0)
+    s = msgspec.structs.replace(settings, rate_limit_read=10)
+    limiter = RateLimiter(redis, scripts, s, Metrics(), clock)
+    d = await limiter.charge(project, "00000000000000aa", "read")
+    assert d is not None and d.allowed and d.remaining == 19 and d.quota == 20
+    clock.advance(-3_600_000)  # an hour back: the stored time is an hour ahead
+    d = await limiter.charge(project, "00000000000000aa", "read")
+    assert d is not None and not d.allowed and d.retry_after_ms == 100
+    clock.advance(100)
+    d = await limiter.charge(project, "00000000000000aa", "read")
+    assert d is not None and d.allowed
