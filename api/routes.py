@@ -138,7 +138,7 @@ ROUTES: list[RouteSpec] = [
             secured=True,
             ok="The key",
             ok_schema=ref("WhoAmI"),
-            errors=(401, 503),
+            errors=(401, 429, 503),
         ),
     ),
     RouteSpec(

@@ -137,6 +137,26 @@ async def test_every_authenticated_request_counts_even_refused_ones(small: Ctx) 
     assert (await small.total()).status_code == 429
 
 
+async def test_whoami_counts_too(small: Ctx) -> None:
+    auth = {"Authorization": f"Bearer {small.read}"}
+    for _ in range(10):
+        assert (await small.client.get("/v1/whoami", headers=auth)).status_code == 200
+    assert (await small.client.get("/v1/whoami", headers=auth)).status_code == 429
+
+
+def test_limits_come_from_the_environment() -> None:
+    from counters.core.config import load_settings
+
+    s = load_settings(
+        env={
+            "COUNTERS_RATE_LIMIT_INGEST": "7",
+            "COUNTERS_RATE_LIMIT_READ": "0",
+            "COUNTERS_RATE_LIMIT_PROJECT_EVENTS": "1e6",
+        }
+    )
+    assert (s.rate_limit_ingest, s.rate_limit_read, s.rate_limit_project_events) == (7, 0, 1e6)
+
+
 async def test_project_events_cap(small: Ctx) -> None:
     """100 events/s per project, burst 200, over all its keys; the batch is counted whole
     or not at all."""
