@@ -110,12 +110,17 @@ def test_serve_starts_without_backends_and_recovers(
                 return health(c)[0]
 
             asyncio.run(wait_for(healthy, lambda s: s == 200, timeout=30, what="/healthz 200"))
-            r = c.post("/v1/events", json=[{"name": "click"}], headers=ingest)
+            r = c.post("/v1/events", json=[{"name": "click", "uid": "u1"}], headers=ingest)
             assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
             total = f"/v1/projects/{project}/total"
             params = {"name": "click", "grain": "minute", "excluding_current": "false"}
             v = c.get(total, params=params, headers=read)
             assert v.status_code == 200 and v.json()["value"] == 1, v.text
+
+            # the project's uid secret is cached now: uids are hashed while Postgres is down
+            embedded.stop_embedded(pdir)
+            r = c.post("/v1/events", json=[{"name": "click", "uid": "u2"}], headers=ingest)
+            assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     finally:
         svc.stop()
     log = (tmp_path / "service.log").read_text()
