@@ -109,8 +109,10 @@ class ServerTiming:
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
     """The service. Backends are opened in the lifespan: the configured URLs, else the
-    embedded servers (started only when a URL is unset). Runs the persister and the nightly
-    reconcile in-process unless settings turn them off."""
+    embedded servers (started only when a URL is unset). The lifespan does not wait for
+    them: the app starts with Redis or Postgres down and answers 503 naming the backend
+    until it comes (healthz names it too). Runs the persister and the nightly reconcile
+    in-process unless settings turn them off."""
     base_settings = settings if settings is not None else load_settings()
     the_clock = clock if clock is not None else SystemClock()
 
@@ -119,7 +121,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         resolved = base_settings
         if not is_resolved(resolved):
             resolved = await asyncio.to_thread(resolve_settings, resolved)
-        async with open_services(resolved, the_clock) as services:
+        async with open_services(resolved, the_clock, lazy=True) as services:
             state = AppState(services, KeyCache(resolved.key_cache_seconds))
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))

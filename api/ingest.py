@@ -84,8 +84,10 @@ async def post_events(request: Request) -> Response:
         )
     raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
     await charge_events(state, project, len(raw))
+    raw = await state.services.hash_uids(project, raw)  # no plain uid is ever stored
     reply = await state.ingestor.apply(project, raw)
-    state.metrics.events_accepted.labels(project).inc(reply.accepted)
+    label = state.metrics.project(project)
+    state.metrics.events_accepted.labels(label).inc(reply.accepted)
     if reply.duplicates:
-        state.metrics.duplicates.labels(project).inc(reply.duplicates)
+        state.metrics.duplicates.labels(label).inc(reply.duplicates)
     return json_response(reply)

@@ -35,7 +35,8 @@ class ErrorReply(msgspec.Struct):
 
 class HealthReply(msgspec.Struct):
     status: str
-    checks: dict[str, str]
+    checks: dict[str, str] | None = None
+    """Per backend "ok"/"down"; left out without the metrics token when one is set."""
     error: ErrorBody | None = None
 
 

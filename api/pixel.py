@@ -126,10 +126,11 @@ async def pixel(request: Request) -> Response:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)
             return gif()
-        (raw,) = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
+        raw = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
         await charge_events(state, project, 1)
-        await committer.submit(project, raw)
-        state.metrics.events_accepted.labels(project).inc()
+        (stored,) = await state.services.hash_uids(project, raw)  # no plain uid is stored
+        await committer.submit(project, stored)
+        state.metrics.events_accepted.labels(state.metrics.project(project)).inc()
     except CountersError as exc:
         state.metrics.rejected.labels(exc.code).inc()
     return gif()

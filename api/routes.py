@@ -176,6 +176,7 @@ ROUTES: list[RouteSpec] = [
             summary="Prometheus metrics",
             ok="Text exposition",
             ok_content={"text/plain": {"schema": {"type": "string"}}},
+            errors=(401,),
         ),
     ),
 ]

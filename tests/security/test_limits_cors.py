@@ -44,7 +44,9 @@ def client(app: tuple[InProcessApp, str, str]) -> httpx.AsyncClient:
 def accepted(app: tuple[InProcessApp, str, str]) -> float:
     metrics: Metrics = app[0].state["services"].metrics
     return (
-        metrics.registry.get_sample_value("counters_events_accepted_total", {"project": app[1]})
+        metrics.registry.get_sample_value(
+            "counters_events_accepted_total", {"project": metrics.project(app[1])}
+        )
         or 0.0
     )
 

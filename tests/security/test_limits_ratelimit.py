@@ -53,9 +53,13 @@ class Ctx:
             headers={"Authorization": f"Bearer {self.read}"},
         )
 
-    def metric(self, name: str, **labels: str) -> float:
+    @property
+    def metrics(self) -> Metrics:
         metrics: Metrics = self.app.state["services"].metrics
-        return metrics.registry.get_sample_value(name, labels) or 0.0
+        return metrics
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def _ctx(settings: Settings, pool: asyncpg.Pool, **overrides: Any) -> AsyncIterator[Ctx]:
@@ -185,7 +189,10 @@ async def test_pixel_over_the_limit_still_answers_the_gif(small: Ctx) -> None:
         assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     assert small.metric("counters_events_rejected_total", reason="rate_limited") == 4
     assert small.metric("counters_rate_limited_total", limit="ingest") == 4
-    assert small.metric("counters_events_accepted_total", project=small.project) == 10
+    assert (
+        small.metric("counters_events_accepted_total", project=small.metrics.project(small.project))
+        == 10
+    )
 
 
 async def test_zero_turns_every_limit_off(off: Ctx) -> None:
