@@ -9,8 +9,8 @@
 -- Returns  {allowed 1|0, remaining tokens after this request (floor),
 --           ms until the bucket is full again, ms to wait before retrying (0 when allowed)}
 --
--- Atomic; a refused request takes nothing. The key expires once the bucket is full again
--- (PEXPIRE), so idle buckets vanish. A TAT more than one burst ahead of now (the clock went
+-- Atomic; a refused request takes nothing. The key expires IDLE_MS after the bucket is full
+-- again (a missing key is a full bucket), so idle buckets vanish. A TAT more than one burst ahead of now (the clock went
 -- back) is clamped to one burst, and the clamp is stored. A request costing more than the burst passes only when the
 -- bucket is full, and empties it.
 
@@ -27,6 +27,8 @@ end
 
 local interval = 1000000 / rate          -- microseconds per token
 local capacity = burst * interval        -- microseconds a full bucket holds
+local IDLE_MS = 60000
+
 local function ms(us)
   return math.ceil(us / 1000)
 end
@@ -36,7 +38,7 @@ if tat < now then
   tat = now
 elseif tat > now + capacity then
   tat = now + capacity
-  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ms(capacity) + 1)
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ms(capacity) + IDLE_MS)
 end
 
 local new_tat = tat + cost * interval
@@ -50,6 +52,6 @@ end
 if new_tat > now + capacity then
   new_tat = now + capacity
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ms(new_tat - now) + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ms(new_tat - now) + IDLE_MS)
 local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
 return {1, remaining, ms(new_tat - now), 0}

@@ -278,8 +278,6 @@ async def test_every_key_the_scripts_create_is_named_by_parse_key(harness: Harne
         harness.project,
         crosstabs=(("country", "source"),),
         dim_cardinality_cap=2,
-        rate_limit_ingest=1,  # slow buckets: their keys live ~1 s (a full bucket expires)
-        rate_limit_project_events=1,
     )
     redis, keys, scripts = h.redis, h.keys, h.scripts
     hour, day = bucket_start(T0, Grain.hour), bucket_start(T0, Grain.day)
