@@ -25,11 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import pixel
 from api.common import json_response
+from api.cors import Cors
+from api.limits import RateLimitHeaders
 from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
-from counters.core.errors import CountersError, Unavailable, as_unavailable
+from counters.core.errors import CountersError, TooManyRequests, Unavailable, as_unavailable
 from counters.services import (
     SETTINGS_ENV,
     decode_settings,
@@ -57,6 +59,8 @@ async def _counters_error(request: Request, exc: Exception) -> Response:
     if state is not None and 400 <= exc.status < 500 and request.url.path.startswith("/v1/events"):
         state.metrics.rejected.labels(exc.code).inc()
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after), **exc.headers}
     return json_response(_error_body(exc), exc.status, headers)
 
 
@@ -141,7 +145,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ServerTiming)],
+        middleware=[Middleware(ServerTiming), Middleware(RateLimitHeaders), Middleware(Cors)],
         lifespan=lifespan,
         exception_handlers={
             CountersError: _counters_error,

@@ -61,9 +61,10 @@ ERROR_TEXT = {
     413: "Body or batch too large",
     415: "Unsupported media type",
     422: "An event is invalid",
+    429: "Over a rate limit (see Retry-After, RateLimit and RateLimit-Policy)",
     503: "Redis or Postgres unavailable (see Retry-After)",
 }
-READ_ERRORS = (400, 401, 403, 404, 503)
+READ_ERRORS = (400, 401, 403, 404, 429, 503)
 
 
 def ref(name: str) -> dict[str, str]:

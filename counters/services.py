@@ -14,11 +14,12 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from counters.core.clock import Clock
+from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings
 from counters.core.models import EventIn, EventLimits, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister
+from counters.engines.ratelimit import RateLimiter
 from counters.engines.rebuild import Rebuilder
 from counters.engines.restore import RestoreGate
 from counters.engines.schedule import nightly_reconcile
@@ -90,6 +91,8 @@ class Services:
     """Age and future limits of events, from the settings (built once)."""
     uid_secrets: UidSecrets
     """Each project's uid hasher (its secret read from Postgres once per process)."""
+    limiter: RateLimiter
+    """Per-key and per-project rate limits (token buckets in Redis)."""
 
     def validate(self, events: Sequence[EventIn], now_ms: int) -> list[RawEvent]:
         """validate_events with this deployment's age and future limits (uids left plain:
@@ -174,6 +177,9 @@ def build_services(
         rebuilder,
         EventLimits.from_settings(settings),
         UidSecrets(pool),
+        RateLimiter(
+            redis, scripts, settings, metrics, None if isinstance(clock, SystemClock) else clock
+        ),
     )
 
 
