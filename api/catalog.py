@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response, read_context
+from api.limits import charge_key
 from counters.core.errors import Unauthorized
 from counters.engines.read.catalog import WhoAmI, read_catalog
 
@@ -20,6 +21,7 @@ async def whoami(request: Request) -> Response:
     found = await state.keys.lookup(state.pool, key)
     if found is None:
         raise Unauthorized("unknown API key")
+    await charge_key(state, key, found[0][0], "read")  # whoami counts like a read
     return json_response(WhoAmI(list(found[0]), found[1]))
 
 

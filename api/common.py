@@ -9,6 +9,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.cors import key_origins
+from api.limits import charge_key
 from api.state import AppState
 from counters.core.errors import Forbidden, NotFound, Unauthorized
 from counters.engines.read.context import ReadContext
@@ -67,13 +69,15 @@ async def authorize(
     state: AppState, key: str | None, *, scope: str, project: str | None = None
 ) -> str:
     """The project the key may act on with this scope; raises 401 (no or unknown key),
-    404 (the named project does not exist) or 403 (wrong project or scope)."""
+    429 (the key is over its rate limit: every authenticated request counts), 404 (the
+    named project does not exist) or 403 (wrong project or scope)."""
     if not key:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     found = await state.keys.lookup(state.pool, key)
     if found is None:
         raise Unauthorized("unknown API key")
     key_projects, key_scope = found
+    await charge_key(state, key, key_projects[0], scope, key_origins(found))
     if project is not None and not PROJECT_PATTERN.match(project):
         raise NotFound(f"unknown project {project!r}", code="unknown_project")
     if project is not None and project not in key_projects:

@@ -35,7 +35,8 @@ class ErrorReply(msgspec.Struct):
 
 class HealthReply(msgspec.Struct):
     status: str
-    checks: dict[str, str]
+    checks: dict[str, str] | None = None
+    """Per backend "ok"/"down"; left out without the metrics token when one is set."""
     error: ErrorBody | None = None
 
 
@@ -60,9 +61,10 @@ ERROR_TEXT = {
     413: "Body or batch too large",
     415: "Unsupported media type",
     422: "An event is invalid",
+    429: "Over a rate limit (see Retry-After, RateLimit and RateLimit-Policy)",
     503: "Redis or Postgres unavailable (see Retry-After)",
 }
-READ_ERRORS = (400, 401, 403, 404, 503)
+READ_ERRORS = (400, 401, 403, 404, 429, 503)
 
 
 def ref(name: str) -> dict[str, str]:

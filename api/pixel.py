@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize
+from api.limits import charge_events
 from counters.core.errors import CountersError
 from counters.core.models import EventWire, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
@@ -125,9 +126,11 @@ async def pixel(request: Request) -> Response:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)
             return gif()
-        (raw,) = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
-        await committer.submit(project, raw)
-        state.metrics.events_accepted.labels(project).inc()
+        raw = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
+        await charge_events(state, project, 1)
+        (stored,) = await state.services.hash_uids(project, raw)  # no plain uid is stored
+        await committer.submit(project, stored)
+        state.metrics.events_accepted.labels(state.metrics.project(project)).inc()
     except CountersError as exc:
         state.metrics.rejected.labels(exc.code).inc()
     return gif()

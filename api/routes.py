@@ -64,16 +64,18 @@ ROUTES: list[RouteSpec] = [
         Operation(
             summary="Count a batch of events (all or nothing)",
             secured=True,
+            params=(query("key", {"type": "string"}, "Ingest key, for navigator.sendBeacon"),),
             request_body={
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"type": "array", "items": ref("EventIn")}},
                     "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
                 },
             },
             ok="Counted",
             ok_schema=ref("IngestReply"),
-            errors=(400, 401, 403, 413, 422, 503),
+            errors=(400, 401, 403, 413, 422, 429, 503),
         ),
     ),
     RouteSpec(
@@ -136,7 +138,7 @@ ROUTES: list[RouteSpec] = [
             secured=True,
             ok="The key",
             ok_schema=ref("WhoAmI"),
-            errors=(401, 503),
+            errors=(401, 429, 503),
         ),
     ),
     RouteSpec(
@@ -149,7 +151,7 @@ ROUTES: list[RouteSpec] = [
             params=(PROJECT,),
             ok="Catalog",
             ok_schema=ref("Catalog"),
-            errors=(401, 403, 404, 503),
+            errors=(401, 403, 404, 429, 503),
         ),
     ),
     RouteSpec("/openapi.json", "GET", openapi, None),
@@ -174,6 +176,7 @@ ROUTES: list[RouteSpec] = [
             summary="Prometheus metrics",
             ok="Text exposition",
             ok_content={"text/plain": {"schema": {"type": "string"}}},
+            errors=(401,),
         ),
     ),
 ]
