@@ -14,7 +14,8 @@ import msgspec
 
 from counters.core.buckets import Grain, from_datetime, to_datetime
 from counters.core.rollups import US, Rollup, rollup_id
-from persist.db import Conn, postgres_unavailable
+from persist.db import Conn
+from persist.read_errors import READ_TIMEOUT_SECONDS, read_postgres, statement_timeout
 from persist.schema import ROLLUP_TABLE
 from persist.state import PersistState, load_state
 
@@ -70,11 +71,13 @@ def _tuple(key: str) -> Tuple:
 
 @contextlib.asynccontextmanager
 async def snapshot(pool: asyncpg.Pool, project: str) -> AsyncIterator[tuple[Conn, PersistState]]:
-    """A read-only REPEATABLE READ transaction and the persister state read in it; a
-    Postgres failure inside raises Unavailable("postgres")."""
-    with postgres_unavailable():
+    """A read-only REPEATABLE READ transaction and the persister state read in it, each
+    statement bounded by READ_TIMEOUT_SECONDS; a statement over it or a query shape
+    Postgres refuses is a 400, any other Postgres failure raises Unavailable("postgres")."""
+    with read_postgres("ask for fewer buckets, a smaller limit or a shorter range"):
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await statement_timeout(conn, READ_TIMEOUT_SECONDS)
                 yield conn, await load_state(conn, project, create=False)
 
 
