@@ -20,6 +20,8 @@ from persist.schema import ROLLUP_TABLE
 from persist.state import PersistState, load_state
 
 Tuple = tuple[str, ...]
+FETCH_ROWS = 5_000
+"""Rows fetched per round trip of a big read (the event loop runs between chunks)."""
 
 
 class TupleRow(msgspec.Struct, array_like=True):
@@ -90,19 +92,24 @@ async def tuple_rows(
     with_hll: bool,
     only: Sequence[Tuple] | None = None,
 ) -> list[TupleRow]:
-    """The rows of every tuple (or only the given ones) in these buckets."""
+    """The rows of every tuple (or only the given ones) in these buckets (inside a
+    transaction: read FETCH_ROWS at a time)."""
     hll = "hll" if with_hll else "NULL::bytea AS hll"
     args = sel.bind(buckets)
     sql = f"SELECT dims, bucket, count, sum_micros, {hll} {sel.where(grain)}"
     if only is not None:
         args.append([US.join(t) for t in only])
         sql += f" AND {sel.key_sql} = ANY(${len(args)}::text[])"
-    return [
-        TupleRow(
-            tuple(r["dims"]), from_datetime(r["bucket"]), r["count"], r["sum_micros"], r["hll"]
+    out: list[TupleRow] = []
+    rows = await conn.cursor(sql, *args)  # in chunks: the event loop runs between them
+    while chunk := await rows.fetch(FETCH_ROWS):
+        out.extend(
+            TupleRow(
+                tuple(r["dims"]), from_datetime(r["bucket"]), r["count"], r["sum_micros"], r["hll"]
+            )
+            for r in chunk
         )
-        for r in await conn.fetch(sql, *args)
-    ]
+    return out
 
 
 async def top_of_lists(

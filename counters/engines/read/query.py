@@ -170,19 +170,38 @@ async def read_buckets(
     return out
 
 
+PIPELINE_CHUNK = 500
+"""Commands per pipeline round trip of a big read: packing and parsing one chunk holds the
+event loop only a few ms, and it runs other tasks between chunks."""
+
+
+async def execute_chunked(redis: Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """The replies of the commands (each the words of one command), in order, sent
+    PIPELINE_CHUNK at a time (no transaction: the same as one unchunked pipeline)."""
+    out: list[Any] = []
+    for i in range(0, len(commands), PIPELINE_CHUNK):
+        pipe = redis.pipeline(transaction=False)
+        for command in commands[i : i + PIPELINE_CHUNK]:
+            pipe.execute_command(*command)
+        out.extend(await pipe.execute())
+    return out
+
+
+def deletes(keys: Sequence[str]) -> list[Sequence[Any]]:
+    """DEL commands for the keys, PIPELINE_CHUNK keys each."""
+    return [("DEL", *keys[i : i + PIPELINE_CHUNK]) for i in range(0, len(keys), PIPELINE_CHUNK)]
+
+
 async def count_uniques(
     redis: Redis, values: BucketValues, groups: Sequence[Sequence[str]]
 ) -> list[int]:
     """PFCOUNT of the union of each group of keys (after loading the Postgres sketches)."""
+    commands: list[Sequence[Any]] = [
+        ("SET", key, blob, "PX", TMP_TTL_MS) for key, blob in values.tmp_blobs.items()
+    ]
+    commands.extend(("PFCOUNT", *group) for group in groups if group)
+    commands.extend(deletes(list(values.tmp_blobs)))
     with redis_unavailable():
-        pipe = redis.pipeline(transaction=False)
-        for key, blob in values.tmp_blobs.items():
-            pipe.set(key, blob, px=TMP_TTL_MS)
-        for group in groups:
-            if group:
-                pipe.pfcount(*group)
-        if values.tmp_blobs:
-            pipe.delete(*values.tmp_blobs)
-        replies = await pipe.execute()
+        replies = await execute_chunked(redis, commands)
     counted = iter(replies[len(values.tmp_blobs) :])
     return [int(next(counted)) if group else 0 for group in groups]

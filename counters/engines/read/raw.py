@@ -220,17 +220,18 @@ async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSer
     none = groups.pop(NO_GROUP, None) or [Acc() for _ in spans]
     if not q.group_by:
         return [NamedSeries(name, filters, _measure(q, none), _per_period(q, [none], n))]
-    items = sorted(groups.items(), key=lambda kv: (-_measure(q, kv[1]), kv[0]))
+    pacer = Pacer()
+    totals: dict[tuple[str, ...], Value] = {}
+    for g, accs in groups.items():
+        totals[g] = _measure(q, accs)
+        await pacer.tick()
+    items = sorted(groups.items(), key=lambda kv: (-totals[kv[0]], kv[0]))
     top, rest = items[: q.limit], items[q.limit :]
-    out = [
-        NamedSeries(
-            name,
-            {**filters, **dict(zip(q.group_by, g, strict=True))},
-            _measure(q, accs),
-            _per_period(q, [accs], n),
-        )
-        for g, accs in top
-    ]
+    out: list[NamedSeries] = []
+    for g, accs in top:
+        dims = {**filters, **dict(zip(q.group_by, g, strict=True))}
+        out.append(NamedSeries(name, dims, totals[g], _per_period(q, [accs], n)))
+        await pacer.tick()
     rest_accs = [accs for _, accs in rest]
     everything = [a for accs in rest_accs for a in accs]
     other = {**filters, **{d: OTHER for d in q.group_by}}
