@@ -74,18 +74,12 @@ async def read_with_lag(api: ApiClient, **params: Any) -> tuple[Any, float, floa
 
     task = asyncio.ensure_future(ticker())
     t0 = time.perf_counter()
-    import cProfile, os, pstats
-    prof = cProfile.Profile() if os.environ.get("PROF") else None
-    if prof: prof.enable()
     try:
         r = await api.app.client.get(
             f"/v1/projects/{api.project}/series", params=params, headers=api.read_h
         )
     finally:
         took = time.perf_counter() - t0
-        if prof:
-            prof.disable()
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         done.set()
         await task
     assert r.status_code == 200, r.text[:300]
@@ -116,7 +110,6 @@ async def test_biggest_allowed_read_does_not_block_the_loop(
     assert sum(s["total"] for s in series[:LIMIT]) + series[LIMIT]["total"] == (
         TUPLES if measure == "uniques" else TUPLES * MINUTES
     )
-    print(
-        f"\n{measure} {'raw' if filters else 'rollups'}: read {took:.2f} s, loop lag {lag * 1000:.0f} ms"
-    )
-    assert lag < MAX_LAG_SECONDS
+    where = "raw" if filters else "rollups"
+    print(f"\n{measure} {where}: read {took:.2f} s, loop lag {lag * 1000:.0f} ms")
+    assert lag < MAX_LAG_SECONDS, f"{measure} {where}: the loop waited {lag:.3f} s"

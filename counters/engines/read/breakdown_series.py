@@ -8,9 +8,9 @@ every series is then the total's uniques."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -95,15 +95,17 @@ async def _count_merged(
 ) -> list[int]:
     """count_uniques, after PFMERGE of each (scratch key, sketches) in the same pipelines:
     a union counted more than once (the rest's, alone and with the top) is merged once."""
-    commands: list[Sequence[Any]] = [
-        ("SET", key, blob, "PX", TMP_TTL_MS) for key, blob in blobs.tmp_blobs.items()
-    ]
-    for scratch, keys in merges:
-        commands.append(("PFMERGE", scratch, *keys))
-        commands.append(("PEXPIRE", scratch, TMP_TTL_MS))
-    commands.extend(("PFCOUNT", *group) for group in groups if group)
     scratch_keys = [*blobs.tmp_blobs, *(scratch for scratch, _ in merges)]
-    commands.extend(deletes(scratch_keys))
+    commands = itertools.chain(
+        (("SET", key, blob, "PX", TMP_TTL_MS) for key, blob in blobs.tmp_blobs.items()),
+        (
+            c
+            for scratch, keys in merges
+            for c in (("PFMERGE", scratch, *keys), ("PEXPIRE", scratch, TMP_TTL_MS))
+        ),
+        (("PFCOUNT", *group) for group in groups if group),
+        deletes(scratch_keys),
+    )
     with redis_unavailable():
         replies = await execute_chunked(redis, commands)
     counted = iter(replies[len(blobs.tmp_blobs) + 2 * len(merges) :])
@@ -119,38 +121,48 @@ async def uniques_series(
     blobs = BucketValues([], [], [], bd.tmp_blobs)
     everything = flatten(cells)
     items = list(bd.tuples.items())
+    pacer = Pacer()
+    whole_sketches: list[list[str]] = []
+    for _, t in items:
+        whole_sketches.append(_sketches(t, everything))
+        await pacer.tick()
     totals: list[Value] = list(
-        await count_uniques(ctx.redis, blobs, [_sketches(t, everything) for _, t in items])
-        if items
-        else []
+        await count_uniques(ctx.redis, blobs, whole_sketches) if items else []
     )
     ranked = sorted(range(len(items)), key=lambda i: (-totals[i], items[i][0]))
     top, rest = ranked[: q.limit], ranked[q.limit :]
-    pacer = Pacer()
     groups: list[list[str]] = []
     for i in top:
         groups.extend(_sketches(items[i][1], p) for p in cells)
         await pacer.tick()
+
     # per period, then the range: the rest (merged once into a scratch key), every tuple
-    # (that scratch key and the top's sketches), the total (the filters' rollup)
-    spans = [*cells, everything]
-    merges = []
-    for p in spans:
-        merges.append(
-            (ctx.keys.tmp(uuid.uuid4().hex), [k for i in rest for k in _sketches(items[i][1], p)])
-        )
+    # (the rest's key and the top's sketches, merged too), the total (the filters' rollup).
+    # The range's unions merge the periods' merged keys: no command names every sketch.
+    def scratch() -> str:
+        return ctx.keys.tmp(uuid.uuid4().hex)
+
+    rest_of = [scratch() for _ in cells]
+    all_of = [scratch() for _ in cells]
+    rest_range, all_range = scratch(), scratch()
+    merges: list[tuple[str, list[str]]] = []
+    for key, p in zip(rest_of, cells, strict=True):
+        merges.append((key, [k for i in rest for k in _sketches(items[i][1], p)]))
         await pacer.tick()
-    groups.extend([scratch] for scratch, _ in merges)
-    for (scratch, _), p in zip(merges, spans, strict=True):
-        groups.append([scratch, *(k for i in top for k in _sketches(items[i][1], p))])
+    for key, rest_key, p in zip(all_of, rest_of, cells, strict=True):
+        merges.append((key, [rest_key, *(k for i in top for k in _sketches(items[i][1], p))]))
         await pacer.tick()
-    groups.extend(_sketches(bd.total, p) for p in spans)
+    merges += [(rest_range, rest_of), (all_range, all_of)]
+    groups.extend([key] for key in [*rest_of, rest_range])
+    groups.extend([key] for key in [*all_of, all_range])
+    groups.extend(_sketches(bd.total, p) for p in [*cells, everything])
     counted = await _count_merged(ctx.redis, blobs, [m for m in merges if m[1]], groups)
     n = len(cells)
     out: list[NamedSeries] = []
     for j, i in enumerate(top):
         data = counted[j * n : (j + 1) * n]
         out.append(NamedSeries(name, _dims(q, items[i][0]), totals[i], points(q, data)))
+        await pacer.tick()
     at = len(top) * n
     other, tuples, whole = (counted[at + k * (n + 1) : at + (k + 1) * (n + 1)] for k in range(3))
     out.append(NamedSeries(name, other_dims(q), other[-1], points(q, other[:-1])))
