@@ -171,7 +171,7 @@ async def read_buckets(
     return out
 
 
-PIPELINE_ARGS = 4_000
+PIPELINE_ARGS = 1_000
 """Command words per pipeline round trip of a big read: packing and parsing one chunk holds
 the event loop only a few ms, and it runs other tasks between chunks."""
 
