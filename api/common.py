@@ -14,7 +14,8 @@ from api.limits import charge_key
 from api.state import AppState
 from counters.core.errors import Forbidden, NotFound, Unauthorized
 from counters.engines.read.context import ReadContext
-from counters.engines.retention import minute_edge
+from counters.engines.read.limits import ReadLimits
+from counters.engines.retention import minute_edge, raw_edge
 from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
 
@@ -45,14 +46,22 @@ def etag_response(request: Request, body: Any) -> Response:
 
 
 def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
-    """The read engine's context for one project, from one clock read of the request."""
+    """The read engine's context for one project, from one clock read of the request,
+    with the request's limits (points, raw rows, retention edges) from the settings."""
+    settings = state.settings
+    limits = ReadLimits(
+        max_points=settings.max_points,
+        raw_row_budget=settings.raw_row_budget,
+        oldest_raw=raw_edge(now_ms, settings.raw_retention_days),
+    )
     return ReadContext(
         state.pool,
         state.redis,
         state.scripts,
-        ProjectKeys(state.settings.key_prefix, project),
-        minute_edge(now_ms, state.settings.minute_retention_days),
+        ProjectKeys(settings.key_prefix, project),
+        minute_edge(now_ms, settings.minute_retention_days),
         state.restore,
+        limits,
     )
 
 

@@ -102,11 +102,17 @@ READ_PARAMS = [
     ),
     query("precision", {"type": "string", "enum": list(PRECISIONS)}, "Bucket size"),
     query("tz", {"type": "string"}, "IANA time zone (default UTC)"),
-    query("from", {"type": "string"}, "Start: RFC 3339 or epoch ms (rounded down)"),
-    query("to", {"type": "string"}, "End, exclusive: RFC 3339 or epoch ms (rounded up)"),
+    query("from", {"type": "string"}, "Start: RFC 3339 or epoch ms, 1970..9999 (rounded down)"),
+    query(
+        "to", {"type": "string"}, "End, exclusive: RFC 3339 or epoch ms, 1970..9999 (rounded up)"
+    ),
     query("excluding_current", {"type": "boolean"}, "Drop the in-progress bucket (default)"),
-    query("group_by", {"type": "string"}, "Dims to break down by, comma-separated"),
-    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Top N tuples"),
+    query("group_by", {"type": "string"}, "Dims to break down by, comma-separated (at most 3)"),
+    query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000},
+        "Top N tuples (limit + 2 series x buckets x names <= max_points)",
+    ),
 ]
 TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
