@@ -104,4 +104,5 @@ async def revoke_key(request: Request) -> Response:
                 project=access.project,
                 caller_id=access.key.id,
             )
+    state.keys.revoke(request.path_params["key_id"])
     return Response(status_code=204)

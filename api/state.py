@@ -121,6 +121,10 @@ class KeyCache:
                 self.expiry[key_id] = int(expires)
         self._epoch, self._scanned_ms = epoch, scanned
 
+    def revoke(self, key_id: str) -> None:
+        """Refuses the key in this worker at once (the others learn it from Redis)."""
+        self.revoked.add(key_id)
+
     def _used(self, pool: asyncpg.Pool, key_id: str, now: float) -> None:
         """Notes a use; starts one batched last_used_at write when the window is over."""
         self.used.add(key_id)
