@@ -229,9 +229,29 @@ def document() -> dict[str, object]:
 
 
 def starlette_routes() -> list[Route]:
-    """The Starlette routes of ROUTES (several may share a path: Starlette picks the one
-    whose method matches)."""
-    return [Route(r.path, r.handler, methods=[r.method]) for r in ROUTES]
+    """The Starlette routes of ROUTES: one Route per path, so a 405 names in `Allow` every
+    method the path has (routes sharing a path are dispatched by method)."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for r in ROUTES:
+        by_path.setdefault(r.path, {})[r.method] = r.handler
+    routes = []
+    for path, handlers in by_path.items():
+        if len(handlers) == 1:
+            ((method, handler),) = handlers.items()
+            routes.append(Route(path, handler, methods=[method]))
+        else:
+            routes.append(Route(path, _by_method(handlers), methods=list(handlers)))
+    return routes
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """One endpoint for the handlers of one path (HEAD goes to GET's)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
 
 
 _document = msgspec.json.encode(document())
