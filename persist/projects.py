@@ -16,7 +16,6 @@ from persist.db import Conn
 from persist.schema import API_KEYS_TABLE, KEY_PROJECTS_TABLE, PROJECTS_TABLE, STATE_TABLE
 
 PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-KEY_ID_PATTERN = re.compile(r"^k_[A-Za-z0-9_-]{10}\Z")
 
 _COLUMNS = "id, project, scope, origins, names, expires_at, revoked_at"
 _PROJECTS_OF = (

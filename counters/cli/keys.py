@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 import msgspec
 
-from counters.core.errors import CountersError
+from counters.core.errors import CountersError, Unavailable
 
 if TYPE_CHECKING:
     import asyncpg
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _run(work: Callable[[asyncpg.Connection, Redis, str], Awaitable[T]]) -> T:
+def _run(work: Callable[[asyncpg.Connection, Redis, str], Awaitable[T]], raw: bool = False) -> T:
     """Runs work(conn, redis, key prefix) on the key backends; bad input and backend
     errors become a clean exit."""
     from counters.cli import _settings
@@ -38,6 +38,8 @@ def _run(work: Callable[[asyncpg.Connection, Redis, str], Awaitable[T]]) -> T:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except CountersError as exc:
+        if raw and isinstance(exc, Unavailable):
+            raise
         raise click.ClickException(exc.message) from exc
 
 
@@ -112,9 +114,26 @@ def keys_list(project: str | None, as_json: bool) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by id: every running worker refuses it within a second."""
+    from counters.cli import _settings
+    from counters.core.keys import KEY_ID_PATTERN
     from counters.engines.keys import revoke
 
-    _run(lambda conn, redis, prefix: revoke(conn, redis, prefix, key_id))
+    try:
+        _run(lambda conn, redis, prefix: revoke(conn, redis, prefix, key_id), raw=True)
+    except Unavailable as exc:
+        if exc.backend != "postgres" or not KEY_ID_PATTERN.match(key_id):
+            raise click.ClickException(exc.message) from exc
+        from counters.services import revoke_in_redis
+
+        try:
+            asyncio.run(revoke_in_redis(_settings(), key_id))
+        except Unavailable as again:
+            raise click.ClickException(again.message) from again
+        click.echo(
+            f"{exc.message}: {key_id} revoked in Redis only (every worker refuses it);"
+            " run this command again once Postgres is back to record it there",
+            err=True,
+        )
     click.echo(f"revoked {key_id}")
 
 

@@ -19,6 +19,9 @@ MAX_DURATION_SECONDS = 10 * 365 * 86_400
 MAX_ORIGINS = 32
 MAX_NAMES = 256
 
+KEY_ID_PATTERN = re.compile(r"^k_[A-Za-z0-9_-]{10}\Z")
+"""A key's public id: `k_` + 10 url-safe characters."""
+
 _DURATION = re.compile(r"^([0-9]{1,9})([smhd])\Z")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _DEFAULT_PORT = {"http": 80, "https": 443}

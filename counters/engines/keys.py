@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from counters.core.errors import Conflict, NotFound
 from counters.core.keys import (
+    KEY_ID_PATTERN,
     MAX_NAMES,
     MAX_ORIGINS,
     KeyRecord,
@@ -89,7 +90,7 @@ async def list_keys(conn: Conn, project: str | None = None) -> list[KeyRecord]:
 
 
 async def _owned(conn: Conn, key_id: str, project: str | None) -> KeyRecord:
-    record = None if not pg.KEY_ID_PATTERN.match(key_id) else await pg.get_key(conn, key_id)
+    record = None if not KEY_ID_PATTERN.match(key_id) else await pg.get_key(conn, key_id)
     if record is None or (project is not None and project not in record.projects):
         raise NotFound(f"unknown key id {key_id!r}", code="unknown_key")
     return record
