@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize_key, bearer_key, json_response
+from api.ingest import read_body
 from counters.core.errors import BadRequest, Invalid
 from counters.core.keys import MAX_NAMES, MAX_ORIGINS
 from counters.engines import keys as key_engine
@@ -62,9 +63,7 @@ async def create_key(request: Request) -> Response:
     access = await authorize_key(
         state, bearer_key(request), scope="admin", project=request.path_params["project"]
     )
-    body = await request.body()
-    if len(body) > MAX_KEY_REQUEST_BYTES:
-        raise BadRequest("body too large for a key request", code="bad_request")
+    body = await read_body(request, MAX_KEY_REQUEST_BYTES)
     try:
         wanted = _decoder.decode(body)
     except msgspec.ValidationError as exc:

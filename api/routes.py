@@ -177,7 +177,7 @@ ROUTES: list[RouteSpec] = [
             ok="Created",
             ok_status=201,
             ok_schema=ref("NewKey"),
-            errors=(400, 401, 403, 404, 422, 503),
+            errors=(400, 401, 403, 404, 413, 422, 503),
         ),
     ),
     RouteSpec(

@@ -134,6 +134,13 @@ def test_revocation_holds_while_postgres_is_down(
             assert post(svc.url, keep["key"]) == 200  # a known key works through the outage
         for _ in range(4):
             assert post(svc.url, unknown["key"]) == 503  # never accepted unseen
+
+        # Postgres back, a freshly started service: the Redis-only revocation still holds
+        embedded.ensure_postgres(pdir)
+        svc.stop()
+        svc.start()
+        assert post(svc.url, later["key"]) == 401 and post(svc.url, doomed["key"]) == 401
+        assert post(svc.url, keep["key"]) == 200 and post(svc.url, unknown["key"]) == 200
     finally:
         svc.stop()
         embedded.ensure_postgres(pdir)
