@@ -22,7 +22,7 @@ from counters.services import Services
 from lua import Scripts
 from lua.client import REDIS_ERRORS
 from lua.keys import KeyRegistryKeys
-from persist.keys import find_key, has_project, mark_used
+from persist.keys import find_key, mark_used
 
 log = logging.getLogger("counters.keys")
 
@@ -49,7 +49,6 @@ class KeyCache:
 
     ttl: float
     entries: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
-    projects: dict[str, float] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
     """Ids of keys the change log says are revoked."""
     expiry: dict[str, int] = field(default_factory=dict)
@@ -141,16 +140,6 @@ class KeyCache:
             await mark_used(pool, sorted(batch))
         except Unavailable:
             self.used |= batch  # Postgres down: try again with the next window
-
-    async def exists(self, pool: asyncpg.Pool, project: str) -> bool:
-        """Whether the project exists (positive answers cached)."""
-        now = time.monotonic()
-        if self.projects.get(project, 0.0) > now:
-            return True
-        found = await has_project(pool, project)
-        if found:
-            self.projects[project] = now + self.ttl
-        return found
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import asyncpg
 
 from counters.core.keys import KeyInfo
 from persist.db import postgres_unavailable
-from persist.projects import lookup_key, project_exists, touch_keys
+from persist.projects import lookup_key, touch_keys
 
 
 async def find_key(pool: asyncpg.Pool, key: str) -> KeyInfo | None:
@@ -17,13 +17,6 @@ async def find_key(pool: asyncpg.Pool, key: str) -> KeyInfo | None:
     with postgres_unavailable():
         async with pool.acquire() as conn:
             return await lookup_key(conn, key)
-
-
-async def has_project(pool: asyncpg.Pool, project: str) -> bool:
-    """Whether the project has been created."""
-    with postgres_unavailable():
-        async with pool.acquire() as conn:
-            return await project_exists(conn, project)
 
 
 async def mark_used(pool: asyncpg.Pool, key_ids: Sequence[str]) -> None:
