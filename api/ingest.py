@@ -6,8 +6,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize, bearer_key, json_response
+from api.common import app_state, authorize_key, bearer_key, json_response
 from api.limits import charge_events
+from api.scope import check_batch, check_names, check_origin
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
 from counters.core.models import (
     EventWire,
@@ -74,9 +75,13 @@ async def post_events(request: Request) -> Response:
     state = app_state(request)
     settings = state.settings
     key = bearer_key(request) or request.query_params.get("key")
-    project = await authorize(state, key, scope="ingest")
+    access = await authorize_key(state, key, scope="ingest")
+    project = access.project
+    check_origin(access.key, request)
     body = await read_body(request, settings.max_body_bytes)
     events = decode_events(body, request.headers.get("content-type", ""))
+    check_batch(access.key, len(events))
+    check_names(access.key, (e.name for e in events))
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
             f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",

@@ -268,13 +268,39 @@ async def migrate_database(settings: Settings) -> list[str]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def key_backends(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, Redis]]:
+    """A migrated Postgres connection and a Redis client for the key commands (revocations
+    go to both); closed on the way out. Unavailable when Postgres cannot be reached."""
+    assert settings.database_url is not None and settings.redis_url is not None
+    with postgres_unavailable():
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    redis = open_redis(settings.redis_url)
+    try:
+        with postgres_unavailable():
+            await migrate(conn)
+        yield conn, redis
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+async def revoke_in_redis(settings: Settings, key_id: str) -> None:
+    """Publishes a revocation to the Redis change log only (every worker refuses the key
+    within a second, also after a restart); for when Postgres is down. Postgres must be
+    told later (run the revocation again)."""
+    from counters.engines.keys import publish_change, revoked_member
+
+    assert settings.redis_url is not None
+    redis = open_redis(settings.redis_url)
+    try:
+        await publish_change(redis, settings.key_prefix, revoked_member(key_id))
+    finally:
+        await redis.aclose()
+
+
 async def create_api_key(settings: Settings, projects: Sequence[str], scope: str) -> str:
     """Migrates, then creates a key for the projects (created if new); returns the key, which
     only exists in the caller's hands (Postgres keeps its hash). ValueError on bad input."""
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await migrate(conn)
+    async with key_backends(settings) as (conn, _):
         return await pg_projects.create_key(conn, list(projects), scope)
-    finally:
-        await conn.close()

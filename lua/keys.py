@@ -45,6 +45,7 @@ __all__ = [
     "bucket_ref",
     "KeyKind",
     "KeyName",
+    "KeyRegistryKeys",
     "MeasureField",
     "ProjectKeys",
     "count_field",
@@ -399,3 +400,28 @@ def _parse_restore(prefix: str, project: str, args: str) -> KeyName:
     if kind == "u":
         return KeyName("restore_hll", prefix, project, grain, bucket, field, name=token)
     raise ValueError(args)
+
+
+class KeyRegistryKeys:
+    """The one set of global (not per-project) keys: API-key changes every worker must see
+    within a second, in the `{keys}` hash tag (one slot, so both are written in one MULTI).
+
+        X:{keys}:epoch    string  bumped on every key revocation or rotation
+        X:{keys}:changes  zset    member "<key id>" (revoked) or "<key id>@<expires ms>"
+                                  (new expiry, after a rotation); score = epoch ms written
+    """
+
+    __slots__ = ("base",)
+
+    def __init__(self, prefix: str) -> None:
+        self.base = f"{prefix}:{{keys}}:"
+
+    @property
+    def epoch(self) -> str:
+        """Counter bumped by each change; workers GET it to know whether to re-read."""
+        return self.base + "epoch"
+
+    @property
+    def changes(self) -> str:
+        """Sorted set of key changes, scored by the time they were written (epoch ms)."""
+        return self.base + "changes"

@@ -222,38 +222,6 @@ def migrate() -> None:
 
 
 @main.group()
-def keys() -> None:
-    """Manage API keys."""
-
-
-@keys.command("create")
-@click.option(
-    "--project",
-    "projects",
-    required=True,
-    multiple=True,
-    help="Project the key belongs to (created if new); repeat for a read key over several.",
-)
-@click.option(
-    "--scope",
-    type=click.Choice(["ingest", "read", "admin"]),
-    required=True,
-    help="ingest: write events; read: read counters; admin: both.",
-)
-def keys_create(projects: tuple[str, ...], scope: str) -> None:
-    """Create a key; it is printed once, on the last line (only its hash is stored)."""
-    from counters.services import create_api_key
-
-    settings = _settings()
-    try:
-        key = asyncio.run(create_api_key(settings, projects, scope))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"created {scope} key for project {', '.join(projects)}:", err=True)
-    click.echo(key)
-
-
-@main.group()
 def embedded() -> None:
     """The embedded Valkey and Postgres under the data dir."""
 
@@ -283,3 +251,8 @@ main.add_command(deadletter)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from counters.cli.keys import keys  # noqa: E402  (registers on main)
+
+main.add_command(keys)
