@@ -246,13 +246,10 @@ def embedded_stop() -> None:
 
 
 from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
+from counters.cli.keys import keys  # noqa: E402  (registers on main)
 
 main.add_command(deadletter)
+main.add_command(keys)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-from counters.cli.keys import keys  # noqa: E402  (registers on main)
-
-main.add_command(keys)
