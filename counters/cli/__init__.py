@@ -158,6 +158,12 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
         async with _services(settings) as services:
             if not await services.project_exists(project):
                 raise click.ClickException(f"unknown project {project!r}")
+            from counters.engines.deadletter import DeadLetters, range_warning
+
+            letters = await DeadLetters(services.pool).overlapping(project, start, end)
+            warning = range_warning(letters, project, "a rebuild recomputes their days")
+            if warning:
+                click.echo(warning, err=True)
             total = await count_raw(services.pool, project, start, end, name)
             update, close = _progress(f"rebuild {project}", total)
             try:
@@ -239,10 +245,11 @@ def embedded_stop() -> None:
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
+from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
 from counters.cli.keys import keys  # noqa: E402  (registers on main)
 
+main.add_command(deadletter)
 main.add_command(keys)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
