@@ -199,9 +199,7 @@ def _check_strings(index: int, ev: EventIn | EventWire) -> None:
         raise _bad_text(index, "id", event_id, 128)
     uid = ev.uid
     if uid is not None and not (
-        uid.isprintable() and 0 < len(uid) <= 256
-        if uid.isascii()
-        else _UID_MATCH(uid) is not None
+        uid.isprintable() and 0 < len(uid) <= 256 if uid.isascii() else _UID_MATCH(uid) is not None
     ):
         raise _bad_text(index, "uid", uid, 256)
     value = ev.value
