@@ -125,6 +125,12 @@ class CountersHttpProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined head stalled while a response is being written: no 408 in the
+            # middle of it; the connection closes once that response is complete
+            self.cycle.keep_alive = False
+            self._rejected = True
+            return
         if not self.transport.is_closing():
             log.info("closing a connection whose request head did not arrive in time")
             self._reject(
