@@ -59,18 +59,33 @@ def _invalid(exc: msgspec.ValidationError, offset: int | None = None) -> Invalid
     return Invalid(text)
 
 
+class _SlowPath(Exception):
+    """The body needs core.jsonkeys.explain (decode_events with slow=False)."""
+
+
+SLOW_INLINE_BYTES = 65_536
+"""Bodies up to this size get the slow exact pass on the event loop; larger ones in a
+thread (the json module on 5 MB holds the loop for tens of ms)."""
+
+
+def _explain(body: bytes, ndjson: bool, slow: bool) -> Invalid | None:
+    if not slow:
+        raise _SlowPath
+    return explain(body, ndjson=ndjson)
+
+
 def _malformed(
-    body: bytes, ndjson: bool, exc: msgspec.DecodeError, where: str = ""
+    body: bytes, ndjson: bool, slow: bool, exc: msgspec.DecodeError, where: str = ""
 ) -> Invalid | BadRequest:
     """422 naming the field when the body is JSON with a bad string (invalid UTF-8, a lone
     surrogate), else 400 malformed JSON."""
-    found = explain(body, ndjson=ndjson)
+    found = _explain(body, ndjson, slow)
     if found is not None:
         return found
     return BadRequest(f"{where}malformed JSON: {exc}", code="malformed_json")
 
 
-def _decode(body: bytes, ndjson: bool) -> list[EventWire]:
+def _decode(body: bytes, ndjson: bool, slow: bool) -> list[EventWire]:
     if ndjson:
         events: list[EventWire] = []
         for index, line in enumerate(body.splitlines()):
@@ -81,7 +96,7 @@ def _decode(body: bytes, ndjson: bool) -> list[EventWire]:
             except msgspec.ValidationError as exc:
                 raise _invalid(exc, index) from exc
             except msgspec.DecodeError as exc:
-                raise _malformed(body, ndjson, exc, f"line {index + 1}: ") from exc
+                raise _malformed(body, ndjson, slow, exc, f"line {index + 1}: ") from exc
         return events
     try:
         if body.lstrip()[:1] == b"{":
@@ -90,22 +105,32 @@ def _decode(body: bytes, ndjson: bool) -> list[EventWire]:
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from exc
     except msgspec.DecodeError as exc:
-        raise _malformed(body, ndjson, exc) from exc
+        raise _malformed(body, ndjson, slow, exc) from exc
 
 
-def decode_events(body: bytes, content_type: str) -> list[EventWire]:
+def decode_events(body: bytes, content_type: str, *, slow: bool = True) -> list[EventWire]:
     """Events of a JSON array, a single JSON object or NDJSON; 400 for malformed input,
     422 naming the event index and field for a wrong value, a duplicate key
-    (`duplicate_key`) or a string that is not valid UTF-8 (`invalid_string`)."""
+    (`duplicate_key`) or a string that is not valid UTF-8 (`invalid_string`). With
+    slow=False, raises _SlowPath where the slow exact pass would run."""
     if not body.strip():
         raise BadRequest("empty body: send a JSON array of events", code="empty_body")
     ndjson = "ndjson" in content_type or "jsonlines" in content_type
-    events = _decode(body, ndjson)
+    events = _decode(body, ndjson, slow)
     if may_have_duplicates(body, events):
-        found = explain(body, ndjson=ndjson)
+        found = _explain(body, ndjson, slow)
         if found is not None:
             raise found
     return events
+
+
+async def decode_events_off_loop(body: bytes, content_type: str) -> list[EventWire]:
+    """decode_events, with the slow exact pass (a duplicate key, a bad string) of a body
+    over SLOW_INLINE_BYTES run in a thread so it never holds the event loop."""
+    try:
+        return decode_events(body, content_type, slow=len(body) <= SLOW_INLINE_BYTES)
+    except _SlowPath:
+        return await asyncio.to_thread(decode_events, body, content_type)
 
 
 async def post_events(request: Request) -> Response:
@@ -114,7 +139,7 @@ async def post_events(request: Request) -> Response:
     settings = state.settings
     project = await authorize(state, bearer_key(request), scope="ingest")
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-    events = decode_events(body, request.headers.get("content-type", ""))
+    events = await decode_events_off_loop(body, request.headers.get("content-type", ""))
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
             f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",

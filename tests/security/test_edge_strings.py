@@ -174,3 +174,17 @@ def test_clean_strings_still_accepted(client: httpx.Client, keys: tuple[str, str
             "/v1/events", json=events[:2], headers={"Authorization": f"Bearer {keys[1]}"}
         )
     assert r.status_code == 200, r.text
+
+
+def test_duplicate_key_in_a_large_body(client: httpx.Client, keys: tuple[str, str, str]) -> None:
+    """A body over SLOW_INLINE_BYTES takes the exact pass in a thread: same answer."""
+    events = b",".join([b'{"name":"click","dims":{"k":"%d"}}' % i for i in range(3000)])
+    body = b"[" + events + b',{"name":"click","uid":"a","uid":"b"}]'
+    assert len(body) > 65_536
+    r = client.post(
+        "/v1/events",
+        content=body,
+        headers={"Authorization": f"Bearer {keys[1]}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith("$[3000].uid: duplicate JSON key")
