@@ -9,7 +9,9 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize, bearer_key, json_response
+from api.common import app_state, authorize_key, bearer_key, json_response
+from api.limits import charge_events
+from api.scope import check_batch, check_names, check_origin
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge, RequestTimeout
 from counters.core.jsonkeys import explain, may_have_duplicates
 from counters.core.models import (
@@ -134,20 +136,29 @@ async def decode_events_off_loop(body: bytes, content_type: str) -> list[EventWi
 
 
 async def post_events(request: Request) -> Response:
-    """Counts a batch; replies {"accepted", "duplicates"}."""
+    """Counts a batch; replies {"accepted", "duplicates"}. The key comes from
+    `Authorization: Bearer`, else from `?key=` (navigator.sendBeacon cannot set headers)."""
     state = app_state(request)
     settings = state.settings
-    project = await authorize(state, bearer_key(request), scope="ingest")
+    key = bearer_key(request) or request.query_params.get("key")
+    access = await authorize_key(state, key, scope="ingest")
+    project = access.project
+    check_origin(access.key, request)
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     events = await decode_events_off_loop(body, request.headers.get("content-type", ""))
+    check_batch(access.key, len(events))
+    check_names(access.key, (e.name for e in events))
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
             f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",
             code="too_many_events",
         )
     raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
+    await charge_events(state, project, len(raw))
+    raw = await state.services.hash_uids(project, raw)  # no plain uid is ever stored
     reply = await state.ingestor.apply(project, raw)
-    state.metrics.events_accepted.labels(project).inc(reply.accepted)
+    label = state.metrics.project(project)
+    state.metrics.events_accepted.labels(label).inc(reply.accepted)
     if reply.duplicates:
-        state.metrics.duplicates.labels(project).inc(reply.duplicates)
+        state.metrics.duplicates.labels(label).inc(reply.duplicates)
     return json_response(reply)
