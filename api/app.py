@@ -53,14 +53,34 @@ def _error_body(exc: CountersError) -> dict[str, dict[str, str]]:
     return {"error": {"code": exc.code, "message": exc.message}}
 
 
+_last_logged: dict[str, float] = {}
+UNAVAILABLE_LOG_EVERY = 10.0
+"""Seconds between two WARNING lines about one backend's failures (the rest: DEBUG)."""
+
+
+def _log_unavailable(exc: Unavailable) -> None:
+    """The raw failure (address, server text) goes to the log, at most one WARNING per
+    backend every UNAVAILABLE_LOG_EVERY seconds; the reply names only the kind."""
+    now = time.monotonic()
+    if now - _last_logged.get(exc.backend, -UNAVAILABLE_LOG_EVERY) >= UNAVAILABLE_LOG_EVERY:
+        _last_logged[exc.backend] = now
+        log.warning("%s: %s", exc.message, exc.detail)
+    else:
+        log.debug("%s: %s", exc.message, exc.detail)
+
+
 async def _counters_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CountersError)
+    if isinstance(exc, Unavailable):
+        _log_unavailable(exc)
     state = getattr(request.state, "counters", None)
     if state is not None and 400 <= exc.status < 500 and request.url.path.startswith("/v1/events"):
         state.metrics.rejected.labels(exc.code).inc()
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
     if isinstance(exc, TooManyRequests):
         headers = {"Retry-After": str(exc.retry_after), **exc.headers}
+    if exc.status == 408 or exc.code == "client_disconnected":
+        headers = {"Connection": "close"}  # the rest of the body is not read
     return json_response(_error_body(exc), exc.status, headers)
 
 
@@ -143,7 +163,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         Route("/", dashboard, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(ServerTiming), Middleware(RateLimitHeaders), Middleware(Cors)],
         lifespan=lifespan,
@@ -158,6 +178,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             Exception: _unexpected,
         },
     )
+    # `/v1/whoami/` is a 404, never a 307 to a URL built from the Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 def create_app_from_env() -> Starlette:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import urllib.parse
 from collections import defaultdict
 
 import msgspec
@@ -97,9 +98,18 @@ class GroupCommitter:
                     fut.set_result(None)
 
 
+def _strict_query(request: Request) -> dict[str, str]:
+    """The query parameters (the last of repeated ones, as Starlette's), decoded as strict
+    UTF-8: a `%FF` or an encoded surrogate raises UnicodeDecodeError instead of becoming
+    U+FFFD."""
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True, errors="strict"))
+
+
 def event_from_query(request: Request) -> EventWire:
-    """The event a pixel URL describes (`name`, `ts`, `id`, `uid`, `value`, `d.<dim>`)."""
-    q = request.query_params
+    """The event a pixel URL describes (`name`, `ts`, `id`, `uid`, `value`, `d.<dim>`).
+    Raises UnicodeDecodeError for a query string that is not UTF-8."""
+    q = _strict_query(request)
     raw: dict[str, object] = {"name": q.get("name", "")}
     for field in ("ts", "id", "uid"):
         if field in q:
@@ -116,7 +126,10 @@ def event_from_query(request: Request) -> EventWire:
 
 
 async def pixel(request: Request) -> Response:
-    """Counts one event if it is valid; the GIF is returned whatever happens."""
+    """Counts one event if it is valid; the GIF is returned whatever happens. HEAD answers
+    the GIF's headers and counts nothing (a link checker or prefetch is not a hit)."""
+    if request.method == "HEAD":
+        return gif()
     state = app_state(request)
     committer: GroupCommitter = request.state.pixel
     try:
@@ -125,6 +138,10 @@ async def pixel(request: Request) -> Response:
         check_origin(access.key, request)
         try:
             event = event_from_query(request)
+        except UnicodeDecodeError as exc:
+            state.metrics.rejected.labels("invalid_string").inc()
+            log.debug("pixel rejected: query string is not UTF-8: %s", exc)
+            return gif()
         except msgspec.ValidationError as exc:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)

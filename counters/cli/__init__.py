@@ -92,6 +92,7 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     click.echo(f"counters: redis {_redact(settings.redis_url)}", err=True)
     click.echo(f"counters: postgres {_redact(settings.database_url)}", err=True)
     click.echo(f"counters: listening on http://{settings.host}:{settings.port}", err=True)
+    _raise_fd_limit(settings.max_connections * workers + 256)
     with watchdog:
         uvicorn.run(
             "api.app:create_app_from_env",
@@ -100,9 +101,29 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
             port=settings.port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            # header timeout, 431, connection cap and JSON errors (api/server.py)
+            http="api.server:CountersHttpProtocol",
+            timeout_keep_alive=max(1, round(settings.keepalive_timeout_seconds)),
             log_level="warning",
             access_log=False,
+        )
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Raises the soft limit on open files to the hard one, and warns when even that is
+    below needed (max_connections x workers + headroom for backends and /healthz)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        click.echo(
+            f"counters: warning: the open-files limit ({soft}) is below max_connections x "
+            f"workers + 256 ({needed}); lower COUNTERS_MAX_CONNECTIONS or raise `ulimit -n`",
+            err=True,
         )
 
 

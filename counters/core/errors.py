@@ -90,6 +90,8 @@ class Unavailable(CountersError):
         super().__init__(f"{backend} unavailable: {message}", code=f"{backend}_unavailable")
         self.backend = backend
         self.retry_after = retry_after
+        self.detail = message
+        """What the log may say about the failure (as_unavailable: the raw error)."""
 
 
 class BacklogFull(Unavailable):
@@ -100,10 +102,30 @@ class BacklogFull(Unavailable):
         self.code = "backlog_full"
 
 
+def failure_kind(exc: BaseException) -> str:
+    """What went wrong, in words that carry no address, credential or server text:
+    "timed out", "connection failed" or "request failed"."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, TimeoutError) or "TimeoutError" in names:
+        return "timed out"
+    if isinstance(exc, ConnectionError | OSError) or names & {
+        "ConnectionError",
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "CannotConnectNowError",
+    }:
+        return "connection failed"
+    return "request failed"
+
+
 def as_unavailable(backend: str, exc: BaseException) -> Unavailable:
-    """The 503 a backend failure answers with: names the backend and the kind of failure
-    (the one place a backend exception becomes an Unavailable)."""
-    return Unavailable(backend, str(exc) or type(exc).__name__)
+    """The 503 a backend failure answers with (the one place a backend exception becomes an
+    Unavailable): its message names the backend and the kind of failure only, e.g.
+    "redis unavailable: connection failed", never an address or the server's raw error;
+    those stay in `detail` for the log."""
+    error = Unavailable(backend, failure_kind(exc))
+    error.detail = f"{type(exc).__name__}: {exc}"
+    return error
 
 
 @contextlib.contextmanager

@@ -13,9 +13,17 @@ from counters.core.buckets import DAY_MS, parse_ts
 from counters.core.config import Settings
 from counters.core.errors import Invalid
 
+FORBIDDEN_CHARS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ud800-\\udfff"
+"""What no string of an event may hold (a regex character-class body): NUL and the C0
+controls, DEL, the C1 controls (U+0080-U+009F, incl. NEL U+0085), the line and paragraph
+separators U+2028/U+2029, and surrogates (a lone one cannot be encoded as UTF-8). Postgres
+`text` refuses NUL; the others break logs, CSV exports and line-based tools."""
 NAME_PATTERN = "^[a-z0-9_.-]{1,64}\\Z"
 DIM_NAME_PATTERN = "^[a-z0-9_]{1,32}\\Z"
-DIM_VALUE_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,256}\\Z"
+DIM_VALUE_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,256}}\\Z"
+EVENT_ID_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,128}}\\Z"
+UID_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,256}}\\Z"
+_FORBIDDEN_RE = re.compile(f"[{FORBIDDEN_CHARS}]")
 MAX_DIMS = 16
 MAX_DIM_VALUE_BYTES = 256
 MAX_ABS_VALUE = 1e9
@@ -27,9 +35,21 @@ EventName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 DimName = Annotated[str, msgspec.Meta(pattern=DIM_NAME_PATTERN)]
 DimValue = Annotated[str, msgspec.Meta(pattern=DIM_VALUE_PATTERN)]
 Dims = Annotated[dict[DimName, DimValue], msgspec.Meta(max_length=MAX_DIMS)]
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=EVENT_ID_PATTERN)]
+Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=UID_PATTERN)]
 Value = Annotated[float, msgspec.Meta(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+
+
+def is_clean_text(text: str) -> bool:
+    """True when text holds none of FORBIDDEN_CHARS (the rule every string of an event and
+    every read filter value follows; lengths are checked separately)."""
+    return _FORBIDDEN_RE.search(text) is None
+
+
+def forbidden_char(text: str) -> str | None:
+    """The first forbidden character of text as `U+XXXX`, or None when it is clean."""
+    found = _FORBIDDEN_RE.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -134,10 +154,26 @@ class _Checked:
 _NAMES = _Checked(NAME_PATTERN, 10_000)
 _DIM_NAMES = _Checked(DIM_NAME_PATTERN, 10_000)
 _DIM_VALUES = _Checked(DIM_VALUE_PATTERN)
+_EVENT_ID_MATCH = re.compile(EVENT_ID_PATTERN).match
+_UID_MATCH = re.compile(UID_PATTERN).match
 
 
-def _bad(index: int, field: str, problem: str) -> Invalid:
-    return Invalid(f"$[{index}].{field}: {problem}")
+def _bad(index: int, field: str, problem: str, code: str | None = None) -> Invalid:
+    safe = field.encode("utf-8", "backslashreplace").decode()  # a dim name may hold anything
+    return Invalid(f"$[{index}].{safe}: {problem}", code=code)
+
+
+def _bad_text(index: int, field: str, text: str, most: int) -> Invalid:
+    """Invalid for a string that failed its pattern: a forbidden character, else its length."""
+    char = forbidden_char(text)
+    if char is not None:
+        return _bad(
+            index,
+            field,
+            f"{char} is not allowed (no control characters, U+2028/U+2029 or surrogates)",
+            "invalid_string",
+        )
+    return _bad(index, field, f"must be 1 to {most} characters")
 
 
 def _check_strings(index: int, ev: EventIn | EventWire) -> None:
@@ -151,17 +187,21 @@ def _check_strings(index: int, ev: EventIn | EventWire) -> None:
         if not _DIM_NAMES.ok(key):
             raise _bad(index, f"dims.{key}", f"dim names must match {DIM_NAME_PATTERN}")
         if not _DIM_VALUES.ok(val):
-            if len(val) <= 256 and val:
-                problem = "no control characters allowed"
-            else:
-                problem = "must be 1 to 256 characters"
-            raise _bad(index, f"dims.{key}", problem)
+            raise _bad_text(index, f"dims.{key}", val, 256)
+    # id and uid are mostly distinct per event (no memo): an ASCII string is clean exactly
+    # when it is printable (no C0, no DEL), a C-speed test; others go through the regex.
     event_id = ev.id
-    if event_id is not None and not 1 <= len(event_id) <= 128:
-        raise _bad(index, "id", "must be 1 to 128 characters")
+    if event_id is not None and not (
+        event_id.isprintable() and 0 < len(event_id) <= 128
+        if event_id.isascii()
+        else _EVENT_ID_MATCH(event_id) is not None
+    ):
+        raise _bad_text(index, "id", event_id, 128)
     uid = ev.uid
-    if uid is not None and not 1 <= len(uid) <= 256:
-        raise _bad(index, "uid", "must be 1 to 256 characters")
+    if uid is not None and not (
+        uid.isprintable() and 0 < len(uid) <= 256 if uid.isascii() else _UID_MATCH(uid) is not None
+    ):
+        raise _bad_text(index, "uid", uid, 256)
     value = ev.value
     if value is not None and not (math.isfinite(value) and abs(value) <= MAX_ABS_VALUE):
         raise _bad(index, "value", f"must be a number from -{MAX_ABS_VALUE:g} to {MAX_ABS_VALUE:g}")
