@@ -161,6 +161,7 @@ class Stack:
     server_url: str
     data_dir: Path | None
     work: Path
+    owner_url: str | None = None
     databases: list[str] = field(default_factory=list)
     services: list[ServiceProc] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -168,7 +169,7 @@ class Stack:
     def database(self, label: str) -> str:
         """A new empty database on the server; returns its URL (dropped on close)."""
         name = f"bench_{label}_{uuid.uuid4().hex[:6]}"
-        url = create_database(self.server_url, name)
+        url = create_database(self.server_url, name, self.owner_url)
         self.databases.append(name)
         return url
 
@@ -251,7 +252,7 @@ def stack() -> Iterator[Stack]:
     if servers.data_dir is not None:
         log(f"started private Valkey and Postgres under {servers.data_dir}")
     work = Path(tempfile.mkdtemp(prefix="counters-bench-work-", dir="/tmp"))
-    s = Stack(servers.redis_url, servers.server_url, servers.data_dir, work)
+    s = Stack(servers.redis_url, servers.server_url, servers.data_dir, work, servers.owner_url)
     try:
         yield s
     finally:

@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> None:
     env = service_env(
         Backends(
             servers.redis_url,
-            servers.server_url,
+            servers.owner_url or servers.server_url,
             "bench" + uuid.uuid4().hex[:6],
             servers.data_dir,
         ),

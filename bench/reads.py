@@ -526,9 +526,12 @@ async def run(args: argparse.Namespace) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="counters-bench-reads-"))
     data_dir.chmod(0o755)
     redis_url = os.environ.get("COUNTERS_REDIS_URL") or embedded.ensure_valkey(data_dir)
-    server_url = os.environ.get("COUNTERS_DATABASE_URL") or embedded.ensure_postgres(data_dir)
+    server_url = os.environ.get("COUNTERS_DATABASE_URL") or embedded.postgres_admin_url(data_dir)
+    owner_url = (
+        None if os.environ.get("COUNTERS_DATABASE_URL") else embedded.ensure_postgres(data_dir)
+    )
     db = "bench_reads_" + uuid.uuid4().hex[:6]
-    database_url = await asyncio.to_thread(create_database, server_url, db)
+    database_url = await asyncio.to_thread(create_database, server_url, db, owner_url)
     prefix = "benchr" + uuid.uuid4().hex[:4]
     env = service_env(
         Backends(redis_url, database_url, prefix, data_dir),

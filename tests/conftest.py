@@ -46,7 +46,8 @@ def backends() -> Iterator[Backends]:
         tmp_prefix="counters-test-",
     )
     database = f"counters_test_{RUN_ID}"
-    database_url = create_database(servers.server_url, database)
+    # as the service's own role (no superuser) on embedded servers
+    database_url = create_database(servers.server_url, database, servers.owner_url)
     prefix = f"cttest{RUN_ID}"
     try:
         yield Backends(servers.redis_url, database_url, prefix, servers.data_dir)

@@ -35,10 +35,10 @@ def test_commands_share_the_embedded_servers() -> None:
         assert key.startswith("ck_i_")
         second = run(data_dir, "keys", "create", "--project", "demo", "--scope", "read")
         assert second.returncode == 0, second.stderr
-        status = run(data_dir, "embedded", "status")
+        status = run(data_dir, "embedded", "status", "--show-passwords")
         lines = dict(line.split(": ", 1) for line in status.stdout.strip().splitlines())
-        assert lines["redis"].startswith("redis://127.0.0.1:")
-        assert lines["postgres"].startswith("postgresql://")
+        assert lines["redis"].startswith("redis://:") and "@127.0.0.1:" in lines["redis"]
+        assert lines["postgres"].startswith("postgresql://counters:")
 
         async def count_keys() -> int:
             conn = await asyncpg.connect(lines["postgres"])

@@ -114,7 +114,7 @@ def _pg_execute(url: str, query: str) -> None:
 
 def test_valkey_start_ping_aof_and_reuse(data_dir: Path) -> None:
     url = ensure_valkey(data_dir)
-    assert url.startswith("redis://127.0.0.1:") and url.endswith("/0")
+    assert url.startswith("redis://:") and "@127.0.0.1:" in url and url.endswith("/0")
     with redis.Redis.from_url(url, decode_responses=True) as client:
         assert client.ping() is True
         assert client.config_get("appendonly") == {"appendonly": "yes"}
@@ -140,7 +140,7 @@ def test_valkey_restarts_after_kill9(data_dir: Path) -> None:
     with redis.Redis.from_url(url2) as client:
         assert client.ping() is True
         assert client.info("server")["process_id"] != pid
-    assert url2.startswith("redis://127.0.0.1:") and url.startswith("redis://127.0.0.1:")
+    assert "@127.0.0.1:" in url2 and "@127.0.0.1:" in url
 
 
 def test_concurrent_ensure_valkey_starts_one_server(data_dir: Path) -> None:
@@ -161,7 +161,7 @@ def test_concurrent_ensure_valkey_starts_one_server(data_dir: Path) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         outputs.append(out.strip())
-    assert len(set(outputs)) == 1 and outputs[0].startswith("redis://")
+    assert len(set(outputs)) == 1 and outputs[0].startswith("redis://:")
     log = (data_dir / "valkey" / "valkey.log").read_text()
     assert log.count("Ready to accept connections") == 1
 
@@ -182,7 +182,8 @@ def test_valkey_start_failure_reports_log_tail(data_dir: Path) -> None:
 
 def test_postgres_start_select_and_reuse(data_dir: Path) -> None:
     url = ensure_postgres(data_dir)
-    assert url.startswith("postgresql://postgres@127.0.0.1:") and url.endswith("/postgres")
+    assert url.startswith("postgresql://counters:") and url.endswith("/counters")
+    assert urlsplit(url).hostname == "127.0.0.1"
     assert _pg_fetchval(url, "SELECT 1") == 1
     assert _pg_fetchval(url, "SHOW listen_addresses") == "127.0.0.1"
     assert _pg_fetchval(url, "SHOW server_encoding") == "UTF8"

@@ -34,8 +34,9 @@ def private() -> Iterator[tuple[Path, Path, str, str]]:
         d.chmod(0o755)
     try:
         redis_url = embedded.ensure_valkey(vdir)
-        server_url = embedded.ensure_postgres(pdir)
-        yield vdir, pdir, redis_url, create_database(server_url, "outage")
+        owner_url = embedded.ensure_postgres(pdir)
+        server_url = embedded.postgres_admin_url(pdir)
+        yield vdir, pdir, redis_url, create_database(server_url, "outage", owner_url)
     finally:
         for d in (vdir, pdir):
             embedded.stop_embedded(d)

@@ -27,14 +27,32 @@ if TYPE_CHECKING:
 # `embedded status` do not need (0.25 s vs 1 s to start).
 
 
+def _load(**overrides: Any) -> Settings:
+    try:
+        return load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _settings(**overrides: Any) -> Settings:
     from counters.services import resolve_settings
 
-    try:
-        settings = load_settings(overrides={k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return resolve_settings(settings)
+    return resolve_settings(_load(**overrides))
+
+
+def _redact(url: str | None) -> str:
+    """url with its password replaced by *** (for printing)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return str(url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @click.group()
@@ -56,30 +74,39 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     """Run the HTTP service (and, by default, the persister)."""
     import uvicorn
 
+    from counters.embedded.watchdog import Watchdog
     from counters.services import SETTINGS_ENV, encode_settings
 
+    unresolved = _load(host=host, port=port)
     settings = _settings(host=host, port=port)
+    # with the embedded default, crashed embedded servers are restarted while serving
+    watchdog = Watchdog(
+        settings.resolved_data_dir(),
+        redis_url=settings.redis_url if unresolved.redis_url is None else None,
+        database_url=settings.database_url if unresolved.database_url is None else None,
+    )
     if no_persister:
         settings = msgspec.structs.replace(settings, persister_enabled=False)
     # The one channel to the workers: they decode these resolved settings and resolve nothing.
     os.environ[SETTINGS_ENV] = encode_settings(settings)
-    click.echo(f"counters: redis {settings.redis_url}", err=True)
-    click.echo(f"counters: postgres {settings.database_url}", err=True)
+    click.echo(f"counters: redis {_redact(settings.redis_url)}", err=True)
+    click.echo(f"counters: postgres {_redact(settings.database_url)}", err=True)
     click.echo(f"counters: listening on http://{settings.host}:{settings.port}", err=True)
     _raise_fd_limit(settings.max_connections * workers + 256)
-    uvicorn.run(
-        "api.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        loop="uvloop",
-        # header timeout, 431, connection cap and JSON errors (api/server.py)
-        http="api.server:CountersHttpProtocol",
-        timeout_keep_alive=max(1, round(settings.keepalive_timeout_seconds)),
-        log_level="warning",
-        access_log=False,
-    )
+    with watchdog:
+        uvicorn.run(
+            "api.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            loop="uvloop",
+            # header timeout, 431, connection cap and JSON errors (api/server.py)
+            http="api.server:CountersHttpProtocol",
+            timeout_keep_alive=max(1, round(settings.keepalive_timeout_seconds)),
+            log_level="warning",
+            access_log=False,
+        )
 
 
 def _raise_fd_limit(needed: int) -> None:
@@ -248,13 +275,18 @@ def embedded() -> None:
 
 
 @embedded.command("status")
-def embedded_status() -> None:
-    """Print the URL of each embedded server that is running."""
+@click.option("--show-passwords", is_flag=True, help="Print the URLs with their passwords.")
+def embedded_status(show_passwords: bool) -> None:
+    """Print the URL of each embedded server that is running (passwords as *** unless
+    --show-passwords; they are in <data_dir>/secrets.json)."""
     from counters import embedded as emb
 
-    settings = load_settings()
-    for name, url in emb.embedded_status(settings.resolved_data_dir()).items():
-        click.echo(f"{name}: {url or 'not running'}")
+    data_dir = load_settings().resolved_data_dir()
+    for name, url in emb.embedded_status(data_dir).items():
+        shown = url if show_passwords else _redact(url)
+        click.echo(f"{name}: {shown if url else 'not running'}")
+    if not emb.secrets_path(data_dir).exists():
+        click.echo(f"(no {emb.secrets_path(data_dir)}: nothing was started here yet)", err=True)
 
 
 @embedded.command("stop")

@@ -12,6 +12,8 @@ Layout under ``data_dir``::
     pg/                             PGDATA (unless relocated, see below)
     pg.log, pg-run/                 Postgres log file and unix socket directory
     postgres.json                   last used Postgres port
+    secrets.json                    mode 0600: the Valkey and Postgres passwords
+    .valkey.stopped / .postgres.stopped   stopped on purpose (the serve watchdog leaves it)
     pg-location.json                present only when Postgres data was relocated
 
 Postgres refuses to run as root, so when the caller is root the Postgres binaries run as
@@ -20,6 +22,13 @@ cannot (e.g. a checkout under a mode-700 ``/root``), the Postgres install tree i
 once to ``/var/tmp/counters-pg-<version>/`` and/or PGDATA is placed under
 ``/var/tmp/counters-<sha1(data_dir)[:12]>/pg`` (recorded in ``pg-location.json``).  User
 directories are never chmod-ed.
+
+Both servers need a password (kept in ``secrets.json``, see ``secrets``): Valkey a
+``requirepass`` handed over on stdin, Postgres scram-sha-256 for every connection (no
+``trust`` line).  The service connects to Postgres as the role ``counters`` (no superuser)
+owning database ``counters``; the superuser ``postgres`` is for admin only
+(``postgres_admin_url``).  Data dirs made before passwords are locked down in place on
+their next start.
 
 Modules: ``process`` (flock, pid and /proc checks, ports, running a command as
 ``nobody``), ``resp`` (a minimal RESP client), ``valkey``, ``postgres``; this package
@@ -37,8 +46,10 @@ from counters.embedded.postgres import (
     _pg_url,
     _stop_postgres,
     ensure_postgres,
+    postgres_admin_url,
 )
 from counters.embedded.process import EmbeddedServerError
+from counters.embedded.secrets import read_secrets, secrets_path
 from counters.embedded.valkey import (
     _stop_valkey,
     _valkey_paths,
@@ -52,6 +63,8 @@ __all__ = [
     "embedded_status",
     "ensure_postgres",
     "ensure_valkey",
+    "postgres_admin_url",
+    "secrets_path",
     "stop_embedded",
 ]
 
@@ -60,16 +73,20 @@ def stop_embedded(data_dir: Path) -> list[str]:
     """Stop both servers if running (fast shutdown, wait until gone); return what was stopped.
 
     Names are ``"valkey"`` and/or ``"postgres"``.  Data is kept; the next ensure_* call
-    restarts the server on the same data.  A server that is not running is skipped.
+    restarts the server on the same data (a `serve` watchdog does not: the stop was meant).
+    A server that is not running is skipped.
     """
     data_dir = process.absolute(data_dir)
     stopped: list[str] = []
     if not data_dir.is_dir():
         return stopped
-    paths = _valkey_paths(data_dir)
+    secrets = read_secrets(data_dir)
+    paths = _valkey_paths(data_dir, secrets.valkey_password if secrets else "")
+    process.mark_stopped(data_dir, "valkey")
     with process.locked(paths.lock):
         if _stop_valkey(paths):
             stopped.append("valkey")
+    process.mark_stopped(data_dir, "postgres")
     with process.locked(data_dir / ".postgres.lock"):
         if _stop_postgres(data_dir):
             stopped.append("postgres")
@@ -79,17 +96,19 @@ def stop_embedded(data_dir: Path) -> list[str]:
 def embedded_status(data_dir: Path) -> dict[str, str | None]:
     """URL of each running server (keys 'redis', 'postgres') or None.
 
-    A URL is only reported for a server that currently answers (PING / pg_isready).
-    Never starts anything and never creates files.
+    A URL (with its password, from secrets.json) is only reported for a server that
+    currently answers (AUTH + PING / pg_isready).  Never starts anything and never creates
+    files; without a readable secrets file nothing is reported.
     """
     data_dir = process.absolute(data_dir)
     status: dict[str, str | None] = {"redis": None, "postgres": None}
-    if not data_dir.is_dir():
+    secrets = read_secrets(data_dir) if data_dir.is_dir() else None
+    if secrets is None:
         return status
-    running = _valkey_running(_valkey_paths(data_dir))
+    running = _valkey_running(_valkey_paths(data_dir, secrets.valkey_password))
     if running is not None:
-        status["redis"] = _valkey_url(running[1])
+        status["redis"] = _valkey_url(running[1], secrets.valkey_password)
     pg = _pg_running(_pg_paths(data_dir, None, decide=False))
     if pg is not None:
-        status["postgres"] = _pg_url(pg[1])
+        status["postgres"] = _pg_url(pg[1], secrets)
     return status

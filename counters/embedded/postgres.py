@@ -19,9 +19,18 @@ from pathlib import Path
 
 from counters.embedded import process
 from counters.embedded.process import HOST, EmbeddedServerError
+from counters.embedded.secrets import EmbeddedSecrets, load_secrets, scram_verifier
 
-PG_USER = "postgres"
+PG_USER = "postgres"  # the superuser: admin only (creating databases, provisioning)
 PG_DATABASE = "postgres"
+APP_ROLE = "counters"  # what the service connects as: no superuser, owns its database
+APP_DATABASE = "counters"
+HBA = (
+    "# counters embedded Postgres: every connection needs a password (scram-sha-256).\n"
+    "# Written by counters.embedded; rewritten if changed.\n"
+    "local   all   all                  scram-sha-256\n"
+    f"host    all   all   {HOST}/32    scram-sha-256\n"
+)
 PG_RUN_AS = "nobody"
 _PG_START_DEADLINE = 30.0
 
@@ -211,8 +220,14 @@ def _pg_env() -> dict[str, str]:
     return env
 
 
-def _pg_url(port: int) -> str:
-    return f"postgresql://{PG_USER}@{HOST}:{port}/{PG_DATABASE}"
+def _pg_url(port: int, secrets: EmbeddedSecrets) -> str:
+    """The service's URL: the non-superuser role on its own database."""
+    return f"postgresql://{APP_ROLE}:{secrets.postgres_password}@{HOST}:{port}/{APP_DATABASE}"
+
+
+def _pg_admin_url(port: int, secrets: EmbeddedSecrets) -> str:
+    """The superuser's URL (database `postgres`)."""
+    return f"postgresql://{PG_USER}:{secrets.postgres_admin_password}@{HOST}:{port}/{PG_DATABASE}"
 
 
 def _postmaster_info(pgdata: Path) -> tuple[int, int] | None:
@@ -260,7 +275,9 @@ def _prepare_owned(path: Path, who: process.RunAs | None, *, directory: bool, mo
     os.chmod(path, mode)
 
 
-def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> None:
+def _pg_initdb(
+    paths: _PgPaths, bin_dir: Path, who: process.RunAs | None, secrets: EmbeddedSecrets
+) -> None:
     version_file = paths.pgdata / "PG_VERSION"
     if version_file.exists():
         major = version_file.read_text().strip()
@@ -274,22 +291,36 @@ def _pg_initdb(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> Non
         raise EmbeddedServerError(f"{paths.pgdata} is not empty but is not a Postgres cluster")
     # initdb into a scratch dir, then rename: an interrupted initdb never looks initialised
     tmp = paths.base / "pg.initdb-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    pwdir = paths.base / "pg.initdb-pw"
+    for leftover in (tmp, pwdir):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     _prepare_owned(tmp, who, directory=True, mode=0o700)
+    # the superuser password goes in through a 0600 file readable by the server account only
+    _prepare_owned(pwdir, who, directory=True, mode=0o700)
+    pwfile = pwdir / "pw"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.postgres_admin_password + "\n")
+    if who is not None:
+        os.chown(pwfile, who.uid, who.gid)
     cmd = [
         str(bin_dir / "initdb"),
         "-D",
         str(tmp),
         "-U",
         PG_USER,
-        "--auth=trust",
+        "--auth=scram-sha-256",
+        f"--pwfile={pwfile}",
         "--encoding=UTF8",
         "--locale=C",
         "--no-sync",
         "--no-instructions",
     ]
-    proc = process.run(cmd, timeout=120, run_as=who, env=_pg_env())
+    try:
+        proc = process.run(cmd, timeout=120, run_as=who, env=_pg_env())
+    finally:
+        shutil.rmtree(pwdir, ignore_errors=True)
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise process.server_error(
@@ -308,7 +339,7 @@ def _is_postmaster(pid: int, pgdata: Path) -> bool:
     return names is None or ("postgres" in names and str(pgdata) in names)
 
 
-def _pg_start(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> str:
+def _pg_start(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> int:
     _prepare_owned(paths.logfile, who, directory=False, mode=0o600)
     _prepare_owned(paths.socket_dir, who, directory=True, mode=0o700)
     # unix socket paths are limited to ~107 bytes; go TCP-only when ours would not fit
@@ -378,49 +409,245 @@ def _pg_start(paths: _PgPaths, bin_dir: Path, who: process.RunAs | None) -> str:
             )
         time.sleep(process.POLL_INTERVAL)
     process.write_json(paths.state, {"port": port, "pgdata": str(paths.pgdata)})
-    return _pg_url(port)
+    return port
+
+
+def _hba_path(paths: _PgPaths) -> Path:
+    return paths.pgdata / "pg_hba.conf"
+
+
+def _secured(paths: _PgPaths) -> bool:
+    """True once provisioning finished (pg_hba.conf is ours: it is written last)."""
+    try:
+        return _hba_path(paths).read_text() == HBA
+    except OSError:
+        return False
+
+
+def _psql(port: int, secrets: EmbeddedSecrets, database: str, sql: str) -> str:
+    """Run sql as the superuser through psql (password in its environment, never argv);
+    return its output.  Works against a legacy trust cluster too (the password is then
+    ignored)."""
+    env = _pg_env()
+    env["PGPASSWORD"] = secrets.postgres_admin_password
+    env["PGCONNECT_TIMEOUT"] = "10"
+    cmd = [
+        str(_pg_source_bin() / "psql"),
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        HOST,
+        "-p",
+        str(port),
+        "-U",
+        PG_USER,
+        "-d",
+        database,
+        "-f",
+        "-",
+    ]
+    proc = process.run(cmd, timeout=120, env=env, input=sql)
+    if proc.returncode != 0:
+        raise process.server_error(
+            f"provisioning the embedded Postgres on port {port} failed (database {database})",
+            output=proc.stdout,
+        )
+    return proc.stdout
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Objects the superuser owns in a database's own schemas: given to the app role.
+_REASSIGN = rf"""
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT n.nspname FROM pg_namespace n
+           WHERE n.nspowner = '{PG_USER}'::regrole
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+             AND n.nspname NOT LIKE 'pg\_%' LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO {APP_ROLE}', r.nspname);
+  END LOOP;
+  FOR r IN SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relowner = '{PG_USER}'::regrole AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\_%'
+           ORDER BY c.relkind = 'S' LOOP
+    -- sequences owned by a column follow their table: re-check before each
+    IF (SELECT relowner FROM pg_class WHERE oid = r.oid) = '{PG_USER}'::regrole THEN
+      EXECUTE format('ALTER %s %s OWNER TO {APP_ROLE}',
+        CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+          WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+        r.oid::regclass);
+    END IF;
+  END LOOP;
+  FOR r IN SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE p.proowner = '{PG_USER}'::regrole
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\_%' LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO {APP_ROLE}', r.oid::regprocedure);
+  END LOOP;
+  FOR r IN SELECT t.oid FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+           WHERE t.typowner = '{PG_USER}'::regrole AND t.typtype IN ('e', 'd', 'r')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\_%' LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO {APP_ROLE}', r.oid::regtype);
+  END LOOP;
+END $$;
+"""
+
+
+def _has_user_tables(port: int, secrets: EmbeddedSecrets, database: str) -> bool:
+    out = _psql(
+        port,
+        secrets,
+        database,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
+        "'information_schema') AND n.nspname NOT LIKE 'pg\\_%';\n",
+    )
+    return int(out.strip() or "0") > 0
+
+
+def _provision(
+    paths: _PgPaths, port: int, who: process.RunAs | None, secrets: EmbeddedSecrets
+) -> None:
+    """Bring the cluster to the locked-down state; idempotent, safe to rerun after a crash.
+
+    The superuser gets the generated password, the app role (NOSUPERUSER, NOCREATEDB,
+    NOCREATEROLE) its own, and owns database `counters`.  A cluster from before passwords
+    (trust auth, the service's tables in database `postgres`): `postgres` is renamed to
+    `counters` with every object in it given to the app role (data kept), and a new empty
+    `postgres` is created for admin.  pg_hba.conf is rewritten last (scram-sha-256 only, no
+    trust) and the configuration reloaded.
+    """
+    app_pw = _quote(scram_verifier(secrets.postgres_password))
+    admin_pw = _quote(scram_verifier(secrets.postgres_admin_password))
+    _psql(
+        port,
+        secrets,
+        "postgres",
+        "SET log_statement = 'none';\n"
+        f"ALTER ROLE {PG_USER} PASSWORD {admin_pw};\n"
+        f"SELECT NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') AS missing\n"
+        "\\gset\n"
+        f"\\if :missing\n  CREATE ROLE {APP_ROLE};\n\\endif\n"
+        f"ALTER ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+        f"NOBYPASSRLS PASSWORD {app_pw};\n",
+    )
+    exists = _psql(
+        port,
+        secrets,
+        "postgres",
+        f"SELECT count(*) FROM pg_database WHERE datname = '{APP_DATABASE}';\n",
+    )
+    if int(exists.strip() or "0") == 0:
+        if _has_user_tables(port, secrets, PG_DATABASE):
+            # legacy: the service's data is in `postgres`; it becomes `counters`
+            _psql(
+                port,
+                secrets,
+                "template1",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{PG_DATABASE}' AND pid <> pg_backend_pid();\n"
+                f"ALTER DATABASE {PG_DATABASE} RENAME TO {APP_DATABASE};\n"
+                f"CREATE DATABASE {PG_DATABASE};\n",
+            )
+        else:
+            _psql(port, secrets, "postgres", f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE};\n")
+    _psql(
+        port,
+        secrets,
+        "postgres",
+        f"ALTER DATABASE {APP_DATABASE} OWNER TO {APP_ROLE};\n"
+        f"REVOKE ALL ON DATABASE {APP_DATABASE} FROM PUBLIC;\n",
+    )
+    _psql(port, secrets, APP_DATABASE, _REASSIGN)
+    hba = _hba_path(paths)
+    tmp = hba.with_name(".pg_hba.conf.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(HBA)
+    if who is not None:
+        os.chown(tmp, who.uid, who.gid)
+    os.replace(tmp, hba)
+    _psql(port, secrets, "postgres", "SELECT pg_reload_conf();\n")
 
 
 def ensure_postgres(data_dir: Path) -> str:
-    """Start or reuse the embedded Postgres for data_dir; return a postgresql:// URL.
+    """Start or reuse the embedded Postgres for data_dir; return the service's URL.
 
-    The URL is ``postgresql://postgres@127.0.0.1:PORT/postgres`` (trust auth, listening on
-    127.0.0.1 only).  On return the server accepts connections (pg_isready) and keeps
-    running after this process exits; the cluster is created on first use.  When running
-    as root the server runs as ``nobody``, relocating files it could not reach (see module
-    docs).  Concurrent callers for the same data_dir get the same server.  Raises
+    The URL is ``postgresql://counters:PASSWORD@127.0.0.1:PORT/counters``: a login role
+    that is no superuser (so no ``COPY ... FROM PROGRAM``, no roles, no databases) and owns
+    its database.  Every connection needs a password (scram-sha-256; passwords in
+    ``data_dir/secrets.json``, mode 0600); the server listens on 127.0.0.1 only.  A cluster
+    made by an older version (trust auth) is locked down in place, its data kept (see
+    _provision).  On return the server accepts connections (pg_isready) and keeps running
+    after this process exits; the cluster is created on first use.  When running as root
+    the server runs as ``nobody``, relocating files it could not reach (see module docs).
+    Concurrent callers for the same data_dir get the same server.  Raises
     EmbeddedServerError (with the log tail) if it cannot be started.
     """
+    port, secrets = _ensure_postgres(data_dir)
+    return _pg_url(port, secrets)
+
+
+def postgres_admin_url(data_dir: Path) -> str:
+    """Like ensure_postgres, but the superuser's URL (database `postgres`): for creating
+    and dropping databases (tests, bench), never for the service."""
+    port, secrets = _ensure_postgres(data_dir)
+    return _pg_admin_url(port, secrets)
+
+
+def _ensure_postgres(data_dir: Path) -> tuple[int, EmbeddedSecrets]:
     data_dir = process.absolute(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    secrets = load_secrets(data_dir)
+    process.clear_stopped(data_dir, "postgres")
     who = _pg_run_as()
     with process.locked(data_dir / ".postgres.lock"):
-        paths = _pg_paths(data_dir, who, decide=True)
-        info = _postmaster_info(paths.pgdata)
-        if info is not None and _is_postmaster(info[0], paths.pgdata):
-            # ours is running: reuse it once it accepts connections (it may be recovering)
-            deadline = time.monotonic() + _PG_START_DEADLINE
-            while not _pg_isready(info[1]):
-                if time.monotonic() > deadline or not process.pid_alive(info[0]):
-                    raise process.server_error(
-                        f"Postgres for {data_dir} is running (pid {info[0]}) but "
-                        f"not accepting connections on port {info[1]}",
-                        paths.logfile,
-                    )
-                time.sleep(process.POLL_INTERVAL)
-            return _pg_url(info[1])
-        if not paths.base.is_dir():
-            raise EmbeddedServerError(
-                f"the Postgres data of {data_dir} was relocated to {paths.base} (see "
-                f"{paths.marker}), which no longer exists; remove the marker to start afresh"
-            )
-        bin_dir = _pg_bin_for_server(who)
-        if who is not None and not _traversable_by(paths.base, who):
-            raise EmbeddedServerError(
-                f"{paths.base} is not reachable by {PG_RUN_AS!r}; Postgres data cannot live there"
-            )
-        _pg_initdb(paths, bin_dir, who)
-        return _pg_start(paths, bin_dir, who)
+        port = _start_or_reuse(data_dir, who, secrets)
+        paths = _pg_paths(data_dir, who, decide=False)
+        if not _secured(paths):
+            _provision(paths, port, who, secrets)
+        return port, secrets
+
+
+def _start_or_reuse(data_dir: Path, who: process.RunAs | None, secrets: EmbeddedSecrets) -> int:
+    """Port of data_dir's running Postgres, starting it (initdb first) if needed; the
+    caller holds the lock."""
+    paths = _pg_paths(data_dir, who, decide=True)
+    info = _postmaster_info(paths.pgdata)
+    if info is not None and _is_postmaster(info[0], paths.pgdata):
+        # ours is running: reuse it once it accepts connections (it may be recovering)
+        deadline = time.monotonic() + _PG_START_DEADLINE
+        while not _pg_isready(info[1]):
+            if time.monotonic() > deadline or not process.pid_alive(info[0]):
+                raise process.server_error(
+                    f"Postgres for {data_dir} is running (pid {info[0]}) but "
+                    f"not accepting connections on port {info[1]}",
+                    paths.logfile,
+                )
+            time.sleep(process.POLL_INTERVAL)
+        return info[1]
+    if not paths.base.is_dir():
+        raise EmbeddedServerError(
+            f"the Postgres data of {data_dir} was relocated to {paths.base} (see "
+            f"{paths.marker}), which no longer exists; remove the marker to start afresh"
+        )
+    bin_dir = _pg_bin_for_server(who)
+    if who is not None and not _traversable_by(paths.base, who):
+        raise EmbeddedServerError(
+            f"{paths.base} is not reachable by {PG_RUN_AS!r}; Postgres data cannot live there"
+        )
+    _pg_initdb(paths, bin_dir, who, secrets)
+    return _pg_start(paths, bin_dir, who)
 
 
 def _stop_postgres(data_dir: Path) -> bool:

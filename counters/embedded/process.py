@@ -177,13 +177,16 @@ def run(
     timeout: float,
     run_as: RunAs | None = None,
     env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run cmd with output captured via a temp file (daemons may keep pipes open)."""
+    """Run cmd with output captured via a temp file (daemons may keep pipes open); input,
+    if given, is written to its stdin (secrets go there, never into argv)."""
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
         try:
             proc = subprocess.run(
                 list(cmd),
-                stdin=subprocess.DEVNULL,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                input=input,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -207,7 +210,23 @@ def run(
     return proc
 
 
-# --------------------------------------------------------------------------- Valkey
+def _stopped_marker(data_dir: Path, name: str) -> Path:
+    return data_dir / f".{name}.stopped"
+
+
+def mark_stopped(data_dir: Path, name: str) -> None:
+    """Record that server name was stopped on purpose (the serve watchdog leaves it down)."""
+    _stopped_marker(data_dir, name).touch()
+
+
+def clear_stopped(data_dir: Path, name: str) -> None:
+    """Forget a deliberate stop of server name (it is being started again)."""
+    _stopped_marker(data_dir, name).unlink(missing_ok=True)
+
+
+def stopped_on_purpose(data_dir: Path, name: str) -> bool:
+    """True if server name was last stopped by stop_embedded (not crashed)."""
+    return _stopped_marker(data_dir, name).exists()
 
 
 def log_since(path: Path, offset: int) -> str:

@@ -8,20 +8,32 @@ import socket
 from counters.embedded.process import HOST
 
 
-def _resp_command(port: int, *args: str, timeout: float = 1.0) -> str | None:
-    """Send one RESP command to 127.0.0.1:port; return the reply text (errors as '-...').
-
-    None when nothing answers.  Only simple strings, errors, integers and bulk strings
-    are understood, which is all PING / INFO need.
-    """
+def _encode(args: tuple[str, ...]) -> bytes:
     payload = f"*{len(args)}\r\n".encode()
     for arg in args:
         raw = arg.encode()
         payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return payload
+
+
+def _resp_command(
+    port: int, *args: str, password: str | None = None, timeout: float = 1.0
+) -> str | None:
+    """Send one RESP command to 127.0.0.1:port (after AUTH when password is given);
+    return the reply text (errors as '-...', a failed AUTH's error included).
+
+    None when nothing answers.  Only simple strings, errors, integers and bulk strings
+    are understood, which is all AUTH / PING / INFO need.
+    """
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.sendall(payload)
             with sock.makefile("rb") as reader:
+                if password is not None:
+                    sock.sendall(_encode(("AUTH", password)))
+                    auth = reader.readline()
+                    if not auth.startswith(b"+"):
+                        return auth[:-2].decode("utf-8", errors="replace") or None
+                sock.sendall(_encode(args))
                 header = reader.readline()
                 if not header.endswith(b"\r\n"):
                     return None

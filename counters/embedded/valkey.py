@@ -15,6 +15,7 @@ from pathlib import Path
 from counters.embedded import process
 from counters.embedded.process import HOST, EmbeddedServerError
 from counters.embedded.resp import _resp_command
+from counters.embedded.secrets import load_secrets
 
 _VALKEY_START_DEADLINE = 10.0
 _VALKEY_LOADING_DEADLINE = 300.0  # a big AOF may take a while to replay
@@ -28,26 +29,32 @@ class _ValkeyPaths:
     logfile: Path
     state: Path
     lock: Path
+    password: str
 
 
-def _valkey_paths(data_dir: Path) -> _ValkeyPaths:
+def _valkey_paths(data_dir: Path, password: str | None = None) -> _ValkeyPaths:
+    """Where data_dir's Valkey lives; password is read from (or created in) the secrets
+    file unless given."""
     vdir = data_dir / "valkey"
+    if password is None:
+        password = load_secrets(data_dir).valkey_password
     return _ValkeyPaths(
         dir=vdir,
         pidfile=vdir / "valkey.pid",
         logfile=vdir / "valkey.log",
         state=vdir / "state.json",
         lock=data_dir / ".valkey.lock",
+        password=password,
     )
 
 
-def _valkey_url(port: int) -> str:
-    return f"redis://{HOST}:{port}/0"
+def _valkey_url(port: int, password: str) -> str:
+    return f"redis://:{password}@{HOST}:{port}/0"
 
 
-def _valkey_server_pid(port: int) -> int | None:
+def _valkey_server_pid(port: int, password: str | None) -> int | None:
     """process_id reported by the server on port (proves which process owns the port)."""
-    info = _resp_command(port, "INFO", "server")
+    info = _resp_command(port, "INFO", "server", password=password)
     if info is None or info.startswith("-"):
         return None
     match = re.search(r"^process_id:(\d+)\s*$", info, re.MULTILINE)
@@ -61,11 +68,11 @@ def _read_pidfile(path: Path) -> int | None:
         return None
 
 
-def _is_our_valkey(pid: int | None, port: int | None) -> bool:
+def _is_our_valkey(pid: int | None, port: int | None, password: str) -> bool:
     """pid is alive and is the Valkey serving port (asked via INFO, else its process title)."""
     if pid is None or port is None or not process.pid_alive(pid):
         return False
-    if _valkey_server_pid(port) == pid:
+    if _valkey_server_pid(port, password) == pid or _valkey_server_pid(port, None) == pid:
         return True
     names = process.process_names(pid)  # a hung server still shows "valkey-server 127.0.0.1:PORT"
     return names is not None and "valkey-server" in names and f"{HOST}:{port} " in names + " "
@@ -77,9 +84,21 @@ def _valkey_running(paths: _ValkeyPaths) -> tuple[int, int] | None:
     port = process.json_int(process.read_json(paths.state), "port")
     if pid is None or port is None or not process.pid_alive(pid):
         return None
-    if _resp_command(port, "PING") != "PONG" or _valkey_server_pid(port) != pid:
+    if _resp_command(port, "PING", password=paths.password) != "PONG":
+        return None
+    if _valkey_server_pid(port, paths.password) != pid:
         return None
     return pid, port
+
+
+def _valkey_without_password(paths: _ValkeyPaths) -> bool:
+    """True if this data dir's Valkey is running and answers without AUTH (started by a
+    version before passwords): it must be restarted with one."""
+    pid = _read_pidfile(paths.pidfile)
+    port = process.json_int(process.read_json(paths.state), "port")
+    if pid is None or port is None or not process.pid_alive(pid):
+        return False
+    return _resp_command(port, "PING") == "PONG" and _valkey_server_pid(port, None) == pid
 
 
 def _valkey_wait_ready(paths: _ValkeyPaths, port: int, log_offset: int) -> int:
@@ -88,10 +107,10 @@ def _valkey_wait_ready(paths: _ValkeyPaths, port: int, log_offset: int) -> int:
     deadline = start + _VALKEY_START_DEADLINE
     daemon_pid: int | None = None
     while True:
-        reply = _resp_command(port, "PING", timeout=0.5)
+        reply = _resp_command(port, "PING", password=paths.password, timeout=0.5)
         if reply == "PONG":
             pid = _read_pidfile(paths.pidfile)
-            if pid is not None and _valkey_server_pid(port) == pid:
+            if pid is not None and _valkey_server_pid(port, paths.password) == pid:
                 return pid
         elif reply is not None and reply.startswith("-LOADING"):
             deadline = start + _VALKEY_LOADING_DEADLINE
@@ -151,8 +170,11 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             log_offset = paths.logfile.stat().st_size
         except OSError:
             log_offset = 0
+        # The password goes in on stdin ("-": config from stdin), never on the command
+        # line, which every local user can read in /proc.
         cmd = [
             exe,
+            "-",
             "--bind", HOST,
             "--port", str(port),
             "--dir", str(paths.dir),
@@ -164,7 +186,9 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             "--logfile", str(paths.logfile),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        proc = process.run(cmd, timeout=_VALKEY_START_DEADLINE)
+        proc = process.run(
+            cmd, timeout=_VALKEY_START_DEADLINE, input=f"requirepass {paths.password}\n"
+        )
         if proc.returncode != 0:
             raise process.server_error(
                 f"valkey-server failed to launch (exit code {proc.returncode})",
@@ -179,7 +203,7 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
                 continue  # lost a race for the port: pick another one
             raise
         process.write_json(paths.state, {"port": port})
-        return _valkey_url(port)
+        return _valkey_url(port, paths.password)
     assert last_error is not None
     raise last_error
 
@@ -187,27 +211,34 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
 def ensure_valkey(data_dir: Path) -> str:
     """Start or reuse the embedded Valkey for data_dir; return its redis:// URL.
 
-    The URL is ``redis://127.0.0.1:PORT/0``.  On return the server answers PING, listens
-    on 127.0.0.1 only, persists to an AOF under ``data_dir/valkey`` and keeps running after
-    this process exits.  Concurrent callers for the same data_dir get the same server.
-    Raises EmbeddedServerError (with the log tail) if it cannot be started.
+    The URL is ``redis://:PASSWORD@127.0.0.1:PORT/0``: the server requires the generated
+    password of ``data_dir/secrets.json`` (a server left running without one by an older
+    version is restarted with it, same port and AOF).  On return the server answers PING,
+    listens on 127.0.0.1 only, persists to an AOF under ``data_dir/valkey`` (mode 0700) and
+    keeps running after this process exits.  Concurrent callers for the same data_dir get
+    the same server.  Raises EmbeddedServerError (with the log tail) if it cannot be
+    started.
     """
     data_dir = process.absolute(data_dir)
     paths = _valkey_paths(data_dir)
-    paths.dir.mkdir(parents=True, exist_ok=True)
+    paths.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(paths.dir, 0o700)  # the AOF holds every tenant's counters
+    process.clear_stopped(data_dir, "valkey")
     with process.locked(paths.lock):
         running = _valkey_running(paths)
         if running is not None:
-            return _valkey_url(running[1])
+            return _valkey_url(running[1], paths.password)
+        if _valkey_without_password(paths):
+            _stop_valkey(paths)  # SIGTERM fsyncs the AOF; started again below with a password
         pid = _read_pidfile(paths.pidfile)
         port = process.json_int(process.read_json(paths.state), "port")
-        if _is_our_valkey(pid, port):
+        if _is_our_valkey(pid, port, paths.password):
             # Ours is alive but not (yet) answering: never start a second server on the AOF.
             deadline = time.monotonic() + _VALKEY_START_DEADLINE
             while time.monotonic() < deadline:
                 running = _valkey_running(paths)
                 if running is not None:
-                    return _valkey_url(running[1])
+                    return _valkey_url(running[1], paths.password)
                 time.sleep(process.POLL_INTERVAL)
             raise process.server_error(
                 f"Valkey for {data_dir} is running (pid {pid}) but does not answer "
@@ -220,7 +251,7 @@ def ensure_valkey(data_dir: Path) -> str:
 def _stop_valkey(paths: _ValkeyPaths) -> bool:
     pid = _read_pidfile(paths.pidfile)
     if pid is None or not _is_our_valkey(
-        pid, process.json_int(process.read_json(paths.state), "port")
+        pid, process.json_int(process.read_json(paths.state), "port"), paths.password
     ):
         return False
     os.kill(pid, signal.SIGTERM)  # same as SHUTDOWN: fsyncs the AOF, then exits

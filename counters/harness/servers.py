@@ -30,26 +30,35 @@ class Backends:
 
 @dataclass(frozen=True)
 class Servers:
-    """A Redis and a Postgres server (URL of its `postgres` database); data_dir is set when
-    they are private embedded ones that stop_servers stops and removes."""
+    """A Redis and a Postgres server; data_dir is set when they are private embedded ones
+    that stop_servers stops and removes.
+
+    server_url is an admin URL (creates and drops databases: the embedded superuser, or the
+    given URL); owner_url, for embedded servers, is the service's non-superuser role that
+    owns (and connects to) the databases create_database makes (None: server_url's user).
+    """
 
     redis_url: str
     server_url: str
     data_dir: Path | None
+    owner_url: str | None = None
 
 
 def start_servers(
     redis_url: str | None, server_url: str | None, *, tmp_prefix: str, tmp_dir: str | None = None
 ) -> Servers:
     """The given URLs; for any that is None, a private embedded server in a new temporary
-    data dir (mode 755, so the `nobody` Postgres can reach it)."""
+    data dir (mode 711: the `nobody` Postgres can traverse it, nobody else can list it)."""
     data_dir: Path | None = None
+    owner_url: str | None = None
     if not redis_url or not server_url:
         data_dir = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=tmp_dir))
-        data_dir.chmod(0o755)
+        data_dir.chmod(0o711)
         redis_url = redis_url or embedded.ensure_valkey(data_dir)
-        server_url = server_url or embedded.ensure_postgres(data_dir)
-    return Servers(redis_url, server_url, data_dir)
+        if not server_url:
+            owner_url = embedded.ensure_postgres(data_dir)
+            server_url = embedded.postgres_admin_url(data_dir)
+    return Servers(redis_url, server_url, data_dir, owner_url)
 
 
 def stop_servers(servers: Servers) -> None:
@@ -68,23 +77,26 @@ def free_port() -> int:
 
 
 def database_url(server_url: str, database: str) -> str:
-    """The URL of another database on the same server."""
+    """The URL of another database on the same server (same user and password)."""
     parts = urlsplit(server_url)
     return urlunsplit(parts._replace(path="/" + database))
 
 
-def create_database(server_url: str, database: str) -> str:
-    """Creates an empty database on the server; returns its URL."""
+def create_database(server_url: str, database: str, owner_url: str | None = None) -> str:
+    """Creates an empty database through the admin server_url, owned by owner_url's user
+    when given; returns its URL as that owner (else as server_url's user)."""
+    owner = urlsplit(owner_url).username if owner_url else None
 
     async def run() -> None:
         conn = await asyncpg.connect(server_url)
         try:
-            await conn.execute(f'CREATE DATABASE "{database}"')
+            suffix = f' OWNER "{owner}"' if owner else ""
+            await conn.execute(f'CREATE DATABASE "{database}"{suffix}')
         finally:
             await conn.close()
 
     asyncio.run(run())
-    return database_url(server_url, database)
+    return database_url(owner_url or server_url, database)
 
 
 def drop_database(server_url: str, database: str) -> None:

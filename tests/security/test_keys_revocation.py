@@ -89,8 +89,8 @@ def private_postgres() -> Iterator[tuple[Path, str]]:
     pdir = Path(tempfile.mkdtemp(prefix="counters-keys-p-"))
     pdir.chmod(0o755)
     try:
-        server_url = embedded.ensure_postgres(pdir)
-        yield pdir, create_database(server_url, "keys")
+        server_url = embedded.postgres_admin_url(pdir)  # as the service's own role:
+        yield pdir, create_database(server_url, "keys", embedded.ensure_postgres(pdir))
     finally:
         embedded.stop_embedded(pdir)
         shutil.rmtree(pdir, ignore_errors=True)

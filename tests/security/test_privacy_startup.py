@@ -31,7 +31,9 @@ def stopped() -> Iterator[tuple[Path, Path, str, str]]:
         d.chmod(0o755)
     try:
         redis_url = embedded.ensure_valkey(vdir)
-        database_url = create_database(embedded.ensure_postgres(pdir), "privstart")
+        database_url = create_database(
+            embedded.postgres_admin_url(pdir), "privstart", embedded.ensure_postgres(pdir)
+        )
         embedded.stop_embedded(vdir)
         embedded.stop_embedded(pdir)
         yield vdir, pdir, redis_url, database_url
