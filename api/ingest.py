@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, json_response
+from api.idempotency import REPLAYED_HEADER, idempotency_of
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
 from counters.core.models import (
     EventWire,
@@ -68,11 +69,13 @@ def decode_events(body: bytes, content_type: str) -> list[EventWire]:
 
 
 async def post_events(request: Request) -> Response:
-    """Counts a batch; replies {"accepted", "duplicates"}."""
+    """Counts a batch; replies {"accepted", "duplicates"}. With an Idempotency-Key seen
+    before: the original reply with "replayed": true and Idempotency-Replayed: true."""
     state = app_state(request)
     settings = state.settings
     project = await authorize(state, bearer_key(request), scope="ingest")
     body = await read_body(request, settings.max_body_bytes)
+    idempotency = idempotency_of(request, body)
     events = decode_events(body, request.headers.get("content-type", ""))
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
@@ -80,7 +83,9 @@ async def post_events(request: Request) -> Response:
             code="too_many_events",
         )
     raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
-    reply = await state.ingestor.apply(project, raw)
+    reply = await state.ingestor.apply(project, raw, idempotency=idempotency)
+    if reply.replayed:
+        return json_response(reply, headers={REPLAYED_HEADER: "true"})
     state.metrics.events_accepted.labels(project).inc(reply.accepted)
     if reply.duplicates:
         state.metrics.duplicates.labels(project).inc(reply.duplicates)
