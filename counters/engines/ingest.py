@@ -10,7 +10,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from counters.core.buckets import DAY_MS, format_ts
+from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
 from counters.core.config import Settings
 from counters.core.errors import BacklogFull, Invalid, PayloadTooLarge, Unavailable
 from counters.core.grouping import Plan, first_occurrences, fold_over_cap, plan_batch
@@ -28,10 +28,14 @@ DIM_SET_TTL_MS = 2 * DAY_MS
 """How long a dim's set of values of one day lives after its last new value."""
 DURABLE_TIMEOUT_MS = 2000
 
-UIDS_PER_GROUP = 8
-"""Cost model of one ingest.lua call, in groups: a uid passed to PFADD costs about
-1/UIDS_PER_GROUP of a group, and so does an event id, a dim value, a name or a dim name to
-check (measured on the reference machine, see README "Security": batch budget)."""
+UIDS_PER_GROUP = 4
+"""Cost model of one ingest.lua call, in groups (max_batch_groups' unit), measured on the
+reference machine (README "Security", batch budget): a (minute, field) group, an event id
+(EXISTS + SET), a dim value, event name or dim name to check against its cap (SISMEMBER,
+SCARD, SADD, PEXPIRE) each cost about one group (~8-18 us); a uid passed to PFADD about a
+quarter; a group of a sealed minute about three (its minute's late delta, its hour and its
+day)."""
+LATE_GROUP_COST = 3
 
 
 class Idempotency(NamedTuple):
@@ -41,12 +45,19 @@ class Idempotency(NamedTuple):
     body_hash: str
 
 
-def plan_cost(plan: Plan, n_ids: int) -> int:
+def plan_cost(plan: Plan, n_ids: int, late_before: int | None = None) -> int:
     """What one ingest.lua call with this plan costs, in groups (max_batch_groups' unit):
-    the groups plus the smaller per-item work (uids, ids, cap checks) at their measured
-    ratio to a group."""
-    small = plan.uid_entries + n_ids + len(plan.dim_values) + len(plan.names) + len(plan.dim_names)
-    return len(plan.groups) + small // UIDS_PER_GROUP
+    every group (LATE_GROUP_COST for a minute before late_before, likely sealed), id and
+    cap check, plus the uids at UIDS_PER_GROUP a group."""
+    cost = len(plan.groups) + n_ids + len(plan.dim_values) + len(plan.names)
+    cost += len(plan.dim_names) + plan.uid_entries // UIDS_PER_GROUP
+    if late_before is not None:
+        edge = str(late_before)
+        for g in plan.groups:
+            minute = g[0]
+            if len(minute) < len(edge) or (len(minute) == len(edge) and minute < edge):
+                cost += LATE_GROUP_COST - 1
+    return cost
 
 
 def _day(day_ms: str) -> str:
@@ -72,6 +83,7 @@ class Ingestor:
         name_cap: int = 0,
         dim_name_cap: int = 0,
         max_groups: int = 0,
+        grace_ms: int = 0,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -86,6 +98,7 @@ class Ingestor:
         self._name_cap = name_cap
         self._dim_name_cap = dim_name_cap
         self._max_groups = max_groups
+        self._grace_ms = grace_ms
         self._waitaof: bool | None = None  # None: not probed yet
 
     @classmethod
@@ -112,6 +125,7 @@ class Ingestor:
             name_cap=settings.event_name_cap,
             dim_name_cap=settings.dim_name_cap,
             max_groups=settings.max_batch_groups,
+            grace_ms=int(settings.grace_seconds * 1000),
         )
 
     async def _wait_on_disk(self) -> None:
@@ -137,12 +151,16 @@ class Ingestor:
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
 
-    def _check_budget(self, plan: Plan, n_ids: int, n_events: int) -> None:
+    def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
         """Raises 413 batch_too_complex when one script call with this plan would run over
         the budget (max_batch_groups), saying how many such events fit in one batch."""
-        cost = plan_cost(plan, n_ids)
-        if not self._max_groups or cost <= self._max_groups:
+        if not self._max_groups:
             return
+        now = max((ev.received for ev in events), default=0)
+        cost = plan_cost(plan, n_ids, now - self._grace_ms - MINUTE_MS)
+        if cost <= self._max_groups:
+            return
+        n_events = len(events)
         fit = max(1, n_events * self._max_groups // cost)
         raise PayloadTooLarge(
             f"batch too complex: {n_events} events make {cost} groups of work (one per minute"
@@ -202,7 +220,7 @@ class Ingestor:
             plan = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0, names=caps)
             if not checked:
                 self._check_names_alone(plan)
-                self._check_budget(plan, len(ids), len(pending))
+                self._check_budget(plan, len(ids), pending)
                 checked = True
             groups, dim_values = plan.groups, plan.dim_values
             idem = idempotency or Idempotency("", "")
