@@ -223,14 +223,23 @@ class ApiClient:
         self.read_h = {"Authorization": f"Bearer {read}"}
 
     async def post(self, events: list[dict[str, Any]]) -> None:
-        """Posts events in batches of 5,000; every one must be accepted."""
+        """Posts events in batches of 5,000, halving a batch the server finds too complex
+        (413 batch_too_complex) as a client should; every one must be accepted."""
         assert self.app.client is not None
         for i in range(0, len(events), 5000):
-            chunk = events[i : i + 5000]
-            r = await self.app.client.post(
-                "/v1/events", content=msgspec.json.encode(chunk), headers=self.ingest_h
-            )
-            assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
+            await self._post_chunk(events[i : i + 5000])
+
+    async def _post_chunk(self, chunk: list[dict[str, Any]]) -> None:
+        assert self.app.client is not None
+        r = await self.app.client.post(
+            "/v1/events", content=msgspec.json.encode(chunk), headers=self.ingest_h
+        )
+        if r.status_code == 413 and r.json()["error"]["code"] == "batch_too_complex":
+            half = len(chunk) // 2
+            await self._post_chunk(chunk[:half])
+            await self._post_chunk(chunk[half:])
+            return
+        assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
 
     async def get(self, path: str, **params: Any) -> Any:
         """JSON of GET /v1/projects/<project>/<path>."""
