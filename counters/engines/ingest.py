@@ -201,14 +201,21 @@ class Ingestor:
         )
 
     async def apply(
-        self, project: str, events: list[RawEvent], *, idempotency: Idempotency | None = None
+        self,
+        project: str,
+        events: list[RawEvent],
+        *,
+        idempotency: Idempotency | None = None,
+        refused: list[RawEvent] | None = None,
     ) -> IngestReply:
         """Counts every event exactly once unless its (name, id) was seen inside the dedupe
         window; all or nothing. With idempotency, a batch whose key was applied before inside
         the window counts nothing and returns the stored reply (replayed=True); the same key
         with another body is a 422. Raises 413 (batch over the script budget) or 422 (a
         per-day name cap) before anything is applied, Unavailable (Redis down; nothing
-        applied) or BacklogFull."""
+        applied) or BacklogFull. With a refused list (events of several requests joined into
+        one batch, the pixel's group commit) an event over a name cap is moved there instead
+        and the rest is applied."""
         keys = ProjectKeys(self._prefix, project)
         pending, duplicates = first_occurrences(events)
         caps = bool(self._name_cap or self._dim_name_cap)
@@ -219,7 +226,8 @@ class Ingestor:
             ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
             plan = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0, names=caps)
             if not checked:
-                self._check_names_alone(plan)
+                if refused is None:
+                    self._check_names_alone(plan)
                 self._check_budget(plan, len(ids), pending)
                 checked = True
             groups, dim_values = plan.groups, plan.dim_values
@@ -277,10 +285,23 @@ class Ingestor:
                     " the dedupe window; use a new key for a new batch",
                     code="idempotency_key_reused",
                 )
-            elif status == "NAMECAP":
-                raise self._name_cap_error(plan.names[int(reply[1]) - 1])
-            elif status == "DIMNAMECAP":
-                raise self._dim_name_cap_error(plan.dim_names[int(reply[1]) - 1])
+            elif status in ("NAMECAP", "DIMNAMECAP"):
+                pairs = plan.names if status == "NAMECAP" else plan.dim_names
+                if refused is None:
+                    first = pairs[int(reply[1]) - 1]
+                    if status == "NAMECAP":
+                        raise self._name_cap_error(first)
+                    raise self._dim_name_cap_error(first)
+                over = {(pairs[i - 1][0], pairs[i - 1][1]) for i in reply[1:]}
+                kept = []
+                for ev in pending:
+                    day = str(ev.ts - ev.ts % DAY_MS)
+                    if status == "NAMECAP":
+                        hit = (day, ev.name) in over
+                    else:
+                        hit = any((day, d) in over for d in ev.dims)
+                    (refused if hit else kept).append(ev)
+                pending = kept
             elif status == "NOWM":
                 await self._restore(project)
             elif status == "BACKLOG":

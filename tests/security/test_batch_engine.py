@@ -200,3 +200,20 @@ async def test_batch_names_are_checked_by_msgspec_first(harness: Harness) -> Non
     decoded = [msgspec.convert(ev("ok"), EventIn)]
     raw = harness.services.validate(decoded, now_ms=harness.clock.now_ms())
     assert (await harness.ingestor.apply(harness.project, raw)).accepted == 1
+
+
+async def test_joined_requests_over_a_name_cap_are_refused_alone(harness: Harness) -> None:
+    """The pixel joins concurrent requests into one batch: one over a cap must not take the
+    others down with it (refused mode)."""
+    h = capped(harness, event_name_cap=1, dim_name_cap=1)
+    assert (await h.ingest(ev("a", dims={"x": "1"}))).accepted == 1
+    decoded = [
+        msgspec.convert(e, EventIn)
+        for e in (ev("a"), ev("new"), ev("a", dims={"y": "2"}), ev("a", dims={"x": "3"}))
+    ]
+    raw = h.services.validate(decoded, now_ms=h.clock.now_ms())
+    refused: list[Any] = []
+    reply = await h.ingestor.apply(h.project, raw, refused=refused)
+    assert reply.accepted == 2
+    assert sorted(e.name + str(e.dims) for e in refused) == ["a{'y': '2'}", "new{}"]
+    assert await h.total("a", DAY, DAY + DAY_MS) == 3
