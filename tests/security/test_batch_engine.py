@@ -196,12 +196,6 @@ def test_max_batch_groups_default_is_the_measured_budget() -> None:
     assert Settings().max_batch_groups == 4_000
 
 
-async def test_batch_names_are_checked_by_msgspec_first(harness: Harness) -> None:
-    decoded = [msgspec.convert(ev("ok"), EventIn)]
-    raw = harness.services.validate(decoded, now_ms=harness.clock.now_ms())
-    assert (await harness.ingestor.apply(harness.project, raw)).accepted == 1
-
-
 async def test_joined_requests_over_a_name_cap_are_refused_alone(harness: Harness) -> None:
     """The pixel joins concurrent requests into one batch: one over a cap must not take the
     others down with it (refused mode)."""
