@@ -25,11 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import pixel
 from api.common import json_response
+from api.cors import Cors
+from api.limits import RateLimitHeaders
 from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
-from counters.core.errors import CountersError, Unavailable, as_unavailable
+from counters.core.errors import CountersError, TooManyRequests, Unavailable, as_unavailable
 from counters.services import (
     SETTINGS_ENV,
     decode_settings,
@@ -57,6 +59,8 @@ async def _counters_error(request: Request, exc: Exception) -> Response:
     if state is not None and 400 <= exc.status < 500 and request.url.path.startswith("/v1/events"):
         state.metrics.rejected.labels(exc.code).inc()
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after), **exc.headers}
     return json_response(_error_body(exc), exc.status, headers)
 
 
@@ -105,8 +109,10 @@ class ServerTiming:
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
     """The service. Backends are opened in the lifespan: the configured URLs, else the
-    embedded servers (started only when a URL is unset). Runs the persister and the nightly
-    reconcile in-process unless settings turn them off."""
+    embedded servers (started only when a URL is unset). The lifespan does not wait for
+    them: the app starts with Redis or Postgres down and answers 503 naming the backend
+    until it comes (healthz names it too). Runs the persister and the nightly reconcile
+    in-process unless settings turn them off."""
     base_settings = settings if settings is not None else load_settings()
     the_clock = clock if clock is not None else SystemClock()
 
@@ -115,7 +121,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         resolved = base_settings
         if not is_resolved(resolved):
             resolved = await asyncio.to_thread(resolve_settings, resolved)
-        async with open_services(resolved, the_clock) as services:
+        async with open_services(resolved, the_clock, lazy=True) as services:
             state = AppState(services, KeyCache(resolved.key_cache_seconds))
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
@@ -139,7 +145,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ServerTiming)],
+        middleware=[Middleware(ServerTiming), Middleware(RateLimitHeaders), Middleware(Cors)],
         lifespan=lifespan,
         exception_handlers={
             CountersError: _counters_error,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize, bearer_key, json_response, read_context
-from counters.core.errors import Unauthorized
+from api.common import app_state, authenticate, authorize, bearer_key, json_response, read_context
+from api.limits import charge_key
 from counters.engines.read.catalog import WhoAmI, read_catalog
 
 
@@ -15,12 +15,10 @@ async def whoami(request: Request) -> Response:
     """GET /v1/whoami: the projects and scope of the presented key."""
     state = app_state(request)
     key = bearer_key(request)
-    if not key:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    found = await state.keys.lookup(state.pool, key)
-    if found is None:
-        raise Unauthorized("unknown API key")
-    return json_response(WhoAmI(list(found[0]), found[1]))
+    found = await authenticate(state, key)
+    assert key is not None  # authenticate refused a missing key
+    await charge_key(state, key, found.projects[0], "read")  # whoami counts like a read
+    return json_response(WhoAmI(list(found.projects), found.scope))
 
 
 async def catalog(request: Request) -> Response:

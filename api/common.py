@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.cors import key_origins
+from api.limits import charge_key
 from api.state import AppState
 from counters.core.errors import Forbidden, NotFound, Unauthorized
+from counters.core.keys import INGEST_SCOPES, KeyInfo
 from counters.engines.read.context import ReadContext
-from counters.engines.retention import minute_edge
+from counters.engines.read.limits import ReadLimits
+from counters.engines.retention import minute_edge, raw_edge
 from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
 
@@ -43,14 +48,22 @@ def etag_response(request: Request, body: Any) -> Response:
 
 
 def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
-    """The read engine's context for one project, from one clock read of the request."""
+    """The read engine's context for one project, from one clock read of the request,
+    with the request's limits (points, raw rows, retention edges) from the settings."""
+    settings = state.settings
+    limits = ReadLimits(
+        max_points=settings.max_points,
+        raw_row_budget=settings.raw_row_budget,
+        oldest_raw=raw_edge(now_ms, settings.raw_retention_days),
+    )
     return ReadContext(
         state.pool,
         state.redis,
         state.scripts,
-        ProjectKeys(state.settings.key_prefix, project),
-        minute_edge(now_ms, state.settings.minute_retention_days),
+        ProjectKeys(settings.key_prefix, project),
+        minute_edge(now_ms, settings.minute_retention_days),
         state.restore,
+        limits,
     )
 
 
@@ -63,25 +76,56 @@ def bearer_key(request: Request) -> str | None:
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
+class Access(msgspec.Struct, frozen=True):
+    """What authorization grants a request: the project it acts on and the key's record
+    (its scope, allowed origins and names for the pixel checks)."""
+
+    project: str
+    key: KeyInfo
+
+
+def _allows(key_scope: str, scope: str) -> bool:
+    if key_scope == "admin":
+        return True
+    if scope == "ingest":
+        return key_scope in INGEST_SCOPES
+    return key_scope == scope
+
+
+async def authenticate(state: AppState, key: str | None) -> KeyInfo:
+    """The presented key's record; 401 when it is missing, unknown, revoked or expired
+    (checked here, without asking Postgres); 503 when Postgres is needed and down."""
+    if not key:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    found = await state.keys.lookup(state.pool, key, state.redis, state.settings.key_prefix)
+    if found is None:
+        raise Unauthorized("unknown API key")
+    if found.expired(int(time.time() * 1000)):
+        raise Unauthorized("this API key has expired", code="key_expired")
+    return found
+
+
+async def authorize_key(
+    state: AppState, key: str | None, *, scope: str, project: str | None = None
+) -> Access:
+    """The project the key may act on with this scope, and the key; raises 401 (no,
+    unknown, revoked or expired key), 404 unknown_project (the named project does not
+    exist OR the key does not cover it: the same answer, so a key cannot probe which
+    projects exist), 403 (the key's own project, wrong scope) or 429 (the key is over its
+    rate limit: every authenticated request counts against its key)."""
+    info = await authenticate(state, key)
+    assert key is not None  # authenticate refused a missing key
+    await charge_key(state, key, info.projects[0], scope, key_origins(info))
+    if project is not None and (not PROJECT_PATTERN.match(project) or project not in info.projects):
+        raise NotFound(f"unknown project {project!r}", code="unknown_project")
+    if not _allows(info.scope, scope):
+        action = {"ingest": "write events", "read": "read", "admin": "manage keys"}
+        raise Forbidden(f"a {info.scope} key cannot {action.get(scope, scope)}")
+    return Access(project if project is not None else info.projects[0], info)
+
+
 async def authorize(
     state: AppState, key: str | None, *, scope: str, project: str | None = None
 ) -> str:
-    """The project the key may act on with this scope; raises 401 (no or unknown key),
-    404 (the named project does not exist) or 403 (wrong project or scope)."""
-    if not key:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    found = await state.keys.lookup(state.pool, key)
-    if found is None:
-        raise Unauthorized("unknown API key")
-    key_projects, key_scope = found
-    if project is not None and not PROJECT_PATTERN.match(project):
-        raise NotFound(f"unknown project {project!r}", code="unknown_project")
-    if project is not None and project not in key_projects:
-        if not await state.keys.exists(state.pool, project):
-            raise NotFound(f"unknown project {project!r}", code="unknown_project")
-        raise Forbidden(f"this key does not cover project {project!r}")
-    if key_scope != scope and key_scope != "admin":
-        raise Forbidden(
-            f"a {key_scope} key cannot {'write events' if scope == 'ingest' else 'read'}"
-        )
-    return project if project is not None else key_projects[0]
+    """The project the key may act on with this scope (see authorize_key for the errors)."""
+    return (await authorize_key(state, key, scope=scope, project=project)).project

@@ -6,8 +6,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize, bearer_key, json_response
+from api.common import app_state, authorize_key, bearer_key, json_response
 from api.idempotency import REPLAYED_HEADER, idempotency_of
+from api.limits import charge_events
+from api.scope import check_batch, check_names, check_origin
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge
 from counters.core.models import (
     EventWire,
@@ -69,24 +71,34 @@ def decode_events(body: bytes, content_type: str) -> list[EventWire]:
 
 
 async def post_events(request: Request) -> Response:
-    """Counts a batch; replies {"accepted", "duplicates"}. With an Idempotency-Key seen
-    before: the original reply with "replayed": true and Idempotency-Replayed: true."""
+    """Counts a batch; replies {"accepted", "duplicates"}. The key comes from
+    `Authorization: Bearer`, else from `?key=` (navigator.sendBeacon cannot set headers).
+    With an Idempotency-Key seen before: the original reply with "replayed": true and
+    Idempotency-Replayed: true."""
     state = app_state(request)
     settings = state.settings
-    project = await authorize(state, bearer_key(request), scope="ingest")
+    key = bearer_key(request) or request.query_params.get("key")
+    access = await authorize_key(state, key, scope="ingest")
+    project = access.project
+    check_origin(access.key, request)
     body = await read_body(request, settings.max_body_bytes)
     idempotency = idempotency_of(request, body)
     events = decode_events(body, request.headers.get("content-type", ""))
+    check_batch(access.key, len(events))
+    check_names(access.key, (e.name for e in events))
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
             f"{len(events)} events in one batch; the limit is {settings.max_batch_events}",
             code="too_many_events",
         )
     raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
+    await charge_events(state, project, len(raw))
+    raw = await state.services.hash_uids(project, raw)  # no plain uid is ever stored
     reply = await state.ingestor.apply(project, raw, idempotency=idempotency)
     if reply.replayed:
         return json_response(reply, headers={REPLAYED_HEADER: "true"})
-    state.metrics.events_accepted.labels(project).inc(reply.accepted)
+    label = state.metrics.project(project)
+    state.metrics.events_accepted.labels(label).inc(reply.accepted)
     if reply.duplicates:
-        state.metrics.duplicates.labels(project).inc(reply.duplicates)
+        state.metrics.duplicates.labels(label).inc(reply.duplicates)
     return json_response(reply)

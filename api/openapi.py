@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from counters.core.keys import KeyRecord, NewKey
 from counters.core.measures import MEASURES
 from counters.core.models import EventIn, IngestReply
 from counters.core.periods import PRECISIONS
@@ -35,7 +36,8 @@ class ErrorReply(msgspec.Struct):
 
 class HealthReply(msgspec.Struct):
     status: str
-    checks: dict[str, str]
+    checks: dict[str, str] | None = None
+    """Per backend "ok"/"down"; left out without the metrics token when one is set."""
     error: ErrorBody | None = None
 
 
@@ -51,18 +53,22 @@ MODELS: list[Any] = [
     HealthReply,
     WhoAmI,
     Catalog,
+    list[KeyRecord],
+    NewKey,
 ]
 ERROR_TEXT = {
     400: "Bad parameter",
     401: "No or unknown key",
     403: "Key not for this project or scope",
-    404: "Unknown project",
+    404: "Unknown project (or one the key does not cover)",
+    409: "Conflict (e.g. a key revoking itself)",
     413: "Body or batch too large",
     415: "Unsupported media type",
     422: "An event is invalid",
+    429: "Over a rate limit (see Retry-After, RateLimit and RateLimit-Policy)",
     503: "Redis or Postgres unavailable (see Retry-After)",
 }
-READ_ERRORS = (400, 401, 403, 404, 503)
+READ_ERRORS = (400, 401, 403, 404, 429, 503)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -100,11 +106,17 @@ READ_PARAMS = [
     ),
     query("precision", {"type": "string", "enum": list(PRECISIONS)}, "Bucket size"),
     query("tz", {"type": "string"}, "IANA time zone (default UTC)"),
-    query("from", {"type": "string"}, "Start: RFC 3339 or epoch ms (rounded down)"),
-    query("to", {"type": "string"}, "End, exclusive: RFC 3339 or epoch ms (rounded up)"),
+    query("from", {"type": "string"}, "Start: RFC 3339 or epoch ms, 1970..9999 (rounded down)"),
+    query(
+        "to", {"type": "string"}, "End, exclusive: RFC 3339 or epoch ms, 1970..9999 (rounded up)"
+    ),
     query("excluding_current", {"type": "boolean"}, "Drop the in-progress bucket (default)"),
-    query("group_by", {"type": "string"}, "Dims to break down by, comma-separated"),
-    query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Top N tuples"),
+    query("group_by", {"type": "string"}, "Dims to break down by, comma-separated (at most 3)"),
+    query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000},
+        "Top N tuples (limit + 2 series x buckets x names <= max_points)",
+    ),
 ]
 TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -116,7 +128,9 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
 
     summary: str
     ok: str
-    """Description of the 200 reply."""
+    """Description of the success reply."""
+    ok_status: int = 200
+    """Status of the success reply (201 created, 204 no content)."""
     ok_schema: dict[str, Any] | None = None
     """JSON schema of the 200 body (None when ok_content says otherwise)."""
     ok_content: dict[str, Any] | None = None
@@ -142,7 +156,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
             ok.update(json_content(self.ok_schema))
         if self.ok_content is not None:
             ok["content"] = self.ok_content
-        responses: dict[str, Any] = {"200": ok}
+        responses: dict[str, Any] = {str(self.ok_status): ok}
         if self.not_modified:
             responses["304"] = {"description": "Not modified (If-None-Match)"}
         for code in self.errors:

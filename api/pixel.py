@@ -15,7 +15,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize
+from api.common import app_state, authorize_key
+from api.limits import charge_events
+from api.scope import PIXEL_REASON, check_names, check_origin
 from counters.core.errors import CountersError, Invalid
 from counters.core.models import EventWire, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
@@ -123,16 +125,21 @@ async def pixel(request: Request) -> Response:
     state = app_state(request)
     committer: GroupCommitter = request.state.pixel
     try:
-        project = await authorize(state, request.query_params.get("key"), scope="ingest")
+        access = await authorize_key(state, request.query_params.get("key"), scope="ingest")
+        project = access.project
+        check_origin(access.key, request)
         try:
             event = event_from_query(request)
         except msgspec.ValidationError as exc:
             state.metrics.rejected.labels("invalid").inc()
             log.debug("pixel rejected: %s", exc)
             return gif()
-        (raw,) = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
-        await committer.submit(project, raw)
-        state.metrics.events_accepted.labels(project).inc()
+        check_names(access.key, (event.name,))
+        raw = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
+        await charge_events(state, project, 1)
+        (stored,) = await state.services.hash_uids(project, raw)  # no plain uid is stored
+        await committer.submit(project, stored)
+        state.metrics.events_accepted.labels(state.metrics.project(project)).inc()
     except CountersError as exc:
-        state.metrics.rejected.labels(exc.code).inc()
+        state.metrics.rejected.labels(PIXEL_REASON.get(exc.code, exc.code)).inc()
     return gif()

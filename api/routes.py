@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, ingest, ops, pixel, reads
+from api import catalog, ingest, keys, ops, pixel, reads
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -64,16 +64,18 @@ ROUTES: list[RouteSpec] = [
         Operation(
             summary="Count a batch of events (all or nothing)",
             secured=True,
+            params=(query("key", {"type": "string"}, "Ingest key, for navigator.sendBeacon"),),
             request_body={
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"type": "array", "items": ref("EventIn")}},
                     "application/x-ndjson": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
                 },
             },
             ok="Counted",
             ok_schema=ref("IngestReply"),
-            errors=(400, 401, 403, 413, 422, 503),
+            errors=(400, 401, 403, 413, 422, 429, 503),
         ),
     ),
     RouteSpec(
@@ -136,7 +138,7 @@ ROUTES: list[RouteSpec] = [
             secured=True,
             ok="The key",
             ok_schema=ref("WhoAmI"),
-            errors=(401, 503),
+            errors=(401, 429, 503),
         ),
     ),
     RouteSpec(
@@ -149,7 +151,51 @@ ROUTES: list[RouteSpec] = [
             params=(PROJECT,),
             ok="Catalog",
             ok_schema=ref("Catalog"),
+            errors=(401, 403, 404, 429, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/keys",
+        "GET",
+        keys.list_keys,
+        Operation(
+            summary="The project's keys (admin key; never a secret)",
+            secured=True,
+            params=(PROJECT,),
+            ok="Keys",
+            ok_schema={"type": "array", "items": ref("KeyRecord")},
             errors=(401, 403, 404, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/keys",
+        "POST",
+        keys.create_key,
+        Operation(
+            summary="Create a key of the project (admin key); the secret is shown once",
+            secured=True,
+            params=(PROJECT,),
+            request_body={"required": True, **json_content(keys.KEY_REQUEST_SCHEMA)},
+            ok="Created",
+            ok_status=201,
+            ok_schema=ref("NewKey"),
+            errors=(400, 401, 403, 404, 413, 422, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/keys/{key_id}",
+        "DELETE",
+        keys.revoke_key,
+        Operation(
+            summary="Revoke a key of the project (admin key); honoured within a second",
+            secured=True,
+            params=(
+                PROJECT,
+                {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            ),
+            ok="Revoked",
+            ok_status=204,
+            errors=(401, 403, 404, 409, 503),
         ),
     ),
     RouteSpec("/openapi.json", "GET", openapi, None),
@@ -174,6 +220,7 @@ ROUTES: list[RouteSpec] = [
             summary="Prometheus metrics",
             ok="Text exposition",
             ok_content={"text/plain": {"schema": {"type": "string"}}},
+            errors=(401,),
         ),
     ),
 ]
@@ -185,8 +232,29 @@ def document() -> dict[str, object]:
 
 
 def starlette_routes() -> list[Route]:
-    """The Starlette routes of ROUTES."""
-    return [Route(r.path, r.handler, methods=[r.method]) for r in ROUTES]
+    """The Starlette routes of ROUTES: one Route per path, so a 405 names in `Allow` every
+    method the path has (routes sharing a path are dispatched by method)."""
+    by_path: dict[str, dict[str, Handler]] = {}
+    for r in ROUTES:
+        by_path.setdefault(r.path, {})[r.method] = r.handler
+    routes = []
+    for path, handlers in by_path.items():
+        if len(handlers) == 1:
+            ((method, handler),) = handlers.items()
+            routes.append(Route(path, handler, methods=[method]))
+        else:
+            routes.append(Route(path, _by_method(handlers), methods=list(handlers)))
+    return routes
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """One endpoint for the handlers of one path (HEAD goes to GET's)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
 
 
 _document = msgspec.json.encode(document())

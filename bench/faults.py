@@ -15,6 +15,9 @@ The second posts at a steady rate with durable acknowledgements off while Valkey
 (appendfsync everysec) is kill -9ed once and restarted, and prints how many acknowledged
 events are gone afterwards (from the raw log, and from the counts).
 
+Then schemathesis runs its long form (bench/fuzz.py, --fuzz-cases test cases, 10,000 by
+default) against a fresh service.
+
 Everything runs on private servers in temporary directories under /tmp (removed at the end
 unless --keep)."""
 
@@ -44,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kinds", default="persister,valkey,postgres,rebuild,service,redis_loss")
     p.add_argument("--max-losses", type=int, default=None, help="cap on redis_loss faults")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--fuzz-cases",
+        type=int,
+        default=10_000,
+        help="schemathesis test cases after the chaos run (bench/fuzz.py; 0 = skip)",
+    )
     p.add_argument(
         "--kill-redis-default",
         action="store_true",
@@ -106,7 +115,15 @@ def main(argv: list[str] | None = None) -> None:
             f" buckets; the day in progress is short {f.in_progress_short} until it seals"
             " and reconcile runs"
         )
-    sys.exit(1 if report.all_failures() or report.lost or report.double else 0)
+    failed = bool(report.all_failures() or report.lost or report.double)
+    if args.fuzz_cases:
+        from bench import fuzz
+
+        try:
+            fuzz.main(["--cases", str(args.fuzz_cases)])
+        except SystemExit as exc:
+            failed = failed or bool(exc.code)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

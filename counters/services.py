@@ -14,19 +14,21 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from counters.core.clock import Clock
+from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings
 from counters.core.models import EventIn, EventLimits, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister
+from counters.engines.ratelimit import RateLimiter
 from counters.engines.rebuild import Rebuilder
 from counters.engines.restore import RestoreGate
 from counters.engines.schedule import nightly_reconcile
+from counters.engines.uid_secrets import UidSecrets
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.client import open_redis
 from persist import projects as pg_projects
-from persist.db import PG_ERRORS, create_pool, migrate, postgres_unavailable
+from persist.db import PG_ERRORS, create_lazy_pool, create_pool, migrate, postgres_unavailable
 
 log = logging.getLogger("counters.services")
 
@@ -87,10 +89,21 @@ class Services:
     rebuilder: Rebuilder
     limits: EventLimits
     """Age and future limits of events, from the settings (built once)."""
+    uid_secrets: UidSecrets
+    """Each project's uid hasher (its secret read from Postgres once per process)."""
+    limiter: RateLimiter
+    """Per-key and per-project rate limits (token buckets in Redis)."""
 
     def validate(self, events: Sequence[EventIn], now_ms: int) -> list[RawEvent]:
-        """validate_events with this deployment's age and future limits."""
+        """validate_events with this deployment's age and future limits (uids left plain:
+        see hash_uids, which every ingest path of the API applies before storing)."""
         return validate_events(events, now_ms=now_ms, limits=self.limits)
+
+    async def hash_uids(self, project: str, events: Sequence[RawEvent]) -> list[RawEvent]:
+        """The events as they may be stored: every uid replaced by the project's keyed hash
+        (HMAC-SHA-256, 16 bytes hex). Raises Unavailable("postgres") when the project's
+        secret is not cached yet and Postgres is down (then nothing is applied)."""
+        return await self.uid_secrets.hash_events(project, events)
 
     async def run_background(self, stop: asyncio.Event) -> None:
         """Runs the persister loop and the nightly reconcile (each only if the settings turn
@@ -139,9 +152,11 @@ def build_services(
 ) -> Services:
     """Services on an open Redis client and pool (which the caller keeps and closes): the
     scripts registered on the client, the ingestor (restoring watermarks from Postgres),
-    one persister and the rebuilder that shares it, all on one Metrics."""
+    one persister and the rebuilder that shares it, all on one Metrics (project names as
+    label values only when settings.metrics_project_labels is on)."""
     scripts = scripts if scripts is not None else Scripts(redis)
-    metrics = metrics if metrics is not None else Metrics()
+    if metrics is None:
+        metrics = Metrics(project_labels=settings.metrics_project_labels)
 
     gate = RestoreGate(pool, redis, scripts, settings, clock)
 
@@ -161,6 +176,10 @@ def build_services(
         persister,
         rebuilder,
         EventLimits.from_settings(settings),
+        UidSecrets(pool),
+        RateLimiter(
+            redis, scripts, settings, metrics, None if isinstance(clock, SystemClock) else clock
+        ),
     )
 
 
@@ -187,25 +206,56 @@ async def open_services(
     *,
     pool_max_size: int | None = None,
     wait_for_postgres: bool = False,
+    lazy: bool = False,
 ) -> AsyncIterator[Services]:
     """Opens Redis and a migrated Postgres pool on resolved settings, yields the Services
     built on them, and closes the pool, then Redis, on the way out. A Postgres that cannot
     be reached raises Unavailable("postgres") (nothing is left open), unless
-    wait_for_postgres, which waits for it instead."""
+    wait_for_postgres, which waits for it instead.
+
+    With lazy (the service's lifespan), neither backend is contacted here: this yields
+    at once even when both are down. Redis connects on its first command; the pool makes
+    its first connection on first use and migrates the schema on it before handing it out,
+    so until Postgres answers (and is migrated) every Postgres-using call fails with a
+    backend error (a 503 naming postgres), and the persister and the nightly reconcile
+    back off and retry."""
     if settings.redis_url is None or settings.database_url is None:
         raise ValueError("open_services needs resolved settings (see resolve_settings)")
     redis = open_redis(settings.redis_url)
     try:
-        with postgres_unavailable():
-            pool = await _open_pool(settings.database_url, pool_max_size, wait_for_postgres)
+        if lazy:
+            pool = await create_lazy_pool(settings.database_url, max_size=pool_max_size or 10)
+        else:
+            with postgres_unavailable():
+                pool = await _open_pool(settings.database_url, pool_max_size, wait_for_postgres)
     except BaseException:
         await redis.aclose()
         raise
+    warm = asyncio.create_task(_connect_and_migrate(pool)) if lazy else None
     try:
         yield build_services(settings, clock, redis, pool)
     finally:
+        if warm is not None:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
         await pool.close()
         await redis.aclose()
+
+
+async def _connect_and_migrate(pool: asyncpg.Pool) -> None:
+    """Retries (backing off up to 5 s) until the lazy pool has made a connection, which
+    migrates the schema, so migrations never run under a request's timeout."""
+    delay = 0.2
+    while True:
+        try:
+            async with pool.acquire():
+                log.info("postgres connected and migrated")
+                return
+        except PG_ERRORS as exc:
+            log.warning("waiting for postgres: %s", exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def migrate_database(settings: Settings) -> list[str]:
@@ -218,13 +268,39 @@ async def migrate_database(settings: Settings) -> list[str]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def key_backends(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, Redis]]:
+    """A migrated Postgres connection and a Redis client for the key commands (revocations
+    go to both); closed on the way out. Unavailable when Postgres cannot be reached."""
+    assert settings.database_url is not None and settings.redis_url is not None
+    with postgres_unavailable():
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    redis = open_redis(settings.redis_url)
+    try:
+        with postgres_unavailable():
+            await migrate(conn)
+        yield conn, redis
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+async def revoke_in_redis(settings: Settings, key_id: str) -> None:
+    """Publishes a revocation to the Redis change log only (every worker refuses the key
+    within a second, also after a restart); for when Postgres is down. Postgres must be
+    told later (run the revocation again)."""
+    from counters.engines.keys import publish_change, revoked_member
+
+    assert settings.redis_url is not None
+    redis = open_redis(settings.redis_url)
+    try:
+        await publish_change(redis, settings.key_prefix, revoked_member(key_id))
+    finally:
+        await redis.aclose()
+
+
 async def create_api_key(settings: Settings, projects: Sequence[str], scope: str) -> str:
     """Migrates, then creates a key for the projects (created if new); returns the key, which
     only exists in the caller's hands (Postgres keeps its hash). ValueError on bad input."""
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await migrate(conn)
+    async with key_backends(settings) as (conn, _):
         return await pg_projects.create_key(conn, list(projects), scope)
-    finally:
-        await conn.close()

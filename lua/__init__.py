@@ -30,6 +30,7 @@ NAMES = (
     "trim_raw",
     "cut",
     "read_hot",
+    "ratelimit",
 )
 """Every script in lua/*.lua."""
 
@@ -54,3 +55,4 @@ class Scripts:
         self.trim_raw: AsyncScript = redis.register_script(read_script("trim_raw"))
         self.cut: AsyncScript = redis.register_script(read_script("cut"))
         self.read_hot: AsyncScript = redis.register_script(read_script("read_hot"))
+        self.ratelimit: AsyncScript = redis.register_script(read_script("ratelimit"))

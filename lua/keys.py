@@ -20,6 +20,9 @@ that each key it leaves in the slot is one parse_key names):
     X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
     X:{p:P}:late:<gen>:hll         * set    <g>:<bucket>:<field> of every late HLL in gen
     X:{p:P}:card:<dim>:<day>       * set    values of one dim seen on one UTC day (the cap)
+    X:{p:P}:rl:key:<digest>          string token bucket (TAT, epoch us) of one API key; <digest> =
+                                            the first 16 hex of sha256(key) (lua/ratelimit.lua)
+    X:{p:P}:rl:events                string token bucket of the project's events per second
     X:{p:P}:tmp:<token>              HLL    short-lived copy of a Postgres HLL blob for a read
     X:{p:P}:restore:<token>:index    set    staged keys of one restore, as live-key suffixes
     X:{p:P}:restore:<token>:<suffix> hash/HLL  a staged h:<g>:<bucket> or u:<g>:<bucket>:<field>
@@ -48,6 +51,7 @@ __all__ = [
     "bucket_ref",
     "KeyKind",
     "KeyName",
+    "KeyRegistryKeys",
     "MeasureField",
     "ProjectKeys",
     "count_field",
@@ -136,6 +140,15 @@ class ProjectKeys:
     def dim_values(self, dim: str, day: int) -> str:
         """Set of the values one dim took on one UTC day (for the cardinality cap)."""
         return f"{self.base}card:{dim}:{day}"
+
+    def rate_key(self, digest: str) -> str:
+        """Token bucket of one API key (digest: the first 16 hex of its sha256)."""
+        return f"{self.base}rl:key:{digest}"
+
+    @property
+    def rate_events(self) -> str:
+        """Token bucket of the project's events per second (over all its keys)."""
+        return self.base + "rl:events"
 
     def tmp(self, token: str) -> str:
         """A short-lived scratch key in the project's slot."""
@@ -267,10 +280,12 @@ KeyKind = Literal[
     "restore_index",
     "restore_hot",
     "restore_hll",
+    "rate_key",
+    "rate_events",
 ]
 """Which ProjectKeys method names a key (dim_values is the cardinality cap's card: set;
 restore_* are a restore's staged keys, lua/restore.lua; event_names and dim_names the
-per-day name caps' sets)."""
+per-day name caps' sets; rate_* are lua/ratelimit.lua's token buckets)."""
 
 
 class KeyName(NamedTuple):
@@ -287,7 +302,8 @@ class KeyName(NamedTuple):
     gen: int | None = None
     """Late generation of late, late_hll and late_hll_index keys."""
     name: str | None = None
-    """The hash (event_id, idempotency), the dim (dim_values) or the token (tmp, restore_*)."""
+    """The hash (event_id, idempotency), the dim (dim_values), the token (tmp, restore_*) or
+    the key digest (rate_key)."""
 
     def key(self) -> str:
         """The key again, as ProjectKeys names it (parse_key(k).key() == k)."""
@@ -329,6 +345,10 @@ class KeyName(NamedTuple):
             return keys.restore_hll(
                 _some(self.name), _some(self.grain), _some(self.bucket), _some(self.field)
             )
+        if kind == "rate_key":
+            return keys.rate_key(_some(self.name))
+        if kind == "rate_events":
+            return keys.rate_events
         return keys.tmp(_some(self.name))
 
 
@@ -400,6 +420,13 @@ def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args:
         return KeyName("tmp", prefix, project, name=args)
     if kind == "restore":
         return _parse_restore(prefix, project, args)
+    if kind == "rl":
+        if args == "events":
+            return KeyName("rate_events", prefix, project)
+        sub, _, digest = args.partition(":")
+        if sub == "key" and digest and ":" not in digest:
+            return KeyName("rate_key", prefix, project, name=digest)
+        raise ValueError(rest)
     if kind == "card":
         dim, _, day = args.rpartition(":")
         if not dim:
@@ -431,3 +458,28 @@ def _parse_restore(prefix: str, project: str, args: str) -> KeyName:
     if kind == "u":
         return KeyName("restore_hll", prefix, project, grain, bucket, field, name=token)
     raise ValueError(args)
+
+
+class KeyRegistryKeys:
+    """The one set of global (not per-project) keys: API-key changes every worker must see
+    within a second, in the `{keys}` hash tag (one slot, so both are written in one MULTI).
+
+        X:{keys}:epoch    string  bumped on every key revocation or rotation
+        X:{keys}:changes  zset    member "<key id>" (revoked) or "<key id>@<expires ms>"
+                                  (new expiry, after a rotation); score = epoch ms written
+    """
+
+    __slots__ = ("base",)
+
+    def __init__(self, prefix: str) -> None:
+        self.base = f"{prefix}:{{keys}}:"
+
+    @property
+    def epoch(self) -> str:
+        """Counter bumped by each change; workers GET it to know whether to re-read."""
+        return self.base + "epoch"
+
+    @property
+    def changes(self) -> str:
+        """Sorted set of key changes, scored by the time they were written (epoch ms)."""
+        return self.base + "changes"

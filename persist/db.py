@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from importlib.resources import files
 from typing import TypeAlias
 
@@ -11,6 +12,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from counters.core.errors import unavailable
 from persist.schema import MIGRATION_LOCK, MIGRATIONS_TABLE
+
+log = logging.getLogger("counters.persist")
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A plain connection or one borrowed from a pool."""
@@ -73,4 +76,34 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
     async with pool.acquire() as conn:
         await migrate(conn)
+    return pool
+
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds a lazy pool waits for a new connection (asyncpg's default is 60)."""
+
+
+class _MigrateFirst:
+    """A pool's `init`: until one migration run has succeeded, each new connection brings
+    the schema up to date (under the migration lock) before it is handed out."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    async def __call__(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        if self.done:
+            return
+        applied = await migrate(conn)
+        self.done = True
+        if applied:
+            log.info("migrated: %s", ", ".join(applied))
+
+
+async def create_lazy_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """A pool that does not connect yet (so it opens while Postgres is down): connections
+    are made on use, and the first that connects migrates the schema before any query runs
+    on it. A Postgres that is down makes each acquire fail (OSError or asyncpg errors)."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=0, max_size=max_size, init=_MigrateFirst(), timeout=CONNECT_TIMEOUT
+    )
     return pool

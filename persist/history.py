@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from counters.core.buckets import Grain, to_datetime
-from persist.db import postgres_unavailable
+from persist.read_errors import read_postgres
 from persist.schema import ROLLUP_TABLE, epoch_ms_sql
 from persist.state import PersistState, load_state
 
@@ -52,8 +52,9 @@ async def read_history(
 ) -> Snapshot:
     """Rows for each (grain, buckets) piece that Postgres is authoritative for, read in the
     same snapshot as the watermarks, so that with the Redis part no bucket is missing or
-    counted twice. A Postgres failure raises Unavailable("postgres")."""
-    with postgres_unavailable():
+    counted twice. A query shape Postgres refuses is a 400; any other Postgres failure
+    raises Unavailable("postgres")."""
+    with read_postgres("ask for fewer buckets or a shorter range"):
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 state = await load_state(conn, project, create=False)

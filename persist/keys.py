@@ -3,21 +3,24 @@ Postgres failure raises Unavailable("postgres")."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
+from counters.core.keys import KeyInfo
 from persist.db import postgres_unavailable
-from persist.projects import lookup_key, project_exists
+from persist.projects import lookup_key, touch_keys
 
 
-async def find_key(pool: asyncpg.Pool, key: str) -> tuple[tuple[str, ...], str] | None:
-    """(projects, scope) of the key (its own project first), or None when it is unknown."""
+async def find_key(pool: asyncpg.Pool, key: str) -> KeyInfo | None:
+    """The key (its own project first), or None when it is unknown or revoked."""
     with postgres_unavailable():
         async with pool.acquire() as conn:
             return await lookup_key(conn, key)
 
 
-async def has_project(pool: asyncpg.Pool, project: str) -> bool:
-    """Whether the project has been created."""
+async def mark_used(pool: asyncpg.Pool, key_ids: Sequence[str]) -> None:
+    """last_used_at = now() for a batch of keys, in one statement."""
     with postgres_unavailable():
         async with pool.acquire() as conn:
-            return await project_exists(conn, project)
+            await touch_keys(conn, key_ids)

@@ -1,18 +1,22 @@
 """Aggregates of the Postgres raw log for reads no rollup covers, read in one snapshot with
-the persister's copy cursor (so the snapshot holds exactly the entries up to it)."""
+the persister's copy cursor (so the snapshot holds exactly the entries up to it); bounded by
+a row count taken first and by a statement timeout, both refused as 400s."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from counters.core.buckets import to_datetime
-from persist.db import postgres_unavailable
+from persist.read_errors import read_postgres, statement_timeout
 from persist.schema import RAW_TABLE
 from persist.state import load_state
+
+FETCH_ROWS = 5_000
+"""Aggregate rows fetched per round trip (the event loop runs between chunks)."""
 
 
 class RawGroupRow(msgspec.Struct, array_like=True):
@@ -38,10 +42,30 @@ class RawScope(msgspec.Struct, frozen=True):
     uniques: bool
 
 
-class RawAggregate(msgspec.Struct):
-    cursor: str
-    """The raw-log stream id up to which Postgres holds the entries."""
-    rows: list[RawGroupRow]
+async def copied_until(pool: asyncpg.Pool, project: str) -> str:
+    """The raw-log stream id up to which Postgres holds the entries (it only grows)."""
+    with read_postgres():
+        async with pool.acquire() as conn:
+            return (await load_state(conn, project, create=False)).raw_stream_id
+
+
+async def count_rows(
+    pool: asyncpg.Pool, project: str, start: int, end: int, cap: int, *, timeout: float, hint: str
+) -> int:
+    """The raw-log rows of the project in [start, end), counted up to `cap` (an index scan
+    of at most cap rows: what an aggregate over that range would have to read at least)."""
+    sql = (
+        f"SELECT count(*) AS n FROM (SELECT 1 FROM {RAW_TABLE}"
+        " WHERE project = $1 AND ts >= $2 AND ts < $3 LIMIT $4) t"
+    )
+    with read_postgres(hint):
+        async with pool.acquire() as conn:
+            async with conn.transaction(readonly=True):
+                await statement_timeout(conn, timeout)
+                n: int = await conn.fetchval(
+                    sql, project, to_datetime(start), to_datetime(end), cap
+                )
+    return n
 
 
 def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
@@ -57,10 +81,20 @@ def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
     )
 
 
-async def aggregate_raw(pool: asyncpg.Pool, project: str, scope: RawScope) -> RawAggregate:
+async def aggregate_raw(
+    pool: asyncpg.Pool,
+    project: str,
+    scope: RawScope,
+    fold: Callable[[list[RawGroupRow]], None],
+    *,
+    timeout: float,
+    hint: str,
+) -> str:
     """Per period (starts[i] .. the next start, the last up to end), per group of group_by
     values (None where an event lacks the dim) and, for uniques, per uid: count and sum of
-    the matching events in Postgres, with the copy cursor of the same snapshot."""
+    the matching events in Postgres, handed to `fold` FETCH_ROWS at a time; returns the
+    copy cursor of the same snapshot. Each statement runs at most `timeout` seconds; over
+    it, or a shape Postgres refuses, is a 400 saying `hint`."""
     uniques = scope.uniques
     args: list[Any] = [
         project,
@@ -73,18 +107,23 @@ async def aggregate_raw(pool: asyncpg.Pool, project: str, scope: RawScope) -> Ra
         args += (dim, value)
     sql = _sql(len(scope.filters), scope.group_by, uniques)
     n = len(scope.group_by)
-    with postgres_unavailable():
+    with read_postgres(hint):
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await statement_timeout(conn, timeout)
                 cursor = (await load_state(conn, project, create=False)).raw_stream_id
-                rows = [
-                    RawGroupRow(
-                        r["i"] - 1,
-                        tuple(r[f"g{i}"] for i in range(n)),
-                        r["uid"] if uniques else None,
-                        r["n"],
-                        r["s"],
+                rows = await conn.cursor(sql, *args)
+                while chunk := await rows.fetch(FETCH_ROWS):
+                    fold(
+                        [
+                            RawGroupRow(
+                                r["i"] - 1,
+                                tuple(r[f"g{i}"] for i in range(n)),
+                                r["uid"] if uniques else None,
+                                r["n"],
+                                r["s"],
+                            )
+                            for r in chunk
+                        ]
                     )
-                    for r in await conn.fetch(sql, *args)
-                ]
-    return RawAggregate(cursor, rows)
+    return cursor

@@ -14,11 +14,14 @@ import msgspec
 
 from counters.core.buckets import Grain, from_datetime, to_datetime
 from counters.core.rollups import US, Rollup, rollup_id
-from persist.db import Conn, postgres_unavailable
+from persist.db import Conn
+from persist.read_errors import READ_TIMEOUT_SECONDS, read_postgres, statement_timeout
 from persist.schema import ROLLUP_TABLE
 from persist.state import PersistState, load_state
 
 Tuple = tuple[str, ...]
+FETCH_ROWS = 5_000
+"""Rows fetched per round trip of a big read (the event loop runs between chunks)."""
 
 
 class TupleRow(msgspec.Struct, array_like=True):
@@ -70,11 +73,13 @@ def _tuple(key: str) -> Tuple:
 
 @contextlib.asynccontextmanager
 async def snapshot(pool: asyncpg.Pool, project: str) -> AsyncIterator[tuple[Conn, PersistState]]:
-    """A read-only REPEATABLE READ transaction and the persister state read in it; a
-    Postgres failure inside raises Unavailable("postgres")."""
-    with postgres_unavailable():
+    """A read-only REPEATABLE READ transaction and the persister state read in it, each
+    statement bounded by READ_TIMEOUT_SECONDS; a statement over it or a query shape
+    Postgres refuses is a 400, any other Postgres failure raises Unavailable("postgres")."""
+    with read_postgres("ask for fewer buckets, a smaller limit or a shorter range"):
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await statement_timeout(conn, READ_TIMEOUT_SECONDS)
                 yield conn, await load_state(conn, project, create=False)
 
 
@@ -87,19 +92,24 @@ async def tuple_rows(
     with_hll: bool,
     only: Sequence[Tuple] | None = None,
 ) -> list[TupleRow]:
-    """The rows of every tuple (or only the given ones) in these buckets."""
+    """The rows of every tuple (or only the given ones) in these buckets (inside a
+    transaction: read FETCH_ROWS at a time)."""
     hll = "hll" if with_hll else "NULL::bytea AS hll"
     args = sel.bind(buckets)
     sql = f"SELECT dims, bucket, count, sum_micros, {hll} {sel.where(grain)}"
     if only is not None:
         args.append([US.join(t) for t in only])
         sql += f" AND {sel.key_sql} = ANY(${len(args)}::text[])"
-    return [
-        TupleRow(
-            tuple(r["dims"]), from_datetime(r["bucket"]), r["count"], r["sum_micros"], r["hll"]
+    out: list[TupleRow] = []
+    rows = await conn.cursor(sql, *args)  # in chunks: the event loop runs between them
+    while chunk := await rows.fetch(FETCH_ROWS):
+        out.extend(
+            TupleRow(
+                tuple(r["dims"]), from_datetime(r["bucket"]), r["count"], r["sum_micros"], r["hll"]
+            )
+            for r in chunk
         )
-        for r in await conn.fetch(sql, *args)
-    ]
+    return out
 
 
 async def top_of_lists(

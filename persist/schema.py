@@ -45,6 +45,10 @@ PROJECTS_TABLE = "projects"
 API_KEYS_TABLE = "api_keys"
 KEY_PROJECTS_TABLE = "api_key_projects"
 RECONCILE_RUNS_TABLE = "reconcile_runs"
+DEAD_LETTERS_TABLE = "raw_dead_letters"
+"""Raw-log stream entries the persister could not copy, moved aside bytes intact (008)."""
+COPY_FAILURES_TABLE = "raw_copy_failures"
+"""Failed copies of raw-log entries not moved yet, one row per (project, stream id)."""
 
 # Advisory-lock ids (pg_advisory_lock keys). One number per purpose, never reused.
 MIGRATION_LOCK = 7_412_001

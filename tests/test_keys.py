@@ -75,6 +75,8 @@ def all_keys(keys: ProjectKeys) -> dict[str, str]:
         out[f"restore_hll:{grain.name}"] = keys.restore_hll("0123abcd", grain, BUCKET, FIELD)
     out["dim_values"] = keys.dim_values("country", bucket_start(BUCKET, Grain.day))
     out["dim_values_negative_day"] = keys.dim_values("a_b", -DAY_MS)
+    out["rate_key"] = keys.rate_key("0123456789abcdef")
+    out["rate_events"] = keys.rate_events
     return out
 
 
@@ -239,6 +241,10 @@ def test_parse_key_parts() -> None:
         "ctr:{p:acme}:idem:my-key",
         "ctr:{p:acme}:names:x",
         "ctr:{p:acme}:dimnames:",
+        "ctr:{p:acme}:rl",
+        "ctr:{p:acme}:rl:key:",
+        "ctr:{p:acme}:rl:key:a:b",
+        "ctr:{p:acme}:rl:nope",
     ],
 )
 def test_parse_key_refuses_what_counters_does_not_name(key: str) -> None:
@@ -335,6 +341,9 @@ async def test_every_key_the_scripts_create_is_named_by_parse_key(harness: Harne
     assert reply[0] != b"NOWM"
     await h.persist()
     await h.persist()
+    seen |= await _slot_keys(redis, keys)
+    await h.services.limiter.charge(h.project, "0123456789abcdef", "ingest")  # ratelimit.lua
+    await h.services.limiter.charge_events(h.project, 10)
     seen |= await _slot_keys(redis, keys)
 
     kinds = set()

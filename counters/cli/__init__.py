@@ -158,6 +158,12 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
         async with _services(settings) as services:
             if not await services.project_exists(project):
                 raise click.ClickException(f"unknown project {project!r}")
+            from counters.engines.deadletter import DeadLetters, range_warning
+
+            letters = await DeadLetters(services.pool).overlapping(project, start, end)
+            warning = range_warning(letters, project, "a rebuild recomputes their days")
+            if warning:
+                click.echo(warning, err=True)
             total = await count_raw(services.pool, project, start, end, name)
             update, close = _progress(f"rebuild {project}", total)
             try:
@@ -216,38 +222,6 @@ def migrate() -> None:
 
 
 @main.group()
-def keys() -> None:
-    """Manage API keys."""
-
-
-@keys.command("create")
-@click.option(
-    "--project",
-    "projects",
-    required=True,
-    multiple=True,
-    help="Project the key belongs to (created if new); repeat for a read key over several.",
-)
-@click.option(
-    "--scope",
-    type=click.Choice(["ingest", "read", "admin"]),
-    required=True,
-    help="ingest: write events; read: read counters; admin: both.",
-)
-def keys_create(projects: tuple[str, ...], scope: str) -> None:
-    """Create a key; it is printed once, on the last line (only its hash is stored)."""
-    from counters.services import create_api_key
-
-    settings = _settings()
-    try:
-        key = asyncio.run(create_api_key(settings, projects, scope))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"created {scope} key for project {', '.join(projects)}:", err=True)
-    click.echo(key)
-
-
-@main.group()
 def embedded() -> None:
     """The embedded Valkey and Postgres under the data dir."""
 
@@ -270,6 +244,12 @@ def embedded_stop() -> None:
     stopped = emb.stop_embedded(load_settings().resolved_data_dir())
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
+
+from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
+from counters.cli.keys import keys  # noqa: E402  (registers on main)
+
+main.add_command(deadletter)
+main.add_command(keys)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

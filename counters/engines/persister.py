@@ -3,12 +3,18 @@ seal-then-copy protocol (docs/ARCHITECTURE.md) under the project's lock; a pass 
 on a backend is counted, backed off from and retried. Every step may be re-run after a
 crash at any point without double counting.
 
+Each project is on its own: a failure of one project (not a backend outage) is counted and
+logged for that project, which then sits out a growing number of passes (isolation.py),
+while the others are persisted in the same pass. The gauges are updated after every pass,
+also when projects failed, so a stalled project shows as a growing lag and backlog.
+
 The steps live in their own modules: seal.py (seal and copy buckets), late.py (late
 generations), rawcopy.py (raw log), restore.py (watermarks after a Redis loss)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -20,6 +26,7 @@ from counters.core.buckets import GRAINS, Grain, bucket_start
 from counters.core.clock import Clock
 from counters.core.config import Settings
 from counters.core.errors import Unavailable
+from counters.engines.isolation import ProjectBackoff, is_outage
 from counters.engines.late import LateApplier
 from counters.engines.rawcopy import RawCopier
 from counters.engines.restore import RestoreGate
@@ -30,6 +37,7 @@ from lua import Scripts
 from lua.client import redis_unavailable
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
+from persist.deadletter import count_dead_letters
 from persist.locks import project_lock
 from persist.projects import list_projects
 from persist.schema import stream_order
@@ -104,7 +112,10 @@ class Persister:
         self.metrics = metrics
         self.sealer = Sealer(redis, scripts, settings, metrics)
         self.late = LateApplier(redis, scripts, settings, metrics)
-        self.raw = RawCopier(redis, scripts, metrics)
+        self.raw = RawCopier(
+            redis, scripts, metrics, deadletter_after=settings.deadletter_after_attempts
+        )
+        self.backoff = ProjectBackoff(metrics)
         self.gate = gate or RestoreGate(pool, redis, scripts, settings, clock)
         self._retention_due = 0.0
 
@@ -140,7 +151,11 @@ class Persister:
 
     async def tick(self) -> dict[str, ProjectReport]:
         """One pass over every project; returns what it did per project it held the lock of.
-        Applies retention at most once an hour, and updates the gauges (observe)."""
+        A project that fails (other than by a backend outage) is counted and left out of
+        the reply, and the other projects are persisted all the same; a failing project
+        sits out a growing number of passes. A backend outage ends the pass (Unavailable;
+        the loop backs off). Applies retention at most once an hour, and updates the gauges
+        (observe) after every pass, also when projects failed or a backend went down."""
         with postgres_unavailable():
             async with self.pool.acquire() as conn:
                 projects = await list_projects(conn)
@@ -148,16 +163,29 @@ class Persister:
                     await self._retention(conn)
         reports: dict[str, ProjectReport] = {}
         for project in projects:
-            report = await self.persist_project(project)
+            if not self.backoff.due(project):
+                continue
+            try:
+                report = await self.persist_project(project)
+            except Exception as exc:
+                if is_outage(exc):
+                    with contextlib.suppress(Unavailable):
+                        await self.observe(projects)
+                    raise
+                self.backoff.failed(project, exc)
+                continue
+            self.backoff.succeeded(project)
             if report is not None:
                 reports[project] = report
         await self.observe(projects)
         return reports
 
     async def observe(self, projects: list[str]) -> Risk:
-        """Sets the persister gauges from these projects (cheap: one Redis pipeline and one
-        state query for all projects): the raw backlog, the buckets per grain held
-        only in Redis, and the lag of each grain's Postgres watermark (worst project)."""
+        """Sets the persister gauges from these projects (cheap: one Redis pipeline, one
+        state query for all projects and one count of the dead letters): the raw backlog,
+        the buckets per grain held only in Redis, the lag of each grain's Postgres
+        watermark (worst project) and the dead letters waiting. The Redis-only gauges are
+        set before Postgres is asked, so they stay current while Postgres is down."""
         now = self.clock.now_ms()
         sealable = bucket_start(now - int(self.settings.grace_seconds * 1000), Grain.minute)
         risk = Risk()
@@ -169,18 +197,28 @@ class Persister:
                 for grain in GRAINS:
                     pipe.zcard(keys.dirty(grain))
             replies = await pipe.execute()
+        per = 1 + len(GRAINS)
+        backlog = 0
+        redis_only = dict.fromkeys(GRAINS, 0)
+        for i in range(len(projects)):
+            rawn, *cards = replies[i * per : (i + 1) * per]
+            backlog += int(rawn or 0)
+            for grain, card in zip(GRAINS, cards, strict=True):
+                redis_only[grain] += int(card)
+        self.metrics.raw_backlog.set(backlog)
+        for grain in GRAINS:
+            self.metrics.redis_only_buckets.labels(grain.name).set(redis_only[grain])
         with postgres_unavailable():
             async with self.pool.acquire() as conn:
                 states = await load_states(conn, projects)
-        per = 1 + len(GRAINS)
+                dead_letters = await count_dead_letters(conn)
         for i, project in enumerate(projects):
             rawn, *cards = replies[i * per : (i + 1) * per]
             risk.add(int(rawn or 0), cards, states[project], now, sealable)
         self.metrics.persister_lag.set(risk.minute_lag)
-        self.metrics.raw_backlog.set(risk.raw_backlog)
         for grain in GRAINS:
-            self.metrics.redis_only_buckets.labels(grain.name).set(risk.redis_only[grain])
             self.metrics.grain_lag.labels(grain.name).set(risk.lag[grain])
+        self.metrics.deadletter_entries.set(dead_letters)
         return risk
 
     async def _retention(self, conn: Conn) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from counters.core.buckets import DAY_MS
 from counters.core.measures import micros_text
 from counters.core.rollups import parse_rollup_id
+from counters.engines.deadletter import DeadLetters, range_warning
 from counters.engines.rebuild import BucketDiff, Rebuilder
 
 
@@ -49,9 +50,14 @@ async def reconcile_projects(
     found (a row found on both bases counts once)."""
     total = 0
     for project in projects:
+        start = now_ms - days * DAY_MS
+        letters = await DeadLetters(rebuilder.pool).overlapping(project, start, now_ms)
+        warning = range_warning(letters, project, "fixing a day recomputes it")
+        if warning:
+            echo(warning)
         report = await rebuilder.run(
             project,
-            now_ms - days * DAY_MS,
+            start,
             now_ms,
             write=write,
             kind="reconcile",

@@ -21,6 +21,7 @@ from counters.core.rollups import (
 )
 from counters.engines.read.context import ReadContext
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
+from counters.engines.read.pace import Pacer
 from counters.engines.read.plan import Cell, Need
 from lua.client import redis_unavailable
 from lua.keys import COUNT, parse_late_field, parse_measure_field
@@ -165,6 +166,7 @@ async def _late_cells(
     for g in pending:
         pipe.hgetall(ctx.keys.late(g))
     wanted = {(g, b) for g, bs in need.items() for b in bs}
+    pacer = Pacer()
     for g, h in zip(pending, await pipe.execute(), strict=True):
         by_cell: dict[Cell, dict[bytes, bytes]] = defaultdict(dict)
         for k, v in h.items():
@@ -173,6 +175,7 @@ async def _late_cells(
                 by_cell[(grain, bucket)][rest.encode()] = v
         for cell, fields in by_cell.items():
             _fold_hash(ctx, fields, scope, tuples, cell, uniques, g)
+            await pacer.tick()
 
 
 async def _redis_cells(
@@ -192,6 +195,7 @@ async def _redis_cells(
             queue_read_hot(pipe, ctx.scripts, ctx.keys, None, hot)
         return list(await pipe.execute())
 
+    pacer = Pacer()
     with redis_unavailable():
         replies = await with_scripts_loaded(ctx.scripts, first_round)
         for cell, hot_cell in zip(
@@ -199,8 +203,10 @@ async def _redis_cells(
         ):
             for h in hot_cell.hashes:
                 _fold_hash(ctx, h, scope, tuples, cell, uniques, None)
+                await pacer.tick()
             if uniques:
                 _add_minute_sketches(ctx, tuples, scope, cell, hot_cell.minutes)
+                await pacer.tick()
         pending = range(state.late_applied + 1, int(replies[0] or 0) + 1)
         if pending:
             await _late_cells(ctx, pending, need, scope, tuples, uniques)
@@ -225,11 +231,13 @@ async def read_breakdown(
     scope = _Scope(ctx.project, name, rollup, filters)
     tmp: dict[str, bytes] = {}
     tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
+    pacer = Pacer()
     async with snapshot(ctx.pool, ctx.project) as (conn, state):
         for grain, wanted in _pg_buckets(state, need):
             rows = await tuple_rows(conn, scope.select, grain, wanted, with_hll=True)
             whole = await tuple_rows(conn, scope.total_select, grain, wanted, with_hll=True)
             for r in rows + [msgspec.structs.replace(r, dims=TOTAL) for r in whole]:
+                await pacer.tick()
                 cell = (grain, r.bucket)
                 row = tuples[r.dims]
                 row.counts[cell] = r.count
@@ -240,6 +248,7 @@ async def read_breakdown(
                     row.hlls.setdefault(cell, []).append(k)
         for t, cells in (await _redis_cells(ctx, state, scope, need, uniques=True)).items():
             tuples[t].add(cells)
+            await pacer.tick()
     total = tuples.pop(TOTAL, None) or TupleCells()
     return Breakdown(dict(tuples), tmp, total)
 
@@ -364,8 +373,10 @@ async def read_ranked(
             t: sum((c.sums if by_sum else c.counts).values()) for t, c in redis_part.items()
         }
         everything = TupleCells()
+        pacer = Pacer()
         for cells in redis_part.values():
             everything.add(cells)
+            await pacer.tick()
         per_grain = _pg_buckets(state, need)
         proven = None
         if not by_sum and not scope.select.fixed and _lists(per_grain) <= RANK_MAX_LISTS:
@@ -385,6 +396,7 @@ async def read_ranked(
     for t in top:
         if t in redis_part:
             cells_of[t].add(redis_part[t])
+            await pacer.tick()
     if proven is not None:  # exact totals of the proven top, in the usual order
         ranking = {t: sum(cells_of[t].counts.values()) for t in top}
         top = _ranking(ranking)

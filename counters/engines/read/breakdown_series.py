@@ -8,6 +8,7 @@ every series is then the total's uniques."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 
@@ -18,9 +19,16 @@ from counters.core.rollups import NONE, OTHER
 from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
 from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
+from counters.engines.read.pace import Pacer
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import Cell, flatten, need
-from counters.engines.read.query import TMP_TTL_MS, BucketValues, count_uniques
+from counters.engines.read.query import (
+    TMP_TTL_MS,
+    BucketValues,
+    count_uniques,
+    deletes,
+    execute_chunked,
+)
 from counters.engines.read.reply import NamedSeries, points
 from lua.client import redis_unavailable
 
@@ -63,9 +71,11 @@ async def ranked_series(
 
     out: list[NamedSeries] = []
     rest = TupleCells(dict(ranked.all_tuples.counts), dict(ranked.all_tuples.sums))
+    pacer = Pacer()
     for values, t in ranked.top:
         out.append(series(t, _dims(q, values)))
         rest.add(t, sign=-1)
+        await pacer.tick()
     out.append(series(rest, other_dims(q)))
     none = TupleCells(dict(ranked.total.counts), dict(ranked.total.sums))
     none.add(ranked.all_tuples, sign=-1)
@@ -83,22 +93,21 @@ async def _count_merged(
     merges: Sequence[tuple[str, list[str]]],
     groups: Sequence[Sequence[str]],
 ) -> list[int]:
-    """count_uniques, after PFMERGE of each (scratch key, sketches) in the same pipeline:
+    """count_uniques, after PFMERGE of each (scratch key, sketches) in the same pipelines:
     a union counted more than once (the rest's, alone and with the top) is merged once."""
+    scratch_keys = [*blobs.tmp_blobs, *(scratch for scratch, _ in merges)]
+    commands = itertools.chain(
+        (("SET", key, blob, "PX", TMP_TTL_MS) for key, blob in blobs.tmp_blobs.items()),
+        (
+            c
+            for scratch, keys in merges
+            for c in (("PFMERGE", scratch, *keys), ("PEXPIRE", scratch, TMP_TTL_MS))
+        ),
+        (("PFCOUNT", *group) for group in groups if group),
+        deletes(scratch_keys),
+    )
     with redis_unavailable():
-        pipe = redis.pipeline(transaction=False)
-        for key, blob in blobs.tmp_blobs.items():
-            pipe.set(key, blob, px=TMP_TTL_MS)
-        for scratch, keys in merges:
-            pipe.pfmerge(scratch, *keys)
-            pipe.pexpire(scratch, TMP_TTL_MS)
-        for group in groups:
-            if group:
-                pipe.pfcount(*group)
-        scratch_keys = [*blobs.tmp_blobs, *(scratch for scratch, _ in merges)]
-        if scratch_keys:
-            pipe.delete(*scratch_keys)
-        replies = await pipe.execute()
+        replies = await execute_chunked(redis, commands)
     counted = iter(replies[len(blobs.tmp_blobs) + 2 * len(merges) :])
     return [int(next(counted)) if group else 0 for group in groups]
 
@@ -112,33 +121,48 @@ async def uniques_series(
     blobs = BucketValues([], [], [], bd.tmp_blobs)
     everything = flatten(cells)
     items = list(bd.tuples.items())
+    pacer = Pacer()
+    whole_sketches: list[list[str]] = []
+    for _, t in items:
+        whole_sketches.append(_sketches(t, everything))
+        await pacer.tick()
     totals: list[Value] = list(
-        await count_uniques(ctx.redis, blobs, [_sketches(t, everything) for _, t in items])
-        if items
-        else []
+        await count_uniques(ctx.redis, blobs, whole_sketches) if items else []
     )
     ranked = sorted(range(len(items)), key=lambda i: (-totals[i], items[i][0]))
     top, rest = ranked[: q.limit], ranked[q.limit :]
     groups: list[list[str]] = []
     for i in top:
         groups.extend(_sketches(items[i][1], p) for p in cells)
+        await pacer.tick()
+
     # per period, then the range: the rest (merged once into a scratch key), every tuple
-    # (that scratch key and the top's sketches), the total (the filters' rollup)
-    spans = [*cells, everything]
-    merges = [
-        (ctx.keys.tmp(uuid.uuid4().hex), [k for i in rest for k in _sketches(items[i][1], p)])
-        for p in spans
-    ]
-    groups.extend([scratch] for scratch, _ in merges)
-    for (scratch, _), p in zip(merges, spans, strict=True):
-        groups.append([scratch, *(k for i in top for k in _sketches(items[i][1], p))])
-    groups.extend(_sketches(bd.total, p) for p in spans)
+    # (the rest's key and the top's sketches, merged too), the total (the filters' rollup).
+    # The range's unions merge the periods' merged keys: no command names every sketch.
+    def scratch() -> str:
+        return ctx.keys.tmp(uuid.uuid4().hex)
+
+    rest_of = [scratch() for _ in cells]
+    all_of = [scratch() for _ in cells]
+    rest_range, all_range = scratch(), scratch()
+    merges: list[tuple[str, list[str]]] = []
+    for key, p in zip(rest_of, cells, strict=True):
+        merges.append((key, [k for i in rest for k in _sketches(items[i][1], p)]))
+        await pacer.tick()
+    for key, rest_key, p in zip(all_of, rest_of, cells, strict=True):
+        merges.append((key, [rest_key, *(k for i in top for k in _sketches(items[i][1], p))]))
+        await pacer.tick()
+    merges += [(rest_range, rest_of), (all_range, all_of)]
+    groups.extend([key] for key in [*rest_of, rest_range])
+    groups.extend([key] for key in [*all_of, all_range])
+    groups.extend(_sketches(bd.total, p) for p in [*cells, everything])
     counted = await _count_merged(ctx.redis, blobs, [m for m in merges if m[1]], groups)
     n = len(cells)
     out: list[NamedSeries] = []
     for j, i in enumerate(top):
         data = counted[j * n : (j + 1) * n]
         out.append(NamedSeries(name, _dims(q, items[i][0]), totals[i], points(q, data)))
+        await pacer.tick()
     at = len(top) * n
     other, tuples, whole = (counted[at + k * (n + 1) : at + (k + 1) * (n + 1)] for k in range(3))
     out.append(NamedSeries(name, other_dims(q), other[-1], points(q, other[:-1])))

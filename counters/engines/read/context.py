@@ -9,13 +9,15 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from redis.asyncio import Redis
 
+from counters.engines.read.limits import ReadLimits
 from lua import Scripts
 from lua.keys import ProjectKeys
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadContext:
-    """Backends and the project one read is about; built once per request."""
+    """Backends and the project one read is about, and the request's limits; built once
+    per request."""
 
     pool: asyncpg.Pool
     redis: Redis
@@ -26,6 +28,8 @@ class ReadContext:
     restore: Callable[[str], Awaitable[bool]] | None = None
     """Restores a project into Redis from Postgres (engines.restore.restore_watermarks) when
     a read finds the watermarks missing, so answers do not move after a Redis loss."""
+    limits: ReadLimits = ReadLimits()
+    """The bounds every read of this request is checked against (engines.read.limits)."""
 
     @property
     def project(self) -> str:

@@ -11,10 +11,11 @@ from counters.core.errors import BadRequest
 from counters.engines.read.breakdown_series import breakdown_series
 from counters.engines.read.cells import Cells, Periods, Value, one_series, read_cells, reduce_cells
 from counters.engines.read.context import ReadContext
+from counters.engines.read.limits import check_read
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import series_plan, whole
 from counters.engines.read.query import BucketValues, count_uniques
-from counters.engines.read.raw import raw_series
+from counters.engines.read.raw import check_raw_budget, raw_series, raw_total
 from counters.engines.read.reply import (
     MultiSeriesReply,
     MultiTotalReply,
@@ -38,8 +39,12 @@ MAX_PROJECTS = 20
 
 async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeriesReply:
     """Zero-padded values per period of every name; with group_by, the top tuples and
-    __other__; from the raw log when no rollup covers the dims."""
+    __other__; from the raw log when no rollup covers the dims. Refused (400) before any
+    work when over the bucket cap, the points limit or retention."""
+    check_read(q, ctx.limits, ctx.oldest_minute, total=False)
     cells = series_plan(q, ctx.oldest_minute)
+    if q.source == "raw":
+        await check_raw_budget(ctx, q)
     out: list[NamedSeries] = []
     for name in q.names:
         if q.source == "raw":
@@ -53,16 +58,20 @@ async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeri
 
 
 async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
-    """One value per name over the whole range; uniques are the union of every sketch."""
+    """One value per name over the whole range; uniques are the union of every sketch.
+    Refused (400) before any work when over the bucket cap or retention, as series is."""
     if q.group_by:
         raise BadRequest(
             "group_by: total answers one value; ask series for a breakdown",
             code="bad_parameter",
         )
+    check_read(q, ctx.limits, ctx.oldest_minute, total=True)
+    if q.source == "raw":
+        await check_raw_budget(ctx, q)
     values: list[NamedTotal] = []
     for name in q.names:
         if q.source == "raw":
-            value = (await raw_series(ctx, q, name))[0].total
+            value = await raw_total(ctx, q, name)
         else:
             _, value = await one_series(ctx, q, name, [whole(q)])
         values.append(NamedTotal(name, value))
@@ -110,6 +119,7 @@ async def read_projects(ctxs: Sequence[ReadContext], q: ReadQuery) -> ProjectsRe
             "across projects, reads take filters that a rollup covers and no group_by",
             code="bad_parameter",
         )
+    check_read(q, ctxs[0].limits, ctxs[0].oldest_minute, total=False, projects=len(ctxs))
     cells = series_plan(q, ctxs[0].oldest_minute)
     series: list[ProjectSeries] = []
     union: list[UnionSeries] = []

@@ -35,6 +35,14 @@ DEFAULT_BUCKETS = 30
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1_000
 MAX_FILTER_BYTES = 256
+MAX_GROUP_BY = 3
+"""Dims one breakdown may group by (each more multiplies the tuples a read must rank)."""
+MAX_FILTERS = 8
+"""Dim filters one read may carry."""
+MIN_TS = 0
+"""1970-01-01T00:00:00Z: the earliest `from`/`to` a read takes."""
+MAX_TS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the latest `from`/`to` a read takes (datetime's own limit)."""
 _name_re = re.compile(NAME_PATTERN)
 _dim_re = re.compile(DIM_NAME_PATTERN)
 _value_re = re.compile(DIM_VALUE_PATTERN)
@@ -158,14 +166,12 @@ def parse_range(
     DEFAULT_BUCKETS periods back from the end."""
     excluding_current = _bool(params.get("excluding_current", "true"), "excluding_current")
     limit = floor(now_ms, precision, tz) if excluding_current else ceil(now_ms + 1, precision, tz)
-    try:
-        raw_end = parse_ts(params["to"]) if "to" in params else None
-        raw_start = parse_ts(params["from"]) if "from" in params else None
-    except ValueError as exc:
-        raise _bad(f"from/to: {exc}") from exc
+    raw_end = _bounded_ts(params, "to")
+    raw_start = _bounded_ts(params, "from")
     if raw_start is not None and raw_end is not None and raw_start > raw_end:
         raise _bad("from must be before to")
-    end = limit if raw_end is None else min(ceil(raw_end, precision, tz), limit)
+    # cap before rounding: rounding a far-future `to` up could leave datetime's range
+    end = limit if raw_end is None else ceil(min(raw_end, limit), precision, tz)
     if raw_start is None:
         return _step_back(end, DEFAULT_BUCKETS, precision, tz), end
     start = floor(raw_start, precision, tz)
@@ -176,12 +182,35 @@ def parse_range(
     return start, end
 
 
+def _bounded_ts(params: Mapping[str, str], param: str) -> int | None:
+    """The epoch ms of `from` or `to` (None when absent), refused (400) outside 1970..9999
+    before any date arithmetic can overflow."""
+    if param not in params:
+        return None
+    try:
+        ts = parse_ts(params[param])
+    except ValueError as exc:
+        raise _bad(f"from/to: {param}: {exc}") from exc
+    if not MIN_TS <= ts <= MAX_TS:
+        raise _bad(
+            f"{param} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"
+            f" (epoch ms {MIN_TS}..{MAX_TS})"
+        )
+    return ts
+
+
 def parse_filters(params: Mapping[str, str]) -> dict[str, str]:
-    """Every non-reserved parameter is a dim filter: a valid dim name, a 1..256 byte value."""
+    """Every non-reserved parameter is a dim filter: a valid dim name, a 1..256 byte value;
+    at most MAX_FILTERS of them."""
     filters: dict[str, str] = {}
     for key, value in params.items():
         if key in RESERVED:
             continue
+        if len(filters) == MAX_FILTERS:
+            raise _bad(
+                f"at most {MAX_FILTERS} dim filters per read (got more, e.g. {key!r}):"
+                " filter on fewer dims"
+            )
         if not _dim_re.match(key):
             raise _bad(f"unknown parameter {key!r} (dimension names match {DIM_NAME_PATTERN})")
         if not _value_re.match(value) or len(value.encode()) > MAX_FILTER_BYTES:
@@ -191,14 +220,17 @@ def parse_filters(params: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_group_by(params: Mapping[str, str], filters: Mapping[str, str]) -> tuple[str, ...]:
-    """The comma-separated breakdown dims (distinct, in order), none of them filtered on."""
-    group_by = tuple(d for d in (params.get("group_by") or "").split(",") if d)
+    """The comma-separated breakdown dims (distinct, in order, at most MAX_GROUP_BY), none
+    of them filtered on; refused before any of them reaches a query."""
+    group_by = tuple(dict.fromkeys(d for d in (params.get("group_by") or "").split(",") if d))
+    if len(group_by) > MAX_GROUP_BY:
+        raise _bad(f"group_by: at most {MAX_GROUP_BY} dims (got {len(group_by)})")
     for d in group_by:
         if not _dim_re.match(d):
             raise _bad(f"group_by: {d!r} is not a dimension name")
         if d in filters:
             raise _bad(f"group_by: {d} is also filtered on")
-    return tuple(dict.fromkeys(group_by))
+    return group_by
 
 
 def parse_limit(params: Mapping[str, str]) -> int:

@@ -5,8 +5,9 @@ watermarks decide which buckets come from Redis."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -170,19 +171,47 @@ async def read_buckets(
     return out
 
 
+PIPELINE_ARGS = 1_000
+"""Command words per pipeline round trip of a big read: packing and parsing one chunk holds
+the event loop only a few ms, and it runs other tasks between chunks."""
+
+
+async def execute_chunked(redis: Redis, commands: Iterable[Sequence[Any]]) -> list[Any]:
+    """The replies of the commands (each the words of one command), in order, sent about
+    PIPELINE_ARGS words at a time (no transaction: the same as one unchunked pipeline).
+    `commands` is consumed lazily, so building them is spread over the round trips."""
+    out: list[Any] = []
+    pipe = redis.pipeline(transaction=False)
+    words = 0
+    for command in commands:
+        pipe.execute_command(*command)
+        words += len(command)
+        if words >= PIPELINE_ARGS:
+            out.extend(await pipe.execute())
+            pipe = redis.pipeline(transaction=False)
+            words = 0
+    if words:
+        out.extend(await pipe.execute())
+    return out
+
+
+def deletes(keys: Sequence[str]) -> Iterator[Sequence[Any]]:
+    """DEL commands for the keys, a few hundred keys each."""
+    for i in range(0, len(keys), PIPELINE_ARGS // 8):
+        yield ("DEL", *keys[i : i + PIPELINE_ARGS // 8])
+
+
 async def count_uniques(
     redis: Redis, values: BucketValues, groups: Sequence[Sequence[str]]
 ) -> list[int]:
     """PFCOUNT of the union of each group of keys (after loading the Postgres sketches)."""
+    blobs = values.tmp_blobs
+    commands = itertools.chain(
+        (("SET", key, blob, "PX", TMP_TTL_MS) for key, blob in blobs.items()),
+        (("PFCOUNT", *group) for group in groups if group),
+        deletes(list(blobs)),
+    )
     with redis_unavailable():
-        pipe = redis.pipeline(transaction=False)
-        for key, blob in values.tmp_blobs.items():
-            pipe.set(key, blob, px=TMP_TTL_MS)
-        for group in groups:
-            if group:
-                pipe.pfcount(*group)
-        if values.tmp_blobs:
-            pipe.delete(*values.tmp_blobs)
-        replies = await pipe.execute()
-    counted = iter(replies[len(values.tmp_blobs) :])
+        replies = await execute_chunked(redis, commands)
+    counted = iter(replies[len(blobs) :])
     return [int(next(counted)) if group else 0 for group in groups]

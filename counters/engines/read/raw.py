@@ -2,7 +2,10 @@
 
 Exact and slower: Postgres aggregates raw_events up to its copy cursor (read in one snapshot
 with the cursor), and the raw-log entries still in Redis past that cursor are folded in
-Python. Redis is read first, so an entry trimmed meanwhile is already in Postgres."""
+Python. Redis is read first (from the copy cursor as it was just before, which only grows),
+so an entry trimmed meanwhile is already in Postgres. Bounded: a row count refuses a read
+over the raw row budget before it scans, Postgres statements have a timeout, and folding
+gives the event loop a turn every few ms."""
 
 from __future__ import annotations
 
@@ -13,19 +16,23 @@ from typing import cast
 
 import msgspec
 
+from counters.core.errors import BadRequest
 from counters.core.measures import Measured, measure_value
 from counters.core.models import RawEvent, decode_raw_batch
 from counters.core.periods import periods
 from counters.core.rollups import NONE, OTHER
 from counters.engines.read.context import ReadContext
+from counters.engines.read.pace import Pacer
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.reply import NamedSeries, Point, points
 from lua.client import redis_unavailable
-from persist.rawlog_reads import RawAggregate, RawScope, aggregate_raw
+from persist.rawlog_reads import RawGroupRow, RawScope, aggregate_raw, copied_until, count_rows
 from persist.schema import stream_order
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Value = Measured
+STREAM_CHUNK = 500
+"""Raw-log stream entries read per XRANGE."""
 
 
 class Acc(msgspec.Struct):
@@ -56,8 +63,8 @@ def _group(values: tuple[str | None, ...]) -> tuple[str, ...]:
     return NO_GROUP if None in values else cast(tuple[str, ...], values)
 
 
-def _fold_postgres(out: Groups, agg: RawAggregate, uniques: bool) -> None:
-    for r in agg.rows:
+def _fold_postgres(out: Groups, rows: list[RawGroupRow], uniques: bool) -> None:
+    for r in rows:
         out[_group(r.group)][r.period].add(r.count, r.sum_micros, r.uid if uniques else None)
 
 
@@ -65,11 +72,13 @@ def _matches(ev: RawEvent, filters: Mapping[str, str]) -> bool:
     return all(ev.dims.get(d) == v for d, v in filters.items())
 
 
-def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> None:
-    """Folds the stream entries past Postgres's copy cursor."""
+async def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> None:
+    """Folds the stream entries past Postgres's copy cursor (a loop turn every few ms)."""
     done = stream_order(cursor)
     lo, end = scope.starts[0], scope.end
+    pacer = Pacer()
     for sid, fields in entries:
+        await pacer.tick()
         if stream_order(sid.decode()) <= done:
             continue
         for ev in decode_raw_batch(fields[b"e"]):
@@ -93,14 +102,74 @@ async def read_raw(
 ) -> Groups:
     """Per group of `group_by` values, the measures of every period, from the raw log; the
     events lacking a grouped dim under NO_GROUP."""
+    if not spans:
+        return {}
     scope = RawScope(name, [s for s, _ in spans], spans[-1][1], filters, group_by, uniques)
     out: Groups = defaultdict(lambda: [Acc() for _ in spans])
-    with redis_unavailable():
-        entries = cast(Entries, await ctx.redis.xrange(ctx.keys.raw, "-", "+"))
-    agg = await aggregate_raw(ctx.pool, ctx.project, scope)
-    _fold_postgres(out, agg, uniques)
-    _fold_redis(out, entries, agg.cursor, scope)
+    entries = await _stream_after(ctx, await copied_until(ctx.pool, ctx.project))
+    cursor = await aggregate_raw(
+        ctx.pool,
+        ctx.project,
+        scope,
+        lambda rows: _fold_postgres(out, rows, uniques),
+        timeout=ctx.limits.raw_timeout_seconds,
+        hint=narrowing_hint([*filters, *group_by]),
+    )
+    await _fold_redis(out, entries, cursor, scope)
     return dict(out)
+
+
+async def _stream_after(ctx: ReadContext, copied: str) -> Entries:
+    """The raw-log stream entries after `copied`, STREAM_CHUNK per round trip (entries at
+    or before it are in Postgres, and the cursor only grows)."""
+    entries: Entries = []
+    start = f"({copied}"
+    with redis_unavailable():
+        while True:
+            chunk = cast(
+                Entries, await ctx.redis.xrange(ctx.keys.raw, start, "+", count=STREAM_CHUNK)
+            )
+            entries.extend(chunk)
+            if len(chunk) < STREAM_CHUNK:
+                return entries
+            start = "(" + chunk[-1][0].decode()
+
+
+def narrowing_hint(dims: Sequence[str]) -> str:
+    """How to make a raw-log read cheap: a cross-tab of its dims, or a shorter range."""
+    crosstab = ":".join(sorted(set(dims)))
+    return (
+        f"declare a cross-tab of these dims (COUNTERS_CROSSTABS={crosstab}) so rollups answer,"
+        " or ask for a shorter range"
+    )
+
+
+async def check_raw_budget(ctx: ReadContext, q: ReadQuery) -> None:
+    """400 raw_budget_exceeded when the raw-log rows the read would scan (the project's rows
+    in the range, once per name) are over the raw row budget; counted before any scan, and
+    at most budget + 1 rows are counted."""
+    budget = ctx.limits.raw_row_budget
+    if not budget:
+        return
+    cap = budget // len(q.names) + 1
+    hint = narrowing_hint([d for d, _ in q.filters] + list(q.group_by))
+    found = await count_rows(
+        ctx.pool,
+        ctx.project,
+        q.start,
+        q.end,
+        cap,
+        timeout=ctx.limits.raw_timeout_seconds,
+        hint=hint,
+    )
+    if found * len(q.names) > budget:
+        more = "more than " if found == cap else ""
+        raise BadRequest(
+            f"this read needs the raw log (no rollup covers its dims) and would scan"
+            f" {more}{found * len(q.names):,} rows; the raw row budget is {budget:,}"
+            f" (raw_row_budget): {hint}",
+            code="raw_budget_exceeded",
+        )
 
 
 def _measure(q: ReadQuery, accs: Sequence[Acc]) -> Value:
@@ -134,6 +203,13 @@ def _none_series(q: ReadQuery, name: str, none: list[Acc], groups: Groups) -> Na
     return NamedSeries(name, dims, _measure(q, accs[-1:]), _per_period(q, [accs[:-1]], len(none)))
 
 
+async def raw_total(ctx: ReadContext, q: ReadQuery, name: str) -> Value:
+    """One name's value over the whole range from the raw log (exact, uniques included)."""
+    spans = [(q.start, q.end)] if q.end > q.start else []
+    groups = await read_raw(ctx, name, spans, dict(q.filters), (), uniques=q.measure == "uniques")
+    return _measure(q, groups.get(NO_GROUP) or [])
+
+
 async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSeries]:
     """The same answers from the raw log: one series, or the top tuples, __other__ and
     __none__ (exact, uniques included)."""
@@ -144,17 +220,18 @@ async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSer
     none = groups.pop(NO_GROUP, None) or [Acc() for _ in spans]
     if not q.group_by:
         return [NamedSeries(name, filters, _measure(q, none), _per_period(q, [none], n))]
-    items = sorted(groups.items(), key=lambda kv: (-_measure(q, kv[1]), kv[0]))
+    pacer = Pacer()
+    totals: dict[tuple[str, ...], Value] = {}
+    for g, accs in groups.items():
+        totals[g] = _measure(q, accs)
+        await pacer.tick()
+    items = sorted(groups.items(), key=lambda kv: (-totals[kv[0]], kv[0]))
     top, rest = items[: q.limit], items[q.limit :]
-    out = [
-        NamedSeries(
-            name,
-            {**filters, **dict(zip(q.group_by, g, strict=True))},
-            _measure(q, accs),
-            _per_period(q, [accs], n),
-        )
-        for g, accs in top
-    ]
+    out: list[NamedSeries] = []
+    for g, accs in top:
+        dims = {**filters, **dict(zip(q.group_by, g, strict=True))}
+        out.append(NamedSeries(name, dims, totals[g], _per_period(q, [accs], n)))
+        await pacer.tick()
     rest_accs = [accs for _, accs in rest]
     everything = [a for accs in rest_accs for a in accs]
     other = {**filters, **{d: OTHER for d in q.group_by}}

@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, format_ts, parse_ts
+from counters.core.uid import UidHasher
 from counters.harness.faults.cluster import Cluster, Log, now_ms, poll_until
 from counters.harness.faults.commands import check_rebuild_and_reconcile, repair
 from counters.harness.faults.driver import DIMS, Event, Span
@@ -364,7 +365,8 @@ async def _check_reads(
 async def _check_raw_log(
     cluster: Cluster, acked: list[Event], at_risk: set[str], f: Findings, log: Log
 ) -> set[str]:
-    """2. raw_events holds every acknowledged event exactly once, as it was sent, except
+    """2. raw_events holds every acknowledged event exactly once, as it was sent (its uid
+    as the project's keyed hash), except
     events at risk at a Redis total loss, which may be missing (f.lost_to_loss counts them;
     f.raw_missing counts every other missing one). Returns the ids present."""
     conn = await asyncpg.connect(cluster.database_url)
@@ -380,9 +382,14 @@ async def _check_raw_log(
         )
         assert counts is not None  # an aggregate always returns one row
         total, distinct = counts
+        secret = await conn.fetchval(
+            "SELECT uid_secret FROM projects WHERE project = $1", cluster.project
+        )
     finally:
         await conn.close()
-    truth = {ev[0]: ev for ev in acked}
+    # the service stores each uid as its keyed hash (counters.core.uid), never as sent
+    hasher = UidHasher(bytes(secret))
+    truth = {ev[0]: ev if ev[5] is None else (*ev[:5], hasher(ev[5])) for ev in acked}
     ids = Counter(r["event_id"] for r in rows)
     f.raw_rows = total
     gone = {i for i in truth if i not in ids}
