@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize_key, bearer_key, json_response
+from api.idempotency import REPLAYED_HEADER, idempotency_of
 from api.limits import charge_events
 from api.scope import check_batch, check_names, check_origin
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge, RequestTimeout
@@ -137,7 +138,9 @@ async def decode_events_off_loop(body: bytes, content_type: str) -> list[EventWi
 
 async def post_events(request: Request) -> Response:
     """Counts a batch; replies {"accepted", "duplicates"}. The key comes from
-    `Authorization: Bearer`, else from `?key=` (navigator.sendBeacon cannot set headers)."""
+    `Authorization: Bearer`, else from `?key=` (navigator.sendBeacon cannot set headers).
+    With an Idempotency-Key seen before: the original reply with "replayed": true and
+    Idempotency-Replayed: true."""
     state = app_state(request)
     settings = state.settings
     key = bearer_key(request) or request.query_params.get("key")
@@ -145,6 +148,7 @@ async def post_events(request: Request) -> Response:
     project = access.project
     check_origin(access.key, request)
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+    idempotency = idempotency_of(request, body)
     events = await decode_events_off_loop(body, request.headers.get("content-type", ""))
     check_batch(access.key, len(events))
     check_names(access.key, (e.name for e in events))
@@ -156,7 +160,9 @@ async def post_events(request: Request) -> Response:
     raw = validate_events(events, now_ms=state.clock.now_ms(), limits=state.limits)
     await charge_events(state, project, len(raw))
     raw = await state.services.hash_uids(project, raw)  # no plain uid is ever stored
-    reply = await state.ingestor.apply(project, raw)
+    reply = await state.ingestor.apply(project, raw, idempotency=idempotency)
+    if reply.replayed:
+        return json_response(reply, headers={REPLAYED_HEADER: "true"})
     label = state.metrics.project(project)
     state.metrics.events_accepted.labels(label).inc(reply.accepted)
     if reply.duplicates:

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from api.common import app_state, authorize_key
 from api.limits import charge_events
 from api.scope import PIXEL_REASON, check_names, check_origin
-from counters.core.errors import CountersError
+from counters.core.errors import CountersError, Invalid
 from counters.core.models import EventWire, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 
@@ -84,8 +84,13 @@ class GroupCommitter:
     async def _apply(
         self, project: str, batch: list[tuple[RawEvent, asyncio.Future[None]]]
     ) -> None:
+        refused: list[RawEvent] = []
         try:
-            await self._ingestor.apply(project, [ev for ev, _ in batch])
+            await self._ingestor.apply(project, [ev for ev, _ in batch], refused=refused)
+            over = {id(ev) for ev in refused}  # over a name cap: refused alone
+            for ev, fut in batch:
+                if id(ev) in over and not fut.done():
+                    fut.set_exception(Invalid("over a per-day name cap", code="name_cap"))
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             for _, fut in batch:
                 if not fut.done():

@@ -5,12 +5,16 @@
 --                       rawlast = id of the last raw-log entry ever added
 -- KEYS[2]  X:{p:P}:raw  stream: the raw log, one entry per batch (fields n, e)
 -- ARGV[1]  key base "X:{p:P}:"; the other keys are derived from it exactly as
---          lua/keys.py names them (h:, u:, dirty:, id:, late:, card:)
+--          lua/keys.py names them (h:, u:, dirty:, id:, idem:, late:, card:, names:,
+--          dimnames:)
 -- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
---          dim_values, dim_ttl_ms]
---            dedupe_ttl_ms  integer, milliseconds an event id is remembered
+--          dim_values, dim_ttl_ms, name_cap, names, dim_name_cap, dim_names, idem, idem_hash,
+--          idem_reply]
+--            dedupe_ttl_ms  integer, milliseconds an event id (and an idempotency key) is
+--                           remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
---            ids            array of event-id strings to dedupe, in batch order
+--            ids            array of event-id tokens to dedupe (lua/keys.py event_id_token of
+--                           (name, id)), in batch order; marker id:<token>
 --            groups         array of [minute start ms (string), field, count (integer), sum
 --                           in millionths (string), uids]: one per (minute, field) of the
 --                           batch. A hot minute takes all of it (seal.lua later merges the
@@ -20,17 +24,31 @@
 --            dim_cap        integer, distinct values a dim may take per UTC day (0 = no cap)
 --            dim_values     array of [dim, day start ms (string), value]: every distinct one
 --                           in the batch; remembered in the set card:<dim>:<day>
---            dim_ttl_ms     integer, how long such a set lives after its last new value
+--            dim_ttl_ms     integer, how long such a set (and a names set) lives after its
+--                           last new member
+--            name_cap       integer, distinct event names per UTC day (0 = no cap)
+--            names          array of [day start ms (string), name]: every distinct one in the
+--                           batch, in batch order; remembered in the set names:<day>
+--            dim_name_cap   integer, distinct dim names per UTC day (0 = no cap)
+--            dim_names      array of [day start ms (string), dim name]; set dimnames:<day>
+--            idem           Idempotency-Key token (lua/keys.py idempotency_token), or ""
+--            idem_hash      hex hash of the request body the key was first sent with
+--            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
--- Returns
---   {"OK", late_groups}     applied everything
+-- Returns (checks in this order; every answer but OK leaves Redis unchanged)
+--   {"OK", late_groups}     applied everything (and stored idem:<token> = idem_reply)
+--   {"IDEM", stored}        the idempotency key was used before with this body: stored is
+--                           its idem_reply; nothing applied
+--   {"IDEMDIFF"}            the idempotency key was used before with another body
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
 --   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
 --                           folds them into "__other__" and retries; nothing applied
 --   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
 --   {"BACKLOG", rawn}       raw log over its cap; nothing applied
+--   {"NAMECAP", i, ...}     1-based indexes into names that are new and do not fit the cap
+--   {"DIMNAMECAP", i, ...}  the same for dim_names; nothing applied
 
 local wm = redis.call('HMGET', KEYS[1], 'm', 'h', 'd', 'gen', 'rawn')
 if not wm[1] or not wm[2] or not wm[3] or not wm[4] then
@@ -43,7 +61,21 @@ local base = ARGV[1]
 local p = cmsgpack.unpack(ARGV[2])
 local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
 local dim_cap, dim_values, dim_ttl = p[6], p[7], p[8]
+local name_cap, names, dim_name_cap, dim_names = p[9], p[10], p[11], p[12]
+local idem, idem_hash, idem_reply = p[13], p[14], p[15]
 local blob = ARGV[3]
+
+local idem_key = nil
+if idem ~= '' then
+  idem_key = base .. 'idem:' .. idem
+  local stored = redis.call('GET', idem_key)
+  if stored then
+    if string.sub(stored, 1, #idem_hash + 1) == idem_hash .. ' ' then
+      return {'IDEM', stored}
+    end
+    return {'IDEMDIFF'}
+  end
+end
 
 if cap > 0 and n_events > 0 and rawn + n_events > cap then
   return {'BACKLOG', rawn}
@@ -57,6 +89,41 @@ for i = 1, #ids do
 end
 if #dups > 1 then
   return dups
+end
+
+-- new members of per-day name sets within their cap, or the refusal listing those past it
+local function admit_names(cap, list, kind, status)
+  local new = {}
+  if cap <= 0 then
+    return new, nil
+  end
+  local over = {status}
+  local sizes = {}
+  for i, dn in ipairs(list) do
+    local key = base .. kind .. ':' .. dn[1]
+    if redis.call('SISMEMBER', key, dn[2]) == 0 then
+      local n = sizes[key] or redis.call('SCARD', key)
+      if n >= cap then
+        over[#over + 1] = i
+      else
+        sizes[key] = n + 1
+        new[#new + 1] = {key, dn[2]}
+      end
+    end
+  end
+  if #over > 1 then
+    return new, over
+  end
+  return new, nil
+end
+
+local new_names, name_over = admit_names(name_cap, names, 'names', 'NAMECAP')
+if name_over then
+  return name_over
+end
+local new_dim_names, dim_name_over = admit_names(dim_name_cap, dim_names, 'dimnames', 'DIMNAMECAP')
+if dim_name_over then
+  return dim_name_over
 end
 
 local admit = {}
@@ -83,9 +150,14 @@ end
 for i = 1, #ids do
   redis.call('SET', base .. 'id:' .. ids[i], '1', 'PX', ttl)
 end
-for _, a in ipairs(admit) do
-  redis.call('SADD', a[1], a[2])
-  redis.call('PEXPIRE', a[1], dim_ttl)
+for _, list in ipairs({admit, new_names, new_dim_names}) do
+  for _, a in ipairs(list) do
+    redis.call('SADD', a[1], a[2])
+    redis.call('PEXPIRE', a[1], dim_ttl)
+  end
+end
+if idem_key then
+  redis.call('SET', idem_key, idem_reply, 'PX', ttl)
 end
 
 local function pfadd(key, uids)

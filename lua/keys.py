@@ -10,7 +10,12 @@ that each key it leaves in the slot is one parse_key names):
     X:{p:P}:u:<g>:<bucket>:<field> * HLL    uids of one (field, grain, bucket)
     X:{p:P}:dirty:<g>              * zset   buckets of grain g with data not yet in Postgres
     X:{p:P}:raw                      stream the raw log, one entry (n, e) per accepted batch
-    X:{p:P}:id:<event id>          * string dedupe marker, expires after the dedupe window
+    X:{p:P}:id:<hash>              * string dedupe marker of one (event name, event id):
+                                            hash = event_id_token, expires after the dedupe window
+    X:{p:P}:idem:<hash>            * string one Idempotency-Key (idempotency_token): body hash and
+                                            the original reply, expires after the dedupe window
+    X:{p:P}:names:<day>            * set    event names seen on one UTC day (event_name_cap)
+    X:{p:P}:dimnames:<day>         * set    dim names seen on one UTC day (dim_name_cap)
     X:{p:P}:late:<gen>             * hash   <g>:<bucket>:c<US>field -> count delta (and s)
     X:{p:P}:late:<gen>:u:<g>:<bucket>:<field> * HLL  uids of late events
     X:{p:P}:late:<gen>:hll         * set    <g>:<bucket>:<field> of every late HLL in gen
@@ -32,6 +37,7 @@ minutes sealed so far (lua/seal.lua merges them) plus events for minutes already
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal, NamedTuple, TypeVar
 
 from counters.core.buckets import GRAIN_BY_SHORT, Grain
@@ -49,6 +55,8 @@ __all__ = [
     "MeasureField",
     "ProjectKeys",
     "count_field",
+    "event_id_token",
+    "idempotency_token",
     "late_field",
     "late_hll_member",
     "parse_key",
@@ -97,9 +105,25 @@ class ProjectKeys:
         """Sorted set of buckets (score = bucket start) holding data not yet in Postgres."""
         return f"{self.base}dirty:{grain.short}"
 
-    def event_id(self, event_id: str) -> str:
-        """Dedupe marker of one event id."""
-        return f"{self.base}id:{event_id}"
+    def event_id(self, name: str, event_id: str) -> str:
+        """Dedupe marker of one event id of one event name (the id itself is hashed)."""
+        return self.event_marker(event_id_token(name, event_id))
+
+    def event_marker(self, token: str) -> str:
+        """Dedupe marker named by its event_id_token."""
+        return f"{self.base}id:{token}"
+
+    def idempotency(self, token: str) -> str:
+        """Marker of one Idempotency-Key, named by its idempotency_token."""
+        return f"{self.base}idem:{token}"
+
+    def event_names(self, day: int) -> str:
+        """Set of the event names seen on one UTC day (for event_name_cap)."""
+        return f"{self.base}names:{day}"
+
+    def dim_names(self, day: int) -> str:
+        """Set of the dim names seen on one UTC day (for dim_name_cap)."""
+        return f"{self.base}dimnames:{day}"
 
     def late(self, gen: int) -> str:
         """Hash of late count/sum deltas of one generation."""
@@ -145,6 +169,25 @@ class ProjectKeys:
     def restore_hll(self, token: str, grain: Grain, bucket: int, field: str) -> str:
         """A restore's staged copy of hll(grain, bucket, field)."""
         return self.restore_base(token) + restore_member(grain, bucket, field)
+
+
+def _hash_hex(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def event_id_token(name: str, event_id: str) -> str:
+    """What names the dedupe marker of (event name, event id): blake2b-128 hex of
+    `name US id`. Dedupe is per (name, id), and no client id appears in a key name."""
+    return _hash_hex(name + US + event_id)
+
+
+def idempotency_token(key: str) -> str:
+    """What names the marker of one Idempotency-Key header value (blake2b-128 hex)."""
+    return _hash_hex(key)
+
+
+def _is_token(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 class MeasureField(NamedTuple):
@@ -226,6 +269,9 @@ KeyKind = Literal[
     "hll",
     "dirty",
     "event_id",
+    "idempotency",
+    "event_names",
+    "dim_names",
     "late",
     "late_hll",
     "late_hll_index",
@@ -238,8 +284,8 @@ KeyKind = Literal[
     "rate_events",
 ]
 """Which ProjectKeys method names a key (dim_values is the cardinality cap's card: set;
-restore_* are a restore's staged keys, lua/restore.lua; rate_* are lua/ratelimit.lua's
-token buckets)."""
+restore_* are a restore's staged keys, lua/restore.lua; event_names and dim_names the
+per-day name caps' sets; rate_* are lua/ratelimit.lua's token buckets)."""
 
 
 class KeyName(NamedTuple):
@@ -250,14 +296,14 @@ class KeyName(NamedTuple):
     project: str
     grain: Grain | None = None
     bucket: int | None = None
-    """Bucket start (epoch ms); for dim_values, the UTC day's start."""
+    """Bucket start (epoch ms); for dim_values, event_names and dim_names, the UTC day's start."""
     field: str | None = None
     """Rollup field of an hll or late_hll key."""
     gen: int | None = None
     """Late generation of late, late_hll and late_hll_index keys."""
     name: str | None = None
-    """The event id (event_id), the dim (dim_values), the token (tmp, restore_*) or the key
-    digest (rate_key)."""
+    """The hash (event_id, idempotency), the dim (dim_values), the token (tmp, restore_*) or
+    the key digest (rate_key)."""
 
     def key(self) -> str:
         """The key again, as ProjectKeys names it (parse_key(k).key() == k)."""
@@ -274,7 +320,13 @@ class KeyName(NamedTuple):
         if kind == "hll":
             return keys.hll(_some(self.grain), _some(self.bucket), _some(self.field))
         if kind == "event_id":
-            return keys.event_id(_some(self.name))
+            return keys.event_marker(_some(self.name))
+        if kind == "idempotency":
+            return keys.idempotency(_some(self.name))
+        if kind == "event_names":
+            return keys.event_names(_some(self.bucket))
+        if kind == "dim_names":
+            return keys.dim_names(_some(self.bucket))
         if kind == "late":
             return keys.late(_some(self.gen))
         if kind == "late_hll_index":
@@ -356,8 +408,14 @@ def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args:
         return KeyName("hll", prefix, project, grain, bucket, field)
     if kind == "dirty":
         return KeyName("dirty", prefix, project, GRAIN_BY_SHORT[args])
-    if kind == "id":
-        return KeyName("event_id", prefix, project, name=args)
+    if kind in ("id", "idem"):
+        if not _is_token(args):
+            raise ValueError(rest)
+        return KeyName("event_id" if kind == "id" else "idempotency", prefix, project, name=args)
+    if kind == "names":
+        return KeyName("event_names", prefix, project, bucket=_int(args))
+    if kind == "dimnames":
+        return KeyName("dim_names", prefix, project, bucket=_int(args))
     if kind == "tmp":
         return KeyName("tmp", prefix, project, name=args)
     if kind == "restore":

@@ -8,13 +8,13 @@
 -- KEYS[2]  X:{p:P}:tmp:restore:<token>    scratch key for one sketch at a time
 -- ARGV[1]  staging base "X:{p:P}:restore:<token>:" (staged key = base .. suffix)
 -- ARGV[2]  TTL of staged keys, ms
--- ARGV[3]  key base "X:{p:P}:" (dedupe markers id:<event id>)
+-- ARGV[3]  key base "X:{p:P}:" (dedupe markers id:<token>, lua/keys.py event_id_token)
 -- ARGV[4]  msgpack array [sketches, increments, uids, markers]:
 --            sketches    [[suffix, n], ...]: ARGV[4 + n] (an HLL blob as GET returns it;
 --                        blobs are not msgpack strings) united into the staged key
 --            increments  [[suffix, hash field, integer delta], ...]: HINCRBY
 --            uids        [[suffix, uid, ...], ...]: PFADD
---            markers     [[event id, ttl ms], ...]: SET id:<event id> 1 PX ttl NX
+--            markers     [[token, ttl ms], ...]: SET id:<token> 1 PX ttl NX
 -- ARGV[5 ..]  the sketch blobs
 -- Returns  number of markers set
 

@@ -28,10 +28,11 @@ class StoredRow(msgspec.Struct, array_like=True, frozen=True):
 
 
 class RecentId(msgspec.Struct, array_like=True, frozen=True):
-    """An event id the raw log holds, and when it was received (epoch ms)."""
+    """An event id the raw log holds, its event's name, and when it was received (epoch ms)."""
 
     event_id: str
     received_ms: int
+    name: str
 
 
 @contextlib.asynccontextmanager
@@ -80,9 +81,9 @@ async def recent_event_ids(
     partitions; the BRIN index on received_at (migration 007) narrows each one. Runs inside
     the caller's transaction."""
     sql = (
-        f"SELECT event_id, {epoch_ms_sql('received_at')} AS r FROM {RAW_TABLE}"
+        f"SELECT event_id, name, {epoch_ms_sql('received_at')} AS r FROM {RAW_TABLE}"
         " WHERE project = $1 AND ts >= $2 AND received_at >= $3 AND event_id IS NOT NULL"
     )
     cursor = await conn.cursor(sql, project, to_datetime(ts_since), to_datetime(received_since))
     while rows := await cursor.fetch(chunk):
-        yield [RecentId(r["event_id"], r["r"]) for r in rows]
+        yield [RecentId(r["event_id"], r["r"], r["name"]) for r in rows]

@@ -223,14 +223,22 @@ class ApiClient:
         self.read_h = {"Authorization": f"Bearer {read}"}
 
     async def post(self, events: list[dict[str, Any]]) -> None:
-        """Posts events in batches of 5,000; every one must be accepted."""
+        """Posts events in batches of 5,000, or of the size a 413 batch_too_complex
+        suggests (then kept for the rest), as a client should; every one must be accepted."""
         assert self.app.client is not None
-        for i in range(0, len(events), 5000):
-            chunk = events[i : i + 5000]
+        size, i = 5000, 0
+        while i < len(events):
+            chunk = events[i : i + size]
             r = await self.app.client.post(
                 "/v1/events", content=msgspec.json.encode(chunk), headers=self.ingest_h
             )
+            if r.status_code == 413 and r.json()["error"]["code"] == "batch_too_complex":
+                message = r.json()["error"]["message"]
+                suggested = int(message.split("Send at most ~")[1].split(" ")[0])
+                size = max(1, min(suggested * 9 // 10, len(chunk) // 2))
+                continue
             assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
+            i += len(chunk)
 
     async def get(self, path: str, **params: Any) -> Any:
         """JSON of GET /v1/projects/<project>/<path>."""

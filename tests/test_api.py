@@ -293,7 +293,7 @@ class _SlowIngestor:
         self.most_in_flight = 0
         self.release = asyncio.Event()
 
-    async def apply(self, project: str, events: list[RawEvent]) -> None:
+    async def apply(self, project: str, events: list[RawEvent], **_: object) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.batches.append([ev.id for ev in events])

@@ -46,9 +46,13 @@ class Reader:
         self.events: list[Event] = []
 
     async def post(self, events: list[Event]) -> None:
+        """Posts in batches of 300 (600 events over four sealed hours with uids are over
+        the ingest script budget, max_batch_groups)."""
         assert self.app.client is not None
-        r = await self.app.client.post("/v1/events", json=events, headers=self.ingest_h)
-        assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
+        for i in range(0, len(events), 300):
+            chunk = events[i : i + 300]
+            r = await self.app.client.post("/v1/events", json=chunk, headers=self.ingest_h)
+            assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
         self.events += events
 
     async def get(self, path: str, **params: Any) -> Any:

@@ -139,7 +139,7 @@ def test_negative_epoch_events_group_into_1969_buckets() -> None:
 
 def test_roll_up_of_nothing() -> None:
     assert cells([], [("a", "b")]) == []
-    assert plan_batch([], [("a", "b")]) == ([], [])
+    assert plan_batch([], [("a", "b")]) == ([], [], [], [], 0)
 
 
 def test_crosstab_cells() -> None:
@@ -257,7 +257,7 @@ def test_plan_batch_lists_every_distinct_dim_value_per_day() -> None:
         }
     )
     for crosstabs in ((), (("x", "y"), ("x", "z"))):
-        _, dim_values = plan_batch(events, crosstabs)
+        dim_values = plan_batch(events, crosstabs).dim_values
         assert [tuple(v) for v in dim_values] == expected
     assert plan_batch(events, ()).dim_values != []
     assert plan_batch(events, (), dim_values=False).dim_values == []

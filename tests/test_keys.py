@@ -7,11 +7,14 @@ from __future__ import annotations
 import itertools
 from typing import Any, get_args
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain, bucket_start
+from counters.core.models import EventIn
 from counters.core.rollups import encode_field
+from counters.engines.ingest import Idempotency
 from lua import NAMES, read_script
 from lua.keys import (
     COUNT,
@@ -21,6 +24,8 @@ from lua.keys import (
     KeyName,
     ProjectKeys,
     count_field,
+    event_id_token,
+    idempotency_token,
     late_field,
     late_hll_member,
     parse_key,
@@ -56,8 +61,11 @@ def all_keys(keys: ProjectKeys) -> dict[str, str]:
         out[f"hll:{g}"] = keys.hll(grain, BUCKET, FIELD)
         out[f"dirty:{g}"] = keys.dirty(grain)
         out[f"late_hll:{g}"] = keys.late_hll(7, grain, BUCKET, FIELD)
-    out["event_id"] = keys.event_id("evt-00001")
-    out["event_id_braces"] = keys.event_id("a{b}c")
+    out["event_id"] = keys.event_id("click", "evt-00001")
+    out["event_id_braces"] = keys.event_id("click", "a{b}c")
+    out["idempotency"] = keys.idempotency(idempotency_token("batch-1"))
+    out["event_names"] = keys.event_names(bucket_start(BUCKET, Grain.day))
+    out["dim_names"] = keys.dim_names(-DAY_MS)
     out["late"] = keys.late(7)
     out["late_hll_index"] = keys.late_hll_index(7)
     out["tmp"] = keys.tmp("0123abcd")
@@ -96,7 +104,10 @@ def test_key_layout() -> None:
     assert k.hot(Grain.day, -86_400_000) == "ctr:{p:acme}:h:d:-86400000"
     assert k.hll(Grain.day, BUCKET, FIELD) == f"ctr:{{p:acme}}:u:d:{BUCKET}:{FIELD}"
     assert k.dirty(Grain.hour) == "ctr:{p:acme}:dirty:h"
-    assert k.event_id("e1") == "ctr:{p:acme}:id:e1"
+    assert k.event_id("click", "e1") == "ctr:{p:acme}:id:" + event_id_token("click", "e1")
+    assert k.idempotency("ab" * 16) == "ctr:{p:acme}:idem:" + "ab" * 16
+    assert k.event_names(DAY_MS) == f"ctr:{{p:acme}}:names:{DAY_MS}"
+    assert k.dim_names(DAY_MS) == f"ctr:{{p:acme}}:dimnames:{DAY_MS}"
     assert k.late(3) == "ctr:{p:acme}:late:3"
     assert k.late_hll(3, Grain.minute, 60_000, FIELD) == f"ctr:{{p:acme}}:late:3:u:m:60000:{FIELD}"
     assert k.late_hll_index(3) == "ctr:{p:acme}:late:3:hll"
@@ -109,7 +120,8 @@ def test_key_methods_never_collide_within_a_project() -> None:
     # vary every argument too: different buckets, grains, fields and generations differ
     names += [k.hot(Grain.minute, BUCKET + 60_000), k.hll(Grain.minute, BUCKET, FIELD + "x")]
     names += [k.late(8), k.late_hll_index(8), k.late_hll(8, Grain.minute, BUCKET, FIELD)]
-    names += [k.event_id("wm"), k.event_id("raw"), k.tmp("wm")]
+    names += [k.event_id("click", "wm"), k.event_id("view", "wm"), k.event_id("click", "raw")]
+    names += [k.tmp("wm")]
     assert len(names) == len(set(names))
 
 
@@ -174,7 +186,7 @@ def test_parse_key_names_every_key_and_round_trips(prefix: str, project: str) ->
     keys = ProjectKeys(prefix, project)
     odd_ids = ["wm", "raw", "a:b:c", "x}:y", "{p:z}:wm", "id:1", "日本"]
     names = list(all_keys(keys).items())
-    names += [(f"event_id:{i}", keys.event_id(i)) for i in odd_ids]
+    names += [(f"event_id:{i}", keys.event_id("click", i)) for i in odd_ids]
     names += [("tmp:x", keys.tmp("rb:abc:12")), ("hll:colon", keys.hll(Grain.hour, 0, "c\x1fa:b"))]
     for label, name in names:
         parsed = parse_key(name)
@@ -196,7 +208,13 @@ def test_parse_key_parts() -> None:
     assert parse_key(k.late(12)).gen == 12
     assert parse_key(k.late_hll_index(12)) == KeyName("late_hll_index", "ctr", "acme", gen=12)
     assert parse_key(k.dirty(Grain.hour)).grain is Grain.hour
-    assert parse_key(k.event_id("a:b")).name == "a:b"
+    assert parse_key(k.event_id("click", "a:b")).name == event_id_token("click", "a:b")
+    assert "a:b" not in k.event_id("click", "a:b")
+    assert parse_key(k.idempotency("0f" * 16)) == KeyName(
+        "idempotency", "ctr", "acme", name="0f" * 16
+    )
+    assert parse_key(k.event_names(DAY_MS)) == KeyName("event_names", "ctr", "acme", bucket=DAY_MS)
+    assert parse_key(k.dim_names(0)) == KeyName("dim_names", "ctr", "acme", bucket=0)
     card = parse_key(k.dim_values("country", DAY_MS))
     assert (card.kind, card.name, card.bucket) == ("dim_values", "country", DAY_MS)
     assert {kind_of(label) for label in all_keys(k)} == set(KINDS)
@@ -219,6 +237,10 @@ def test_parse_key_parts() -> None:
         "ctr:{p:acme}:late:1:zz",
         "ctr:{p:acme}:card:country",
         "ctr:{p:acme}:card::5",
+        "ctr:{p:acme}:id:order-1001",  # event ids are hashed, never in a key name
+        "ctr:{p:acme}:idem:my-key",
+        "ctr:{p:acme}:names:x",
+        "ctr:{p:acme}:dimnames:",
         "ctr:{p:acme}:rl",
         "ctr:{p:acme}:rl:key:",
         "ctr:{p:acme}:rl:key:a:b",
@@ -293,6 +315,9 @@ async def test_every_key_the_scripts_create_is_named_by_parse_key(harness: Harne
         ev(id="e4", ts=T0 + MINUTE_MS, dims={"device": "win"}),  # over the cap: __other__
     )
     assert (await h.ingest(ev(id="e1"))).duplicates == 1
+    raw = h.services.validate([msgspec.convert(ev(), EventIn)], now_ms=h.clock.now_ms())
+    token = Idempotency(idempotency_token("batch-1"), "00" * 16)
+    assert (await h.ingestor.apply(h.project, raw, idempotency=token)).accepted == 1
     assert await h.total("click", hour, hour + HOUR_MS, "uniques") == 2  # read_hot.lua
     seen |= await _slot_keys(redis, keys)
 

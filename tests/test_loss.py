@@ -199,7 +199,7 @@ async def test_a_retry_after_the_loss_counts_nothing_twice(harness: Harness) -> 
 
     reply = await h.ingest(*batch)  # the client retries: ingest restores first
     assert (reply.accepted, reply.duplicates) == (0, 500)
-    ttl = await h.redis.pttl(h.keys.event_id("order-7"))
+    ttl = await h.redis.pttl(h.keys.event_id("click", "order-7"))
     window = h.settings.dedupe_window_seconds * 1000
     assert window - 6 * MINUTE_MS - 5_000 <= ttl <= window - 6 * MINUTE_MS
     fresh = await h.ingest({"name": "click", "ts": h.clock.now_ms(), "id": "order-new"})
@@ -218,7 +218,7 @@ async def test_markers_older_than_the_window_are_not_restored(harness: Harness) 
     h.clock.advance(h.settings.dedupe_window_seconds * 1000)
     await lose_everything(h)
     assert await h.services.restore(h.project)
-    assert not await h.redis.exists(h.keys.event_id("old"))
+    assert not await h.redis.exists(h.keys.event_id("click", "old"))
     assert (await h.ingest({"name": "click", "ts": h.clock.now_ms(), "id": "old"})).accepted
 
 

@@ -80,7 +80,9 @@ async def test_dedupe_window_expires(harness: Harness, redis: Any) -> None:
     assert (await short.ingest(ev(id="x"))).accepted == 1
     assert (await short.ingest(ev(id="x"))).duplicates == 1
     await wait_for(
-        lambda: redis.exists(short.keys.event_id("x")), lambda n: n == 0, what="id to expire"
+        lambda: redis.exists(short.keys.event_id("click", "x")),
+        lambda n: n == 0,
+        what="id to expire",
     )
     assert (await short.ingest(ev(id="x"))).accepted == 1
 

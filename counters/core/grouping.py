@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from counters.core.buckets import GRAINS, MINUTE_MS, Grain, bucket_start
+from counters.core.buckets import DAY_MS, GRAINS, MINUTE_MS, Grain, bucket_start
 from counters.core.models import RawEvent
 from counters.core.rollups import OTHER, Rollup, fields_for, single_dim_values
 
@@ -170,21 +170,57 @@ class Plan(NamedTuple):
     dim_values: list[list[str]]
     """Every distinct [dim, day start (str), value] of the batch other than OTHER, sorted;
     empty unless asked for (the dim cardinality cap is on)."""
+    names: list[list[str]] = []
+    """Every distinct [day start (str), event name], in batch order; empty unless asked for."""
+    dim_names: list[list[str]] = []
+    """Every distinct [day start (str), dim name], sorted per day; empty unless asked for."""
+    uid_entries: int = 0
+    """Uids over all groups (the PFADD arguments the script will pass)."""
+
+
+def day_names(events: Iterable[RawEvent]) -> tuple[list[list[str]], list[list[str]]]:
+    """The distinct [day start (str), event name] pairs in batch order, and the distinct
+    [day start (str), dim name] pairs (sorted per day), by the events' UTC days."""
+    names: dict[tuple[int, str], None] = {}
+    dims: dict[int, set[str]] = {}
+    for ev in events:
+        ts = ev.ts
+        day = ts - ts % DAY_MS
+        names[(day, ev.name)] = None
+        if ev.dims:
+            known = dims.get(day)
+            if known is None:
+                known = dims[day] = set()
+            known.update(ev.dims)
+    return (
+        [[str(day), name] for day, name in names],
+        [[str(day), d] for day, ds in dims.items() for d in sorted(ds)],
+    )
 
 
 def plan_batch(
-    events: Iterable[RawEvent], crosstabs: Sequence[Rollup], *, dim_values: bool = True
+    events: Iterable[RawEvent],
+    crosstabs: Sequence[Rollup],
+    *,
+    dim_values: bool = True,
+    names: bool = False,
 ) -> Plan:
     """The batch's minute groups for lua/ingest.lua and, when dim_values, every distinct
-    (dim, UTC day, value) in it, read off the day grain's fields rather than every event."""
+    (dim, UTC day, value) in it, read off the day grain's fields rather than every event;
+    when names, the distinct event names and dim names per UTC day (day_names)."""
+    if not isinstance(events, list):
+        events = list(events)
     rolled = roll_up(group_minutes(events, crosstabs))
     groups: list[MinuteGroup] = []
+    uid_entries = 0
     for minute, totals in rolled.minutes.items():
         bucket = str(minute)
         sums = totals.sums
         uids = totals.uids
         for f, n in totals.counts.items():
             u = uids.get(f)
+            if u:
+                uid_entries += len(u)
             groups.append([bucket, f, n, str(sums.get(f, 0)), list(u) if u else []])
     seen: set[tuple[str, str, str]] = set()
     if dim_values:
@@ -193,19 +229,21 @@ def plan_batch(
             for dim, value in single_dim_values(fields):
                 if value != OTHER:
                     seen.add((dim, day_s, value))
-    return Plan(groups, [list(t) for t in sorted(seen)])
+    event_names, dim_names = day_names(events) if names else ([], [])
+    return Plan(groups, [list(t) for t in sorted(seen)], event_names, dim_names, uid_entries)
 
 
 def first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
-    """Drops repeats of an event id inside one batch (the first one stays); returns
-    (kept, dropped count)."""
-    seen: set[str] = set()
+    """Drops repeats of an (event name, event id) inside one batch (the first one stays; the
+    same id under another name is another event); returns (kept, dropped count)."""
+    seen: set[tuple[str, str]] = set()
     kept: list[RawEvent] = []
     for ev in events:
         if ev.id is not None:
-            if ev.id in seen:
+            key = (ev.name, ev.id)
+            if key in seen:
                 continue
-            seen.add(ev.id)
+            seen.add(key)
         kept.append(ev)
     return kept, len(events) - len(kept)
 

@@ -91,9 +91,12 @@ class RawEvent(msgspec.Struct, array_like=True, frozen=True):
     """Arrival time, epoch ms."""
 
 
-class IngestReply(msgspec.Struct):
+class IngestReply(msgspec.Struct, omit_defaults=True):
     accepted: int
     duplicates: int
+    replayed: bool = False
+    """True when this is the stored reply of an earlier request with the same
+    Idempotency-Key (nothing was counted this time)."""
 
 
 batch_decoder = msgspec.json.Decoder(list[EventWire])

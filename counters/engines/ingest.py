@@ -4,21 +4,21 @@ lua/ingest.lua call. This module only talks to Redis."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from counters.core.buckets import DAY_MS
+from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
 from counters.core.config import Settings
-from counters.core.errors import BacklogFull, Unavailable
-from counters.core.grouping import first_occurrences, fold_over_cap, plan_batch
+from counters.core.errors import BacklogFull, Invalid, PayloadTooLarge, Unavailable
+from counters.core.grouping import Plan, first_occurrences, fold_over_cap, plan_batch
 from counters.core.models import IngestReply, RawEvent, raw_encoder
 from counters.core.rollups import Rollup
 from lua import Scripts
 from lua.client import redis_unavailable
-from lua.keys import ProjectKeys
+from lua.keys import ProjectKeys, event_id_token
 
 RestoreWatermarks = Callable[[str], Awaitable[object]]
 
@@ -27,6 +27,41 @@ _MAX_ATTEMPTS = 8
 DIM_SET_TTL_MS = 2 * DAY_MS
 """How long a dim's set of values of one day lives after its last new value."""
 DURABLE_TIMEOUT_MS = 2000
+
+UIDS_PER_GROUP = 4
+"""Cost model of one ingest.lua call, in groups (max_batch_groups' unit), measured on the
+reference machine (README "Security", batch budget): a (minute, field) group, an event id
+(EXISTS + SET), a dim value, event name or dim name to check against its cap (SISMEMBER,
+SCARD, SADD, PEXPIRE) each cost about one group (~8-18 us); a uid passed to PFADD about a
+quarter; a group of a sealed minute about three (its minute's late delta, its hour and its
+day)."""
+LATE_GROUP_COST = 3
+
+
+class Idempotency(NamedTuple):
+    """An Idempotency-Key of one request: its marker's token and the hash of the body."""
+
+    token: str
+    body_hash: str
+
+
+def plan_cost(plan: Plan, n_ids: int, late_before: int | None = None) -> int:
+    """What one ingest.lua call with this plan costs, in groups (max_batch_groups' unit):
+    every group (LATE_GROUP_COST for a minute before late_before, likely sealed), id and
+    cap check, plus the uids at UIDS_PER_GROUP a group."""
+    cost = len(plan.groups) + n_ids + len(plan.dim_values) + len(plan.names)
+    cost += len(plan.dim_names) + plan.uid_entries // UIDS_PER_GROUP
+    if late_before is not None:
+        edge = str(late_before)
+        for g in plan.groups:
+            minute = g[0]
+            if len(minute) < len(edge) or (len(minute) == len(edge) and minute < edge):
+                cost += LATE_GROUP_COST - 1
+    return cost
+
+
+def _day(day_ms: str) -> str:
+    return format_ts(int(day_ms))[:10]
 
 
 class Ingestor:
@@ -45,6 +80,10 @@ class Ingestor:
         durable_ack: bool = False,
         dim_cap: int = 0,
         on_fold: Callable[[int], None] | None = None,
+        name_cap: int = 0,
+        dim_name_cap: int = 0,
+        max_groups: int = 0,
+        grace_ms: int = 0,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -56,6 +95,10 @@ class Ingestor:
         self._durable = durable_ack
         self._dim_cap = dim_cap
         self._on_fold = on_fold
+        self._name_cap = name_cap
+        self._dim_name_cap = dim_name_cap
+        self._max_groups = max_groups
+        self._grace_ms = grace_ms
         self._waitaof: bool | None = None  # None: not probed yet
 
     @classmethod
@@ -79,6 +122,10 @@ class Ingestor:
             durable_ack=settings.durable_ack,
             dim_cap=settings.dim_cardinality_cap,
             on_fold=on_fold,
+            name_cap=settings.event_name_cap,
+            dim_name_cap=settings.dim_name_cap,
+            max_groups=settings.max_batch_groups,
+            grace_ms=int(settings.grace_seconds * 1000),
         )
 
     async def _wait_on_disk(self) -> None:
@@ -104,16 +151,87 @@ class Ingestor:
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
 
-    async def apply(self, project: str, events: list[RawEvent]) -> IngestReply:
-        """Counts every event exactly once unless its id was seen inside the dedupe window;
-        all or nothing. Raises Unavailable (Redis down) or BacklogFull; then nothing counted."""
+    def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
+        """Raises 413 batch_too_complex when one script call with this plan would run over
+        the budget (max_batch_groups), saying how many such events fit in one batch."""
+        if not self._max_groups:
+            return
+        now = max((ev.received for ev in events), default=0)
+        cost = plan_cost(plan, n_ids, now - self._grace_ms - MINUTE_MS)
+        if cost <= self._max_groups:
+            return
+        n_events = len(events)
+        fit = max(1, n_events * self._max_groups // cost)
+        raise PayloadTooLarge(
+            f"batch too complex: {n_events} events make {cost} groups of work (one per minute"
+            f" and rollup field, plus uids, ids and cap checks); one batch may make at most"
+            f" {self._max_groups} (setting max_batch_groups). Send at most ~{fit} events per"
+            " batch with this many names, dims and minutes; nothing was applied",
+            code="batch_too_complex",
+        )
+
+    def _check_names_alone(self, plan: Plan) -> None:
+        """Refuses before the script a batch whose own names already pass a per-day cap."""
+        for cap, pairs, refuse in (
+            (self._name_cap, plan.names, self._name_cap_error),
+            (self._dim_name_cap, plan.dim_names, self._dim_name_cap_error),
+        ):
+            if not cap:
+                continue
+            per_day: dict[str, int] = {}
+            for pair in pairs:
+                n = per_day[pair[0]] = per_day.get(pair[0], 0) + 1
+                if n > cap:
+                    raise refuse(pair)
+
+    def _name_cap_error(self, pair: list[str]) -> Invalid:
+        return Invalid(
+            f"event name cap reached: at most {self._name_cap} distinct event names per project"
+            f" per UTC day (setting event_name_cap); {pair[1]!r} would be a new one on"
+            f" {_day(pair[0])}; nothing was applied",
+            code="event_name_cap",
+        )
+
+    def _dim_name_cap_error(self, pair: list[str]) -> Invalid:
+        return Invalid(
+            f"dim name cap reached: at most {self._dim_name_cap} distinct dim names per project"
+            f" per UTC day (setting dim_name_cap); {pair[1]!r} would be a new one on"
+            f" {_day(pair[0])}; nothing was applied",
+            code="dim_name_cap",
+        )
+
+    async def apply(
+        self,
+        project: str,
+        events: list[RawEvent],
+        *,
+        idempotency: Idempotency | None = None,
+        refused: list[RawEvent] | None = None,
+    ) -> IngestReply:
+        """Counts every event exactly once unless its (name, id) was seen inside the dedupe
+        window; all or nothing. With idempotency, a batch whose key was applied before inside
+        the window counts nothing and returns the stored reply (replayed=True); the same key
+        with another body is a 422. Raises 413 (batch over the script budget) or 422 (a
+        per-day name cap) before anything is applied, Unavailable (Redis down; nothing
+        applied) or BacklogFull. With a refused list (events of several requests joined into
+        one batch, the pixel's group commit) an event over a name cap is moved there instead
+        and the rest is applied."""
         keys = ProjectKeys(self._prefix, project)
         pending, duplicates = first_occurrences(events)
+        caps = bool(self._name_cap or self._dim_name_cap)
+        checked = False
         for _ in range(_MAX_ATTEMPTS):
-            if not pending:
+            if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
-            ids = [ev.id for ev in pending if ev.id is not None]
-            groups, dim_values = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0)
+            ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
+            plan = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0, names=caps)
+            if not checked:
+                if refused is None:
+                    self._check_names_alone(plan)
+                self._check_budget(plan, len(ids), pending)
+                checked = True
+            groups, dim_values = plan.groups, plan.dim_values
+            idem = idempotency or Idempotency("", "")
             payload = _payload_encoder.encode(
                 [
                     self._dedupe_ms,
@@ -124,6 +242,13 @@ class Ingestor:
                     self._dim_cap,
                     dim_values,
                     DIM_SET_TTL_MS,
+                    self._name_cap,
+                    plan.names,
+                    self._dim_name_cap,
+                    plan.dim_names,
+                    idem.token,
+                    idem.body_hash,
+                    f"{idem.body_hash} {len(pending)} {duplicates}",
                 ]
             )
             with redis_unavailable():
@@ -139,7 +264,11 @@ class Ingestor:
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
             if status == "DUP":
                 seen = {ids[i - 1] for i in reply[1:]}
-                kept = [ev for ev in pending if ev.id is None or ev.id not in seen]
+                kept = [
+                    ev
+                    for ev in pending
+                    if ev.id is None or event_id_token(ev.name, ev.id) not in seen
+                ]
                 duplicates += len(pending) - len(kept)
                 pending = kept
             elif status == "CAP":
@@ -147,6 +276,32 @@ class Ingestor:
                 pending, folded = fold_over_cap(pending, over)
                 if self._on_fold is not None:
                     self._on_fold(folded)
+            elif status == "IDEM":
+                _, accepted, dups = bytes(reply[1]).decode().split(" ")
+                return IngestReply(accepted=int(accepted), duplicates=int(dups), replayed=True)
+            elif status == "IDEMDIFF":
+                raise Invalid(
+                    "this Idempotency-Key was already used with another request body inside"
+                    " the dedupe window; use a new key for a new batch",
+                    code="idempotency_key_reused",
+                )
+            elif status in ("NAMECAP", "DIMNAMECAP"):
+                pairs = plan.names if status == "NAMECAP" else plan.dim_names
+                if refused is None:
+                    first = pairs[int(reply[1]) - 1]
+                    if status == "NAMECAP":
+                        raise self._name_cap_error(first)
+                    raise self._dim_name_cap_error(first)
+                over = {(pairs[i - 1][0], pairs[i - 1][1]) for i in reply[1:]}
+                kept = []
+                for ev in pending:
+                    day = str(ev.ts - ev.ts % DAY_MS)
+                    if status == "NAMECAP":
+                        hit = (day, ev.name) in over
+                    else:
+                        hit = any((day, d) in over for d in ev.dims)
+                    (refused if hit else kept).append(ev)
+                pending = kept
             elif status == "NOWM":
                 await self._restore(project)
             elif status == "BACKLOG":

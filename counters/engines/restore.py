@@ -58,7 +58,7 @@ from counters.core.models import RawEvent
 from counters.core.rollups import Rollup
 from lua import Scripts
 from lua.client import redis_unavailable
-from lua.keys import ProjectKeys, count_field, restore_member, sum_field
+from lua.keys import ProjectKeys, count_field, event_id_token, restore_member, sum_field
 from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
 from persist.rawlog import raw_batches
@@ -167,9 +167,10 @@ class _Stage:
                 self._ops[2].append((sketch, *uids))
             await self._queued(2 + len(uids))
 
-    async def add_marker(self, event_id: str, ttl_ms: int) -> None:
-        """Queues the dedupe marker of one event id (set NX, so a live one is left alone)."""
-        self._ops[3].append((event_id, ttl_ms))
+    async def add_marker(self, token: str, ttl_ms: int) -> None:
+        """Queues the dedupe marker of one event_id_token (set NX, so a live one is left
+        alone)."""
+        self._ops[3].append((token, ttl_ms))
         await self._queued(1)
 
     async def finish(self) -> None:
@@ -246,7 +247,7 @@ async def _stage_dedupe(conn: Conn, stage: _Stage, settings: Settings, now_ms: i
         for rid in chunk:
             ttl = rid.received_ms + window - now_ms
             if ttl > 0:
-                await stage.add_marker(rid.event_id, ttl)
+                await stage.add_marker(event_id_token(rid.name, rid.event_id), ttl)
 
 
 async def _restore_once(
