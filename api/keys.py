@@ -36,7 +36,9 @@ KEY_REQUEST_SCHEMA = {
     "required": ["scope"],
     "properties": {
         "scope": {"type": "string", "enum": ["ingest", "read", "admin", "pixel"]},
-        "expires": {"type": "string", "pattern": "^[0-9]{1,9}[smhd]$"},
+        "expires": {
+            "anyOf": [{"type": "string", "pattern": "^[0-9]{1,9}[smhd]$"}, {"type": "null"}]
+        },
         "origins": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_ORIGINS},
         "names": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_NAMES},
     },

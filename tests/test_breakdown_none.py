@@ -67,12 +67,13 @@ class Reader:
         return json.loads(r.text, parse_float=Decimal)
 
     async def fresh_uniques(self, uids: set[str]) -> int:
-        """PFCOUNT of a fresh sketch of these uids (a union of sketches has the very
-        registers of a fresh sketch of the union)."""
+        """PFCOUNT of a fresh sketch of these uids as the service stores them (keyed hashes:
+        a union of sketches has the very registers of a fresh sketch of the union)."""
         if not uids:
             return 0
+        hasher = await self.app.state["services"].uid_secrets.hasher(self.keys.project)
         key = self.keys.tmp(uuid.uuid4().hex)
-        await self.redis.pfadd(key, *uids)
+        await self.redis.pfadd(key, *(hasher(u) for u in uids))
         n = int(await self.redis.pfcount(key, self.keys.tmp("none-such")))
         await self.redis.delete(key)
         return n

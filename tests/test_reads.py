@@ -374,7 +374,10 @@ async def test_read_key_over_several_projects_and_their_union(ctx: Ctx, pool: as
     ).json()
     totals = [s["total"] for s in uniq["series"]]
     assert abs(totals[0] - 200) <= 2 and abs(totals[1] - 150) <= 2
-    assert abs(uniq["union"][0]["total"] - 250) <= 3  # merged, not 350
+    # uids are keyed hashes with a secret per project (issue 11), so the 100 uids both
+    # projects share are different people to the union: it holds every (project, uid) once
+    # (a union of the sketches, ~350), never an exact sum of the two estimates
+    assert abs(uniq["union"][0]["total"] - 350) <= 4
     # the key covers both project paths too, but not a third project
     assert (await ctx_other.get("total", name="pv", **{"from": str(base)}))["value"] == 150
     r = await ctx.app.client.get(
