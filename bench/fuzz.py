@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 from bench.common import busy_warning, load_now, log, md_table, report, stack
+from counters.harness.fuzz import schemathesis_command
 
 _CASES = re.compile(r"(\d+)\s+generated")
-_OPERATIONS = re.compile(r"(\d+)\s+(?:selected|total)")
 
 
 def operations(url: str) -> int:
@@ -40,29 +40,9 @@ def run_schemathesis(
     """Runs `st run` with enough examples per operation for `cases` in all; returns (exit
     code, test cases generated, the tail of its output)."""
     per_operation = max(15, -(-cases // max(1, operations(url))))
-    st = Path(sys.executable).parent / "st"
-    cmd = [
-        str(st),
-        "run",
-        url + "/openapi.json",
-        "-H",
-        f"Authorization: Bearer {key}",
-        "--checks",
-        "all",
-        # the ingest window is relative to now, which no schema can express
-        "--exclude-checks",
-        "positive_data_acceptance",
-        "--max-examples",
-        str(per_operation),
-        "--max-time",
-        str(int(max_time)),
-        "--seed",
-        str(seed),
-        "--warnings",
-        "off",
-        "--report-dir",
-        str(report_dir),
-    ]
+    cmd = schemathesis_command(
+        url, key, max_examples=per_operation, max_time=max_time, seed=seed, report_dir=report_dir
+    )
     proc = subprocess.run(
         cmd,
         capture_output=True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 
@@ -11,18 +9,9 @@ import asyncpg
 import httpx
 
 from counters.core.buckets import HOUR_MS
+from counters.harness.service import run_cli
 from tests.service import Service, create_key
 from tests.support import wait_for
-
-
-def counters(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "counters", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_rebuild_and_reconcile_commands(service: Service, pool: asyncpg.Pool) -> None:
@@ -53,7 +42,7 @@ async def test_rebuild_and_reconcile_commands(service: Service, pool: asyncpg.Po
     await wait_for(copied, lambda n: n == 300, timeout=20, what="raw log copied")
     frm, to = str(now - 2 * HOUR_MS), str(now + 1)
 
-    dry = counters(
+    dry = run_cli(
         service.env, "rebuild", "--project", project, "--from", frm, "--to", to, "--dry-run"
     )
     assert dry.returncode == 0, dry.stderr
@@ -65,16 +54,16 @@ async def test_rebuild_and_reconcile_commands(service: Service, pool: asyncpg.Po
             "UPDATE rollups_minute SET count = count + 2 WHERE project = $1 AND rollup = ''",
             project,
         )
-    found = counters(service.env, "reconcile", "--days", "1", "--project", project, "--dry-run")
+    found = run_cli(service.env, "reconcile", "--days", "1", "--project", project, "--dry-run")
     assert found.returncode == 0, found.stderr
     n = int(found.stdout.strip().splitlines()[-1].split(": ")[1])
     assert n > 0 and "(-2)" in found.stdout
-    fixed = counters(service.env, "reconcile", "--days", "1", "--project", project)
+    fixed = run_cli(service.env, "reconcile", "--days", "1", "--project", project)
     assert fixed.stdout.strip().endswith(f"discrepancies: {n}") and "(fixed)" in fixed.stdout
-    clean = counters(service.env, "reconcile", "--days", "1", "--project", project, "--dry-run")
+    clean = run_cli(service.env, "reconcile", "--days", "1", "--project", project, "--dry-run")
     assert clean.stdout.strip().endswith("discrepancies: 0")
 
-    bad = counters(service.env, "rebuild", "--project", "nosuch", "--from", frm, "--to", to)
+    bad = run_cli(service.env, "rebuild", "--project", "nosuch", "--from", frm, "--to", to)
     assert bad.returncode != 0 and "unknown project" in bad.stderr
-    bad = counters(service.env, "rebuild", "--project", project, "--from", "x", "--to", to)
+    bad = run_cli(service.env, "rebuild", "--project", project, "--from", "x", "--to", to)
     assert bad.returncode != 0 and "--from" in bad.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import msgspec
 
 from api.routes import document as build
+from counters.harness.fuzz import schemathesis_command
 from tests.service import Service, create_key
 
 
@@ -38,30 +38,10 @@ def test_served_document_matches(service: Service) -> None:
 def test_schemathesis_finds_no_server_errors(service: Service, tmp_path: Path) -> None:
     project = "st" + uuid.uuid4().hex[:8]
     key = create_key(service.env, project, "admin")
-    st = Path(sys.executable).parent / "st"
     proc = subprocess.run(
-        [
-            str(st),
-            "run",
-            service.url + "/openapi.json",
-            "-H",
-            f"Authorization: Bearer {key}",
-            "--checks",
-            "all",
-            # the ingest window is relative to now, which no schema can express
-            "--exclude-checks",
-            "positive_data_acceptance",
-            "--max-examples",
-            "15",
-            "--max-time",
-            "60",
-            "--seed",
-            "1",
-            "--warnings",
-            "off",
-            "--report-dir",
-            str(tmp_path),
-        ],
+        schemathesis_command(
+            service.url, key, max_examples=15, max_time=60, seed=1, report_dir=tmp_path
+        ),
         capture_output=True,
         text=True,
         timeout=240,

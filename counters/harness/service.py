@@ -38,16 +38,24 @@ def service_env(backends: Backends, data_dir: Path, **extra: str) -> dict[str, s
     return env
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    """Runs `counters <args>`; returns stdout (AssertionError with stderr on a non-zero
-    exit)."""
-    proc = subprocess.run(
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Runs `counters <args>` in a subprocess with this environment; returns the finished
+    process (exit code, stdout and stderr as text), whatever its exit code."""
+    return subprocess.run(
         [sys.executable, "-m", "counters", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    """Runs `counters <args>`; returns stdout (AssertionError with stderr on a non-zero
+    exit)."""
+    proc = run_cli(env, *args, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

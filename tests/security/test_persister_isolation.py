@@ -10,8 +10,6 @@ refuses NUL now, but an entry written before that (or by a future bug) must not 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +22,7 @@ from counters.core.buckets import MINUTE_MS
 from counters.core.config import Settings
 from counters.core.models import RawEvent
 from counters.harness.servers import Backends
-from counters.harness.service import service_env
+from counters.harness.service import run_cli, service_env
 from counters.metrics import Metrics
 from lua import Scripts
 from persist.projects import ensure_project
@@ -37,16 +35,6 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     return 0.0
-
-
-def counters_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "counters", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def raw_count(pool: asyncpg.Pool, project: str) -> int:
@@ -134,7 +122,7 @@ async def test_poisoned_entry_stalls_nobody_and_moves_to_dead_letters(
 
     # the operator's view: list, retry with --sanitize, drop another
     env = service_env(backends, tmp_path)
-    listed = counters_cli(env, "deadletter", "list", "--project", a, "--json")
+    listed = run_cli(env, "deadletter", "list", "--project", a, "--json")
     assert listed.returncode == 0, listed.stderr
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert (row["id"], row["stream_id"], row["events"]) == (
@@ -144,9 +132,9 @@ async def test_poisoned_entry_stalls_nobody_and_moves_to_dead_letters(
     )
     assert row["attempts"] == limit and row["error"]
 
-    plain = counters_cli(env, "deadletter", "retry", str(letter["id"]))
+    plain = run_cli(env, "deadletter", "retry", str(letter["id"]))
     assert plain.returncode == 1 and "still failing" in plain.stdout  # NUL still refused
-    fixed = counters_cli(env, "deadletter", "retry", str(letter["id"]), "--sanitize")
+    fixed = run_cli(env, "deadletter", "retry", str(letter["id"]), "--sanitize")
     assert fixed.returncode == 0, fixed.stderr
     assert "1 events copied" in fixed.stdout
     assert await raw_count(pool, a) == 2
@@ -163,7 +151,7 @@ async def test_poisoned_entry_stalls_nobody_and_moves_to_dead_letters(
     await h.ingestor.apply(a, [event(T0 + 3, uid="x\x00y"), event(T0 + 4, uid="ok")])
     (second,) = await wait_for(tick_then_letters, bool, timeout=30, what="second dead letter")
     assert second["events"] == 2
-    dropped = counters_cli(env, "deadletter", "drop", "--all", "--project", a)
+    dropped = run_cli(env, "deadletter", "drop", "--all", "--project", a)
     assert dropped.returncode == 0, dropped.stderr
     assert "2 events are now missing from the raw log" in dropped.stdout
     assert await dead_letters(pool, a) == []
