@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import pixel
 from api.common import json_response
 from api.cors import Cors
-from api.limits import RateLimitHeaders
+from api.limits import RateLimitHeaders, charge_events
 from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
@@ -151,7 +152,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             try:
                 yield {
                     "counters": state,
-                    "pixel": pixel.GroupCommitter(services.ingestor),
+                    "pixel": pixel.GroupCommitter(
+                        services.ingestor,
+                        charge=functools.partial(charge_events, state),
+                    ),
                     "services": services,
                 }
             finally:

@@ -11,13 +11,13 @@ import base64
 import logging
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize_key
-from api.limits import charge_events
 from api.scope import PIXEL_REASON, check_names, check_origin
 from counters.core.errors import CountersError, Invalid
 from counters.core.models import EventWire, RawEvent, validate_events
@@ -43,8 +43,16 @@ class GroupCommitter:
     """Joins concurrent single events of one project into batches: at most one batch is
     collecting at a time, and up to MAX_BATCHES_IN_FLIGHT are being applied."""
 
-    def __init__(self, ingestor: Ingestor, max_in_flight: int = MAX_BATCHES_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        max_in_flight: int = MAX_BATCHES_IN_FLIGHT,
+        charge: Callable[[str, int], Awaitable[None]] | None = None,
+    ) -> None:
         self._ingestor = ingestor
+        self._charge = charge
+        """Charges a batch's events to the project's events rate limit before it is applied
+        (one script call per batch, not per hit); what it raises goes to every waiter."""
         self._max = max_in_flight
         self._pending: dict[str, list[tuple[RawEvent, asyncio.Future[None]]]] = defaultdict(list)
         self._collecting: set[str] = set()
@@ -86,6 +94,8 @@ class GroupCommitter:
     ) -> None:
         refused: list[RawEvent] = []
         try:
+            if self._charge is not None:
+                await self._charge(project, len(batch))
             await self._ingestor.apply(project, [ev for ev, _ in batch], refused=refused)
             over = {id(ev) for ev in refused}  # over a name cap: refused alone
             for ev, fut in batch:
@@ -153,7 +163,6 @@ async def pixel(request: Request) -> Response:
             return gif()
         check_names(access.key, (event.name,))
         raw = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
-        await charge_events(state, project, 1)
         (stored,) = await state.services.hash_uids(project, raw)  # no plain uid is stored
         await committer.submit(project, stored)
         state.metrics.events_accepted.labels(state.metrics.project(project)).inc()

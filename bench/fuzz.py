@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", type=int, default=10_000, help="test cases to generate, at least")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--max-time", type=float, default=1800.0, help="seconds for the whole run")
+    p.add_argument("--max-time", type=float, default=600.0, help="seconds for the whole run")
     p.add_argument("--quick", action="store_true", help="1,000 cases")
     p.add_argument("--no-append", action="store_true", help="do not write bench/RESULTS.md")
     args = p.parse_args(argv)
