@@ -176,6 +176,20 @@ def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[
     return Ticker(label, total, lambda line: click.echo(line, err=True)), lambda: None
 
 
+class _Counted:
+    """A rebuild Progress that passes event counts to a progress bar's update."""
+
+    def __init__(self, update: Callable[[int], None]) -> None:
+        self.update = update
+
+    def advance(self, day: int, events: int) -> None:
+        """Counts `events` more."""
+        self.update(events)
+
+    def day_done(self, day: int, events: int) -> None:
+        """Nothing to show."""
+
+
 def _ms(text: str, option: str) -> int:
     from counters.core.buckets import parse_ts
 
@@ -216,7 +230,7 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
             update, close = _progress(f"rebuild {project}", total)
             try:
                 report = await services.rebuilder.run(
-                    project, start, end, name=name, write=not dry_run, progress=update
+                    project, start, end, name=name, write=not dry_run, progress=_Counted(update)
                 )
             finally:
                 close()

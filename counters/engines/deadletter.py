@@ -28,6 +28,7 @@ from persist.deadletter import (
     note_retry_failure,
 )
 from persist.rawlog import copy_raw_rows, create_partitions, raw_record
+from persist.rebuild_sql import record_dims
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """What Postgres text and jsonb cannot hold: NUL (0x00) and lone surrogates."""
@@ -130,6 +131,11 @@ class DeadLetters:
                             for seq, ev in enumerate(events)
                         ]
                         await copy_raw_rows(conn, records)
+                        await record_dims(
+                            conn,
+                            letter.project,
+                            {(bucket_start(ev.ts, Grain.day), d) for ev in events for d in ev.dims},
+                        )
                         await delete_dead_letters(conn, [letter_id])
                         return len(records)
                 except ROWS_REFUSED as exc:

@@ -34,6 +34,7 @@ from persist.deadletter import (
     record_failure,
 )
 from persist.rawlog import Record, copy_raw_rows, create_partitions, raw_record
+from persist.rebuild_sql import record_dims
 from persist.state import load_state, set_raw_stream_id
 
 log = logging.getLogger("counters.persister")
@@ -156,10 +157,14 @@ class RawCopier:
         refused (nothing is then written). With clear, forgets the entry's failures."""
         records: list[Record] = []
         days: set[int] = set()
+        dims: set[tuple[int, str]] = set()
         for sid_raw, fields in entries:
             sid = sid_raw.decode()
             for seq, ev in enumerate(_events(fields)):
-                days.add(bucket_start(ev.ts, Grain.day))
+                day = bucket_start(ev.ts, Grain.day)
+                days.add(day)
+                if ev.dims:
+                    dims.update((day, d) for d in ev.dims)
                 records.append(raw_record(keys.project, ev, sid, seq))
         last = entries[-1][0].decode()
         await self._ensure_partitions(conn, days)
@@ -170,6 +175,7 @@ class RawCopier:
                     if current.raw_stream_id != after:
                         return None
                     await copy_raw_rows(conn, records)
+                    await record_dims(conn, keys.project, dims)
                     await set_raw_stream_id(conn, keys.project, last)
                     if clear:
                         await clear_failure(conn, keys.project, last)

@@ -2,24 +2,26 @@
 
 Works one UTC day at a time. For each day it holds the project's persister lock, takes a
 consistent cut of the write stream (Persister.drain_to_cut), then recomputes every sealed
-bucket of that day from the raw events up to the cut, streaming them with a server-side
-cursor (memory stays flat; uniques are rebuilt with PFADD into scratch keys, so the
-registers are exactly those live ingest builds). Ingest keeps running: events after the cut
-land in late generations that the persister applies on top afterwards, so each is counted
-exactly once. Writing is all-or-nothing per day and only when something differs, so running
-it twice changes nothing."""
+bucket of that day from the raw events up to the cut, an hour at a time: the hour's raw
+events and stored rows come out of Postgres with COPY into Arrow tables while the previous
+hour is computed with numpy in a thread (counters/engines/recompute.py: counts, sums and the
+HyperLogLog registers PFADD would build, byte for byte) and compared with the stored rows in
+bulk (counters/engines/rowdiff.py). Memory holds one hour and the day's (field, register)
+pairs. Ingest keeps running: events after the cut land in late generations that the persister
+applies on top afterwards, so each is counted exactly once. Writing is all-or-nothing per day
+and only of the rows that differ, so running it twice changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Protocol
 
 import asyncpg
 import msgspec
+import pyarrow as pa
 from redis.asyncio import Redis
 
 from counters.core.buckets import (
@@ -32,30 +34,35 @@ from counters.core.buckets import (
     format_ts,
 )
 from counters.core.config import Settings
-from counters.core.grouping import group_minutes, roll_up
-from counters.core.models import RawEvent
 from counters.engines.diffs import BucketDiff as BucketDiff  # re-exported for reconcile
-from counters.engines.diffs import bucket_diff
 from counters.engines.persister import Cut, Persister
+from counters.engines.recompute import DayRecompute, empty_rows
 from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
+from counters.engines.rowdiff import RowDiffs, compare_rows
 from lua.keys import ProjectKeys
 from persist import rawlog
-from persist.db import Conn
-from persist.hll import same_registers
+from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
-from persist.rollups import Record, read_rollup_range, replace_rollup_range, rollup_record
+from persist.rebuild_sql import day_dims, discover_day_dims, raw_slice, stored_rows
+from persist.rollup_parts import delete_rollup_rows
+from persist.rollups import upsert_rollups
 from persist.runs import record_run
 
-FETCH_ROWS = 5_000
-SCRATCH_TTL_MS = HOUR_MS
 DETAILS_KEPT = 50
 """Differing rows recorded in reconcile_runs."""
 DETAILS_REPORTED = 1_000
 """Differing rows a report lists (the count covers them all)."""
 
-Progress = Callable[[int], None]
-"""Called with the number of raw events just processed."""
+
+class Progress(Protocol):
+    """What a rebuild reports as it goes (counters/engines/progress.py draws it)."""
+
+    def advance(self, day: int, events: int) -> None:
+        """`events` more raw events of the UTC day starting at `day` were processed."""
+
+    def day_done(self, day: int, events: int) -> None:
+        """The day is finished; `events` is how many raw events it held at its cut."""
 
 
 class RebuildReport(msgspec.Struct):
@@ -71,10 +78,6 @@ class RebuildReport(msgspec.Struct):
     diffs: list[BucketDiff] = msgspec.field(default_factory=list)
     rows_vs_parts: int = 0
     """Hour and day rows compared with the rows they are made of (reconcile only)."""
-
-
-RowKey = tuple[Grain, int, str]  # grain, bucket, field
-RowValue = tuple[int, int, bytes | None]  # count, sum_micros, hll
 
 
 async def count_raw(
@@ -171,101 +174,150 @@ class Rebuilder:
         part = DayPart(keys.project, name, lows, limits)
         if not part.ranges():
             return  # nothing of this day is sealed yet
-        token = uuid.uuid4().hex
-        acc: dict[RowKey, list[int]] = {}
-        scratch: dict[RowKey, str] = {}
-        try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                batches = rawlog.raw_batches(
-                    conn, keys.project, day, day + DAY_MS, cut.stream_id, name, rows=FETCH_ROWS
-                )
-                async with contextlib.aclosing(batches):
-                    async for events in batches:
-                        await self._fold(keys, token, events, lows, limits, acc, scratch)
-                        report.events += len(events)
-                        if progress is not None:
-                            progress(len(events))
-            blobs = await self._scratch_blobs(scratch)
-            rebuilt = {k: (c, s, blobs.get(k)) for k, (c, s) in acc.items()}
-            stored = await self._stored(conn, part)
-            diffs = _diff(rebuilt, stored)
-            found = await self.rollcheck.check(conn, keys, checks, name)
-            seen = {d.row() for d in diffs}
-            extra = [d for d in found.diffs if d.row() not in seen]
-            report.rows += len(rebuilt)
-            report.rows_vs_parts += found.rows
-            report.discrepancies += len(diffs) + len(extra)
-            report.diffs.extend((diffs + extra)[: max(0, DETAILS_REPORTED - len(report.diffs))])
-            if write and diffs:  # rows from the raw log also agree with their minutes
-                await self._write(conn, part, rebuilt)
+        project = keys.project
+        with postgres_unavailable():
+            dims = await day_dims(conn, project, day)
+            if dims is None:
+                dims = await discover_day_dims(conn, project, day)
+        recompute = DayRecompute(day, dims, self.settings.crosstabs)
+        found = RowDiffs(project)
+        end = day + DAY_MS if limits[Grain.day] > day else max(limits.values())
+        hours = list(range(day, end, HOUR_MS))
+        async with self.pool.acquire() as side:
+            with postgres_unavailable():
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    await self._slices(
+                        conn, side, part, cut, hours, recompute, found, progress, day, dims
+                    )
+                if limits[Grain.day] > day:
+                    stored = await stored_rows(side, project, Grain.day, day, day + 1, name)
+                    rows = recompute.finish()
+                    if rows is not None:
+                        await asyncio.to_thread(
+                            compare_rows, project, rows, stored, day, day + 1, found
+                        )
+                    else:
+                        empty = empty_rows(Grain.day)
+                        await asyncio.to_thread(
+                            compare_rows, project, empty, stored, day, day + 1, found
+                        )
+            report.events += recompute.events
+            if progress is not None:
+                progress.day_done(day, recompute.events)
+            diffs = sorted(found.diffs, key=lambda d: (_GRAIN_ORDER[d[1].grain], d[0], d[1].row()))
+            raw_diffs = [d for _, d in diffs]
+            rechecks = _rechecks(checks, [(Grain[d.grain], b) for b, d in diffs])
+            parts = await self.rollcheck.check(conn, keys, rechecks, name)
+            seen = {d.row() for d in raw_diffs}
+            extra = [d for d in parts.diffs if d.row() not in seen]
+            report.rows += found.rows
+            report.rows_vs_parts += sum(found.rows_in(c.whole, c.low, c.high) for c in checks)
+            report.discrepancies += len(raw_diffs) + len(extra)
+            room = max(0, DETAILS_REPORTED - len(report.diffs))
+            report.diffs.extend((raw_diffs + extra)[:room])
+            if write and raw_diffs:  # rows from the raw log also agree with their minutes
+                with postgres_unavailable():
+                    async with side.transaction():
+                        for grain, records in found.writes.items():
+                            await upsert_rollups(side, grain, records, additive=False)
+                        for grain, gone in found.deletes.items():
+                            await delete_rollup_rows(side, project, grain, gone)
                 report.written_days += 1
             elif write and extra:  # the raw log agrees with the minutes: only parts differ
-                await self.rollcheck.repair(conn, keys, found)
+                await self.rollcheck.repair(conn, keys, parts)
                 report.written_days += 1
-        finally:
-            if scratch:
-                names = list(scratch.values())
-                for i in range(0, len(names), 1000):
-                    await self.redis.delete(*names[i : i + 1000])
 
-    async def _fold(
+    async def _slices(
         self,
-        keys: ProjectKeys,
-        token: str,
-        events: list[RawEvent],
-        lows: dict[Grain, int],
-        limits: dict[Grain, int],
-        acc: dict[RowKey, list[int]],
-        scratch: dict[RowKey, str],
+        conn: Conn,
+        side: Conn,
+        part: DayPart,
+        cut: Cut,
+        hours: list[int],
+        recompute: DayRecompute,
+        found: RowDiffs,
+        progress: Progress | None,
+        day: int,
+        dims: list[str],
     ) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pending = False
-        for grain, bucket, field, count, total, uids in roll_up(
-            group_minutes(events, self.settings.crosstabs)
-        ).cells():
-            if bucket >= limits[grain] or bucket < lows[grain]:
-                continue
-            key = (grain, bucket, field)
-            row = acc.get(key)
-            if row is None:
-                acc[key] = row = [0, 0]
-            row[0] += count
-            row[1] += total
-            if uids:
-                tmp = scratch.get(key)
-                if tmp is None:
-                    tmp = scratch[key] = keys.tmp(f"rb:{token}:{len(scratch)}")
-                pipe.pfadd(tmp, *uids)
-                pipe.pexpire(tmp, SCRATCH_TTL_MS)
-                pending = True
-        if pending:
-            await pipe.execute()
+        """Recomputes the day hour by hour: the next hour's raw events and stored rows are
+        read while this one is computed (in a thread), so Postgres and numpy overlap."""
+        project, name = part.project, part.name
+        lows, limits = part.lows, part.limits
 
-    async def _scratch_blobs(self, scratch: dict[RowKey, str]) -> dict[RowKey, bytes]:
-        items = list(scratch.items())
-        out: dict[RowKey, bytes] = {}
-        for i in range(0, len(items), 1000):
-            part = items[i : i + 1000]
-            values = cast(list[bytes | None], await self.redis.mget([n for _, n in part]))
-            out.update({k: v for (k, _), v in zip(part, values, strict=True) if v is not None})
-        return out
-
-    async def _stored(self, conn: Conn, part: DayPart) -> dict[RowKey, RowValue]:
-        out: dict[RowKey, RowValue] = {}
-        for grain, lo, hi in part.ranges():
-            rows = await read_rollup_range(conn, part.project, grain, lo, hi, part.name)
-            out.update({(grain, bucket, field): v for (bucket, field), v in rows.items()})
-        return out
-
-    async def _write(self, conn: Conn, part: DayPart, rebuilt: dict[RowKey, RowValue]) -> None:
-        by_grain: dict[Grain, list[Record]] = {g: [] for g in GRAINS}
-        for (grain, bucket, field), (count, total, hll) in rebuilt.items():
-            by_grain[grain].append(rollup_record(part.project, field, bucket, count, total, hll))
-        async with conn.transaction():
-            for grain, lo, hi in part.ranges():
-                await replace_rollup_range(
-                    conn, part.project, grain, lo, hi, part.name, by_grain[grain]
+        def fetch(hour: int) -> asyncio.Task[tuple[pa.Table, pa.Table, pa.Table]]:
+            async def both() -> tuple[pa.Table, pa.Table, pa.Table]:
+                raw = await raw_slice(
+                    conn, project, hour, hour + HOUR_MS, cut.stream_id, name, dims
                 )
+                lo = max(hour, lows[Grain.minute])
+                hi = min(hour + HOUR_MS, limits[Grain.minute])
+                minutes = await stored_rows(side, project, Grain.minute, lo, max(lo, hi), name)
+                hours_ = await stored_rows(
+                    side,
+                    project,
+                    Grain.hour,
+                    hour,
+                    hour + (1 if hour < limits[Grain.hour] else 0),
+                    name,
+                )
+                return raw, minutes, hours_
+
+            return asyncio.ensure_future(both())
+
+        pending = fetch(hours[0]) if hours else None
+        for i, hour in enumerate(hours):
+            assert pending is not None
+            raw, minutes, hour_rows = await pending
+            pending = fetch(hours[i + 1]) if i + 1 < len(hours) else None
+            try:
+                lo = max(hour, lows[Grain.minute])
+                hi = min(hour + HOUR_MS, limits[Grain.minute])
+                await asyncio.to_thread(
+                    self._hour, recompute, raw, minutes, hour_rows, lo, hi, hour, limits, found
+                )
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pending
+                raise
+            if progress is not None:
+                progress.advance(day, raw.num_rows)
+
+    @staticmethod
+    def _hour(
+        recompute: DayRecompute,
+        raw: pa.Table,
+        minutes: pa.Table,
+        hour_rows: pa.Table,
+        lo: int,
+        hi: int,
+        hour: int,
+        limits: dict[Grain, int],
+        found: RowDiffs,
+    ) -> None:
+        project = found.project
+        rows = recompute.add(raw, minutes=hi > lo, hours=True)
+        by_grain = {r.grain: r for r in rows}
+        if hi > lo:
+            compare_rows(
+                project,
+                by_grain.get(Grain.minute) or empty_rows(Grain.minute),
+                minutes,
+                lo,
+                hi,
+                found,
+            )
+        if hour < limits[Grain.hour]:
+            compare_rows(
+                project,
+                by_grain.get(Grain.hour) or empty_rows(Grain.hour),
+                hour_rows,
+                hour,
+                hour + 1,
+                found,
+            )
 
 
 @dataclass(frozen=True)
@@ -283,16 +335,26 @@ class DayPart:
         return [(g, self.lows[g], self.limits[g]) for g in GRAINS if self.limits[g] > self.lows[g]]
 
 
-def _diff(
-    rebuilt: dict[RowKey, RowValue],
-    stored: dict[RowKey, RowValue],
-) -> list[BucketDiff]:
-    out: list[BucketDiff] = []
-    for key in sorted(rebuilt.keys() | stored.keys(), key=lambda k: (k[0].value, k[1], k[2])):
-        new = rebuilt.get(key, (0, 0, None))
-        old = stored.get(key, (0, 0, None))
-        hll_differs = not same_registers(new[2], old[2])
-        if new[0] != old[0] or new[1] != old[1] or hll_differs:
-            grain, bucket, field = key
-            out.append(bucket_diff(grain, bucket, field, old[:2], new[:2], hll_differs))
+_GRAIN_ORDER = {g.name: i for i, g in enumerate(GRAINS)}
+
+
+def _rechecks(checks: list[Span], diffs: list[tuple[Grain, int]]) -> list[Span]:
+    """The parts of `checks` that can still find something once the raw log has been
+    compared: a sealed hour whose every minute and itself agree with the raw log also agrees
+    with its minutes (both are the same events), and so does a day whose rows all agree. So
+    only the hours holding a differing minute or hour, and the day when anything of it
+    differs, are checked against their parts."""
+    if not diffs:
+        return []
+    hours = {bucket_start(b, Grain.hour) for g, b in diffs if g is not Grain.day}
+    out: list[Span] = []
+    for span in checks:
+        if span.whole is Grain.day:
+            out.append(span)
+            continue
+        out.extend(
+            Span(span.whole, span.part, h, h + HOUR_MS)
+            for h in sorted(hours)
+            if span.low <= h < span.high
+        )
     return out

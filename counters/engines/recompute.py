@@ -1,0 +1,244 @@
+"""The rollup rows of one UTC day recomputed from its raw events, column at a time.
+
+The day's raw events arrive in time slices (Arrow tables from persist/rebuild_sql.py). Each
+event contributes to the fields counters.core.rollups.fields_for names (the total, one per
+dim, each configured cross-tab it has every dim of); here that expansion, the counts and
+sums and the HyperLogLog registers (counters/engines/sketches.py) are computed for all events
+of a slice at once. Minutes and hours are finished slice by slice (a slice is whole minutes
+inside one hour, or whole hours); the day's row accumulates over the slices:
+
+    day = DayRecompute(day, dims, crosstabs)
+    for each slice: rows = day.add(events, minutes=..., hours=...)   # GrainRows per grain
+    rows = day.finish()                                              # the day grain
+
+An hour is the sum of its minutes and the union of their registers, and a day the same of
+its hours, as lua/seal.lua merges them live (invariant 3). Memory holds one slice and the
+day's (field, register) pairs, never the day's events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.core.rollups import US, Rollup
+from counters.engines.sketches import I64, U8, Encoded, encode_groups, hll_positions, max_registers
+
+_MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
+
+
+@dataclass
+class GrainRows:
+    """Recomputed rows of one grain: keys sorted ascending; row r is bucket buckets[r] and
+    field fields[fids[r]], with counts[r], sums[r]; sketches holds the rows with uids (its
+    keys a subset of keys)."""
+
+    grain: Grain
+    keys: I64
+    buckets: I64
+    fids: I64
+    fields: pa.Array
+    counts: I64
+    sums: I64
+    sketches: Encoded
+    width: int
+    """Key of a row: bucket index (from the day's start, in grain units) * width + fid."""
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+
+def _reduce_sum(keys: I64, counts: I64, sums: I64) -> tuple[I64, I64, I64]:
+    """Per distinct key (sorted): the counts and sums added up."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    if k.size == 0:
+        return k, counts[:0], sums[:0]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    return k[starts], np.add.reduceat(counts[order], starts), np.add.reduceat(sums[order], starts)
+
+
+class Exploded:
+    """One slice's events expanded to (event, field) pairs: minute index within the day,
+    field id (into `fields`), value and uid position (register index, rank; -1 rank 0 for
+    events without a uid)."""
+
+    def __init__(
+        self, events: pa.Table, day: int, dims: Sequence[str], crosstabs: Sequence[Rollup]
+    ) -> None:
+        names = events.column("name")
+        n = events.num_rows
+        minute = (events.column("ts").to_numpy() - day) // MINUTE_MS
+        value = events.column("value").to_numpy(zero_copy_only=False)
+        uid = events.column("uid")
+        has_uid = pc.is_valid(uid).to_numpy(zero_copy_only=False)
+        reg = np.full(n, -1, dtype=np.int64)
+        rank = np.zeros(n, dtype=np.uint8)
+        if has_uid.any():
+            encoded = pc.dictionary_encode(pc.drop_null(uid)).combine_chunks()
+            r, k = hll_positions(encoded.dictionary)
+            ix = encoded.indices.to_numpy()
+            reg[has_uid] = r[ix]
+            rank[has_uid] = k[ix]
+        column = {d: events.column(f"d{i}") for i, d in enumerate(dims)}
+        parts: list[pa.Array] = []
+        rows: list[I64] = []
+        for rollup in [(), *((d,) for d in dims), *crosstabs]:
+            if any(d not in column for d in rollup):
+                continue
+            if rollup:
+                mask = (
+                    pc.and_kleene(*(pc.is_valid(column[d]) for d in rollup))
+                    if len(rollup) > 1
+                    else pc.is_valid(column[rollup[0]])
+                )
+                where = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+                take = pa.array(where)
+                values = [pc.take(column[d], take) for d in rollup]
+                field = pc.binary_join_element_wise(
+                    pc.take(names, take), ",".join(rollup), *values, US
+                )
+            else:
+                where = np.arange(n)
+                field = pc.binary_join_element_wise(names, "", US)
+            rows.append(where)
+            parts.append(field.combine_chunks() if isinstance(field, pa.ChunkedArray) else field)
+        at = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        encoded_fields = pc.dictionary_encode(pa.chunked_array(parts, pa.string())).combine_chunks()
+        self.fields: pa.Array = encoded_fields.dictionary
+        self.fid = encoded_fields.indices.to_numpy().astype(np.int64)
+        self.minute = minute[at]
+        self.value = value[at].astype(np.int64)
+        self.reg = reg[at]
+        self.rank = rank[at]
+        self.width = len(self.fields)
+
+
+class DayRecompute:
+    """Accumulates one UTC day's rows slice by slice (see the module docstring)."""
+
+    def __init__(self, day: int, dims: Sequence[str], crosstabs: Sequence[Rollup]) -> None:
+        self.day = day
+        self.dims = list(dims)
+        self.crosstabs = [t for t in crosstabs if all(d in dims for d in t)]
+        self._fields: dict[str, int] = {}
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._sums = np.zeros(0, dtype=np.int64)
+        self._pairs: list[tuple[I64, I64, U8]] = []
+        self._pending = 0
+        self._reduced = 0
+        self.events = 0
+
+    def add(self, events: pa.Table, *, minutes: bool, hours: bool) -> list[GrainRows]:
+        """Takes one slice (whole minutes; whole hours when `hours`); returns its minute rows
+        (when `minutes`) and its hour rows (when `hours`), and keeps its share of the day."""
+        self.events += events.num_rows
+        if events.num_rows == 0:
+            return []
+        ex = Exploded(events, self.day, self.dims, self.crosstabs)
+        out: list[GrainRows] = []
+        w = ex.width
+        with_uid = ex.rank > 0
+        if minutes:
+            mk, mc, ms = _reduce_sum(ex.minute * w + ex.fid, np.ones_like(ex.fid), ex.value)
+            mh = max_registers(
+                (ex.minute * w + ex.fid)[with_uid], ex.reg[with_uid], ex.rank[with_uid]
+            )
+            out.append(self._rows(Grain.minute, mk, mc, ms, mh, w, ex.fields, MINUTE_MS))
+            hk_of = (mk // w) // _MINUTES_PER_HOUR * w + mk % w
+            hk, hc, hs = _reduce_sum(hk_of, mc, ms)
+            hh = max_registers((mh[0] // w) // _MINUTES_PER_HOUR * w + mh[0] % w, mh[1], mh[2])
+        else:
+            hour = ex.minute // _MINUTES_PER_HOUR
+            hk, hc, hs = _reduce_sum(hour * w + ex.fid, np.ones_like(ex.fid), ex.value)
+            hh = max_registers((hour * w + ex.fid)[with_uid], ex.reg[with_uid], ex.rank[with_uid])
+        if hours:
+            out.append(self._rows(Grain.hour, hk, hc, hs, hh, w, ex.fields, HOUR_MS))
+        # the day's share: slice field ids mapped to the day's
+        known = self._fields
+        day_id = np.fromiter(
+            (known.setdefault(f, len(known)) for f in ex.fields.to_pylist()),
+            dtype=np.int64,
+            count=w,
+        )
+        if len(known) > self._counts.size:
+            grow = len(known) - self._counts.size
+            self._counts = np.r_[self._counts, np.zeros(grow, dtype=np.int64)]
+            self._sums = np.r_[self._sums, np.zeros(grow, dtype=np.int64)]
+        np.add.at(self._counts, day_id[hk % w], hc)
+        np.add.at(self._sums, day_id[hk % w], hs)
+        self._pairs.append((day_id[hh[0] % w], hh[1], hh[2]))
+        self._pending += hh[0].size
+        if self._pending > 2 * max(self._reduced, 1_000_000):
+            self._compact()
+        return out
+
+    def _compact(self) -> None:
+        keys = np.concatenate([p[0] for p in self._pairs])
+        regs = np.concatenate([p[1] for p in self._pairs])
+        ranks = np.concatenate([p[2] for p in self._pairs])
+        k, r, v = max_registers(keys, regs, ranks)
+        self._pairs = [(k, r, v)]
+        self._reduced = self._pending = int(k.size)
+
+    def finish(self) -> GrainRows | None:
+        """The day's row per field (None when the day had no events)."""
+        if not self._fields:
+            return None
+        self._compact()
+        k, r, v = self._pairs[0]
+        fields = pa.array(list(self._fields), pa.string())
+        keys = np.arange(len(self._fields), dtype=np.int64)
+        return self._rows(
+            Grain.day,
+            keys,
+            self._counts.copy(),
+            self._sums.copy(),
+            (k, r, v),
+            len(keys),
+            fields,
+            DAY_MS,
+        )
+
+    def _rows(
+        self,
+        grain: Grain,
+        keys: I64,
+        counts: I64,
+        sums: I64,
+        regs: tuple[I64, I64, U8],
+        width: int,
+        fields: pa.Array,
+        size: int,
+    ) -> GrainRows:
+        return GrainRows(
+            grain,
+            keys,
+            self.day + (keys // width) * size,
+            keys % width,
+            fields,
+            counts,
+            sums,
+            encode_groups(*regs),
+            width,
+        )
+
+
+def empty_rows(grain: Grain) -> GrainRows:
+    """No rows of this grain (what a slice without events recomputes)."""
+    none = np.zeros(0, dtype=np.int64)
+    return GrainRows(
+        grain,
+        none,
+        none,
+        none,
+        pa.array([], pa.string()),
+        none,
+        none,
+        encode_groups(none, none, np.zeros(0, np.uint8)),
+        1,
+    )

@@ -1,0 +1,240 @@
+"""Redis HyperLogLog sketches computed in bulk with numpy, register for register what PFADD
+builds, for rebuild and reconcile.
+
+    hll_positions(uids)          -> each uid's register index and rank (MurmurHash64A with
+                                    Redis's seed, then hllPatLen), for any UTF-8 strings
+    max_registers(keys, idx, rk) -> per (group, register) the largest rank, sorted
+    encode_groups(...)           -> the blob Redis holds for each group's registers: sparse
+                                    (the opcodes PFADD and PFMERGE leave, byte for byte, in
+                                    every case tests/test_sketches.py compares) below 3,000
+                                    bytes and values <= 32, dense otherwise
+
+A blob is returned as its first 5 bytes ("HYLL" and the encoding) followed by the body,
+without the 11 header bytes after them (3 unused, 8 of cached cardinality), because those
+are what two sketches with equal registers can disagree on; `full_blob` puts them back
+(cardinality marked stale, so Redis recomputes it on the first PFCOUNT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from persist.hll import HEADER, REGISTERS
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+_M = np.uint64(0xC6A4A7935BD1E995)
+_SEED = np.uint64(0xADC83B19)
+_R = np.uint64(47)
+_P = 14
+SPARSE_MAX_BYTES = 3000
+"""Redis's hll-sparse-max-bytes default: a sparse sketch larger than this is dense."""
+SPARSE_MAX_VALUE = 32
+"""The largest register value the sparse encoding can hold."""
+_STALE_CARD = b"\x00\x00\x00" + b"\x00" * 7 + b"\x80"
+"""Header bytes 5..15: unused, then the cached cardinality with its 'invalid' bit set."""
+DENSE_BODY = REGISTERS * 6 // 8
+"""Bytes of a dense sketch after its header."""
+SPARSE_HEAD = b"HYLL\x01"
+DENSE_HEAD = b"HYLL\x00"
+
+
+def murmur64a(data: U8, offsets: npt.NDArray[np.int64]) -> U64:
+    """MurmurHash64A (seed 0xadc83b19, as Redis's HLL) of each byte string data[o[i]:o[i+1]]."""
+    lengths = np.diff(offsets)
+    out = np.empty(lengths.size, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for length in np.unique(lengths).tolist():
+            which = np.flatnonzero(lengths == length)
+            starts = offsets[:-1][which]
+            h: U64 = np.full(which.size, _SEED ^ (np.uint64(length) * _M), dtype=np.uint64)
+            blocks = length // 8
+            if (
+                blocks
+                and which.size == lengths.size
+                and starts[-1] - starts[0] == (which.size - 1) * length
+            ):  # every string this long and packed: view the bytes, no gather
+                raw = data[starts[0] : starts[0] + which.size * length].reshape(-1, length)
+                raw = raw[:, : blocks * 8]
+            elif blocks:
+                raw = data[starts[:, None] + np.arange(blocks * 8)]
+            if blocks:
+                words = np.ascontiguousarray(raw).view("<u8").reshape(which.size, blocks)
+                for b in range(blocks):
+                    k = words[:, b] * _M
+                    k ^= k >> _R
+                    k *= _M
+                    h ^= k
+                    h *= _M
+            rest = length & 7
+            if rest:
+                tail = np.zeros(which.size, dtype=np.uint64)
+                base = starts + blocks * 8
+                for j in range(rest):
+                    tail |= data[base + j].astype(np.uint64) << np.uint64(8 * j)
+                h ^= tail
+                h *= _M
+            h ^= h >> _R
+            h *= _M
+            h ^= h >> _R
+            out[which] = h
+    return out
+
+
+def positions(hashes: U64) -> tuple[I64, U8]:
+    """Register index and rank (1..51) of each 64-bit hash, as Redis's hllPatLen."""
+    index = (hashes & np.uint64(REGISTERS - 1)).astype(np.int64)
+    rest = (hashes >> np.uint64(_P)) | (np.uint64(1) << np.uint64(64 - _P))
+    lowest = rest & (~rest + np.uint64(1))
+    rank = (np.log2(lowest.astype(np.float64)) + 1).astype(np.uint8)
+    return index, rank
+
+
+def hll_positions(uids: pa.Array) -> tuple[I64, U8]:
+    """Register index and rank of each string of a (non-null) Arrow string array."""
+    arr = pc.cast(uids, pa.large_string()) if not pa.types.is_large_string(uids.type) else uids
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    return positions(murmur64a(data, offsets.astype(np.int64)))
+
+
+def max_registers(keys: I64, index: I64, rank: U8) -> tuple[I64, I64, U8]:
+    """Per distinct (key, register index): the largest rank. Returned sorted by key then
+    index, as (keys, indexes, ranks)."""
+    packed = (keys * REGISTERS + index) * 64 + rank.astype(np.int64)
+    packed.sort()
+    cell = packed >> 6
+    last = np.empty(cell.size, dtype=bool)
+    if cell.size:
+        last[:-1] = cell[1:] != cell[:-1]
+        last[-1] = True
+    kept = packed[last]
+    cells = kept >> 6
+    return cells // REGISTERS, cells % REGISTERS, (kept & 63).astype(np.uint8)
+
+
+def _zero_bytes(gap: I64) -> I64:
+    """Bytes the sparse encoding spends on a run of `gap` zero registers."""
+    return np.where(gap == 0, 0, np.where(gap <= 64, 1, 2))
+
+
+class Encoded:
+    """The sketches of many groups in one buffer: group g's blob (encode_groups' form) is
+    data[offsets[g]:offsets[g + 1]]."""
+
+    __slots__ = ("data", "keys", "offsets")
+
+    def __init__(self, keys: I64, offsets: I64, data: bytes) -> None:
+        self.keys = keys
+        self.offsets = offsets
+        self.data = data
+
+    def blob(self, g: int) -> bytes:
+        """Group g's blob (encode_groups' form: see short_blob)."""
+        return self.data[int(self.offsets[g]) : int(self.offsets[g + 1])]
+
+    def hex(self) -> pa.Array:
+        """Every group's blob as lowercase hex, one Arrow string per group (what
+        persist.rebuild_sql.stored_rows gives of a stored sketch)."""
+        text = self.data.hex().encode()
+        offsets = (self.offsets * 2).astype(np.int32)
+        return pa.Array.from_buffers(
+            pa.string(), self.keys.size, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+        )
+
+
+def encode_groups(keys: I64, index: I64, rank: U8) -> Encoded:
+    """The sketch of every group of max_registers output (sorted by key, then index): the
+    blob Redis holds for each distinct key's registers, without header bytes 5..15 (see the
+    module docstring)."""
+    if keys.size == 0:
+        return Encoded(keys, np.zeros(1, dtype=np.int64), b"")
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], keys.size]
+    group = np.repeat(np.arange(starts.size), ends - starts)
+    # VAL opcodes: runs of equal values in adjacent registers, at most 4 per opcode
+    same = np.zeros(keys.size, dtype=bool)
+    same[1:] = (group[1:] == group[:-1]) & (index[1:] == index[:-1] + 1) & (rank[1:] == rank[:-1])
+    run_id = np.cumsum(~same) - 1
+    run_start = np.flatnonzero(~same)
+    pos_in_run = np.arange(keys.size) - run_start[run_id]
+    ops = np.flatnonzero(pos_in_run % 4 == 0)
+    run_len = np.r_[run_start[1:], keys.size] - run_start
+    op_len = np.minimum(4, run_len[run_id[ops]] - pos_in_run[ops])
+    op_group = group[ops]
+    op_reg = index[ops]
+    op_val = rank[ops].astype(np.int64)
+    # zeros before each opcode: from the end of the previous opcode of the same group
+    new_group = np.r_[True, op_group[1:] != op_group[:-1]]
+    group_first_op = np.flatnonzero(new_group)
+    prev_end = np.zeros(ops.size, dtype=np.int64)
+    prev_end[1:] = op_reg[:-1] + op_len[:-1]
+    prev_end[new_group] = 0
+    gap = op_reg - prev_end
+    last_op = np.r_[group_first_op[1:] - 1, ops.size - 1]
+    tail = REGISTERS - (op_reg[last_op] + op_len[last_op])
+    op_bytes = _zero_bytes(gap) + 1
+    sparse_size = HEADER + np.add.reduceat(op_bytes, group_first_op) + _zero_bytes(tail)
+    max_val = np.maximum.reduceat(rank, starts)
+    dense = (sparse_size > SPARSE_MAX_BYTES) | (max_val > SPARSE_MAX_VALUE)
+    # one buffer: per group its 5 head bytes, then each opcode's zeros and VAL, then the
+    # tail's zeros (sparse), or the 12,288 bytes of registers (dense)
+    body_size = np.where(dense, DENSE_BODY, sparse_size - HEADER) + 5
+    offsets = np.r_[0, np.cumsum(body_size)].astype(np.int64)
+    buf = np.zeros(int(offsets[-1]), dtype=np.uint8)
+    sparse_groups = np.flatnonzero(~dense)
+    head = np.frombuffer(SPARSE_HEAD, dtype=np.uint8)
+    for j in range(5):
+        buf[offsets[sparse_groups] + j] = head[j]
+    sel = ~dense[op_group]
+    within = np.cumsum(op_bytes) - op_bytes  # bytes before this opcode, over all groups
+    within -= within[group_first_op][op_group]
+    at = offsets[op_group] + 5 + within
+    g1 = sel & (gap >= 1) & (gap <= 64)
+    buf[at[g1]] = (gap[g1] - 1).astype(np.uint8)
+    g2 = sel & (gap > 64)
+    buf[at[g2]] = (0x40 | ((gap[g2] - 1) >> 8)).astype(np.uint8)
+    buf[at[g2] + 1] = ((gap[g2] - 1) & 0xFF).astype(np.uint8)
+    val_at = at + _zero_bytes(gap)
+    buf[val_at[sel]] = (0x80 | ((op_val[sel] - 1) << 2) | (op_len[sel] - 1)).astype(np.uint8)
+    tail_at = offsets[1:] - _zero_bytes(tail)
+    t1 = ~dense & (tail >= 1) & (tail <= 64)
+    buf[tail_at[t1]] = (tail[t1] - 1).astype(np.uint8)
+    t2 = ~dense & (tail > 64)
+    buf[tail_at[t2]] = (0x40 | ((tail[t2] - 1) >> 8)).astype(np.uint8)
+    buf[tail_at[t2] + 1] = ((tail[t2] - 1) & 0xFF).astype(np.uint8)
+    dense_head = np.frombuffer(DENSE_HEAD, dtype=np.uint8)
+    for g in np.flatnonzero(dense).tolist():
+        regs = np.zeros(REGISTERS, dtype=np.uint8)
+        regs[index[starts[g] : ends[g]]] = rank[starts[g] : ends[g]]
+        at0 = int(offsets[g])
+        buf[at0 : at0 + 5] = dense_head
+        buf[at0 + 5 : at0 + 5 + DENSE_BODY] = np.frombuffer(dense_body(regs), dtype=np.uint8)
+    return Encoded(keys[starts], offsets, buf.tobytes())
+
+
+def dense_body(regs: U8) -> bytes:
+    """The dense encoding's 12,288 bytes for 16,384 registers (6 bits each, LSB first)."""
+    r = regs.astype(np.uint32).reshape(-1, 4)
+    packed = r[:, 0] | (r[:, 1] << 6) | (r[:, 2] << 12) | (r[:, 3] << 18)
+    body = np.stack([packed & 0xFF, (packed >> 8) & 0xFF, (packed >> 16) & 0xFF], axis=1)
+    return body.astype(np.uint8).tobytes()
+
+
+def full_blob(short: bytes) -> bytes:
+    """A blob as Redis stores it, from encode_groups' form (cached cardinality stale)."""
+    return short[:5] + _STALE_CARD + short[5:]
+
+
+def short_blob(blob: bytes) -> bytes:
+    """encode_groups' form of a stored blob: its first 5 bytes and its body."""
+    return blob[:5] + blob[HEADER:]

@@ -1,0 +1,156 @@
+"""SQL of the columnar rebuild: the raw events and the stored rollup rows of a bucket range
+streamed out with COPY as CSV (read into Arrow tables by pyarrow's C++ reader, never one
+Python object per row), and the catalog of dim names per raw-log day (migration 011) that
+says which dims to read out of the raw rows' JSON."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+from counters.core.buckets import DAY_MS, Grain, to_datetime
+from persist.db import Conn
+from persist.schema import RAW_DIMS_TABLE, RAW_TABLE, ROLLUP_TABLE, STREAM_ORDER_SQL, stream_order
+
+_EPOCH_MS = "(date_part('epoch', {col}) * 1000)::bigint"
+US_SQL = "chr(31)"
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (COPY takes no bind parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ts(ms: int) -> str:
+    return _literal(to_datetime(ms).isoformat()) + "::timestamptz"
+
+
+async def _copy_csv(
+    conn: Conn, sql: str, columns: list[str], types: dict[str, pa.DataType]
+) -> pa.Table:
+    chunks: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        chunks.append(data)
+
+    await conn.copy_from_query(sql, output=sink, format="csv", force_quote=True)
+    if not any(chunks):
+        return pa.table({c: pa.array([], types[c]) for c in columns})
+    return pcsv.read_csv(
+        io.BytesIO(b"".join(chunks)),
+        read_options=pcsv.ReadOptions(column_names=columns),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+
+
+def raw_columns(dims: list[str]) -> list[str]:
+    """Column names of raw_slice's table: ts, name, value, uid, then one per dim (d0..)."""
+    return ["ts", "name", "value", "uid", *(f"d{i}" for i in range(len(dims)))]
+
+
+async def raw_slice(
+    conn: Conn,
+    project: str,
+    start: int,
+    end: int,
+    upto_stream_id: str,
+    name: str | None,
+    dims: list[str],
+) -> pa.Table:
+    """The raw events of [start, end) stored up to (and including) stream id upto_stream_id:
+    ts (epoch ms), name, value (micros), uid (null when none) and the value of each of `dims`
+    (null where the event lacks it). Run inside the caller's snapshot transaction."""
+    ms, seq = stream_order(upto_stream_id)
+    picks = ", ".join(f"dims->>{_literal(d)}" for d in dims)
+    sql = (
+        f"SELECT {_EPOCH_MS.format(col='ts')}, name, value_micros, uid"
+        + (f", {picks}" if picks else "")
+        + f" FROM {RAW_TABLE} WHERE project = {_literal(project)}"
+        f" AND ts >= {_ts(start)} AND ts < {_ts(end)}"
+        f" AND {STREAM_ORDER_SQL} <= ({ms}::bigint, {seq}::bigint)"
+        + (f" AND name = {_literal(name)}" if name else "")
+    )
+    types: dict[str, pa.DataType] = {"ts": pa.int64(), "name": pa.string(), "value": pa.int64()}
+    types.update({c: pa.string() for c in raw_columns(dims)[3:]})
+    return await _copy_csv(conn, sql, raw_columns(dims), types)
+
+
+STORED_COLUMNS = ["bucket", "field", "count", "sum", "hll"]
+
+
+async def stored_rows(
+    conn: Conn, project: str, grain: Grain, low: int, high: int, name: str | None
+) -> pa.Table:
+    """The stored rollup rows of buckets [low, high): bucket (epoch ms), field (as
+    counters.core.rollups.encode_field spells it), count, sum (micros) and the sketch as hex
+    of its first 5 bytes and its body (null when none; sketches.short_blob's form)."""
+    field = (
+        f"name || {US_SQL} || rollup || CASE WHEN rollup = '' THEN ''"
+        f" ELSE {US_SQL} || array_to_string(dims, {US_SQL}) END"
+    )
+    sql = (
+        f"SELECT {_EPOCH_MS.format(col='bucket')}, {field}, count, sum_micros,"
+        " encode(substr(hll, 1, 5) || substr(hll, 17), 'hex')"
+        f" FROM {ROLLUP_TABLE[grain]} WHERE project = {_literal(project)}"
+        f" AND bucket >= {_ts(low)} AND bucket < {_ts(high)}"
+        + (f" AND name = {_literal(name)}" if name else "")
+    )
+    types = {
+        "bucket": pa.int64(),
+        "field": pa.string(),
+        "count": pa.int64(),
+        "sum": pa.int64(),
+        "hll": pa.string(),
+    }
+    return await _copy_csv(conn, sql, STORED_COLUMNS, types)
+
+
+async def day_dims(conn: Conn, project: str, day: int) -> list[str] | None:
+    """The dim names the raw events of one UTC day carry, as the catalog holds them; None
+    when the catalog has nothing for that day (see discover_day_dims)."""
+    rows = await conn.fetch(
+        f"SELECT dim FROM {RAW_DIMS_TABLE} WHERE project = $1 AND day = $2 ORDER BY dim",
+        project,
+        day,
+    )
+    return [r["dim"] for r in rows] or None
+
+
+async def discover_day_dims(conn: Conn, project: str, day: int) -> list[str]:
+    """The dim names in the raw events of one UTC day, read off the rows themselves (a scan
+    of the day), recorded in the catalog for the next time."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT jsonb_object_keys(dims) AS dim FROM {RAW_TABLE}"
+        " WHERE project = $1 AND ts >= $2 AND ts < $3",
+        project,
+        to_datetime(day),
+        to_datetime(day + DAY_MS),
+    )
+    found = sorted(r["dim"] for r in rows)
+    await record_dims(conn, project, ((day, d) for d in found))
+    return found
+
+
+async def record_dims(conn: Conn, project: str, pairs: Iterable[tuple[int, str]]) -> None:
+    """Adds (UTC day start, dim name) pairs to the catalog (those present stay)."""
+    days: list[int] = []
+    names: list[str] = []
+    for day, dim in pairs:
+        days.append(day)
+        names.append(dim)
+    if not days:
+        return
+    args: list[Any] = [project, days, names]
+    await conn.execute(
+        f"INSERT INTO {RAW_DIMS_TABLE} (project, day, dim)"
+        " SELECT $1, d, n FROM unnest($2::bigint[], $3::text[]) AS t(d, n)"
+        " ON CONFLICT DO NOTHING",
+        *args,
+    )
