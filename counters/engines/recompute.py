@@ -91,12 +91,10 @@ class Exploded:
             if any(d not in column for d in rollup):
                 continue
             if rollup:
-                mask = (
-                    pc.and_kleene(*(pc.is_valid(column[d]) for d in rollup))
-                    if len(rollup) > 1
-                    else pc.is_valid(column[rollup[0]])
+                mask = np.logical_and.reduce(
+                    [pc.is_valid(column[d]).to_numpy(zero_copy_only=False) for d in rollup]
                 )
-                where = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+                where = np.flatnonzero(mask)
                 take = pa.array(where)
                 values = [pc.take(column[d], take) for d in rollup]
                 field = pc.binary_join_element_wise(
