@@ -151,7 +151,8 @@ async def runner(settings: Settings, projects: list[str], since: datetime) -> No
         since=since,
         echo=lambda _line: None,
     )
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb = usage.ru_maxrss / 1024
     print(
         json.dumps(
             {
@@ -160,6 +161,7 @@ async def runner(settings: Settings, projects: list[str], since: datetime) -> No
                 "discrepancies": share.discrepancies,
                 "seconds": round(time.perf_counter() - t, 2),
                 "peak_rss_mb": round(rss_mb),
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             }
         )
     )
@@ -247,7 +249,7 @@ def main() -> None:
                 f" once: {once}; shares: "
                 + "; ".join(
                     f"{len(s['reconciled'])} reconciled, {len(s['done_elsewhere'])} skipped,"
-                    f" {s['seconds']}s, {s['peak_rss_mb']} MB"
+                    f" {s['seconds']}s ({s['cpu_s']}s CPU), {s['peak_rss_mb']} MB"
                     for s in shares
                 )
             )
