@@ -135,3 +135,27 @@ async def raw_batches(
             )
             for r in batch
         ]
+
+
+async def count_raw_days(
+    conn: Conn, project: str, start: int, end: int, name: str | None
+) -> dict[int, int]:
+    """Raw events of the project in [start, end) (of one event name, if given) per UTC day:
+    day start (epoch ms) -> count; days without events are absent. One query grouped by
+    partition (each holds one UTC day), about as fast as count_raw: a day computed per row
+    from ts costs 4-7 times more."""
+    where = "project = $1 AND ts >= $2 AND ts < $3" + (" AND name = $4" if name else "")
+    args: list[Any] = [project, to_datetime(start), to_datetime(end)]
+    if name:
+        args.append(name)
+    rows = await conn.fetch(
+        f"SELECT c.relname, t.n FROM (SELECT tableoid, count(*) AS n FROM {RAW_TABLE}"
+        f" WHERE {where} GROUP BY tableoid) t JOIN pg_class c ON c.oid = t.tableoid",
+        *args,
+    )
+    out: dict[int, int] = {}
+    for row in rows:
+        day = partition_day(row["relname"])
+        if day is not None:  # every partition is a day's (persist.schema.partition_name)
+            out[day] = int(row["n"])
+    return out

@@ -46,3 +46,18 @@ async def latest_discrepancies(conn: Conn) -> int:
         " ORDER BY project, id DESC) latest"
     )
     return n
+
+
+async def reconciled_since(conn: Conn, project: str, *, since: datetime, covering: int) -> bool:
+    """Whether a reconcile of the project finished at or after `since` whose range started
+    at or before `covering` (epoch ms) and that left nothing differing (it fixed what it
+    found, or found nothing): a dry run that found differences does not count."""
+    done: bool = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {RECONCILE_RUNS_TABLE} WHERE project = $1"
+        " AND kind = 'reconcile' AND finished_at >= $2 AND range_from <= $3"
+        " AND (fixed OR discrepancies = 0))",
+        project,
+        since,
+        to_datetime(covering),
+    )
+    return done

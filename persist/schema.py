@@ -62,7 +62,11 @@ PARTITION_LOCK = 7_412_003
 RETENTION_LOCK = 7_412_004
 """Held while retention drops partitions and deletes old minute rows."""
 RECONCILE_LOCK = 7_412_005
-"""Held by the nightly reconcile, so one process runs it."""
+"""Held by the nightly reconcile, so one process ran it (before issue 12: unused since the
+nightly run claims projects one by one with RECONCILE_CLAIM_CLASS; kept, never reused)."""
+RECONCILE_CLAIM_CLASS = 7_412_006
+"""With hashtext(project): one process reconciles a project at a time (the nightly run's
+per-project claim, so several processes share a night's projects)."""
 
 _PARTITION = re.compile("^" + RAW_TABLE + r"_(\d{8})$")
 

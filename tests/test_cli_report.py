@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
-from counters.cli.report import Ticker
 from counters.core.buckets import DAY_MS, HOUR_MS
 from counters.engines.rebuild import BucketDiff
 from counters.engines.reconcile import describe
+from counters.harness.service import run_cli
 from tests.service import cli, service_env
 from tests.support import T0, Backends, Harness
-
-
-def test_ticker_reports_at_most_every_interval_and_at_the_end() -> None:
-    lines: list[str] = []
-    tick = Ticker("rebuild p", 10, lines.append, every=1e12)
-    tick(4)  # within the interval: silent
-    tick(4)
-    tick(2)  # done: always a line
-    assert len(lines) == 1
-    assert lines[0].startswith("rebuild p: 10/10 events (100%)") and lines[0].endswith("ETA 0s")
-    every: list[str] = []
-    tick = Ticker("x", 4, every.append, every=0.0)
-    tick(1)
-    tick(1)
-    assert [line.split(",")[0] for line in every] == ["x: 1/4 events (25%)", "x: 2/4 events (50%)"]
 
 
 def test_describe_names_what_differs() -> None:
@@ -81,3 +67,32 @@ async def test_rebuild_dry_run_prints_exact_sums(
         out
     ), out
     assert out.strip().endswith("discrepancies: 1"), out
+
+
+PROGRESS = re.compile(r"^rebuild \S+: (\d+)/(\d+) events \((\d+)%\), [\d,]+ events/s, ETA")
+
+
+async def test_rebuild_progress_lines_end_at_100_percent_and_never_show_more(
+    harness: Harness, backends: Backends, tmp_path: Path
+) -> None:
+    """The plan (raw events per day, counted before the run) misses the 30 events still in
+    the write stream, which the rebuild's cut copies and counts: the lines never go past
+    100 % (the old single count printed `150/120 events (125%)`) and the last is exact."""
+    h = harness
+    day = T0 - T0 % DAY_MS
+    for d in range(3):
+        h.clock.set(day + d * DAY_MS + 10 * HOUR_MS)
+        await h.ingest(*[{"name": "click", "ts": h.clock.now_ms() - i * 1000} for i in range(40)])
+        await h.persist()
+    await h.ingest(*[{"name": "click", "ts": h.clock.now_ms() + i} for i in range(30)])
+    env = service_env(backends, tmp_path, COUNTERS_RAW_RETENTION_DAYS="1000")
+    args = ("rebuild", "--project", h.project, "--from", str(day), "--to", str(day + 3 * DAY_MS))
+    proc = await asyncio.to_thread(run_cli, env, *args, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"rebuild {h.project}: 150 events" in proc.stdout, proc.stdout
+    lines = [m.groups() for m in map(PROGRESS.match, proc.stderr.splitlines()) if m]
+    assert len(lines) >= 2, proc.stderr  # a line per new tenth done, and the last
+    for done, total, pct in lines:
+        assert int(done) <= int(total) and int(pct) <= 100, proc.stderr
+    assert lines[-1] == ("150", "150", "100"), proc.stderr
+    assert lines[0][1] == "120", proc.stderr  # the plan: what was in the raw log

@@ -6,9 +6,17 @@ from __future__ import annotations
 import asyncpg
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.core.models import RawEvent
 from counters.core.rollups import encode_field
-from persist.locks import project_lock, try_lock
-from persist.rawlog import create_partitions, drop_partition, partitions
+from persist.locks import project_lock, reconcile_claim, try_lock
+from persist.rawlog import (
+    copy_raw_rows,
+    count_raw_days,
+    create_partitions,
+    drop_partition,
+    partitions,
+    raw_record,
+)
 from persist.rollups import (
     delete_minutes_before,
     read_rollup_range,
@@ -133,3 +141,33 @@ async def test_state_updates(pool: asyncpg.Pool, project: str) -> None:
     assert state.until(Grain.day) == DAY0
     assert state.until(Grain.minute) == 0
     assert (state.late_applied, state.raw_stream_id) == (3, "12-3")
+
+
+async def test_reconcile_claim_is_exclusive_and_apart_from_the_project_lock(
+    pool: asyncpg.Pool, project: str
+) -> None:
+    async with pool.acquire() as a, pool.acquire() as b:
+        async with reconcile_claim(a, project, wait=False) as held:
+            assert held
+            async with reconcile_claim(b, project, wait=False) as other:
+                assert not other
+            async with project_lock(b, project, wait=False) as persister:
+                assert persister
+        async with reconcile_claim(b, project, wait=False) as later:
+            assert later
+
+
+async def test_count_raw_days_groups_by_utc_day(pool: asyncpg.Pool, project: str) -> None:
+    stamps = [DAY0 - 1, DAY0, DAY0 + DAY_MS - 1, DAY0 + DAY_MS, DAY0 + DAY_MS + HOUR_MS]
+    names = ["a", "a", "b", "a", "b"]
+    rows = [
+        raw_record(project, RawEvent(n, ts, f"e{i}", {}, 0, None, ts), f"{ts}-0", i)
+        for i, (n, ts) in enumerate(zip(names, stamps, strict=True))
+    ]
+    async with pool.acquire() as conn:
+        await create_partitions(conn, [DAY0 - DAY_MS, DAY0, DAY0 + DAY_MS])
+        await copy_raw_rows(conn, rows)
+        every = await count_raw_days(conn, project, DAY0 - DAY_MS, DAY0 + 2 * DAY_MS, None)
+        assert every == {DAY0 - DAY_MS: 1, DAY0: 2, DAY0 + DAY_MS: 2}
+        assert await count_raw_days(conn, project, DAY0, DAY0 + DAY_MS, "b") == {DAY0: 1}
+        assert await count_raw_days(conn, project, DAY0 + 2 * DAY_MS, DAY0 + 3 * DAY_MS, None) == {}

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,6 +20,7 @@ from counters.core.config import Settings, load_settings
 from counters.core.errors import Unavailable
 
 if TYPE_CHECKING:
+    from counters.engines.progress import DayProgress
     from counters.services import Services
 
 # The backends are reached only through counters.services (the wiring). It is imported inside
@@ -160,34 +161,17 @@ def persist() -> None:
     asyncio.run(run())
 
 
-def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
-    """A progress bar with events/s and ETA on a terminal; plain lines otherwise."""
+def _tracker(label: str, plan: dict[int, int]) -> DayProgress:
+    """Progress of one run against its planned raw events per UTC day: a bar with events/s
+    and ETA on a terminal, plain lines otherwise (never above 100 %)."""
+    from counters.cli.report import BarDisplay, LineDisplay
+    from counters.core.clock import SystemClock
+    from counters.engines.progress import DayProgress
+
     if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=label, unit="ev", unit_scale=True, file=sys.stderr)
-
-        def update(n: int) -> None:
-            bar.update(n)
-
-        return update, bar.close
-    from counters.cli.report import Ticker
-
-    return Ticker(label, total, lambda line: click.echo(line, err=True)), lambda: None
-
-
-class _Counted:
-    """A rebuild Progress that passes event counts to a progress bar's update."""
-
-    def __init__(self, update: Callable[[int], None]) -> None:
-        self.update = update
-
-    def advance(self, day: int, events: int) -> None:
-        """Counts `events` more."""
-        self.update(events)
-
-    def day_done(self, day: int, events: int) -> None:
-        """Nothing to show."""
+        return DayProgress(plan, SystemClock(), BarDisplay(label))
+    display = LineDisplay(label, lambda line: click.echo(line, err=True))
+    return DayProgress(plan, SystemClock(), display)
 
 
 def _ms(text: str, option: str) -> int:
@@ -208,7 +192,7 @@ def _ms(text: str, option: str) -> int:
 def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
-    from counters.engines.rebuild import count_raw
+    from counters.engines.progress import planned_days
     from counters.engines.reconcile import describe
 
     start, end = _ms(from_, "--from"), _ms(to, "--to")
@@ -226,14 +210,11 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
             warning = range_warning(letters, project, "a rebuild recomputes their days")
             if warning:
                 click.echo(warning, err=True)
-            total = await count_raw(services.pool, project, start, end, name)
-            update, close = _progress(f"rebuild {project}", total)
-            try:
+            plan = await planned_days(services.pool, project, start, end, name)
+            with _tracker(f"rebuild {project}", plan) as progress:
                 report = await services.rebuilder.run(
-                    project, start, end, name=name, write=not dry_run, progress=_Counted(update)
+                    project, start, end, name=name, write=not dry_run, progress=progress
                 )
-            finally:
-                close()
         days = len({d.bucket[:10] for d in report.diffs})
         done = (
             f"would rewrite {days} day(s)" if dry_run else f"rewrote {report.written_days} day(s)"
@@ -269,6 +250,7 @@ def reconcile(days: int, projects: tuple[str, ...], dry_run: bool) -> None:
                 days=days,
                 write=not dry_run,
                 echo=click.echo,
+                progress_for=lambda project, plan: _tracker(f"reconcile {project}", plan),
             )
 
     asyncio.run(run())

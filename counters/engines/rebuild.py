@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 import asyncpg
 import msgspec
@@ -36,6 +35,7 @@ from counters.core.buckets import (
 from counters.core.config import Settings
 from counters.engines.diffs import BucketDiff as BucketDiff  # re-exported for reconcile
 from counters.engines.persister import Cut, Persister
+from counters.engines.progress import Progress
 from counters.engines.recompute import DayRecompute, empty_rows
 from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
@@ -55,16 +55,6 @@ DETAILS_REPORTED = 1_000
 """Differing rows a report lists (the count covers them all)."""
 
 
-class Progress(Protocol):
-    """What a rebuild reports as it goes (counters/engines/progress.py draws it)."""
-
-    def advance(self, day: int, events: int) -> None:
-        """`events` more raw events of the UTC day starting at `day` were processed."""
-
-    def day_done(self, day: int, events: int) -> None:
-        """The day is finished; `events` is how many raw events it held at its cut."""
-
-
 class RebuildReport(msgspec.Struct):
     """What one rebuild or reconcile of one project found and did."""
 
@@ -78,14 +68,6 @@ class RebuildReport(msgspec.Struct):
     diffs: list[BucketDiff] = msgspec.field(default_factory=list)
     rows_vs_parts: int = 0
     """Hour and day rows compared with the rows they are made of (reconcile only)."""
-
-
-async def count_raw(
-    pool: asyncpg.Pool, project: str, start: int, end: int, name: str | None
-) -> int:
-    """Raw events in [start, end) (for progress and ETA)."""
-    async with pool.acquire() as conn:
-        return await rawlog.count_raw(conn, project, start, end, name)
 
 
 class Rebuilder:

@@ -4,12 +4,14 @@ the CLI prints them)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from counters.core.buckets import DAY_MS
 from counters.core.measures import micros_text
 from counters.core.rollups import parse_rollup_id
 from counters.engines.deadletter import DeadLetters, range_warning
+from counters.engines.progress import DayProgress, planned_days
 from counters.engines.rebuild import BucketDiff, Rebuilder
 
 
@@ -43,11 +45,13 @@ async def reconcile_projects(
     days: int,
     write: bool,
     echo: Callable[[str], None],
+    progress_for: Callable[[str, dict[int, int]], DayProgress] | None = None,
 ) -> int:
     """Compares every rollup of the last `days` days with the raw log, and every sealed hour
     and day row with the minute rows it is made of (while those are kept), for each project;
-    reports what differs and (write=True) corrects it. Returns the number of differing rows
-    found (a row found on both bases counts once)."""
+    reports what differs and (write=True) corrects it. With progress_for, each project's
+    run reports to progress_for(project, its planned raw events per day). Returns the
+    number of differing rows found (a row found on both bases counts once)."""
     total = 0
     for project in projects:
         start = now_ms - days * DAY_MS
@@ -55,14 +59,20 @@ async def reconcile_projects(
         warning = range_warning(letters, project, "fixing a day recomputes it")
         if warning:
             echo(warning)
-        report = await rebuilder.run(
-            project,
-            start,
-            now_ms,
-            write=write,
-            kind="reconcile",
-            against_parts=True,
-        )
+        with contextlib.ExitStack() as stack:
+            progress = None
+            if progress_for is not None:
+                plan = await planned_days(rebuilder.pool, project, start, now_ms, None)
+                progress = stack.enter_context(progress_for(project, plan))
+            report = await rebuilder.run(
+                project,
+                start,
+                now_ms,
+                write=write,
+                kind="reconcile",
+                against_parts=True,
+                progress=progress,
+            )
         total += report.discrepancies
         echo(
             f"{project}: {report.events} events, {report.rows} rollup rows checked,"
