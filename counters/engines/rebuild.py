@@ -41,7 +41,6 @@ from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
 from counters.engines.rowdiff import RowDiffs, compare_rows
 from lua.keys import ProjectKeys
-from persist import rawlog
 from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
 from persist.rebuild_sql import day_dims, discover_day_dims, raw_slice, stored_rows
