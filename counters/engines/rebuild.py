@@ -162,8 +162,9 @@ class Rebuilder:
                 dims = await discover_day_dims(conn, project, day)
         recompute = DayRecompute(day, dims, self.settings.crosstabs)
         found = RowDiffs(project)
-        end = day + DAY_MS if limits[Grain.day] > day else max(limits.values())
-        hours = list(range(day, end, HOUR_MS))
+        # every hour of the day is read (the report counts every raw event up to the cut);
+        # only the sealed part of it is compared
+        hours = list(range(day, day + DAY_MS, HOUR_MS))
         async with self.pool.acquire() as side:
             with postgres_unavailable():
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
