@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -48,6 +51,8 @@ from persist.rollup_parts import delete_rollup_rows
 from persist.rollups import upsert_rollups
 from persist.runs import record_run
 
+SLICE_EVENTS = 100_000
+"""Raw events a window aims at: memory holds about one window (and the day's registers)."""
 DETAILS_KEPT = 50
 """Differing rows recorded in reconcile_runs."""
 DETAILS_REPORTED = 1_000
@@ -81,6 +86,15 @@ class Rebuilder:
         self.persister = persister
         self.rollcheck = RollupChecker(redis)
         self._oldest_minute = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebuild")
+        # Arrow's own allocator (mimalloc) keeps what a window freed: with malloc's, the
+        # memory of one window is reused by the next and peak RSS stays near one window's
+        pa.set_memory_pool(pa.system_memory_pool())
+
+    async def _compute(self, fn: Callable[..., None], *args: Any) -> None:
+        """Runs fn(*args) on the rebuild's one compute thread (numpy and Arrow release the
+        GIL, so Postgres reads go on meanwhile; one thread keeps one malloc arena)."""
+        await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     async def run(
         self,
@@ -162,25 +176,22 @@ class Rebuilder:
                 dims = await discover_day_dims(conn, project, day)
         recompute = DayRecompute(day, dims, self.settings.crosstabs)
         found = RowDiffs(project)
-        # every hour of the day is read (the report counts every raw event up to the cut);
-        # only the sealed part of it is compared
-        hours = list(range(day, day + DAY_MS, HOUR_MS))
         async with self.pool.acquire() as side:
             with postgres_unavailable():
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    await self._slices(
-                        conn, side, part, cut, hours, recompute, found, progress, day, dims
-                    )
+                    # every hour is read (the report counts every raw event up to the
+                    # cut); only the sealed part is compared
+                    await self._slices(conn, side, part, cut, recompute, found, progress, dims)
                 if limits[Grain.day] > day:
                     stored = await stored_rows(side, project, Grain.day, day, day + 1, name)
                     rows = recompute.finish()
                     if rows is not None:
-                        await asyncio.to_thread(
+                        await self._compute(
                             compare_rows, project, rows, stored, day, day + 1, found
                         )
                     else:
                         empty = empty_rows(Grain.day)
-                        await asyncio.to_thread(
+                        await self._compute(
                             compare_rows, project, empty, stored, day, day + 1, found
                         )
             report.events += recompute.events
@@ -215,48 +226,45 @@ class Rebuilder:
         side: Conn,
         part: DayPart,
         cut: Cut,
-        hours: list[int],
         recompute: DayRecompute,
         found: RowDiffs,
         progress: Progress | None,
-        day: int,
         dims: list[str],
     ) -> None:
-        """Recomputes the day hour by hour: the next hour's raw events and stored rows are
-        read while this one is computed (in a thread), so Postgres and numpy overlap."""
+        """Recomputes the day window by window (whole hours, sized so a window holds about
+        SLICE_EVENTS events at the rate seen so far): the next window's raw events and
+        stored rows are read while this one is computed in a thread, so Postgres and numpy
+        overlap."""
+        day = recompute.day
         project, name = part.project, part.name
-        lows, limits = part.lows, part.limits
 
-        def fetch(hour: int) -> asyncio.Task[tuple[pa.Table, pa.Table, pa.Table]]:
-            async def both() -> tuple[pa.Table, pa.Table, pa.Table]:
-                raw = await raw_slice(
-                    conn, project, hour, hour + HOUR_MS, cut.stream_id, name, dims
-                )
-                lo = max(hour, lows[Grain.minute])
-                hi = min(hour + HOUR_MS, limits[Grain.minute])
-                minutes = await stored_rows(side, project, Grain.minute, lo, max(lo, hi), name)
-                hours_ = await stored_rows(
-                    side,
-                    project,
-                    Grain.hour,
-                    hour,
-                    hour + (1 if hour < limits[Grain.hour] else 0),
-                    name,
-                )
-                return raw, minutes, hours_
+        def fetch(w: Window) -> asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]]:
+            async def read() -> tuple[pa.Table, pa.Table, pa.Table]:
+                raw = await raw_slice(conn, project, w.start, w.end, cut.stream_id, name, dims)
+                lo, hi = w.span(part, Grain.minute)
+                minutes = await stored_rows(side, project, Grain.minute, lo, hi, name)
+                lo, hi = w.span(part, Grain.hour)
+                hours = await stored_rows(side, project, Grain.hour, lo, hi, name)
+                return raw, minutes, hours
 
-            return asyncio.ensure_future(both())
+            return asyncio.ensure_future(read())
 
-        pending = fetch(hours[0]) if hours else None
-        for i, hour in enumerate(hours):
-            assert pending is not None
+        window: Window | None = Window(day, day + HOUR_MS)
+        pending: asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]] | None = fetch(
+            Window(day, day + HOUR_MS)
+        )
+        hours_per_window = 1
+        while window is not None and pending is not None:
             raw, minutes, hour_rows = await pending
-            pending = fetch(hours[i + 1]) if i + 1 < len(hours) else None
+            per_hour = raw.num_rows / ((window.end - window.start) // HOUR_MS)
+            if per_hour:
+                hours_per_window = max(1, min(24, int(SLICE_EVENTS / per_hour)))
+            current = window
+            window = current.next(hours_per_window, day + DAY_MS)
+            pending = fetch(window) if window is not None else None
             try:
-                lo = max(hour, lows[Grain.minute])
-                hi = min(hour + HOUR_MS, limits[Grain.minute])
-                await asyncio.to_thread(
-                    self._hour, recompute, raw, minutes, hour_rows, lo, hi, hour, limits, found
+                await self._compute(
+                    self._window, recompute, current, part, raw, minutes, hour_rows, found
                 )
             except BaseException:
                 if pending is not None:
@@ -268,38 +276,44 @@ class Rebuilder:
                 progress.advance(day, raw.num_rows)
 
     @staticmethod
-    def _hour(
+    def _window(
         recompute: DayRecompute,
+        window: Window,
+        part: DayPart,
         raw: pa.Table,
         minutes: pa.Table,
         hour_rows: pa.Table,
-        lo: int,
-        hi: int,
-        hour: int,
-        limits: dict[Grain, int],
         found: RowDiffs,
     ) -> None:
-        project = found.project
-        rows = recompute.add(raw, minutes=hi > lo, hours=True)
-        by_grain = {r.grain: r for r in rows}
-        if hi > lo:
-            compare_rows(
-                project,
-                by_grain.get(Grain.minute) or empty_rows(Grain.minute),
-                minutes,
-                lo,
-                hi,
-                found,
-            )
-        if hour < limits[Grain.hour]:
-            compare_rows(
-                project,
-                by_grain.get(Grain.hour) or empty_rows(Grain.hour),
-                hour_rows,
-                hour,
-                hour + 1,
-                found,
-            )
+        m_lo, m_hi = window.span(part, Grain.minute)
+        h_lo, h_hi = window.span(part, Grain.hour)
+        rows = {r.grain: r for r in recompute.add(raw, minutes=m_hi > m_lo, hours=True)}
+        if m_hi > m_lo:
+            got = rows.get(Grain.minute) or empty_rows(Grain.minute)
+            compare_rows(part.project, got, minutes, m_lo, m_hi, found)
+        if h_hi > h_lo:
+            got = rows.get(Grain.hour) or empty_rows(Grain.hour)
+            compare_rows(part.project, got, hour_rows, h_lo, h_hi, found)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Whole hours [start, end) of one day that a rebuild reads and computes at once."""
+
+    start: int
+    end: int
+
+    def span(self, part: DayPart, grain: Grain) -> tuple[int, int]:
+        """The buckets of this grain inside the window that the rebuild covers (empty when
+        low >= high)."""
+        low = max(self.start, part.lows[grain])
+        return low, max(low, min(self.end, part.limits[grain]))
+
+    def next(self, hours: int, day_end: int) -> Window | None:
+        """The following window of `hours` hours (cut at the day's end), None at the end."""
+        if self.end >= day_end:
+            return None
+        return Window(self.end, min(day_end, self.end + hours * HOUR_MS))
 
 
 @dataclass(frozen=True)
