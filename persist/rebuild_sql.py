@@ -10,9 +10,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from counters.core.buckets import DAY_MS, Grain, to_datetime
+from counters.core.rollups import US
 from persist.db import Conn
 from persist.schema import RAW_DIMS_TABLE, RAW_TABLE, ROLLUP_TABLE, STREAM_ORDER_SQL, stream_order
 
@@ -30,14 +32,21 @@ def _ts(ms: int) -> str:
 
 
 async def _copy_csv(
-    conn: Conn, sql: str, columns: list[str], types: dict[str, pa.DataType]
+    conn: Conn,
+    sql: str,
+    columns: list[str],
+    types: dict[str, pa.DataType],
+    *,
+    quoted: bool = True,
 ) -> pa.Table:
+    """The query's rows as an Arrow table. quoted: every non-NULL value is quoted, so an
+    unquoted empty field is NULL and a quoted one the empty string; else no string is NULL."""
     chunks: list[bytes] = []
 
     async def sink(data: bytes) -> None:
         chunks.append(data)
 
-    await conn.copy_from_query(sql, output=sink, format="csv", force_quote=True)
+    await conn.copy_from_query(sql, output=sink, format="csv", force_quote=quoted or None)
     if not any(chunks):
         return pa.table({c: pa.array([], types[c]) for c in columns})
     return pcsv.read_csv(
@@ -45,7 +54,7 @@ async def _copy_csv(
         read_options=pcsv.ReadOptions(column_names=columns),
         parse_options=pcsv.ParseOptions(newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
-            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+            column_types=types, strings_can_be_null=quoted, quoted_strings_can_be_null=False
         ),
     )
 
@@ -91,25 +100,31 @@ async def stored_rows(
     """The stored rollup rows of buckets [low, high): bucket (epoch ms), field (as
     counters.core.rollups.encode_field spells it), count, sum (micros) and the sketch as hex
     of its first 5 bytes and its body (null when none; sketches.short_blob's form)."""
-    field = (
-        f"name || {US_SQL} || rollup || CASE WHEN rollup = '' THEN ''"
-        f" ELSE {US_SQL} || array_to_string(dims, {US_SQL}) END"
-    )
     sql = (
-        f"SELECT {_EPOCH_MS.format(col='bucket')}, {field}, count, sum_micros,"
+        f"SELECT {_EPOCH_MS.format(col='bucket')}, name, rollup,"
+        f" array_to_string(dims, {US_SQL}), count, sum_micros,"
         " encode(substr(hll, 1, 5) || substr(hll, 17), 'hex')"
         f" FROM {ROLLUP_TABLE[grain]} WHERE project = {_literal(project)}"
         f" AND bucket >= {_ts(low)} AND bucket < {_ts(high)}"
         + (f" AND name = {_literal(name)}" if name else "")
     )
-    types = {
-        "bucket": pa.int64(),
-        "field": pa.string(),
-        "count": pa.int64(),
-        "sum": pa.int64(),
-        "hll": pa.string(),
-    }
-    return await _copy_csv(conn, sql, STORED_COLUMNS, types)
+    columns = ["bucket", "name", "rollup", "values", "count", "sum", "hll"]
+    types = {c: pa.string() for c in columns}
+    types.update(bucket=pa.int64(), count=pa.int64(), sum=pa.int64())
+    # no NULL but the sketch's, which is then the empty string: strings are never null, so
+    # COPY need not quote (the cheapest CSV Postgres writes)
+    rows = await _copy_csv(conn, sql, columns, types, quoted=False)
+    total = pc.binary_join_element_wise(rows.column("name"), "", US)
+    split = pc.binary_join_element_wise(
+        rows.column("name"), rows.column("rollup"), rows.column("values"), US
+    )
+    field = pc.if_else(pc.equal(rows.column("rollup"), ""), total, split)
+    hll = rows.column("hll")
+    hll = pc.if_else(pc.equal(hll, ""), pa.scalar(None, pa.string()), hll)
+    return pa.table(
+        [rows.column("bucket"), field, rows.column("count"), rows.column("sum"), hll],
+        names=STORED_COLUMNS,
+    )
 
 
 async def day_dims(conn: Conn, project: str, day: int) -> list[str] | None:
