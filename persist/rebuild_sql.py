@@ -169,3 +169,58 @@ async def record_dims(conn: Conn, project: str, pairs: Iterable[tuple[int, str]]
         " ON CONFLICT DO NOTHING",
         *args,
     )
+
+
+_STAGE_WRITE = "stage_rebuild_rows"
+_STAGE_DELETE = "stage_rebuild_gone"
+_NAME = f"split_part(s.field, {US_SQL}, 1)"
+_ROLLUP = f"split_part(s.field, {US_SQL}, 2)"
+_DIMS = (
+    f"CASE WHEN {_ROLLUP} = '' THEN '{{}}'::text[] ELSE regexp_split_to_array("
+    f"substr(s.field, length({_NAME}) + length({_ROLLUP}) + 3), {US_SQL}) END"
+)
+_BUCKET = "'epoch'::timestamptz + s.bucket * interval '1 millisecond'"
+
+
+async def _stage_csv(conn: Conn, stage: str, columns: str, tables: list[pa.Table]) -> None:
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({columns}) ON COMMIT DROP")
+    out = io.BytesIO()
+    for table in tables:
+        pcsv.write_csv(table, out, pcsv.WriteOptions(include_header=False))
+    out.seek(0)
+    await conn.copy_to_table(stage, source=out, format="csv")
+
+
+async def write_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
+    """Inside the caller's transaction: the rows of `tables` (field, bucket in epoch ms,
+    count, sum in micros, the whole sketch as hex or null) hold exactly these values."""
+    if not any(t.num_rows for t in tables):
+        return
+    await _stage_csv(
+        conn,
+        _STAGE_WRITE,
+        "field text, bucket bigint, count bigint, sum_micros bigint, hll text",
+        tables,
+    )
+    await conn.execute(
+        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r"
+        " (project, name, rollup, dims, bucket, count, sum_micros, hll)"
+        f" SELECT {_literal(project)}, {_NAME}, {_ROLLUP}, {_DIMS}, {_BUCKET}, s.count,"
+        f" s.sum_micros, decode(s.hll, 'hex') FROM {_STAGE_WRITE} s"
+        " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
+        " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll"
+    )
+    await conn.execute(f"TRUNCATE {_STAGE_WRITE}")
+
+
+async def delete_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
+    """Inside the caller's transaction: deletes the rows of `tables` (field, bucket)."""
+    if not any(t.num_rows for t in tables):
+        return
+    await _stage_csv(conn, _STAGE_DELETE, "field text, bucket bigint", tables)
+    await conn.execute(
+        f"DELETE FROM {ROLLUP_TABLE[grain]} r USING {_STAGE_DELETE} s"
+        f" WHERE r.project = {_literal(project)} AND r.name = {_NAME}"
+        f" AND r.rollup = {_ROLLUP} AND r.dims = {_DIMS} AND r.bucket = {_BUCKET}"
+    )
+    await conn.execute(f"TRUNCATE {_STAGE_DELETE}")

@@ -46,9 +46,14 @@ from counters.engines.rowdiff import RowDiffs, compare_rows
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
-from persist.rebuild_sql import day_dims, discover_day_dims, raw_slice, stored_rows
-from persist.rollup_parts import delete_rollup_rows
-from persist.rollups import upsert_rollups
+from persist.rebuild_sql import (
+    day_dims,
+    delete_rows,
+    discover_day_dims,
+    raw_slice,
+    stored_rows,
+    write_rows,
+)
 from persist.runs import record_run
 
 SLICE_EVENTS = 100_000
@@ -197,24 +202,27 @@ class Rebuilder:
             report.events += recompute.events
             if progress is not None:
                 progress.day_done(day, recompute.events)
-            diffs = sorted(found.diffs, key=lambda d: (_GRAIN_ORDER[d[1].grain], d[0], d[1].row()))
-            raw_diffs = [d for _, d in diffs]
-            rechecks = _rechecks(checks, [(Grain[d.grain], b) for b, d in diffs])
+            diffs = sorted(found.diffs, key=lambda d: (_GRAIN_ORDER[d.grain], d.bucket, d.field))
+            rechecks = _rechecks(checks, [(d.grain, d.bucket) for d in diffs])
             parts = await self.rollcheck.check(conn, keys, rechecks, name)
-            seen = {d.row() for d in raw_diffs}
-            extra = [d for d in parts.diffs if d.row() not in seen]
+            extra: list[BucketDiff] = []
+            if parts.diffs:
+                seen = {d.diff().row() for d in diffs}
+                extra = [d for d in parts.diffs if d.row() not in seen]
             report.rows += found.rows
             report.rows_vs_parts += sum(found.rows_in(c.whole, c.low, c.high) for c in checks)
-            report.discrepancies += len(raw_diffs) + len(extra)
+            report.discrepancies += len(diffs) + len(extra)
             room = max(0, DETAILS_REPORTED - len(report.diffs))
-            report.diffs.extend((raw_diffs + extra)[:room])
-            if write and raw_diffs:  # rows from the raw log also agree with their minutes
+            report.diffs.extend(
+                [d.diff() for d in diffs[:room]] + extra[: max(0, room - len(diffs))]
+            )
+            if write and diffs:  # rows from the raw log also agree with their minutes
                 with postgres_unavailable():
                     async with side.transaction():
-                        for grain, records in found.writes.items():
-                            await upsert_rollups(side, grain, records, additive=False)
-                        for grain, gone in found.deletes.items():
-                            await delete_rollup_rows(side, project, grain, gone)
+                        for grain, tables in found.writes.items():
+                            await write_rows(side, project, grain, tables)
+                        for grain, tables in found.deletes.items():
+                            await delete_rows(side, project, grain, tables)
                 report.written_days += 1
             elif write and extra:  # the raw log agrees with the minutes: only parts differ
                 await self.rollcheck.repair(conn, keys, parts)
@@ -331,7 +339,7 @@ class DayPart:
         return [(g, self.lows[g], self.limits[g]) for g in GRAINS if self.limits[g] > self.lows[g]]
 
 
-_GRAIN_ORDER = {g.name: i for i, g in enumerate(GRAINS)}
+_GRAIN_ORDER = {g: i for i, g in enumerate(GRAINS)}
 
 
 def _rechecks(checks: list[Span], diffs: list[tuple[Grain, int]]) -> list[Span]:

@@ -2,11 +2,14 @@
 which rows differ, what to write and what to delete. Counts, sums and sketches are compared
 column at a time; a sketch whose bytes differ while counts and sums agree is compared
 register by register (persist/hll.py) before it counts as a difference, since two encodings
-of the same registers are the same sketch."""
+of the same registers are the same sketch. What to write and delete stays columnar (Arrow
+tables that persist/rebuild_sql.py copies into Postgres as CSV); a difference becomes a
+BucketDiff only when it is reported."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,26 +18,52 @@ import pyarrow.compute as pc
 from counters.core.buckets import Grain
 from counters.engines.diffs import BucketDiff, bucket_diff
 from counters.engines.recompute import GrainRows
-from counters.engines.sketches import full_blob
+from counters.engines.sketches import full_blob, full_hex
 from persist.hll import same_registers
-from persist.rollups import Record, rollup_record
+
+
+class RowDiff(NamedTuple):
+    """One differing row, before it is spelled out as a BucketDiff."""
+
+    grain: Grain
+    bucket: int
+    field: str
+    stored: tuple[int, int]
+    rebuilt: tuple[int, int]
+    uniques_differ: bool
+
+    def diff(self) -> BucketDiff:
+        """The row as reports print it."""
+        return bucket_diff(
+            self.grain, self.bucket, self.field, self.stored, self.rebuilt, self.uniques_differ
+        )
 
 
 @dataclass
 class RowDiffs:
-    """What a comparison found: rows compared, the differing ones (with their bucket start
-    in ms, for grouping), rows to write (absolute) and rows to delete, per grain."""
+    """What comparisons found: rows compared, the differing ones, and per grain the rows to
+    write (absolute values) and the rows to delete, as Arrow tables of WRITE_COLUMNS and
+    DELETE_COLUMNS."""
 
     project: str
     rows: int = 0
     compared: dict[Grain, list[np.ndarray]] = field(default_factory=dict)
-    diffs: list[tuple[int, BucketDiff]] = field(default_factory=list)
-    writes: dict[Grain, list[Record]] = field(default_factory=dict)
-    deletes: dict[Grain, list[tuple[int, str]]] = field(default_factory=dict)
+    diffs: list[RowDiff] = field(default_factory=list)
+    writes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
+    deletes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
 
     def rows_in(self, grain: Grain, low: int, high: int) -> int:
         """Rows of this grain compared whose bucket is in [low, high)."""
         return sum(int(((b >= low) & (b < high)).sum()) for b in self.compared.get(grain, []))
+
+
+WRITE_COLUMNS = ["field", "bucket", "count", "sum", "hll"]
+"""A row to write: field, bucket (epoch ms), count, sum (micros), the blob as hex (or null)."""
+DELETE_COLUMNS = ["field", "bucket"]
+
+
+def _take(values: pa.Array, at: np.ndarray) -> pa.Array:
+    return pc.take(values, pa.array(at, pa.int64()))
 
 
 def compare_rows(
@@ -48,100 +77,123 @@ def compare_rows(
     found.compared.setdefault(rows.grain, []).append(rows.buckets[inside])
     size = int(rows.grain.value)
     day0 = int(rows.buckets[0] - (rows.keys[0] // rows.width) * size) if len(rows) else 0
-    s_fid = pc.index_in(stored.column("field"), value_set=rows.fields).to_numpy(
-        zero_copy_only=False
-    )
+    # stored side, keyed like the recomputed rows: (bucket index) * width + field id
+    s_fid = pc.index_in(stored.column("field"), value_set=rows.fields)
+    matched_fid = pc.is_valid(s_fid).to_numpy(zero_copy_only=False)
+    fid = pc.fill_null(s_fid, 0).to_numpy(zero_copy_only=False).astype(np.int64)
     s_bucket = stored.column("bucket").to_numpy()
-    matched_fid = ~np.isnan(s_fid) if s_fid.dtype.kind == "f" else np.ones(s_fid.size, bool)
-    fid = np.where(matched_fid, np.nan_to_num(s_fid), 0).astype(np.int64)
     s_key = ((s_bucket - day0) // size) * rows.width + fid
     pos = np.searchsorted(keys, s_key)
     pos_ok = np.minimum(pos, max(keys.size - 1, 0))
-    hit = matched_fid & (pos < keys.size) & (keys[pos_ok] == s_key if keys.size else False)
-    # recomputed side: count, sum, sketch hex of each row in `inside`
+    hit = matched_fid & (pos < keys.size)
+    if keys.size:
+        hit &= keys[pos_ok] == s_key
+    # recomputed side: count, sum and sketch hex of each row in `inside`
     r_count = rows.counts[inside]
     r_sum = rows.sums[inside]
     sk = rows.sketches
     spos = np.searchsorted(sk.keys, keys)
     spos_ok = np.minimum(spos, max(sk.keys.size - 1, 0))
-    has_sk = (spos < sk.keys.size) & (sk.keys[spos_ok] == keys if sk.keys.size else False)
-    hexes = sk.hex()
+    has_sk = spos < sk.keys.size
+    if sk.keys.size:
+        has_sk &= sk.keys[spos_ok] == keys
+        ours_all = pc.if_else(
+            pa.array(has_sk), _take(sk.hex(), spos_ok), pa.nulls(keys.size, pa.string())
+        )
+    else:
+        ours_all = pa.nulls(keys.size, pa.string())
     stored_count = stored.column("count").to_numpy(zero_copy_only=False)
     stored_sum = stored.column("sum").to_numpy(zero_copy_only=False)
     stored_hex = stored.column("hll")
-    seen = np.zeros(keys.size, dtype=bool)
     hit_at = np.flatnonzero(hit)
     r_at = pos[hit_at]
+    seen = np.zeros(keys.size, dtype=bool)
     seen[r_at] = True
     same = (stored_count[hit_at] == r_count[r_at]) & (stored_sum[hit_at] == r_sum[r_at])
-    if sk.keys.size:
-        ours = pc.take(hexes, pa.array(np.where(has_sk[r_at], spos_ok[r_at], 0)))
-        ours = pc.if_else(pa.array(has_sk[r_at]), ours, pa.nulls(len(r_at), pa.string()))
-    else:
-        ours = pa.nulls(len(r_at), pa.string())
-    theirs = pc.take(stored_hex, pa.array(hit_at))
+    ours = _take(ours_all, r_at)
+    theirs = _take(stored_hex, hit_at)
     both_null = pc.and_(pc.is_null(ours), pc.is_null(theirs))
-    equal = pc.fill_null(pc.equal(ours, theirs), False)
-    sketch_same = pc.or_(both_null, equal).to_numpy(zero_copy_only=False)
+    sketch_same = pc.or_(both_null, pc.fill_null(pc.equal(ours, theirs), False)).to_numpy(
+        zero_copy_only=False
+    )
+    differ = np.flatnonzero(~(same & sketch_same))
+    keep: list[int] = []
+    uniques_differ: list[bool] = []
+    for j in differ.tolist():
+        differs = not bool(sketch_same[j]) and not same_registers(
+            _blob(ours[j].as_py()), _blob(theirs[j].as_py())
+        )
+        if bool(same[j]) and not differs:
+            continue  # the same registers, encoded otherwise
+        keep.append(j)
+        uniques_differ.append(differs)
     grain = rows.grain
-    for j in np.flatnonzero(~(same & sketch_same)).tolist():
-        si, r = int(hit_at[j]), int(r_at[j])
-        mine = sk.blob(int(spos_ok[r])) if has_sk[r] else None
-        hx = stored_hex[si].as_py()
-        theirs_blob = bytes.fromhex(hx) if hx is not None else None
-        sketch_differs = not bool(sketch_same[j]) and not same_registers(
-            full_blob(mine) if mine is not None else None,
-            full_blob(theirs_blob) if theirs_blob is not None else None,
+    kept = np.array(keep, dtype=np.int64)
+    missing = np.flatnonzero(~seen)  # recomputed rows nothing is stored for
+    write_at = np.concatenate([r_at[kept], missing])
+    if write_at.size:
+        found.writes.setdefault(grain, []).append(
+            _rows_table(rows, inside[write_at], ours_all, write_at)
         )
-        if bool(same[j]) and not sketch_differs:
-            continue
-        _add(
-            found,
-            project,
-            rows,
-            inside[r],
-            mine,
-            (int(stored_count[si]), int(stored_sum[si])),
-            sketch_differs,
-        )
-    for r in np.flatnonzero(~seen).tolist():
-        mine = sk.blob(int(spos_ok[r])) if has_sk[r] else None
-        _add(found, project, rows, inside[r], mine, (0, 0), mine is not None)
-    for si in np.flatnonzero(~hit).tolist():
-        bucket = int(s_bucket[si])
-        fld = str(stored.column("field")[si].as_py())
-        hx = stored_hex[si].as_py()
+    fields = rows.fields
+    for j, differs in zip(keep, uniques_differ, strict=True):
+        si, r = int(hit_at[j]), int(inside[r_at[j]])
         found.diffs.append(
-            (
-                bucket,
-                bucket_diff(
-                    grain,
-                    bucket,
-                    fld,
-                    (int(stored_count[si]), int(stored_sum[si])),
-                    (0, 0),
-                    hx is not None,
-                ),
+            RowDiff(
+                grain,
+                int(rows.buckets[r]),
+                str(fields[int(rows.fids[r])].as_py()),
+                (int(stored_count[si]), int(stored_sum[si])),
+                (int(rows.counts[r]), int(rows.sums[r])),
+                differs,
             )
         )
-        found.deletes.setdefault(grain, []).append((bucket, fld))
+    for m in missing.tolist():
+        r = int(inside[m])
+        found.diffs.append(
+            RowDiff(
+                grain,
+                int(rows.buckets[r]),
+                str(fields[int(rows.fids[r])].as_py()),
+                (0, 0),
+                (int(rows.counts[r]), int(rows.sums[r])),
+                bool(has_sk[m]),
+            )
+        )
+    gone = np.flatnonzero(~hit)  # stored rows the raw log has nothing for
+    if gone.size:
+        found.deletes.setdefault(grain, []).append(
+            pa.table(
+                [_take(stored.column("field"), gone), pa.array(s_bucket[gone])],
+                names=DELETE_COLUMNS,
+            )
+        )
+    for si in gone.tolist():
+        found.diffs.append(
+            RowDiff(
+                grain,
+                int(s_bucket[si]),
+                str(stored.column("field")[si].as_py()),
+                (int(stored_count[si]), int(stored_sum[si])),
+                (0, 0),
+                stored_hex[si].is_valid,
+            )
+        )
 
 
-def _add(
-    found: RowDiffs,
-    project: str,
-    rows: GrainRows,
-    r: int,
-    blob: bytes | None,
-    stored: tuple[int, int],
-    sketch_differs: bool,
-) -> None:
-    bucket = int(rows.buckets[r])
-    fld = str(rows.fields[int(rows.fids[r])].as_py())
-    count, total = int(rows.counts[r]), int(rows.sums[r])
-    found.diffs.append(
-        (bucket, bucket_diff(rows.grain, bucket, fld, stored, (count, total), sketch_differs))
-    )
-    found.writes.setdefault(rows.grain, []).append(
-        rollup_record(project, fld, bucket, count, total, full_blob(blob) if blob else None)
+def _blob(hex_text: str | None) -> bytes | None:
+    return None if hex_text is None else full_blob(bytes.fromhex(hex_text))
+
+
+def _rows_table(rows: GrainRows, at: np.ndarray, hexes: pa.Array, hex_at: np.ndarray) -> pa.Table:
+    """Recomputed rows `at` (hex_at: the same rows' positions in `hexes`) as WRITE_COLUMNS."""
+    return pa.table(
+        [
+            _take(rows.fields, rows.fids[at]),
+            pa.array(rows.buckets[at]),
+            pa.array(rows.counts[at]),
+            pa.array(rows.sums[at]),
+            full_hex(_take(hexes, hex_at)),
+        ],
+        names=WRITE_COLUMNS,
     )

@@ -235,6 +235,16 @@ def full_blob(short: bytes) -> bytes:
     return short[:5] + _STALE_CARD + short[5:]
 
 
+def full_hex(short_hex: pa.Array) -> pa.Array:
+    """full_blob over hex strings (nulls stay null): what Postgres decodes into the blob."""
+    return pc.binary_join_element_wise(
+        pc.utf8_slice_codeunits(short_hex, 0, 10),
+        _STALE_CARD.hex(),
+        pc.utf8_slice_codeunits(short_hex, 10, 1 << 30),
+        "",
+    )
+
+
 def short_blob(blob: bytes) -> bytes:
     """encode_groups' form of a stored blob: its first 5 bytes and its body."""
     return blob[:5] + blob[HEADER:]
