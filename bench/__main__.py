@@ -1,7 +1,7 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
-Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, all. `--quick` makes
-each one short. Results are appended to bench/RESULTS.md."""
+Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, all.
+`--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
 

@@ -181,10 +181,10 @@ def rewritten_days(text: str) -> int | None:
 
 
 async def load_history(
-    ds: Dataset, project: str, ev: Events, end: int, *, scratch: str | None
+    ds: Dataset, project: str, ev: Events, end: int, minute_low: int, *, scratch: str | None
 ) -> Loaded:
     """The history loaded into the dataset (see bench/rebuild_load.py)."""
-    from counters.services import open_redis
+    from lua.client import open_redis
 
     pool = await create_pool(ds.url, max_size=2)
     redis = open_redis(ds.env["COUNTERS_REDIS_URL"])
@@ -196,7 +196,7 @@ async def load_history(
             project,
             ev,
             end_ms=end,
-            minute_low=minute_edge(time.time_ns() // 1_000_000, MINUTE_DAYS),
+            minute_low=minute_low,
             uids=UIDS,
             scratch_table=scratch,
             log=log,
@@ -276,13 +276,20 @@ def duckdb_rollups(path: Path, minute_low: int) -> tuple[float, int]:
             f" count(*) AS n, sum(value) AS s FROM read_parquet('{path}') {where}"
             f" GROUP BY GROUPING SETS ({sets})"
         )
-        rows += con.execute(q).to_arrow_table().num_rows
+        rows += con.sql(q).to_arrow_table().num_rows
     seconds = time.perf_counter() - t0
     con.close()
     return seconds, rows
 
 
-async def rebuild_size(s: Stack, n: int, run: Run) -> None:
+def _rows(loaded: Loaded) -> str:
+    return (
+        f"{loaded.rollup_rows:,} rollup rows; raw log {loaded.raw_seconds:.1f}s,"
+        f" rollups {loaded.rollup_seconds:.1f}s"
+    )
+
+
+async def rebuild_size(s: Stack, n: int, run: Run, *, load_only: bool = False) -> None:
     """Steps 1-3 and the baselines for one size."""
     size = f"{n:,}"
     end = bucket_start(time.time_ns() // 1_000_000, Grain.day)
@@ -292,14 +299,16 @@ async def rebuild_size(s: Stack, n: int, run: Run) -> None:
     ds = await asyncio.to_thread(dataset, s, f"r{n}")
     project = f"rb{n}"
     try:
-        loaded = await load_history(ds, project, ev, end, scratch="bench_copy_baseline")
+        low = minute_edge(time.time_ns() // 1_000_000, MINUTE_DAYS)
+        loaded = await load_history(ds, project, ev, end, low, scratch="bench_copy_baseline")
         await sql(ds, "DROP TABLE bench_copy_baseline")
         await sql(ds, "VACUUM ANALYZE raw_events, rollups_minute, rollups_hour, rollups_day")
-        run.add(Step(size, "load (raw log + rollups + sketches)", loaded.seconds, n))
+        run.add(
+            Step(size, "load (raw log + rollups + sketches)", loaded.seconds, n, 0, _rows(loaded))
+        )
         run.add(Step(size, "baseline: Postgres COPY of the raw rows", loaded.copy_seconds, n))
         parquet = ds.work / "events.parquet"
         write_parquet(parquet, ev)
-        low = minute_edge(time.time_ns() // 1_000_000, MINUTE_DAYS)
         duck_s, duck_rows = duckdb_rollups(parquet, low)
         run.add(
             Step(size, "baseline: DuckDB GROUP BY (Parquet)", duck_s, n, 0, f"{duck_rows:,} rows")
@@ -310,6 +319,8 @@ async def rebuild_size(s: Stack, n: int, run: Run) -> None:
         )
         parquet.unlink()
         del ev
+        if load_only:
+            return
         rng = ["--project", project, "--from", str(start), "--to", str(end)]
         await cli_step(run, ds, size, "rebuild --dry-run", n, ["rebuild", *rng, "--dry-run"], 0)
         await cli_step(
@@ -375,7 +386,9 @@ async def cli_step(
 # -- reconcile and ingest -------------------------------------------------------------------------
 
 
-async def reconcile_and_ingest(s: Stack, per_day: int, ingest_seconds: float, run: Run) -> None:
+async def reconcile_and_ingest(
+    s: Stack, per_day: int, ingest_seconds: float, run: Run, *, load_only: bool = False
+) -> None:
     """Step 4: reconcile over 7 days x per_day events, then ingest alone and during reconcile."""
     n = per_day * RECONCILE_DAYS
     size = f"7 x {per_day:,}"
@@ -385,10 +398,15 @@ async def reconcile_and_ingest(s: Stack, per_day: int, ingest_seconds: float, ru
     ds = await asyncio.to_thread(dataset, s, "rec")
     project = "rc"
     try:
-        loaded = await load_history(ds, project, ev, end, scratch=None)
+        low = minute_edge(time.time_ns() // 1_000_000, MINUTE_DAYS)
+        loaded = await load_history(ds, project, ev, end, low, scratch=None)
         del ev
         await sql(ds, "VACUUM ANALYZE raw_events, rollups_minute, rollups_hour, rollups_day")
-        run.add(Step(size, "load (raw log + rollups + sketches)", loaded.seconds, n))
+        run.add(
+            Step(size, "load (raw log + rollups + sketches)", loaded.seconds, n, 0, _rows(loaded))
+        )
+        if load_only:
+            return
         rec = ["reconcile", "--days", str(RECONCILE_DAYS), "--project", project]
         await cli_step(run, ds, size, "reconcile --dry-run", n, [*rec, "--dry-run"], 0)
         await cli_step(run, ds, size, "reconcile", n, rec, 0)
@@ -511,6 +529,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reconcile-events-per-day", type=int, default=1_000_000)
     p.add_argument("--ingest-seconds", type=float, default=20.0)
     p.add_argument("--quick", action="store_true", help="200k events, 7 x 100k, 10 s ingest")
+    p.add_argument(
+        "--load-only", action="store_true", help="only load and run the baselines (no CLI steps)"
+    )
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)
     if args.quick:
@@ -522,9 +543,15 @@ async def run_all(args: argparse.Namespace) -> Run:
     run = Run()
     with stack() as s:
         for n in [int(x) for x in args.events.split(",") if x]:
-            await rebuild_size(s, n, run)
+            await rebuild_size(s, n, run, load_only=args.load_only)
         if args.reconcile_events_per_day > 0:
-            await reconcile_and_ingest(s, args.reconcile_events_per_day, args.ingest_seconds, run)
+            await reconcile_and_ingest(
+                s,
+                args.reconcile_events_per_day,
+                args.ingest_seconds,
+                run,
+                load_only=args.load_only,
+            )
     return run
 
 

@@ -41,6 +41,8 @@ CSV_CHUNK = 1_000_000
 """Events per COPY of the raw log."""
 UPSERT_ROWS = 200_000
 """Rollup rows per upsert_rollups call."""
+WRITERS = 2
+"""Connections writing rollup rows at once (each its own day and grain)."""
 
 
 @dataclass
@@ -100,20 +102,45 @@ async def load(
     log(f"  raw log: {ev.n:,} events in {raw_seconds:.1f}s")
     t1 = time.perf_counter()
     rows = 0
+    spent = {"compute": 0.0, "records": 0.0, "upsert": 0.0}
+    queue: asyncio.Queue[GrainRows | None] = asyncio.Queue(maxsize=WRITERS)
+
+    async def writer() -> None:
+        nonlocal rows
+        async with pool.acquire() as conn:
+            while (part := await queue.get()) is not None:
+                t = time.perf_counter()
+                records = part.records(project)
+                rows += len(records)
+                spent["records"] += time.perf_counter() - t
+                t = time.perf_counter()
+                for i in range(0, len(records), UPSERT_ROWS):
+                    async with conn.transaction():
+                        await upsert_rollups(
+                            conn, part.grain, records[i : i + UPSERT_ROWS], additive=False
+                        )
+                spent["upsert"] += time.perf_counter() - t
+
+    writers = [asyncio.create_task(writer()) for _ in range(WRITERS)]
+    try:
+        mark = time.perf_counter()
+        async for part in _day_rows(ev, table, minute_low):
+            spent["compute"] += time.perf_counter() - mark
+            await queue.put(part)
+            mark = time.perf_counter()
+        for _ in writers:
+            await queue.put(None)
+        await asyncio.gather(*writers)
+    finally:
+        for task in writers:
+            task.cancel()
     async with pool.acquire() as conn:
-        async for rollups in _day_rows(ev, table, minute_low):
-            records = rollups.records(project)
-            rows += len(records)
-            for i in range(0, len(records), UPSERT_ROWS):
-                async with conn.transaction():
-                    await upsert_rollups(
-                        conn, rollups.grain, records[i : i + UPSERT_ROWS], additive=False
-                    )
         async with conn.transaction():
             await load_state(conn, project)
             for grain in GRAINS:
                 await set_until(conn, project, grain, end_ms)
             await set_raw_stream_id(conn, project, f"{end_ms}-0")
+    log("  rollups time: " + ", ".join(f"{k} {v:.1f}s" for k, v in spent.items()))
     rollup_seconds = time.perf_counter() - t1
     log(f"  rollups: {rows:,} rows in {rollup_seconds:.1f}s")
     return Loaded(
