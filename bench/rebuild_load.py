@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from bench import sketches
 from bench.generate import DIM_NAMES, NAMES
 from bench.rebuild_data import (
     VOCABS,
@@ -81,7 +82,8 @@ async def load(
     secret = await uid_secret(pool, project)
     assert secret is not None, f"project {project} has no uid secret"
     table = await asyncio.to_thread(uid_table, secret, uids)
-    await check_uid_table(redis, redis_key, table)
+    await sketches.check_against_redis(redis, redis_key)  # the numpy HLL code itself
+    await check_uid_table(redis, redis_key, table)  # and on this project's hashed uids
     days = [day for day, _ in ev.day_slices()]
     copy_seconds = 0.0
     async with pool.acquire() as conn:
