@@ -244,7 +244,34 @@ def day_rows(ev: Events, part: slice, table: UidTable, grain: Grain, low: int) -
     rest = uniq // CODE_SPAN
     field = rest % FIELDS
     rest //= FIELDS
-    return GrainRows(grain, rest // 3, rest % 3, field, code, counts.astype(np.int64), sums, blobs)
+    bucket_of, name = rest // 3, rest % 3
+    # written in (about) primary-key order, (name, rollup, dims, bucket): each upsert then
+    # walks the rollup indexes once instead of touching a leaf per row
+    order = np.lexsort((bucket_of, _CODE_RANK[field, code], _FIELD_RANK[field], _NAME_RANK[name]))
+    return GrainRows(
+        grain,
+        bucket_of[order],
+        name[order],
+        field[order],
+        code[order],
+        counts.astype(np.int64)[order],
+        sums[order],
+        [blobs[i] for i in order.tolist()],
+    )
+
+
+def _ranks(labels: list[str]) -> np.ndarray:
+    """Position of each label in sorted order."""
+    out = np.empty(len(labels), dtype=np.int64)
+    out[np.argsort(np.array(labels), kind="stable")] = np.arange(len(labels))
+    return out
+
+
+_NAME_RANK = _ranks(list(NAMES))
+_FIELD_RANK = _ranks([""] + list(DIM_NAMES))
+_CODE_RANK = np.zeros((FIELDS, CODE_SPAN), dtype=np.int64)
+for _f, _vocab in enumerate(VOCABS, start=1):
+    _CODE_RANK[_f, : len(_vocab)] = _ranks(list(_vocab))
 
 
 def row_sketches(row: np.ndarray, index: np.ndarray, rank: np.ndarray, rows: int) -> list[bytes]:
