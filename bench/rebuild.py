@@ -63,6 +63,11 @@ UIDS = 100_000
 MINUTE_DAYS = 14
 INGEST_BATCH = 100
 INGEST_IN_FLIGHT = 16
+REBUILD_TARGET = 500_000
+"""Issue 12: rebuild events/s over the whole command."""
+RECONCILE_TARGET_S = 30.0
+RSS_TARGET_MB = 300.0
+INGEST_SLOWDOWN = 0.10
 
 
 @dataclass
@@ -510,13 +515,57 @@ def table(run: Run) -> str:
                 f"{st.rss_mb:.0f}" if st.rss_mb else "",
                 vs_copy,
                 vs_duck,
+                target(st, run.steps),
                 st.outcome,
             ]
         )
     return md_table(
-        ["events", "step", "seconds", "events/s", "peak RSS MB", "÷ COPY", "÷ DuckDB", "result"],
+        [
+            "events",
+            "step",
+            "seconds",
+            "events/s",
+            "peak RSS MB",
+            "÷ COPY",
+            "÷ DuckDB",
+            "issue 12 target",
+            "result",
+        ],
         rows,
     )
+
+
+def target(step: Step, steps: list[Step]) -> str:
+    """Whether a step meets issue 12's target: rebuild >= 500k events/s, reconcile < 30 s,
+    both under 300 MB; ingest during reconcile within 10 % of ingest alone."""
+    rss_ok = step.rss_mb < RSS_TARGET_MB
+    if step.label.startswith("rebuild"):
+        ok = step.rate >= REBUILD_TARGET and rss_ok
+        return f"{'met' if ok else 'missed'} (>= 500k/s, < 300 MB)"
+    if step.label.startswith("reconcile"):
+        ok = step.seconds < RECONCILE_TARGET_S and rss_ok
+        return f"{'met' if ok else 'missed'} (< 30 s, < 300 MB)"
+    if step.label.startswith("POST /v1/events during"):
+        alone = next((s for s in steps if s.label == "POST /v1/events alone"), None)
+        if alone is None or not alone.rate:
+            return ""
+        ok = step.rate >= (1 - INGEST_SLOWDOWN) * alone.rate
+        return f"{'met' if ok else 'missed'} (slowed < 10 %)"
+    return ""
+
+
+def git_rev() -> str:
+    """The checked-out commit (short), with "+dirty" when the work tree has changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -559,11 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     at_start = load_now()
+    note = busy_warning()
     run = asyncio.run(run_all(args))
     body = table(run)
-    note = busy_warning()
     tail = (
-        "\n\nEach CLI step is a fresh `counters` process timed over the whole command; peak RSS"
+        f"\n\nGit revision {git_rev()}. Each CLI step is a fresh `counters` process timed"
+        " over the whole command; peak RSS"
         " is that child's ru_maxrss (os.wait4). ÷ COPY and ÷ DuckDB are the step's events/s over"
         " the baseline's, same size. "
         + (
