@@ -1,14 +1,14 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
-Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, all. `--quick` makes
-each one short. Results are appended to bench/RESULTS.md."""
+Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, all.
+`--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz")
+SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild")
 
 
 def main() -> None:
