@@ -20,11 +20,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from bench import sketches
 from bench.generate import DIM_NAMES, NAME_WEIGHTS, NAMES, VOCAB, zipf_cum_weights
 from counters.core.buckets import DAY_MS, Grain, to_datetime
 from counters.core.uid import UidHasher
+from counters.engines.sketches import encode_groups, full_blob, hll_positions, max_registers
 from persist.hll import REGISTERS
 
 VOCABS: tuple[tuple[str, ...], ...] = (
@@ -39,9 +41,6 @@ FIELDS = 1 + len(DIM_NAMES)
 CODE_SPAN = 1000
 """Dim value codes are below this (the largest vocabulary, links, has 1,000 values)."""
 CENTS_TO_MICROS = 10_000
-SPARSE_MAX_BYTES = 3000
-_M = np.uint64(0xC6A4A7935BD1E995)
-_R = np.uint64(47)
 
 
 @dataclass
@@ -93,33 +92,6 @@ def generate(n: int, start_ms: int, end_ms: int, *, uids: int = 100_000, seed: i
 # -- uids: keyed hashes and their HLL register/rank -----------------------------------------
 
 
-def murmur64a(keys: list[bytes]) -> np.ndarray:
-    """MurmurHash64A (seed 0xadc83b19, Redis's HLL hash) of byte strings of one length."""
-    length = len(keys[0])
-    assert all(len(k) == length for k in keys), "keys of one length only"
-    raw = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
-    blocks = length // 8
-    with np.errstate(over="ignore"):
-        h = np.full(len(keys), sketches.SEED ^ (np.uint64(length) * _M), dtype=np.uint64)
-        if blocks:
-            words = raw[:, : blocks * 8].copy().view("<u8").reshape(len(keys), blocks)
-            for j in range(blocks):
-                k = words[:, j].astype(np.uint64) * _M
-                k ^= k >> _R
-                k *= _M
-                h ^= k
-                h *= _M
-        tail = length & 7
-        if tail:
-            for j in range(tail - 1, -1, -1):
-                h ^= raw[:, blocks * 8 + j].astype(np.uint64) << np.uint64(8 * j)
-            h *= _M
-        h ^= h >> _R
-        h *= _M
-        h ^= h >> _R
-    return h
-
-
 @dataclass(frozen=True)
 class UidTable:
     """For uid i ("u<i>"): the hash the raw log stores and the HLL register and rank PFADD
@@ -134,7 +106,7 @@ def uid_table(secret: bytes, uids: int) -> UidTable:
     """The table of the project's first `uids` uids under its secret."""
     hasher = UidHasher(secret)
     hashed = [hasher(f"u{i}") for i in range(uids)]
-    index, rank = sketches.index_and_rank(murmur64a([h.encode() for h in hashed]))
+    index, rank = hll_positions(pa.array(hashed, pa.string()))
     return UidTable(hashed, index, rank)
 
 
@@ -275,80 +247,15 @@ for _f, _vocab in enumerate(VOCABS, start=1):
 
 
 def row_sketches(row: np.ndarray, index: np.ndarray, rank: np.ndarray, rows: int) -> list[bytes]:
-    """The blob of each row's sketch, given every (row, register, rank) one of its uids sets."""
-    cell = row * REGISTERS + index
-    best = np.unique(cell * 64 + rank)  # sorted by cell, then rank
-    cell_u = best >> 6
-    last = np.append(np.flatnonzero(np.diff(cell_u)), cell_u.size - 1)
-    cell_u = cell_u[last]
-    e_row = cell_u // REGISTERS
-    e_reg = cell_u % REGISTERS
-    e_rank = (best[last] & 63).astype(np.int64)
-    nnz = np.bincount(e_row, minlength=rows)
-    ends = np.cumsum(nnz)
-    firsts = ends - nnz
-    max_rank = np.maximum.reduceat(e_rank, firsts) if rows else np.zeros(0, dtype=np.int64)
-    # sparse opcodes: a zero run (ZERO or XZERO) before each set register, a VAL for it,
-    # a zero run after the last one
-    prev = np.empty_like(e_reg)
-    prev[1:] = e_reg[:-1]
-    prev[firsts] = -1
-    gap = e_reg - prev - 1
-    e_len = np.where(gap == 0, 1, np.where(gap <= 64, 2, 3))
-    trail = REGISTERS - 1 - e_reg[ends - 1]
-    t_len = np.where(trail == 0, 0, np.where(trail <= 64, 1, 2))
-    per_row = np.add.reduceat(e_len, firsts) + t_len if rows else np.zeros(0, dtype=np.int64)
-    sparse = (max_rank <= 32) & (per_row + len(sketches.SPARSE_HEADER) <= SPARSE_MAX_BYTES)
-    row_start = np.cumsum(per_row) - per_row
-    before = np.cumsum(e_len) - e_len  # bytes of earlier entries (all rows)
-    e_start = row_start[e_row] + before - before[firsts][e_row]
-    buf = np.zeros(int(per_row.sum()), dtype=np.uint8)
-    _zero_run(buf, e_start, gap)
-    val_at = e_start + e_len - 1
-    buf[val_at] = (0x80 | ((np.minimum(e_rank, 32) - 1) << 2)).astype(np.uint8)
-    _zero_run(buf, row_start + per_row - t_len, trail)
-    data = buf.tobytes()
-    header = sketches.SPARSE_HEADER
-    out: list[bytes] = []
-    starts_l = row_start.tolist()
-    lens_l = per_row.tolist()
-    for r, ok in enumerate(sparse.tolist()):
-        if ok:
-            out.append(header + data[starts_l[r] : starts_l[r] + lens_l[r]])
-        else:
-            out.append(b"")
-    dense = np.flatnonzero(~sparse)
-    local = np.full(rows, -1, dtype=np.int64)
-    for lo in range(0, dense.size, 1024):
-        chunk = dense[lo : lo + 1024]
-        local[chunk] = np.arange(chunk.size)
-        mine = local[e_row] >= 0
-        regs = np.zeros((chunk.size, REGISTERS), dtype=np.uint8)
-        regs[local[e_row[mine]], e_reg[mine]] = e_rank[mine]
-        for j, blob in enumerate(dense_blobs(regs)):
-            out[int(chunk[j])] = blob
-        local[chunk] = -1
+    """The blob of each row's sketch, given every (row, register, rank) one of its uids sets:
+    what PFADD builds, byte for byte (counters/engines/sketches.py, the rebuild's own code)."""
+    encoded = encode_groups(
+        *max_registers(row.astype(np.int64), index.astype(np.int64), rank.astype(np.uint8))
+    )
+    out = [b""] * rows
+    for g, key in enumerate(encoded.keys.tolist()):
+        out[key] = full_blob(encoded.blob(g))
     return out
-
-
-def dense_blobs(regs: np.ndarray) -> list[bytes]:
-    """The dense Redis blob of each row of a (rows, 16384) register array."""
-    r = regs.astype(np.uint32).reshape(regs.shape[0], -1, 4)
-    packed = r[..., 0] | (r[..., 1] << 6) | (r[..., 2] << 12) | (r[..., 3] << 18)
-    body = np.stack([packed & 0xFF, (packed >> 8) & 0xFF, (packed >> 16) & 0xFF], axis=2)
-    data = body.astype(np.uint8).reshape(regs.shape[0], -1)
-    return [sketches.DENSE_HEADER + row.tobytes() for row in data]
-
-
-def _zero_run(buf: np.ndarray, at: np.ndarray, run: np.ndarray) -> None:
-    """Writes at each position the opcode of a run of `run` zero registers (nothing for 0):
-    ZERO 00xxxxxx up to 64, XZERO 01xxxxxx yyyyyyyy above."""
-    short = (run > 0) & (run <= 64)
-    buf[at[short]] = (run[short] - 1).astype(np.uint8)
-    long = run > 64
-    n = run[long] - 1
-    buf[at[long]] = (0x40 | (n >> 8)).astype(np.uint8)
-    buf[at[long] + 1] = (n & 0xFF).astype(np.uint8)
 
 
 def grains_of_day(day: int, minute_low: int) -> list[tuple[Grain, int]]:

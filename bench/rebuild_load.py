@@ -33,6 +33,7 @@ from bench.rebuild_data import (
 from counters.core.buckets import GRAINS
 from persist.projects import ensure_project
 from persist.rawlog import create_partitions
+from persist.rebuild_sql import record_dims
 from persist.rollups import upsert_rollups
 from persist.schema import RAW_COLUMNS, RAW_TABLE
 from persist.secrets import uid_secret
@@ -88,6 +89,7 @@ async def load(
     copy_seconds = 0.0
     async with pool.acquire() as conn:
         await create_partitions(conn, days)
+        await record_dims(conn, project, ((d, dim) for d in days for dim in DIM_NAMES))
         if scratch_table:
             await conn.execute(f"DROP TABLE IF EXISTS {scratch_table}")
             await conn.execute(f"CREATE TABLE {scratch_table} (LIKE {RAW_TABLE})")
