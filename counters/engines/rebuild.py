@@ -44,7 +44,7 @@ from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
 from counters.engines.rowdiff import RowDiffs, compare_rows
 from lua.keys import ProjectKeys
-from persist.db import Conn, postgres_unavailable
+from persist.db import PG_ERRORS, Conn, postgres_unavailable
 from persist.locks import project_lock
 from persist.rebuild_sql import (
     day_dims,
@@ -180,49 +180,43 @@ class Rebuilder:
             if dims is None:
                 dims = await discover_day_dims(conn, project, day)
         recompute = DayRecompute(day, dims, self.settings.crosstabs)
-        found = RowDiffs(project)
-        async with self.pool.acquire() as side:
+        found = RowDiffs(project, minutes_kept=max(0, DETAILS_REPORTED - len(report.diffs)))
+        async with contextlib.AsyncExitStack() as stack:
+            side = await stack.enter_async_context(self.pool.acquire())
+            writer = DayWriter(self.pool, project, stack) if write else None
             with postgres_unavailable():
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     # every hour is read (the report counts every raw event up to the
                     # cut); only the sealed part is compared
-                    await self._slices(conn, side, part, cut, recompute, found, progress, dims)
+                    await self._slices(
+                        conn, side, part, cut, recompute, found, progress, dims, writer
+                    )
                 if limits[Grain.day] > day:
                     stored = await stored_rows(side, project, Grain.day, day, day + 1, name)
-                    rows = recompute.finish()
-                    if rows is not None:
-                        await self._compute(
-                            compare_rows, project, rows, stored, day, day + 1, found
-                        )
-                    else:
-                        empty = empty_rows(Grain.day)
-                        await self._compute(
-                            compare_rows, project, empty, stored, day, day + 1, found
-                        )
+                    rows = recompute.finish() or empty_rows(Grain.day)
+                    await self._compute(compare_rows, project, rows, stored, day, day + 1, found)
+                    if writer is not None:
+                        await writer.flush(found)
             report.events += recompute.events
             if progress is not None:
                 progress.day_done(day, recompute.events)
             diffs = sorted(found.diffs, key=lambda d: (_GRAIN_ORDER[d.grain], d.bucket, d.field))
-            rechecks = _rechecks(checks, [(d.grain, d.bucket) for d in diffs])
+            rechecks = _rechecks(checks, sorted(found.touched))
             parts = await self.rollcheck.check(conn, keys, rechecks, name)
             extra: list[BucketDiff] = []
-            if parts.diffs:
-                seen = {d.diff().row() for d in diffs}
+            if parts.diffs:  # parts checks cover hours and days, whose diffs are all kept
+                seen = {d.diff().row() for d in diffs if d.grain is not Grain.minute}
                 extra = [d for d in parts.diffs if d.row() not in seen]
             report.rows += found.rows
             report.rows_vs_parts += sum(found.rows_in(c.whole, c.low, c.high) for c in checks)
-            report.discrepancies += len(diffs) + len(extra)
+            report.discrepancies += found.count + len(extra)
             room = max(0, DETAILS_REPORTED - len(report.diffs))
             report.diffs.extend(
                 [d.diff() for d in diffs[:room]] + extra[: max(0, room - len(diffs))]
             )
-            if write and diffs:  # rows from the raw log also agree with their minutes
-                with postgres_unavailable():
-                    async with side.transaction():
-                        for grain, tables in found.writes.items():
-                            await write_rows(side, project, grain, tables)
-                        for grain, tables in found.deletes.items():
-                            await delete_rows(side, project, grain, tables)
+            if writer is not None and found.count:
+                # rows from the raw log also agree with their minutes
+                await writer.commit()
                 report.written_days += 1
             elif write and extra:  # the raw log agrees with the minutes: only parts differ
                 await self.rollcheck.repair(conn, keys, parts)
@@ -238,6 +232,7 @@ class Rebuilder:
         found: RowDiffs,
         progress: Progress | None,
         dims: list[str],
+        writer: DayWriter | None,
     ) -> None:
         """Recomputes the day window by window (whole hours, sized so a window holds about
         SLICE_EVENTS events at the rate seen so far): the next window's raw events and
@@ -280,6 +275,8 @@ class Rebuilder:
                     with contextlib.suppress(BaseException):
                         await pending
                 raise
+            if writer is not None:
+                await writer.flush(found)
             if progress is not None:
                 progress.advance(day, raw.num_rows)
 
@@ -302,6 +299,48 @@ class Rebuilder:
         if h_hi > h_lo:
             got = rows.get(Grain.hour) or empty_rows(Grain.hour)
             compare_rows(part.project, got, hour_rows, h_lo, h_hi, found)
+
+
+class DayWriter:
+    """Writes one day's differing rows as windows find them, in one transaction on a
+    connection of its own that commits only when the whole day is done (all or nothing),
+    so memory holds one window's rows, not the day's."""
+
+    def __init__(self, pool: asyncpg.Pool, project: str, stack: contextlib.AsyncExitStack) -> None:
+        self.pool = pool
+        self.project = project
+        self.stack = stack
+        self._conn: Conn | None = None
+        self._tx: Any = None
+
+    async def flush(self, found: RowDiffs) -> None:
+        """Writes (uncommitted) the rows found since the last flush."""
+        writes, deletes = found.take_writes()
+        if not writes and not deletes:
+            return
+        if self._conn is None:
+            self._conn = await self.stack.enter_async_context(self.pool.acquire())
+            self._tx = self._conn.transaction()
+            await self._tx.start()
+            self.stack.push_async_callback(self._rollback)
+        with postgres_unavailable():
+            for grain, tables in writes.items():
+                await write_rows(self._conn, self.project, grain, tables)
+            for grain, tables in deletes.items():
+                await delete_rows(self._conn, self.project, grain, tables)
+
+    async def commit(self) -> None:
+        """Makes the day's writes visible at once."""
+        if self._tx is not None:
+            with postgres_unavailable():
+                await self._tx.commit()
+            self._tx = None
+
+    async def _rollback(self) -> None:
+        if self._tx is not None:
+            tx, self._tx = self._tx, None
+            with contextlib.suppress(*PG_ERRORS):
+                await tx.rollback()
 
 
 @dataclass(frozen=True)

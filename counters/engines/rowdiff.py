@@ -48,9 +48,31 @@ class RowDiffs:
     project: str
     rows: int = 0
     compared: dict[Grain, list[np.ndarray]] = field(default_factory=dict)
+    count: int = 0
+    """Differing rows found."""
     diffs: list[RowDiff] = field(default_factory=list)
+    """The differing hour and day rows, and the first MINUTES_KEPT minute rows."""
+    touched: set[tuple[Grain, int]] = field(default_factory=set)
+    """(grain, hour or day start) of every differing row (the hour of a minute)."""
     writes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
     deletes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
+    minutes_kept: int = 1_000
+
+    def take_writes(self) -> tuple[dict[Grain, list[pa.Table]], dict[Grain, list[pa.Table]]]:
+        """The rows to write and to delete found so far, forgotten here."""
+        out = self.writes, self.deletes
+        self.writes, self.deletes = {}, {}
+        return out
+
+    def add(self, diff: RowDiff) -> None:
+        """Counts one differing row (and keeps it, see `diffs`)."""
+        self.count += 1
+        grain = diff.grain
+        self.touched.add((grain, diff.bucket - diff.bucket % Grain.hour.value))
+        if grain is not Grain.minute or self.minutes_kept > 0:
+            self.diffs.append(diff)
+            if grain is Grain.minute:
+                self.minutes_kept -= 1
 
     def rows_in(self, grain: Grain, low: int, high: int) -> int:
         """Rows of this grain compared whose bucket is in [low, high)."""
@@ -138,7 +160,7 @@ def compare_rows(
     fields = rows.fields
     for j, differs in zip(keep, uniques_differ, strict=True):
         si, r = int(hit_at[j]), int(inside[r_at[j]])
-        found.diffs.append(
+        found.add(
             RowDiff(
                 grain,
                 int(rows.buckets[r]),
@@ -150,7 +172,7 @@ def compare_rows(
         )
     for m in missing.tolist():
         r = int(inside[m])
-        found.diffs.append(
+        found.add(
             RowDiff(
                 grain,
                 int(rows.buckets[r]),
@@ -169,7 +191,7 @@ def compare_rows(
             )
         )
     for si in gone.tolist():
-        found.diffs.append(
+        found.add(
             RowDiff(
                 grain,
                 int(s_bucket[si]),
