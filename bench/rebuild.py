@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from bench import rss
 from bench.common import (
     ROOT,
     ServiceProc,
@@ -152,22 +152,23 @@ def drop(s: Stack, ds: Dataset) -> None:
 
 
 def timed_cli(ds: Dataset, *args: str) -> tuple[float, float, int, str]:
-    """Runs `counters <args>` in a fresh child: (wall seconds, the child's peak RSS in MB,
-    exit code, stdout + stderr)."""
+    """Runs `counters <args>` in a fresh child (through bench/rss.py, so the peak RSS is the
+    CLI's own, not this process's memory it would be forked with): (wall seconds, peak RSS
+    in MB, exit code, stdout + stderr)."""
     out_path = ds.work / f"cli-{uuid.uuid4().hex[:6]}.log"
     with open(out_path, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "counters", *args],
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.rss", sys.executable, "-m", "counters", *args],
             env=ds.env,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            check=False,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_maxrss / 1024, proc.returncode, out_path.read_text()
+    rss_mb, text = rss.parse(out_path.read_text())
+    return seconds, rss_mb, proc.returncode, text
 
 
 def discrepancies(text: str) -> int | None:
@@ -614,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     tail = (
         f"\n\nGit revision {git_rev()}. Each CLI step is a fresh `counters` process timed"
         " over the whole command; peak RSS"
-        " is that child's ru_maxrss (os.wait4). ÷ COPY and ÷ DuckDB are the step's events/s over"
-        " the baseline's, same size. "
+        " is that child's own ru_maxrss (bench/rss.py)."
+        " ÷ COPY and ÷ DuckDB are the step's events/s over the baseline's, same size. "
         + (
             "Problems: " + "; ".join(p[:300] for p in run.problems)
             if run.problems

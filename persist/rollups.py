@@ -1,12 +1,12 @@
 """SQL of the rollup tables: staged COPY + upsert (absolute or additive), the sketch of one
-row, the rows of a bucket range (read, replace) and minute-row retention."""
+row and minute-row retention (rebuild's bulk reads and writes are persist/rebuild_sql.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from counters.core.buckets import Grain, from_datetime, to_datetime
-from counters.core.rollups import decode_field, encode_field, parse_rollup_id
+from counters.core.buckets import Grain, to_datetime
+from counters.core.rollups import decode_field
 from persist.db import Conn
 from persist.schema import ROLLUP_COLUMNS, ROLLUP_TABLE, STAGE_TABLE
 
@@ -72,49 +72,6 @@ async def rollup_hll(
         to_datetime(bucket),
     )
     return blob
-
-
-def _range(
-    grain: Grain, verb: str, project: str, low: int, high: int, name: str | None
-) -> tuple[str, list[Any]]:
-    sql = (
-        f"{verb} FROM {ROLLUP_TABLE[grain]} WHERE project = $1 AND bucket >= $2 AND bucket < $3"
-        + (" AND name = $4" if name else "")
-    )
-    args: list[Any] = [project, to_datetime(low), to_datetime(high)]
-    if name:
-        args.append(name)
-    return sql, args
-
-
-async def read_rollup_range(
-    conn: Conn, project: str, grain: Grain, low: int, high: int, name: str | None
-) -> dict[RowKey, RowValue]:
-    """Every stored row of buckets in [low, high) (of one event name, if given)."""
-    sql, args = _range(
-        grain, "SELECT name, rollup, dims, bucket, count, sum_micros, hll", project, low, high, name
-    )
-    out: dict[RowKey, RowValue] = {}
-    for r in await conn.fetch(sql, *args):
-        field = encode_field(r["name"], parse_rollup_id(r["rollup"]), r["dims"])
-        out[(from_datetime(r["bucket"]), field)] = (r["count"], r["sum_micros"], r["hll"])
-    return out
-
-
-async def replace_rollup_range(
-    conn: Conn,
-    project: str,
-    grain: Grain,
-    low: int,
-    high: int,
-    name: str | None,
-    records: list[Record],
-) -> None:
-    """Inside the caller's transaction: the rows of [low, high) (of one event name, if given)
-    become exactly `records`."""
-    sql, args = _range(grain, "DELETE", project, low, high, name)
-    await conn.execute(sql, *args)
-    await upsert_rollups(conn, grain, records, additive=False)
 
 
 async def delete_minutes_before(conn: Conn, edge_ms: int) -> int:

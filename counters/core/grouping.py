@@ -8,9 +8,10 @@ The one statement in Python of how events become counts, sums and uniques per
                               day as the sum of the minutes in it (bucket_start)
 
 Live ingest sends the minutes to lua/ingest.lua, and lua/seal.lua merges each sealed minute
-into its hour and day in Redis; rebuild recomputes the rows from the raw log with roll_up.
-Invariant 3 (rebuild reproduces the rows exactly) rests on the two agreeing; the property
-test in tests/test_grouping_redis.py runs both (and lua/read_hot.lua) on random batches.
+into its hour and day in Redis; the property test in tests/test_grouping_redis.py runs both
+(and lua/read_hot.lua) on random batches against roll_up. Rebuild recomputes the same rows
+from the raw log column at a time (counters/engines/recompute.py, the same rules over Arrow
+arrays); tests/test_rebuild_columnar.py holds it to what live ingest built (invariant 3).
 Also here: what live ingest plans before its script call (plan_batch), dedupe inside one
 batch and folding over-cap dim values into OTHER.
 """

@@ -19,9 +19,6 @@ from counters.core.buckets import Grain, bucket_ceil, bucket_start
 from counters.core.clock import Clock
 from persist import rawlog
 
-UNPLANNED_DAY = -1
-"""Where events fed without a day go once every planned day is full (see DayProgress.__call__)."""
-
 
 class Progress(Protocol):
     """What the rebuild engine reports while it runs (days: epoch ms of their UTC start)."""
@@ -82,15 +79,13 @@ class Display(Protocol):
 
 class DayProgress:
     """The tracker the rebuild engine drives (Progress), from a plan of raw events per UTC
-    day. Also callable with a bare event count (the engine's older callback): those events
-    fill the planned days in order, each up to its plan. Use as a context manager: leaving
+    day. Use as a context manager: leaving
     the block normally settles every day and shows the final snapshot (100 %)."""
 
     def __init__(
         self, plan: Mapping[int, int], clock: Clock, display: Display | None = None
     ) -> None:
         self._plan = dict(plan)
-        self._order = sorted(self._plan)
         self._clock = clock
         self._display = display
         self._started_ms = clock.now_ms()
@@ -99,7 +94,6 @@ class DayProgress:
         self._total = sum(self._plan.values())
         self._shown = 0
         self._processed = 0
-        self._fill = 0  # index in _order of the day the bare-count callback fills
         self._closed = False
 
     def advance(self, day: int, events: int) -> None:
@@ -124,22 +118,6 @@ class DayProgress:
         self._total += events - was_total
         self._shown += events - was_shown
         self._show()
-
-    def __call__(self, events: int) -> None:
-        """The older callback (events processed, day unknown): fills the planned days in
-        order up to their plans; past the last, the last day (or UNPLANNED_DAY)."""
-        while events > 0:
-            if self._fill >= len(self._order):
-                self.advance(self._order[-1] if self._order else UNPLANNED_DAY, events)
-                return
-            day = self._order[self._fill]
-            room = self._plan[day] - self._done.get(day, 0)
-            if room <= 0 or day in self._real:
-                self._fill += 1
-                continue
-            step = min(room, events)
-            self.advance(day, step)
-            events -= step
 
     def snapshot(self, *, finished: bool = False) -> Snapshot:
         """Progress now."""
