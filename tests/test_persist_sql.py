@@ -4,10 +4,12 @@ upserts (absolute and additive), range reads and replaces, persister state updat
 from __future__ import annotations
 
 import asyncpg
+import pyarrow as pa
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
 from counters.core.models import RawEvent
 from counters.core.rollups import encode_field
+from persist.db import Conn
 from persist.locks import project_lock, reconcile_claim, try_lock
 from persist.rawlog import (
     copy_raw_rows,
@@ -17,10 +19,9 @@ from persist.rawlog import (
     partitions,
     raw_record,
 )
+from persist.rebuild_sql import delete_rows, stored_rows, write_rows
 from persist.rollups import (
     delete_minutes_before,
-    read_rollup_range,
-    replace_rollup_range,
     rollup_hll,
     rollup_record,
     upsert_rollups,
@@ -100,18 +101,46 @@ async def test_upserts_absolute_and_additive(pool: asyncpg.Pool, project: str) -
             )
         got = await read_rollup_range(conn, project, Grain.hour, bucket, bucket + 1, "click")
         assert got[(bucket, field)] == (1, 1, b"y")
-        async with conn.transaction():
-            await replace_rollup_range(
+        async with conn.transaction():  # rebuild's columnar writes: rows written, rows deleted
+            await write_rows(
                 conn,
                 project,
                 Grain.hour,
-                DAY0,
-                DAY0 + DAY_MS,
-                None,
-                [rollup_record(project, other, bucket + HOUR_MS, 4, 4, None)],
+                [
+                    pa.table(
+                        {
+                            "field": [other],
+                            "bucket": [bucket + HOUR_MS],
+                            "count": [4],
+                            "sum": [4],
+                            "hll": pa.array([None], pa.string()),
+                        }
+                    )
+                ],
+            )
+            await delete_rows(
+                conn,
+                project,
+                Grain.hour,
+                [pa.table({"field": [field, other], "bucket": [bucket, bucket]})],
             )
         got = await read_rollup_range(conn, project, Grain.hour, DAY0, DAY0 + DAY_MS, None)
         assert got == {(bucket + HOUR_MS, other): (4, 4, None)}
+
+
+async def read_rollup_range(
+    conn: Conn, project: str, grain: Grain, low: int, high: int, name: str | None
+) -> dict[tuple[int, str], tuple[int, int, bytes | None]]:
+    """The stored rows of [low, high) as rebuild reads them (sketch: bytes 0-4 and 16-)."""
+    rows = (await stored_rows(conn, project, grain, low, high, name)).to_pylist()
+    return {
+        (r["bucket"], r["field"]): (
+            r["count"],
+            r["sum"],
+            None if r["hll"] is None else bytes.fromhex(r["hll"]),
+        )
+        for r in rows
+    }
 
 
 async def test_delete_minutes_before(pool: asyncpg.Pool, project: str) -> None:
