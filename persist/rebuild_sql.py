@@ -51,7 +51,7 @@ async def _copy_csv(
         return pa.table({c: pa.array([], types[c]) for c in columns})
     return pcsv.read_csv(
         io.BytesIO(b"".join(chunks)),
-        read_options=pcsv.ReadOptions(column_names=columns),
+        read_options=pcsv.ReadOptions(column_names=columns, use_threads=False),
         parse_options=pcsv.ParseOptions(newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
             column_types=types, strings_can_be_null=quoted, quoted_strings_can_be_null=False

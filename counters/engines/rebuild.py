@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,7 +59,7 @@ from persist.rebuild_sql import (
 )
 from persist.runs import record_run
 
-SLICE_EVENTS = 100_000
+SLICE_EVENTS = 25_000
 """Raw events a window aims at: memory holds about one window (and the day's registers)."""
 DETAILS_KEPT = 50
 """Differing rows recorded in reconcile_runs."""
@@ -100,6 +103,7 @@ class Rebuilder:
         """Runs fn(*args) on the rebuild's one compute thread (numpy and Arrow release the
         GIL, so Postgres reads go on meanwhile; one thread keeps one malloc arena)."""
         await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        _release_memory()
 
     async def run(
         self,
@@ -259,9 +263,11 @@ class Rebuilder:
         hours_per_window = 1
         while window is not None and pending is not None:
             raw, minutes, hour_rows = await pending
-            per_hour = raw.num_rows / ((window.end - window.start) // HOUR_MS)
-            if per_hour:
-                hours_per_window = max(1, min(24, int(SLICE_EVENTS / per_hour)))
+            hours = (window.end - window.start) // HOUR_MS
+            per_hour = raw.num_rows / hours
+            # at most twice the last window's hours: a quiet hour says little of the next
+            fits = int(SLICE_EVENTS / per_hour) if per_hour else 24
+            hours_per_window = max(1, min(24, 2 * hours, fits))
             current = window
             window = current.next(hours_per_window, day + DAY_MS)
             pending = fetch(window) if window is not None else None
@@ -379,6 +385,17 @@ class DayPart:
 
 
 _GRAIN_ORDER = {g: i for i, g in enumerate(GRAINS)}
+_LIBC = (
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
+)
+
+
+def _release_memory() -> None:
+    """Hands the memory a window freed back to the OS (glibc keeps freed blocks in each
+    thread's arena otherwise, and RSS would climb to the largest window times the arenas)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _rechecks(checks: list[Span], diffs: list[tuple[Grain, int]]) -> list[Span]:

@@ -26,9 +26,21 @@ import pyarrow.compute as pc
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
 from counters.core.rollups import US, Rollup
-from counters.engines.sketches import I64, U8, Encoded, encode_groups, hll_positions, max_registers
+from counters.engines.sketches import (
+    I64,
+    U8,
+    Encoded,
+    encode_groups,
+    hll_positions,
+    max_packed,
+    max_registers,
+    pack,
+    unpack,
+)
 
 _MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
+PAIRS_COMPACTED = 500_000
+"""The day's packed (field, register) pairs are reduced once this many more have come."""
 
 
 @dataclass
@@ -126,7 +138,8 @@ class DayRecompute:
         self._fields: dict[str, int] = {}
         self._counts = np.zeros(0, dtype=np.int64)
         self._sums = np.zeros(0, dtype=np.int64)
-        self._pairs: list[tuple[I64, I64, U8]] = []
+        self._pairs: list[I64] = []
+        """The day's (field, register, rank) triples so far, packed (sketches.pack)."""
         self._pending = 0
         self._reduced = 0
         self.events = 0
@@ -169,26 +182,23 @@ class DayRecompute:
             self._sums = np.r_[self._sums, np.zeros(grow, dtype=np.int64)]
         np.add.at(self._counts, day_id[hk % w], hc)
         np.add.at(self._sums, day_id[hk % w], hs)
-        self._pairs.append((day_id[hh[0] % w], hh[1], hh[2]))
+        self._pairs.append(pack(day_id[hh[0] % w], hh[1], hh[2]))
         self._pending += hh[0].size
-        if self._pending > 2 * max(self._reduced, 1_000_000):
+        if self._pending > max(self._reduced, PAIRS_COMPACTED):
             self._compact()
         return out
 
     def _compact(self) -> None:
-        keys = np.concatenate([p[0] for p in self._pairs])
-        regs = np.concatenate([p[1] for p in self._pairs])
-        ranks = np.concatenate([p[2] for p in self._pairs])
-        k, r, v = max_registers(keys, regs, ranks)
-        self._pairs = [(k, r, v)]
-        self._reduced = self._pending = int(k.size)
+        kept = max_packed(np.concatenate(self._pairs))
+        self._pairs = [kept]
+        self._reduced = self._pending = int(kept.size)
 
     def finish(self) -> GrainRows | None:
         """The day's row per field (None when the day had no events)."""
         if not self._fields:
             return None
         self._compact()
-        k, r, v = self._pairs[0]
+        k, r, v = unpack(self._pairs.pop())
         fields = pa.array(list(self._fields), pa.string())
         keys = np.arange(len(self._fields), dtype=np.int64)
         return self._rows(

@@ -16,6 +16,8 @@ are what two sketches with equal registers can disagree on; `full_blob` puts the
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -107,19 +109,33 @@ def hll_positions(uids: pa.Array) -> tuple[I64, U8]:
     return positions(murmur64a(data, offsets.astype(np.int64)))
 
 
-def max_registers(keys: I64, index: I64, rank: U8) -> tuple[I64, I64, U8]:
-    """Per distinct (key, register index): the largest rank. Returned sorted by key then
-    index, as (keys, indexes, ranks)."""
-    packed = (keys * REGISTERS + index) * 64 + rank.astype(np.int64)
+def pack(keys: I64, index: I64, rank: U8) -> I64:
+    """(key, register index, rank) triples as one int64 each, ordered by key, index, rank."""
+    return (keys * REGISTERS + index) * 64 + rank.astype(np.int64)
+
+
+def max_packed(packed: I64) -> I64:
+    """Of packed triples, the one with the largest rank per (key, register index), sorted.
+    Sorts `packed` in place."""
     packed.sort()
     cell = packed >> 6
     last = np.empty(cell.size, dtype=bool)
     if cell.size:
         last[:-1] = cell[1:] != cell[:-1]
         last[-1] = True
-    kept = packed[last]
-    cells = kept >> 6
-    return cells // REGISTERS, cells % REGISTERS, (kept & 63).astype(np.uint8)
+    return packed[last]
+
+
+def unpack(packed: I64) -> tuple[I64, I64, U8]:
+    """pack's inverse: (keys, indexes, ranks)."""
+    cells = packed >> 6
+    return cells // REGISTERS, cells % REGISTERS, (packed & 63).astype(np.uint8)
+
+
+def max_registers(keys: I64, index: I64, rank: U8) -> tuple[I64, I64, U8]:
+    """Per distinct (key, register index): the largest rank. Returned sorted by key then
+    index, as (keys, indexes, ranks)."""
+    return unpack(max_packed(pack(keys, index, rank)))
 
 
 def _zero_bytes(gap: I64) -> I64:
@@ -152,10 +168,33 @@ class Encoded:
         )
 
 
+ENCODE_CHUNK = 200_000
+"""Registers encoded at once (whole groups): bounds the working arrays of encode_groups."""
+
+
 def encode_groups(keys: I64, index: I64, rank: U8) -> Encoded:
     """The sketch of every group of max_registers output (sorted by key, then index): the
     blob Redis holds for each distinct key's registers, without header bytes 5..15 (see the
-    module docstring)."""
+    module docstring). Works through ENCODE_CHUNK registers (whole groups) at a time."""
+    if keys.size <= ENCODE_CHUNK:
+        return _encode(keys, index, rank)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    cuts = [0]
+    while cuts[-1] < keys.size:  # the first group start past each chunk's worth
+        nxt = int(np.searchsorted(starts, cuts[-1] + ENCODE_CHUNK))
+        cuts.append(int(starts[nxt]) if nxt < starts.size else int(keys.size))
+    parts = [_encode(keys[a:b], index[a:b], rank[a:b]) for a, b in itertools.pairwise(cuts)]
+    base = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
+    offsets = np.concatenate(
+        [p.offsets[:-1] + o for p, o in zip(parts, base, strict=True)]
+        + [[int(base[-1]) + len(parts[-1].data)]]
+    ).astype(np.int64)
+    return Encoded(
+        np.concatenate([p.keys for p in parts]), offsets, b"".join(p.data for p in parts)
+    )
+
+
+def _encode(keys: I64, index: I64, rank: U8) -> Encoded:
     if keys.size == 0:
         return Encoded(keys, np.zeros(1, dtype=np.int64), b"")
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
