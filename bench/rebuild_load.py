@@ -32,8 +32,7 @@ from bench.rebuild_data import (
 )
 from counters.core.buckets import GRAINS
 from persist.projects import ensure_project
-from persist.rawlog import create_partitions
-from persist.rebuild_sql import record_dims
+from persist.rawlog import create_partitions, record_dims
 from persist.rollups import upsert_rollups
 from persist.schema import RAW_COLUMNS, RAW_TABLE
 from persist.secrets import uid_secret

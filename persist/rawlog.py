@@ -14,6 +14,7 @@ from persist.db import Conn
 from persist.schema import (
     PARTITION_LOCK,
     RAW_COLUMNS,
+    RAW_DIMS_TABLE,
     RAW_TABLE,
     STREAM_ORDER_SQL,
     partition_day,
@@ -159,3 +160,21 @@ async def count_raw_days(
         if day is not None:  # every partition is a day's (persist.schema.partition_name)
             out[day] = int(row["n"])
     return out
+
+
+async def record_dims(conn: Conn, project: str, pairs: Iterable[tuple[int, str]]) -> None:
+    """Adds (UTC day start, dim name) pairs to the catalog (those present stay)."""
+    days: list[int] = []
+    names: list[str] = []
+    for day, dim in pairs:
+        days.append(day)
+        names.append(dim)
+    if not days:
+        return
+    args: list[Any] = [project, days, names]
+    await conn.execute(
+        f"INSERT INTO {RAW_DIMS_TABLE} (project, day, dim)"
+        " SELECT $1, d, n FROM unnest($2::bigint[], $3::text[]) AS t(d, n)"
+        " ON CONFLICT DO NOTHING",
+        *args,
+    )

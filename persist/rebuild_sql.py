@@ -6,8 +6,6 @@ says which dims to read out of the raw rows' JSON."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +14,7 @@ import pyarrow.csv as pcsv
 from counters.core.buckets import DAY_MS, Grain, to_datetime
 from counters.core.rollups import US
 from persist.db import Conn
+from persist.rawlog import record_dims
 from persist.schema import RAW_DIMS_TABLE, RAW_TABLE, ROLLUP_TABLE, STREAM_ORDER_SQL, stream_order
 
 _EPOCH_MS = "(date_part('epoch', {col}) * 1000)::bigint"
@@ -151,24 +150,6 @@ async def discover_day_dims(conn: Conn, project: str, day: int) -> list[str]:
     found = sorted(r["dim"] for r in rows)
     await record_dims(conn, project, ((day, d) for d in found))
     return found
-
-
-async def record_dims(conn: Conn, project: str, pairs: Iterable[tuple[int, str]]) -> None:
-    """Adds (UTC day start, dim name) pairs to the catalog (those present stay)."""
-    days: list[int] = []
-    names: list[str] = []
-    for day, dim in pairs:
-        days.append(day)
-        names.append(dim)
-    if not days:
-        return
-    args: list[Any] = [project, days, names]
-    await conn.execute(
-        f"INSERT INTO {RAW_DIMS_TABLE} (project, day, dim)"
-        " SELECT $1, d, n FROM unnest($2::bigint[], $3::text[]) AS t(d, n)"
-        " ON CONFLICT DO NOTHING",
-        *args,
-    )
 
 
 _STAGE_WRITE = "stage_rebuild_rows"

@@ -27,8 +27,7 @@ from persist.deadletter import (
     lock_dead_letter,
     note_retry_failure,
 )
-from persist.rawlog import copy_raw_rows, create_partitions, raw_record
-from persist.rebuild_sql import record_dims
+from persist.rawlog import copy_raw_rows, create_partitions, raw_record, record_dims
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """What Postgres text and jsonb cannot hold: NUL (0x00) and lone surrogates."""

@@ -33,8 +33,7 @@ from persist.deadletter import (
     insert_dead_letter,
     record_failure,
 )
-from persist.rawlog import Record, copy_raw_rows, create_partitions, raw_record
-from persist.rebuild_sql import record_dims
+from persist.rawlog import Record, copy_raw_rows, create_partitions, raw_record, record_dims
 from persist.state import load_state, set_raw_stream_id
 
 log = logging.getLogger("counters.persister")

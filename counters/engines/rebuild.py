@@ -22,11 +22,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
-import pyarrow as pa
 from redis.asyncio import Redis
 
 from counters.core.buckets import (
@@ -42,22 +41,18 @@ from counters.core.config import Settings
 from counters.engines.diffs import BucketDiff as BucketDiff  # re-exported for reconcile
 from counters.engines.persister import Cut, Persister
 from counters.engines.progress import Progress
-from counters.engines.recompute import DayRecompute, empty_rows
 from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
-from counters.engines.rowdiff import RowDiffs, compare_rows
 from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS, Conn, postgres_unavailable
 from persist.locks import project_lock
-from persist.rebuild_sql import (
-    day_dims,
-    delete_rows,
-    discover_day_dims,
-    raw_slice,
-    stored_rows,
-    write_rows,
-)
 from persist.runs import record_run
+
+if TYPE_CHECKING:  # numpy and Arrow are imported when a rebuild runs, not with the service
+    import pyarrow as pa
+
+    from counters.engines.recompute import DayRecompute
+    from counters.engines.rowdiff import RowDiffs
 
 SLICE_EVENTS = 25_000
 """Raw events a window aims at: memory holds about one window (and the day's registers)."""
@@ -95,9 +90,6 @@ class Rebuilder:
         self.rollcheck = RollupChecker(redis)
         self._oldest_minute = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebuild")
-        # Arrow's own allocator (mimalloc) keeps what a window freed: with malloc's, the
-        # memory of one window is reused by the next and peak RSS stays near one window's
-        pa.set_memory_pool(pa.system_memory_pool())
 
     async def _compute(self, fn: Callable[..., None], *args: Any) -> None:
         """Runs fn(*args) on the rebuild's one compute thread (numpy and Arrow release the
@@ -122,6 +114,11 @@ class Rebuilder:
         sealed hour and day row with the rows it is made of (engines/rollcheck.py) at the
         same cut; a row found on both bases counts once. Records the run in
         reconcile_runs."""
+        import pyarrow as pa
+
+        # Arrow's own allocator (mimalloc) keeps what a window freed: with malloc's, the
+        # memory of one window is reused by the next and peak RSS stays near one window's
+        pa.set_memory_pool(pa.system_memory_pool())
         first = bucket_start(start, Grain.day)
         last = bucket_ceil(end, Grain.day)
         now = self.persister.clock.now_ms()
@@ -172,6 +169,10 @@ class Rebuilder:
         progress: Progress | None,
         checks: list[Span],
     ) -> None:
+        from counters.engines.recompute import DayRecompute, empty_rows
+        from counters.engines.rowdiff import RowDiffs, compare_rows
+        from persist.rebuild_sql import day_dims, discover_day_dims, stored_rows
+
         limits = {g: min(day + DAY_MS, cut.sealed[g]) for g in GRAINS}
         lows = {g: day for g in GRAINS}
         lows[Grain.minute] = max(day, self._oldest_minute)
@@ -242,6 +243,8 @@ class Rebuilder:
         SLICE_EVENTS events at the rate seen so far): the next window's raw events and
         stored rows are read while this one is computed in a thread, so Postgres and numpy
         overlap."""
+        from persist.rebuild_sql import raw_slice, stored_rows
+
         day = recompute.day
         project, name = part.project, part.name
 
@@ -296,6 +299,9 @@ class Rebuilder:
         hour_rows: pa.Table,
         found: RowDiffs,
     ) -> None:
+        from counters.engines.recompute import empty_rows
+        from counters.engines.rowdiff import compare_rows
+
         m_lo, m_hi = window.span(part, Grain.minute)
         h_lo, h_hi = window.span(part, Grain.hour)
         rows = {r.grain: r for r in recompute.add(raw, minutes=m_hi > m_lo, hours=True)}
@@ -321,6 +327,8 @@ class DayWriter:
 
     async def flush(self, found: RowDiffs) -> None:
         """Writes (uncommitted) the rows found since the last flush."""
+        from persist.rebuild_sql import delete_rows, write_rows
+
         writes, deletes = found.take_writes()
         if not writes and not deletes:
             return
