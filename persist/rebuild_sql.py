@@ -6,6 +6,7 @@ says which dims to read out of the raw rows' JSON."""
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,6 +89,21 @@ async def raw_slice(
     types: dict[str, pa.DataType] = {"ts": pa.int64(), "name": pa.string(), "value": pa.int64()}
     types.update({c: pa.string() for c in raw_columns(dims)[3:]})
     return await _copy_csv(conn, sql, raw_columns(dims), types)
+
+
+async def hour_counts(conn: Conn, project: str, day: int, name: str | None) -> dict[int, int]:
+    """Raw events per hour (epoch ms of its start) of one UTC day, all stream ids (a plan:
+    the rebuild reads up to its cut)."""
+    sql = (
+        "SELECT (date_part('epoch', ts)::bigint / 3600) * 3600000 AS hour, count(*) AS n"
+        f" FROM {RAW_TABLE} WHERE project = $1 AND ts >= $2 AND ts < $3"
+        + (" AND name = $4" if name else "")
+        + " GROUP BY 1"
+    )
+    args: list[Any] = [project, to_datetime(day), to_datetime(day + DAY_MS)]
+    if name:
+        args.append(name)
+    return {int(r["hour"]): int(r["n"]) for r in await conn.fetch(sql, *args)}
 
 
 STORED_COLUMNS = ["bucket", "field", "count", "sum", "hll"]

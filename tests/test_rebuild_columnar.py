@@ -147,3 +147,17 @@ async def test_minutes_older_than_retention_are_not_rebuilt(
         )
     edge = DAY0 + 2 * DAY_MS + HOUR_MS - (DAY0 + 2 * DAY_MS + HOUR_MS) % MINUTE_MS
     assert oldest is not None and oldest.timestamp() * 1000 >= edge - DAY_MS
+
+
+def test_windows_hold_whole_hours_up_to_the_budget() -> None:
+    from counters.engines.rebuild import Window, plan_windows
+
+    per_hour = {DAY0 + h * HOUR_MS: n for h, n in {0: 10, 1: 10, 2: 25, 5: 5, 23: 40}.items()}
+    windows = plan_windows(DAY0, per_hour, 20)
+    assert windows == [
+        Window(DAY0, DAY0 + 2 * HOUR_MS),  # 20 events
+        Window(DAY0 + 2 * HOUR_MS, DAY0 + 3 * HOUR_MS),  # one hour past the budget alone
+        Window(DAY0 + 3 * HOUR_MS, DAY0 + 23 * HOUR_MS),  # quiet hours together
+        Window(DAY0 + 23 * HOUR_MS, DAY0 + DAY_MS),
+    ]
+    assert plan_windows(DAY0, {}, 20) == [Window(DAY0, DAY0 + DAY_MS)]

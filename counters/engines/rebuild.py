@@ -239,11 +239,11 @@ class Rebuilder:
         dims: list[str],
         writer: DayWriter | None,
     ) -> None:
-        """Recomputes the day window by window (whole hours, sized so a window holds about
-        SLICE_EVENTS events at the rate seen so far): the next window's raw events and
+        """Recomputes the day window by window (whole hours holding about SLICE_EVENTS raw
+        events, planned from the day's events per hour): the next window's raw events and
         stored rows are read while this one is computed in a thread, so Postgres and numpy
         overlap."""
-        from persist.rebuild_sql import raw_slice, stored_rows
+        from persist.rebuild_sql import hour_counts, raw_slice, stored_rows
 
         day = recompute.day
         project, name = part.project, part.name
@@ -259,21 +259,12 @@ class Rebuilder:
 
             return asyncio.ensure_future(read())
 
-        window: Window | None = Window(day, day + HOUR_MS)
-        pending: asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]] | None = fetch(
-            Window(day, day + HOUR_MS)
-        )
-        hours_per_window = 1
-        while window is not None and pending is not None:
+        windows = plan_windows(day, await hour_counts(conn, project, day, name), SLICE_EVENTS)
+        pending: asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]] | None = fetch(windows[0])
+        for i, current in enumerate(windows):
+            assert pending is not None
             raw, minutes, hour_rows = await pending
-            hours = (window.end - window.start) // HOUR_MS
-            per_hour = raw.num_rows / hours
-            # at most twice the last window's hours: a quiet hour says little of the next
-            fits = int(SLICE_EVENTS / per_hour) if per_hour else 24
-            hours_per_window = max(1, min(24, 2 * hours, fits))
-            current = window
-            window = current.next(hours_per_window, day + DAY_MS)
-            pending = fetch(window) if window is not None else None
+            pending = fetch(windows[i + 1]) if i + 1 < len(windows) else None
             try:
                 await self._compute(
                     self._window, recompute, current, part, raw, minutes, hour_rows, found
@@ -370,12 +361,6 @@ class Window:
         low = max(self.start, part.lows[grain])
         return low, max(low, min(self.end, part.limits[grain]))
 
-    def next(self, hours: int, day_end: int) -> Window | None:
-        """The following window of `hours` hours (cut at the day's end), None at the end."""
-        if self.end >= day_end:
-            return None
-        return Window(self.end, min(day_end, self.end + hours * HOUR_MS))
-
 
 @dataclass(frozen=True)
 class DayPart:
@@ -425,4 +410,19 @@ def _rechecks(checks: list[Span], diffs: list[tuple[Grain, int]]) -> list[Span]:
             for h in sorted(hours)
             if span.low <= h < span.high
         )
+    return out
+
+
+def plan_windows(day: int, per_hour: dict[int, int], budget: int) -> list[Window]:
+    """The day's 24 hours cut into windows of consecutive whole hours, each holding at most
+    `budget` events (an hour holding more is a window of its own)."""
+    out: list[Window] = []
+    start, held = day, 0
+    for hour in range(day, day + DAY_MS, HOUR_MS):
+        n = per_hour.get(hour, 0)
+        if hour > start and held + n > budget:
+            out.append(Window(start, hour))
+            start, held = hour, 0
+        held += n
+    out.append(Window(start, day + DAY_MS))
     return out

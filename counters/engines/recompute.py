@@ -31,11 +31,11 @@ from counters.engines.sketches import (
     U8,
     Encoded,
     encode_groups,
+    encode_packed,
     hll_positions,
     max_packed,
     max_registers,
     pack,
-    unpack,
 )
 
 _MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
@@ -198,7 +198,7 @@ class DayRecompute:
         if not self._fields:
             return None
         self._compact()
-        k, r, v = unpack(self._pairs.pop())
+        packed = self._pairs.pop()
         fields = pa.array(list(self._fields), pa.string())
         keys = np.arange(len(self._fields), dtype=np.int64)
         return self._rows(
@@ -206,7 +206,7 @@ class DayRecompute:
             keys,
             self._counts.copy(),
             self._sums.copy(),
-            (k, r, v),
+            packed,
             len(keys),
             fields,
             DAY_MS,
@@ -218,7 +218,7 @@ class DayRecompute:
         keys: I64,
         counts: I64,
         sums: I64,
-        regs: tuple[I64, I64, U8],
+        regs: tuple[I64, I64, U8] | I64,
         width: int,
         fields: pa.Array,
         size: int,
@@ -231,7 +231,7 @@ class DayRecompute:
             fields,
             counts,
             sums,
-            encode_groups(*regs),
+            encode_groups(*regs) if isinstance(regs, tuple) else encode_packed(regs),
             width,
         )
 

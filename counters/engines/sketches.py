@@ -183,7 +183,26 @@ def encode_groups(keys: I64, index: I64, rank: U8) -> Encoded:
     while cuts[-1] < keys.size:  # the first group start past each chunk's worth
         nxt = int(np.searchsorted(starts, cuts[-1] + ENCODE_CHUNK))
         cuts.append(int(starts[nxt]) if nxt < starts.size else int(keys.size))
-    parts = [_encode(keys[a:b], index[a:b], rank[a:b]) for a, b in itertools.pairwise(cuts)]
+    return _joined([_encode(keys[a:b], index[a:b], rank[a:b]) for a, b in itertools.pairwise(cuts)])
+
+
+def encode_packed(packed: I64) -> Encoded:
+    """encode_groups of max_packed output, unpacked ENCODE_CHUNK registers at a time (a day's
+    registers are never all held unpacked)."""
+    if packed.size <= ENCODE_CHUNK:
+        return _encode(*unpack(packed))
+    cells = packed >> 6
+    starts = np.flatnonzero(np.r_[True, cells[1:] // REGISTERS != cells[:-1] // REGISTERS])
+    del cells
+    cuts = [0]
+    while cuts[-1] < packed.size:
+        nxt = int(np.searchsorted(starts, cuts[-1] + ENCODE_CHUNK))
+        cuts.append(int(starts[nxt]) if nxt < starts.size else int(packed.size))
+    return _joined([_encode(*unpack(packed[a:b])) for a, b in itertools.pairwise(cuts)])
+
+
+def _joined(parts: list[Encoded]) -> Encoded:
+    """One Encoded of consecutive parts."""
     base = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
     offsets = np.concatenate(
         [p.offsets[:-1] + o for p, o in zip(parts, base, strict=True)]
