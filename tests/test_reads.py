@@ -189,7 +189,7 @@ async def test_uniques_over_a_week_are_a_union(ctx: Ctx) -> None:
         precision="1w",
         **{"from": str(start), "to": str(start + 7 * DAY_MS)},
     )
-    assert len(week["data"]) == 1 and abs(week["data"][0]["value"] - 300) <= 3
+    assert len(week["data"]) == 1 and abs(week["data"][0]["value"] - 300) <= 7
     days = await ctx.get(
         "series",
         name="u",
@@ -197,7 +197,7 @@ async def test_uniques_over_a_week_are_a_union(ctx: Ctx) -> None:
         precision="1d",
         **{"from": str(start), "to": str(start + 7 * DAY_MS)},
     )
-    assert all(abs(p["value"] - 300) <= 3 for p in days["data"])
+    assert all(abs(p["value"] - 300) <= 7 for p in days["data"])
 
 
 async def test_breakdown_top_n_and_other(ctx: Ctx) -> None:
@@ -373,11 +373,13 @@ async def test_read_key_over_several_projects_and_their_union(ctx: Ctx, pool: as
         )
     ).json()
     totals = [s["total"] for s in uniq["series"]]
-    assert abs(totals[0] - 200) <= 2 and abs(totals[1] - 150) <= 2
+    # the uid hashes are keyed by a random per-project secret, so the estimate is a fresh
+    # draw per run: allow four standard errors of Redis's HLL (0.81 %), never less than 2
+    assert abs(totals[0] - 200) <= 7 and abs(totals[1] - 150) <= 5
     # uids are keyed hashes with a secret per project (issue 11), so the 100 uids both
     # projects share are different people to the union: it holds every (project, uid) once
     # (a union of the sketches, ~350), never an exact sum of the two estimates
-    assert abs(uniq["union"][0]["total"] - 350) <= 4
+    assert abs(uniq["union"][0]["total"] - 350) <= 12
     # the key covers both project paths too, but not a third project
     assert (await ctx_other.get("total", name="pv", **{"from": str(base)}))["value"] == 150
     r = await ctx.app.client.get(
