@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.clock import Clock
 from counters.core.config import Settings
@@ -20,7 +19,7 @@ from counters.engines.ingest import Ingestor
 from counters.metrics import Metrics
 from counters.services import Services
 from lua import Scripts
-from lua.client import REDIS_ERRORS
+from lua.client import REDIS_ERRORS, RedisClient
 from lua.keys import KeyRegistryKeys
 from persist.keys import find_key, mark_used
 
@@ -61,7 +60,7 @@ class KeyCache:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def lookup(
-        self, pool: asyncpg.Pool, key: str, redis: Redis | None = None, prefix: str = ""
+        self, pool: asyncpg.Pool, key: str, redis: RedisClient | None = None, prefix: str = ""
     ) -> KeyInfo | None:
         """The key (with any newer expiry applied), or None when it is unknown or revoked.
         Raises Unavailable("postgres") for a key this worker does not know while Postgres
@@ -91,7 +90,7 @@ class KeyCache:
         self._used(pool, found.id, now)
         return found
 
-    async def refresh(self, redis: Redis, prefix: str) -> None:
+    async def refresh(self, redis: RedisClient, prefix: str) -> None:
         """Applies key changes from Redis if KEY_POLL_SECONDS passed since the last look (a
         Redis failure leaves the cache as it is: its TTL still bounds stale entries)."""
         now = time.monotonic()
@@ -159,7 +158,7 @@ class AppState:
         return self.services.clock
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         return self.services.redis
 
     @property

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings
@@ -26,7 +25,7 @@ from counters.engines.schedule import nightly_reconcile
 from counters.engines.uid_secrets import UidSecrets
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import open_redis
+from lua.client import RedisClient, cluster_enabled, open_redis
 from persist import projects as pg_projects
 from persist.db import PG_ERRORS, create_lazy_pool, create_pool, migrate, postgres_unavailable
 
@@ -51,7 +50,21 @@ def resolve_settings(settings: Settings) -> Settings:
             redis_url = embedded.ensure_valkey(data_dir)
         if database_url is None:
             database_url = embedded.ensure_postgres(data_dir)
-    return msgspec.structs.replace(settings, redis_url=redis_url, database_url=database_url)
+    cluster = settings.redis_cluster
+    if cluster == "auto":
+        found = cluster_enabled(redis_url)
+        cluster = "auto" if found is None else "on" if found else "off"
+    return msgspec.structs.replace(
+        settings, redis_url=redis_url, database_url=database_url, redis_cluster=cluster
+    )
+
+
+def redis_for(settings: Settings) -> RedisClient:
+    """The Redis client of resolved settings: a RedisCluster when redis_cluster is on (or,
+    still auto because the server could not be asked, when it now says so)."""
+    assert settings.redis_url is not None
+    mode = settings.redis_cluster
+    return open_redis(settings.redis_url, None if mode == "auto" else mode == "on")
 
 
 def is_resolved(settings: Settings) -> bool:
@@ -80,7 +93,7 @@ class Services:
 
     settings: Settings
     clock: Clock
-    redis: Redis
+    redis: RedisClient
     pool: asyncpg.Pool
     scripts: Scripts
     metrics: Metrics
@@ -144,7 +157,7 @@ class Services:
 def build_services(
     settings: Settings,
     clock: Clock,
-    redis: Redis,
+    redis: RedisClient,
     pool: asyncpg.Pool,
     *,
     scripts: Scripts | None = None,
@@ -221,7 +234,7 @@ async def open_services(
     back off and retry."""
     if settings.redis_url is None or settings.database_url is None:
         raise ValueError("open_services needs resolved settings (see resolve_settings)")
-    redis = open_redis(settings.redis_url)
+    redis = redis_for(settings)
     try:
         if lazy:
             pool = await create_lazy_pool(settings.database_url, max_size=pool_max_size or 10)
@@ -269,13 +282,13 @@ async def migrate_database(settings: Settings) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def key_backends(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, Redis]]:
+async def key_backends(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, RedisClient]]:
     """A migrated Postgres connection and a Redis client for the key commands (revocations
     go to both); closed on the way out. Unavailable when Postgres cannot be reached."""
     assert settings.database_url is not None and settings.redis_url is not None
     with postgres_unavailable():
         conn = await asyncpg.connect(settings.database_url, timeout=5)
-    redis = open_redis(settings.redis_url)
+    redis = redis_for(settings)
     try:
         with postgres_unavailable():
             await migrate(conn)
@@ -292,7 +305,7 @@ async def revoke_in_redis(settings: Settings, key_id: str) -> None:
     from counters.engines.keys import publish_change, revoked_member
 
     assert settings.redis_url is not None
-    redis = open_redis(settings.redis_url)
+    redis = redis_for(settings)
     try:
         await publish_change(redis, settings.key_prefix, revoked_member(key_id))
     finally:

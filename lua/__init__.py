@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from counters.core.buckets import Grain
+from lua.client import RedisClient
 
 PRELUDE = (
     f"local MINUTE_MS, HOUR_MS, DAY_MS = "
@@ -46,7 +46,7 @@ def read_script(name: str) -> str:
 class Scripts:
     """Every script, registered on one client (redis-py reloads them on NOSCRIPT)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.ingest: AsyncScript = redis.register_script(read_script("ingest"))
         self.seal: AsyncScript = redis.register_script(read_script("seal"))
         self.restore: AsyncScript = redis.register_script(read_script("restore"))

@@ -1,13 +1,25 @@
-"""Opening the Redis client (the one place its timeouts and pool size are chosen)."""
+"""Opening the Redis client (the one place its kind, timeouts, retries and pool size are
+chosen): a plain Redis/Valkey, or a Redis Cluster found by asking the server."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
+from typing import TypeAlias
 
-from redis.asyncio import Redis
+import redis as sync_redis
+from redis.asyncio import Redis, RedisCluster
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from counters.core.errors import unavailable
+
+log = logging.getLogger("counters.redis")
+
+RedisClient: TypeAlias = Redis | RedisCluster
+"""What every Redis-using part is handed: one node, or a cluster routed by hash tag."""
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 """What a Redis that is down, restarting or unreachable raises (answered with a 503)."""
@@ -21,17 +33,71 @@ behind it, so a call either gets its reply or an error before this. A timeout is
 server that stopped answering, not a script that applied a batch after we gave up: a 503
 for a script call means nothing was applied."""
 
+MAX_CONNECTIONS = 256
+"""Connections of the pool (per node, for a cluster)."""
 
-def open_redis(url: str) -> Redis:
-    """An asyncio client that fails fast when the server is down (callers answer 503) and
-    waits for a script's reply longer than any script runs (SOCKET_TIMEOUT_SECONDS)."""
+
+def _no_retries() -> Retry:
+    """A call that failed on the wire is never sent again by the client: a script whose
+    reply was lost may have run, and sending it again would count its batch twice. The
+    caller answers 503 ("nothing applied" holds because the scripts are all-or-nothing and
+    clients retry with their Idempotency-Key or event ids). MOVED and ASK are still
+    followed: a redirected command did not run."""
+    return Retry(NoBackoff(), 0)
+
+
+def cluster_enabled(url: str, timeout: float = 2.0) -> bool | None:
+    """Whether the server at url runs in cluster mode (`INFO cluster` says
+    cluster_enabled:1); None when it cannot be asked (down, refused, wrong password)."""
+    probe = sync_redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=_no_retries()
+    )
+    try:
+        info = probe.info("cluster")
+    except (RedisError, OSError):
+        return None
+    finally:
+        probe.close()
+    return str(info.get("cluster_enabled")) == "1"
+
+
+def open_redis(url: str, cluster: bool | None = None) -> RedisClient:
+    """An asyncio client that fails fast when the server is down (callers answer 503),
+    waits for a script's reply longer than any script runs (SOCKET_TIMEOUT_SECONDS) and
+    never resends a failed call. cluster: True for a RedisCluster (any node's URL; the
+    others are discovered), False for one node, None to ask the server (a server that
+    cannot be asked is taken as one node, with a warning)."""
+    if cluster is None:
+        found = cluster_enabled(url)
+        if found is None:
+            log.warning(
+                "could not ask %s whether it is a cluster; using it as a single node"
+                " (set COUNTERS_REDIS_CLUSTER=on for a cluster)",
+                _redacted(url),
+            )
+        cluster = bool(found)
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=2,
+            max_connections=MAX_CONNECTIONS,
+            retry=_no_retries(),
+            # a master that is down leaves its slots unserved; the other slots keep working
+            require_full_coverage=False,
+        )
     return Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=2,
         health_check_interval=15,
-        max_connections=256,
+        max_connections=MAX_CONNECTIONS,
+        retry=_no_retries(),
     )
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def redis_unavailable() -> contextlib.AbstractContextManager[None]:

@@ -1,6 +1,7 @@
 """Shared fixtures: real Redis/Valkey and Postgres for the whole session.
 
-By default the session starts its own embedded Valkey and Postgres in a temporary data dir.
+By default the session starts its own embedded Valkey and Postgres in a temporary data dir
+(with COUNTERS_TEST_REDIS_CLUSTER=1, a 3-master embedded Valkey Cluster instead of one Valkey).
 COUNTERS_TEST_REDIS_URL / COUNTERS_TEST_DATABASE_URL point it at real servers instead; the
 suite then uses its own key prefix and its own database (created and dropped here), so it
 never touches anything else on those servers.
@@ -16,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.config import Settings
 from counters.harness.servers import (
@@ -29,7 +29,7 @@ from counters.harness.servers import (
 )
 from counters.harness.service import Service, service_env
 from lua import Scripts
-from lua.client import open_redis
+from lua.client import RedisClient, open_redis
 from persist.db import create_pool
 from persist.projects import ensure_project
 from tests.support import Harness
@@ -44,6 +44,7 @@ def backends() -> Iterator[Backends]:
         os.environ.get("COUNTERS_TEST_REDIS_URL"),
         os.environ.get("COUNTERS_TEST_DATABASE_URL"),
         tmp_prefix="counters-test-",
+        redis_cluster=os.environ.get("COUNTERS_TEST_REDIS_CLUSTER", "") not in ("", "0"),
     )
     database = f"counters_test_{RUN_ID}"
     # as the service's own role (no superuser) on embedded servers
@@ -71,7 +72,7 @@ def settings(backends: Backends) -> Settings:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def redis(backends: Backends) -> AsyncIterator[Redis]:
+async def redis(backends: Backends) -> AsyncIterator[RedisClient]:
     client = open_redis(backends.redis_url)
     yield client
     await client.aclose()
@@ -85,7 +86,7 @@ async def pool(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def scripts(redis: Redis) -> Scripts:
+def scripts(redis: RedisClient) -> Scripts:
     return Scripts(redis)
 
 
@@ -100,7 +101,7 @@ async def project(pool: asyncpg.Pool) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def harness(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, project: str
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts, project: str
 ) -> Harness:
     """Ingest, persist and read one fresh project in-process, on a manual clock."""
     return Harness.build(settings, redis, pool, scripts, project)

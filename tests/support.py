@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import Grain, parse_ts
 from counters.core.clock import ManualClock
@@ -28,6 +27,7 @@ from counters.engines.retention import minute_edge
 from counters.harness.servers import Backends, create_database, drop_database, drop_prefix
 from counters.services import Services, build_services
 from lua import Scripts
+from lua.client import RedisClient
 from lua.keys import ProjectKeys
 
 __all__ = [
@@ -79,7 +79,7 @@ class Harness:
     def build(
         cls,
         settings: Settings,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         scripts: Scripts,
         project: str,
@@ -95,7 +95,7 @@ class Harness:
         return self.services.settings
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         return self.services.redis
 
     @property

@@ -18,11 +18,11 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.buckets import HOUR_MS, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
+from lua.client import RedisClient
 from lua.keys import ProjectKeys
 from persist.projects import create_key
 from tests.support import InProcessApp
@@ -36,7 +36,7 @@ Event = dict[str, Any]
 
 class Reader:
     def __init__(
-        self, app: InProcessApp, redis: Redis, keys: ProjectKeys, ingest: str, read: str
+        self, app: InProcessApp, redis: RedisClient, keys: ProjectKeys, ingest: str, read: str
     ) -> None:
         self.app = app
         self.redis = redis
@@ -80,7 +80,9 @@ class Reader:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def reader(settings: Settings, pool: asyncpg.Pool, redis: Redis) -> AsyncIterator[Reader]:
+async def reader(
+    settings: Settings, pool: asyncpg.Pool, redis: RedisClient
+) -> AsyncIterator[Reader]:
     project = "bn" + uuid.uuid4().hex[:10]
     async with pool.acquire() as conn:
         ingest = await create_key(conn, project, "ingest")

@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, bucket_start, format_ts
+from lua.client import RedisClient
 from lua.keys import ProjectKeys
 from tests.service import Service, create_key, service_env
 from tests.support import Backends, wait_for
@@ -90,7 +90,7 @@ async def read_all(c: httpx.AsyncClient, project: str, key: str, start: int) -> 
 
 
 async def test_end_to_end(
-    backends: Backends, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
+    backends: Backends, tmp_path: Path, pool: asyncpg.Pool, redis: RedisClient
 ) -> None:
     env = service_env(backends, tmp_path)
     svc = Service(env, tmp_path / "service.log")

@@ -12,7 +12,6 @@ from typing import Any
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, Grain, bucket_ceil, bucket_start
 from counters.core.config import Settings
@@ -21,6 +20,7 @@ from counters.core.models import RawEvent
 from counters.core.rollups import Rollup
 from counters.engines.ingest import Ingestor
 from lua import Scripts
+from lua.client import RedisClient
 from lua.keys import COUNT, ProjectKeys, parse_late_field, parse_measure_field
 from persist.hll import registers
 
@@ -87,7 +87,7 @@ def _clean(counts: Counter[str], sums: Counter[str]) -> tuple[dict[str, int], di
 
 
 async def _read_hot(
-    redis: Redis, scripts: Scripts, keys: ProjectKeys, grain: Grain, buckets: list[int]
+    redis: RedisClient, scripts: Scripts, keys: ProjectKeys, grain: Grain, buckets: list[int]
 ) -> list[tuple[dict[str, int], dict[str, int]]]:
     """Per hour or day cell: its own hash plus its minutes not merged yet, as reads see."""
     reply = await scripts.read_hot(
@@ -106,7 +106,7 @@ async def _read_hot(
     return out
 
 
-async def _same_sketch(redis: Redis, keys: ProjectKeys, key: str, uids: set[str]) -> bool:
+async def _same_sketch(redis: RedisClient, keys: ProjectKeys, key: str, uids: set[str]) -> bool:
     """Whether the HLL at key holds exactly the registers of PFADD of these uids."""
     scratch = keys.tmp(uuid.uuid4().hex)
     await redis.pfadd(scratch, *uids)
@@ -127,7 +127,7 @@ async def _same_sketch(redis: Redis, keys: ProjectKeys, key: str, uids: set[str]
 @given(steps=steps_st)
 async def test_ingest_and_seal_equal_roll_up(
     steps: list[tuple[list[RawEvent], int | None]],
-    redis: Redis,
+    redis: RedisClient,
     scripts: Scripts,
     settings: Settings,
 ) -> None:

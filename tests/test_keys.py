@@ -9,13 +9,13 @@ from typing import Any, get_args
 
 import msgspec
 import pytest
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.models import EventIn
 from counters.core.rollups import encode_field
 from counters.engines.ingest import Idempotency
 from lua import NAMES, read_script
+from lua.client import RedisClient
 from lua.keys import (
     COUNT,
     SUM,
@@ -284,7 +284,7 @@ def test_every_script_header_lists_keys_argv_and_returns() -> None:
         assert "\n" not in text[: text.index("--")], "the prelude keeps line numbers"
 
 
-async def _slot_keys(redis: Redis, keys: ProjectKeys) -> set[str]:
+async def _slot_keys(redis: RedisClient, keys: ProjectKeys) -> set[str]:
     return {k.decode() async for k in redis.scan_iter(match=keys.base + "*", count=1000)}
 
 

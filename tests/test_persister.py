@@ -9,7 +9,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, from_datetime
 from counters.core.errors import Unavailable
@@ -17,7 +16,7 @@ from counters.core.rollups import encode_field
 from counters.engines.persister import Persister
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import open_redis
+from lua.client import RedisClient, open_redis
 from tests.service import free_port
 from tests.support import T0, Harness, wait_for
 
@@ -188,7 +187,7 @@ async def test_two_persisters_never_double_apply(harness: Harness) -> None:
     assert n == len(events) + 1
 
 
-async def test_restart_after_redis_loses_everything(harness: Harness, redis: Redis) -> None:
+async def test_restart_after_redis_loses_everything(harness: Harness, redis: RedisClient) -> None:
     events = await spread(harness)
     harness.clock.set(T0 + 4 * HOUR_MS)
     await harness.persist()

@@ -11,12 +11,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS
 from counters.core.config import Settings
 from counters.engines.rebuild import Rebuilder
 from lua import Scripts
+from lua.client import RedisClient
 from tests.support import T0, Harness
 
 DAY0 = T0 - T0 % DAY_MS
@@ -50,7 +50,12 @@ async def _populate(h: Harness, rng: random.Random) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_rebuild_equals_live_ingest_on_random_batches(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, project: str, seed: int
+    settings: Settings,
+    redis: RedisClient,
+    pool: asyncpg.Pool,
+    scripts: Scripts,
+    project: str,
+    seed: int,
 ) -> None:
     h = Harness.build(
         settings,
@@ -129,7 +134,7 @@ def _sans_header(
 
 
 async def test_minutes_older_than_retention_are_not_rebuilt(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, project: str
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts, project: str
 ) -> None:
     h = Harness.build(settings, redis, pool, scripts, project, minute_retention_days=1)
     rng = random.Random(5)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.buckets import HOUR_MS
 from counters.core.config import Settings
 from counters.engines.reconcile import reconcile_projects
 from counters.engines.schedule import NightShare, reconcile_share
 from lua import Scripts
+from lua.client import RedisClient
 from persist.db import create_pool
 from persist.locks import project_lock, reconcile_claim
 from persist.projects import ensure_project
@@ -35,7 +35,7 @@ async def own_pools(backends: Backends) -> AsyncIterator[list[asyncpg.Pool]]:
 
 
 async def fill_projects(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, n: int
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts, n: int
 ) -> list[str]:
     """n fresh projects with a few persisted events each (ingest, then persist at NOW)."""
     projects = sorted("n" + uuid.uuid4().hex[:12] for _ in range(n))
@@ -66,7 +66,7 @@ async def reconcile_runs(pool: asyncpg.Pool, projects: list[str], since: datetim
     return [r["project"] for r in rows]
 
 
-def runner(settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts) -> Harness:
+def runner(settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts) -> Harness:
     """Services of one process (its own pool, persister and rebuilder) at NOW."""
     h = Harness.build(settings, redis, pool, scripts, "runner")
     h.clock.set(NOW)
@@ -75,7 +75,7 @@ def runner(settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Script
 
 async def test_two_runners_share_the_night_and_reconcile_each_project_once(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     pool: asyncpg.Pool,
     scripts: Scripts,
     own_pools: list[asyncpg.Pool],
@@ -113,7 +113,7 @@ async def test_two_runners_share_the_night_and_reconcile_each_project_once(
 
 
 async def test_a_dry_run_that_found_differences_does_not_count_as_done(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts
 ) -> None:
     [project] = await fill_projects(settings, redis, pool, scripts, 1)
     async with pool.acquire() as conn:
@@ -134,7 +134,7 @@ async def test_a_dry_run_that_found_differences_does_not_count_as_done(
 
 
 async def test_a_project_held_elsewhere_is_waited_for_after_the_rest(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts
 ) -> None:
     """The other process holds the first project's claim: this one does the second, then
     waits for the first and finds it done (or would do it, had the holder failed)."""

@@ -14,14 +14,16 @@ from counters.core.errors import CountersError, Unavailable
 
 if TYPE_CHECKING:
     import asyncpg
-    from redis.asyncio import Redis
 
     from counters.core.keys import KeyRecord, NewKey
+    from lua.client import RedisClient
 
 T = TypeVar("T")
 
 
-def _run(work: Callable[[asyncpg.Connection, Redis, str], Awaitable[T]], raw: bool = False) -> T:
+def _run(
+    work: Callable[[asyncpg.Connection, RedisClient, str], Awaitable[T]], raw: bool = False
+) -> T:
     """Runs work(conn, redis, key prefix) on the key backends; bad input and backend
     errors become a clean exit."""
     from counters.cli import _settings

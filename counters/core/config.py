@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -16,6 +16,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     redis_url: str | None = None
     """Redis/Valkey URL; None starts the embedded Valkey under data_dir."""
+    redis_cluster: Literal["auto", "on", "off"] = "auto"
+    """Whether redis_url is a Redis Cluster node: auto asks the server (INFO cluster) once
+    when the settings are resolved; on/off skip the question."""
     database_url: str | None = None
     """Postgres URL; None starts the embedded Postgres under data_dir."""
     data_dir: str = ".counters"

@@ -9,6 +9,8 @@ Layout under ``data_dir``::
 
     .valkey.lock / .postgres.lock   flock()ed around check-and-start / stop
     valkey/                         Valkey --dir (AOF), valkey.pid, valkey.log, state.json
+    valkey-cluster/node<i>/         the nodes of an embedded Valkey Cluster, when one was
+                                    started (``counters embedded cluster``, see ``cluster``)
     pg/                             PGDATA (unless relocated, see below)
     pg.log, pg-run/                 Postgres log file and unix socket directory
     postgres.json                   last used Postgres port
@@ -40,6 +42,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from counters.embedded import process
+from counters.embedded.cluster import (
+    cluster_nodes,
+    ensure_valkey_cluster,
+    kill_cluster_node,
+    stop_valkey_cluster,
+)
 from counters.embedded.postgres import (
     _pg_paths,
     _pg_running,
@@ -60,6 +68,10 @@ from counters.embedded.valkey import (
 
 __all__ = [
     "EmbeddedServerError",
+    "cluster_nodes",
+    "ensure_valkey_cluster",
+    "kill_cluster_node",
+    "stop_valkey_cluster",
     "embedded_status",
     "ensure_postgres",
     "ensure_valkey",
@@ -70,11 +82,12 @@ __all__ = [
 
 
 def stop_embedded(data_dir: Path) -> list[str]:
-    """Stop both servers if running (fast shutdown, wait until gone); return what was stopped.
+    """Stop both servers (and an embedded cluster) if running (fast shutdown, wait until
+    gone); return what was stopped.
 
-    Names are ``"valkey"`` and/or ``"postgres"``.  Data is kept; the next ensure_* call
-    restarts the server on the same data (a `serve` watchdog does not: the stop was meant).
-    A server that is not running is skipped.
+    Names are ``"valkey"``, ``"valkey-cluster"`` and/or ``"postgres"``.  Data is kept; the
+    next ensure_* call restarts the server on the same data (a `serve` watchdog does not:
+    the stop was meant). A server that is not running is skipped.
     """
     data_dir = process.absolute(data_dir)
     stopped: list[str] = []
@@ -86,6 +99,8 @@ def stop_embedded(data_dir: Path) -> list[str]:
     with process.locked(paths.lock):
         if _stop_valkey(paths):
             stopped.append("valkey")
+    if stop_valkey_cluster(data_dir):
+        stopped.append("valkey-cluster")
     process.mark_stopped(data_dir, "postgres")
     with process.locked(data_dir / ".postgres.lock"):
         if _stop_postgres(data_dir):

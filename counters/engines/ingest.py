@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
@@ -17,7 +16,7 @@ from counters.core.grouping import Plan, first_occurrences, fold_over_cap, plan_
 from counters.core.models import IngestReply, RawEvent, raw_encoder
 from counters.core.rollups import Rollup
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys, event_id_token
 
 RestoreWatermarks = Callable[[str], Awaitable[object]]
@@ -69,7 +68,7 @@ class Ingestor:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         *,
         key_prefix: str,
@@ -104,7 +103,7 @@ class Ingestor:
     @classmethod
     def from_settings(
         cls,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         settings: Settings,
         restore_watermarks: RestoreWatermarks,
@@ -132,7 +131,7 @@ class Ingestor:
         """Returns once everything this client wrote is fsynced to the AOF."""
         if self._waitaof is not False:
             try:
-                local, _ = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                local, _ = await self._redis.execute_command(  # type: ignore[no-untyped-call, unused-ignore]
                     "WAITAOF", 1, 0, DURABLE_TIMEOUT_MS
                 )
             except ResponseError as exc:

@@ -9,8 +9,6 @@ import re
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from counters.core.errors import Conflict, NotFound
 from counters.core.keys import (
     KEY_ID_PATTERN,
@@ -22,7 +20,7 @@ from counters.core.keys import (
     parse_origin,
 )
 from counters.core.models import NAME_PATTERN
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import KeyRegistryKeys
 from persist import projects as pg
 from persist.db import Conn
@@ -40,7 +38,7 @@ def expiry_member(key_id: str, expires_ms: int) -> str:
     return f"{key_id}@{expires_ms}"
 
 
-async def publish_change(redis: Redis, prefix: str, member: str) -> None:
+async def publish_change(redis: RedisClient, prefix: str, member: str) -> None:
     """Adds a change to the `{keys}` log and bumps the epoch, atomically (one MULTI).
     Unavailable("redis") when Redis is down."""
     keys = KeyRegistryKeys(prefix)
@@ -98,14 +96,14 @@ async def _owned(conn: Conn, key_id: str, project: str | None) -> KeyRecord:
 
 async def revoke(
     conn: Conn,
-    redis: Redis,
+    redis: RedisClient,
     prefix: str,
     key_id: str,
     *,
     project: str | None = None,
     caller_id: str | None = None,
 ) -> KeyRecord:
-    """Revokes the key: Redis first (every worker refuses it within a second), then
+    """Revokes the key: RedisClient first (every worker refuses it within a second), then
     Postgres. With project, only a key covering that project is found (NotFound otherwise);
     a caller cannot revoke the key it is using (Conflict). Idempotent."""
     record = await _owned(conn, key_id, project)
@@ -116,7 +114,9 @@ async def revoke(
     return record
 
 
-async def rotate(conn: Conn, redis: Redis, prefix: str, key_id: str, grace_seconds: int) -> NewKey:
+async def rotate(
+    conn: Conn, redis: RedisClient, prefix: str, key_id: str, grace_seconds: int
+) -> NewKey:
     """A new secret for the key (same projects, scope, expiry, origins, names, a new id);
     the old secret keeps working for grace_seconds (or until its own earlier expiry), and
     every worker learns the old one's new expiry through Redis. NotFound for an unknown or

@@ -10,13 +10,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from counters.core.buckets import MINUTE_MS, Grain
 from counters.core.config import Settings
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import (
     COUNT,
     ProjectKeys,
@@ -38,7 +36,7 @@ TMP_TTL_MS = MINUTE_MS
 class LateApplier:
     """Rotates a project's late generation and adds closed generations to Postgres."""
 
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     settings: Settings
     metrics: Metrics
@@ -120,7 +118,7 @@ class LateApplier:
             pipe = self.redis.pipeline(transaction=False)
             if existing is not None:
                 pipe.set(tmp, existing, px=TMP_TTL_MS)
-            pipe.pfmerge(tmp, tmp, keys.late_hll(gen, grain, bucket, field))
+            pipe.execute_command("PFMERGE", tmp, tmp, keys.late_hll(gen, grain, bucket, field))
             pipe.get(tmp)
             pipe.delete(tmp)
             result = await pipe.execute()

@@ -20,7 +20,6 @@ import time
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import GRAINS, Grain, bucket_start
 from counters.core.clock import Clock
@@ -34,7 +33,7 @@ from counters.engines.retention import apply_retention
 from counters.engines.seal import Sealer
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
 from persist.deadletter import count_dead_letters
@@ -97,7 +96,7 @@ class Persister:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         settings: Settings,
         clock: Clock,

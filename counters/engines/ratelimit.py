@@ -11,13 +11,11 @@ import logging
 import time
 from typing import Literal, NamedTuple
 
-from redis.asyncio import Redis
-
 from counters.core.clock import Clock
 from counters.core.config import Settings
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import REDIS_ERRORS
+from lua.client import REDIS_ERRORS, RedisClient
 from lua.keys import ProjectKeys
 
 log = logging.getLogger("counters.ratelimit")
@@ -51,7 +49,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         settings: Settings,
         metrics: Metrics,

@@ -16,13 +16,12 @@ import logging
 from typing import cast
 
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import Grain, bucket_start
 from counters.core.models import RawEvent, decode_raw_batch
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
 from persist.deadletter import (
@@ -91,7 +90,7 @@ class RawCopier:
     and moves an entry that keeps failing to the dead-letter table."""
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, metrics: Metrics, *, deadletter_after: int = 3
+        self, redis: RedisClient, scripts: Scripts, metrics: Metrics, *, deadletter_after: int = 3
     ):
         self.redis = redis
         self.scripts = scripts

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import (
     DAY_MS,
@@ -43,6 +42,7 @@ from counters.engines.persister import Cut, Persister
 from counters.engines.progress import Progress
 from counters.engines.retention import minute_edge, raw_edge
 from counters.engines.rollcheck import RollupChecker, Span, day_spans, parts_edge
+from lua.client import RedisClient
 from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS, Conn, postgres_unavailable
 from persist.locks import project_lock
@@ -81,7 +81,7 @@ class Rebuilder:
     """Recomputes one project's rollups from its raw log."""
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: Redis, settings: Settings, persister: Persister
+        self, pool: asyncpg.Pool, redis: RedisClient, settings: Settings, persister: Persister
     ) -> None:
         self.pool = pool
         self.redis = redis

@@ -47,7 +47,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, Grain, bucket_start
 from counters.core.clock import Clock
@@ -57,7 +56,7 @@ from counters.core.grouping import plan_batch
 from counters.core.models import RawEvent
 from counters.core.rollups import Rollup
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys, count_field, event_id_token, restore_member, sum_field
 from persist.db import Conn, postgres_unavailable
 from persist.locks import project_lock
@@ -96,7 +95,7 @@ class _Stage:
     at the end; sketches, replayed minutes and dedupe markers go to Redis in chunks through
     lua/restore_stage.lua. `members` names every staged key (restore.lua checks them)."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, keys: ProjectKeys, token: str) -> None:
+    def __init__(self, redis: RedisClient, scripts: Scripts, keys: ProjectKeys, token: str) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
@@ -252,7 +251,7 @@ async def _stage_dedupe(conn: Conn, stage: _Stage, settings: Settings, now_ms: i
 
 async def _restore_once(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     scripts: Scripts,
     settings: Settings,
     clock: Clock,
@@ -306,7 +305,7 @@ async def _restore_once(
 
 async def restore_watermarks(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     scripts: Scripts,
     settings: Settings,
     clock: Clock,
@@ -336,7 +335,7 @@ async def restore_watermarks(
 
 async def _restore_locked(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     scripts: Scripts,
     settings: Settings,
     clock: Clock,
@@ -360,7 +359,7 @@ class RestoreGate:
     all processes take effect)."""
 
     pool: asyncpg.Pool
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     settings: Settings
     clock: Clock

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, Grain, bucket_ceil, bucket_start
 from counters.engines.diffs import BucketDiff, bucket_diff
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
 from persist.hll import registers, union_registers
@@ -81,7 +80,7 @@ class RollupCheck:
 class RollupChecker:
     """Checks (and repairs) hour and day rows of a project against their parts."""
 
-    redis: Redis
+    redis: RedisClient
 
     async def check(
         self, conn: Conn, keys: ProjectKeys, spans: list[Span], name: str | None = None
@@ -146,7 +145,7 @@ class RollupChecker:
                 names.append(group_names)
                 for name, blob in zip(group_names, blobs, strict=True):
                     pipe.set(name, blob, px=SCRATCH_TTL_MS)
-                pipe.pfmerge(group_names[0], *group_names[1:])
+                pipe.execute_command("PFMERGE", group_names[0], *group_names[1:])
                 pipe.get(group_names[0])
                 pipe.delete(*group_names)
             replies = await pipe.execute()

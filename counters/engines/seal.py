@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import cast
 
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import GRAINS, Grain, bucket_start
 from counters.core.config import Settings
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import COUNT, ProjectKeys, parse_measure_field
 from persist.db import Conn, postgres_unavailable
 from persist.rollups import Record, rollup_record, upsert_rollups
@@ -41,7 +40,7 @@ class HotBuckets(msgspec.Struct):
 class Sealer:
     """Seals closed buckets of a project and copies sealed ones into Postgres."""
 
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     settings: Settings
     metrics: Metrics

@@ -15,6 +15,7 @@ import asyncpg
 import redis as sync_redis
 
 from counters import embedded
+from lua.client import cluster_enabled
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,24 @@ class Servers:
 
 
 def start_servers(
-    redis_url: str | None, server_url: str | None, *, tmp_prefix: str, tmp_dir: str | None = None
+    redis_url: str | None,
+    server_url: str | None,
+    *,
+    tmp_prefix: str,
+    tmp_dir: str | None = None,
+    redis_cluster: bool = False,
 ) -> Servers:
     """The given URLs; for any that is None, a private embedded server in a new temporary
-    data dir (mode 711: the `nobody` Postgres can traverse it, nobody else can list it)."""
+    data dir (mode 711: the `nobody` Postgres can traverse it, nobody else can list it).
+    With redis_cluster, the private Redis is a 3-master embedded Valkey Cluster."""
     data_dir: Path | None = None
     owner_url: str | None = None
     if not redis_url or not server_url:
         data_dir = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=tmp_dir))
         data_dir.chmod(0o711)
-        redis_url = redis_url or embedded.ensure_valkey(data_dir)
+        if not redis_url:
+            start = embedded.ensure_valkey_cluster if redis_cluster else embedded.ensure_valkey
+            redis_url = start(data_dir)
         if not server_url:
             owner_url = embedded.ensure_postgres(data_dir)
             server_url = embedded.postgres_admin_url(data_dir)
@@ -112,12 +121,29 @@ def drop_database(server_url: str, database: str) -> None:
     asyncio.run(run())
 
 
+def sync_client(redis_url: str) -> sync_redis.Redis | sync_redis.RedisCluster:
+    """A blocking client for harness chores: a RedisCluster when the server is one."""
+    if cluster_enabled(redis_url):
+        return sync_redis.RedisCluster.from_url(redis_url)
+    return sync_redis.Redis.from_url(redis_url)
+
+
 def drop_prefix(redis_url: str, prefix: str) -> None:
     """Deletes every key under the prefix."""
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     try:
         batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(batch), 500):
             client.delete(*batch[i : i + 500])
     finally:
-        client.close()
+        close_sync(client)
+
+
+def close_sync(client: sync_redis.Redis | sync_redis.RedisCluster) -> None:
+    """Closes a sync_client and every connection it opened (RedisCluster.close leaves the
+    nodes' pools open)."""
+    if isinstance(client, sync_redis.RedisCluster):
+        for node in client.get_nodes():  # type: ignore[no-untyped-call]
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+    client.close()

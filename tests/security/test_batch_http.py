@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.config import Settings
-from lua.client import open_redis
+from lua.client import RedisClient, open_redis
 from tests.service import Service, create_key
 
 BUDGET_US = 50_000
@@ -59,7 +58,7 @@ async def total(client: httpx.AsyncClient, p: Project, name: str, what: str = "c
     return r.json()["value"]
 
 
-async def slow_scripts(redis: Redis) -> list[int]:
+async def slow_scripts(redis: RedisClient) -> list[int]:
     """Durations (us) of the EVALSHA/EVAL calls SLOWLOG holds."""
     entries = await redis.slowlog_get(128)
     out = []
@@ -72,7 +71,7 @@ async def slow_scripts(redis: Redis) -> list[int]:
 
 
 async def post_and_watch_another(
-    client: httpx.AsyncClient, redis: Redis, big: Project, other: Project, body: list[Any]
+    client: httpx.AsyncClient, redis: RedisClient, big: Project, other: Project, body: list[Any]
 ) -> tuple[httpx.Response, list[float]]:
     """Posts body for big while other posts one event at a time; the big reply and the
     other's latencies (s). SLOWLOG is reset before and set to log scripts over the budget."""
@@ -100,7 +99,7 @@ async def post_and_watch_another(
 
 
 async def test_the_10k_diverse_batch_runs_no_slow_script(
-    client: httpx.AsyncClient, redis: Redis, projects: tuple[Project, Project]
+    client: httpx.AsyncClient, redis: RedisClient, projects: tuple[Project, Project]
 ) -> None:
     """Found 4: 10,000 events, each its own name and 16 own dim names (4.6 MB) ran one 5.7 s
     script. Now refused before any script (name cap 422 or budget 413), and another
@@ -119,7 +118,7 @@ async def test_the_10k_diverse_batch_runs_no_slow_script(
 
 
 async def test_a_diverse_batch_within_the_name_caps_is_a_413(
-    client: httpx.AsyncClient, redis: Redis, projects: tuple[Project, Project]
+    client: httpx.AsyncClient, redis: RedisClient, projects: tuple[Project, Project]
 ) -> None:
     """10,000 events of one name with 16 dims of their own values each (170,000 groups)."""
     big, other = projects
@@ -261,7 +260,9 @@ async def test_a_pixel_key_cannot_pre_burn_an_order_id(
 # --- the socket timeout -----------------------------------------------------------------------
 
 
-async def test_the_socket_timeout_outlasts_any_script(redis: Redis, settings: Settings) -> None:
+async def test_the_socket_timeout_outlasts_any_script(
+    redis: RedisClient, settings: Settings
+) -> None:
     """A script call's reply is waited for longer than Valkey lets a script run before it
     answers BUSY (busy-reply-threshold / lua-time-limit) and 10x the budget, so a 503 on a
     script call means nothing was applied."""

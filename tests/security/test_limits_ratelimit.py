@@ -15,13 +15,12 @@ import asyncpg
 import httpx
 import msgspec
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from counters.metrics import Metrics
 from lua import Scripts
-from lua.client import open_redis
+from lua.client import RedisClient, open_redis
 from persist.projects import create_key
 from tests.support import T0, InProcessApp, wait_for
 
@@ -215,7 +214,7 @@ async def test_default_limits_let_a_normal_burst_through(
 
 
 async def test_limiter_on_redis_time_refills_and_leaves_only_named_keys(
-    settings: Settings, redis: Redis, scripts: Scripts
+    settings: Settings, redis: RedisClient, scripts: Scripts
 ) -> None:
     """Without an injected clock the script uses the server's TIME: after the burst a
     request is refused, and at 2/s a token is back within ~500 ms."""
@@ -259,7 +258,7 @@ async def test_limiter_fails_open_when_redis_is_unreachable(settings: Settings) 
 
 
 async def test_a_clock_gone_back_costs_at_most_one_burst(
-    settings: Settings, redis: Redis, scripts: Scripts
+    settings: Settings, redis: RedisClient, scripts: Scripts
 ) -> None:
     from counters.engines.ratelimit import RateLimiter
 

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 
 from counters.core.buckets import MINUTE_MS
 from counters.core.config import Settings
@@ -25,6 +24,7 @@ from counters.harness.servers import Backends
 from counters.harness.service import run_cli, service_env
 from counters.metrics import Metrics
 from lua import Scripts
+from lua.client import RedisClient
 from persist.projects import ensure_project
 from tests.support import T0, Harness, wait_for
 
@@ -68,7 +68,7 @@ def two_projects() -> tuple[str, str]:
 
 async def test_poisoned_entry_stalls_nobody_and_moves_to_dead_letters(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     pool: asyncpg.Pool,
     scripts: Scripts,
     backends: Backends,
@@ -167,7 +167,7 @@ async def _tick_count(h: Harness, project: str) -> int:
 
 
 async def test_a_backend_outage_still_backs_off_the_whole_pass(
-    settings: Settings, redis: Redis, pool: asyncpg.Pool, scripts: Scripts, project: str
+    settings: Settings, redis: RedisClient, pool: asyncpg.Pool, scripts: Scripts, project: str
 ) -> None:
     """A real outage is not blamed on a project: the pass ends with Unavailable (the loop
     backs off as before) and no project error is counted."""

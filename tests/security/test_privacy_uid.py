@@ -16,7 +16,6 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain, bucket_start, parse_ts
 from counters.core.clock import ManualClock
@@ -26,6 +25,7 @@ from counters.core.models import RawEvent
 from counters.core.uid import UidHasher, hash_uid
 from counters.engines.uid_secrets import UidSecrets
 from counters.harness.servers import Backends, free_port
+from lua.client import RedisClient
 from persist.db import create_lazy_pool
 from persist.projects import create_key
 from tests.support import InProcessApp
@@ -58,7 +58,7 @@ async def app_and_key(
         yield app, project, ingest, read
 
 
-async def redis_bytes(redis: Redis, project: str) -> bytes:
+async def redis_bytes(redis: RedisClient, project: str) -> bytes:
     """Every name and value of every key of the project, read by type (DUMP alone would
     not do: its LZF compression hides substrings of long values)."""
     out: list[bytes] = []
@@ -87,7 +87,7 @@ async def redis_bytes(redis: Redis, project: str) -> bytes:
 
 async def test_no_plain_uid_in_redis_or_postgres(
     app_and_key: tuple[InProcessApp, str, str, str],
-    redis: Redis,
+    redis: RedisClient,
     pool: asyncpg.Pool,
     backends: Backends,
 ) -> None:

@@ -12,8 +12,6 @@ import itertools
 import uuid
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from counters.core.measures import measure_value
 from counters.core.rollups import NONE, OTHER
 from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
@@ -30,7 +28,7 @@ from counters.engines.read.query import (
     execute_chunked,
 )
 from counters.engines.read.reply import NamedSeries, points
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 
 
 def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
@@ -88,7 +86,7 @@ def _sketches(t: TupleCells, cells: Sequence[Cell]) -> list[str]:
 
 
 async def _count_merged(
-    redis: Redis,
+    redis: RedisClient,
     blobs: BucketValues,
     merges: Sequence[tuple[str, list[str]]],
     groups: Sequence[Sequence[str]],

@@ -7,10 +7,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from redis.asyncio import Redis
 
 from counters.engines.read.limits import ReadLimits
 from lua import Scripts
+from lua.client import RedisClient
 from lua.keys import ProjectKeys
 
 
@@ -20,7 +20,7 @@ class ReadContext:
     per request."""
 
     pool: asyncpg.Pool
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     keys: ProjectKeys
     oldest_minute: int

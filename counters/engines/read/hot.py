@@ -54,10 +54,11 @@ def queue_read_hot(
     cells: Sequence[tuple[Grain, int]],
 ) -> None:
     """read_hot queued on a pipeline as a bare EVALSHA (redis-py would add a SCRIPT EXISTS
-    round trip to each pipeline holding a Script); run the pipeline under
+    round trip to each pipeline holding a Script, and its cluster pipeline refuses the
+    evalsha method but not the command); run the pipeline under
     with_scripts_loaded, and decode the reply with hot_cells()."""
     script_keys, args = _hot_args(keys, fields, cells)
-    pipe.evalsha(scripts.read_hot.sha, len(script_keys), *script_keys, *args)
+    pipe.execute_command("EVALSHA", scripts.read_hot.sha, len(script_keys), *script_keys, *args)
 
 
 async def with_scripts_loaded(scripts: Scripts, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -11,14 +11,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from counters.core.buckets import Grain
 from counters.core.rollups import Rollup, encode_field, rollup_id
 from counters.engines.read.context import ReadContext
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
 from counters.engines.read.plan import Piece
-from lua.client import redis_unavailable
+from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys, count_field, late_field, sum_field
 from persist.history import Snapshot, read_history
 
@@ -33,7 +32,7 @@ class BucketValues(msgspec.Struct):
     counts: list[list[int]]
     sums: list[list[int]]
     hll_keys: list[list[list[str]]]
-    """Per piece, per bucket: Redis keys whose union is that bucket's uniques sketch."""
+    """Per piece, per bucket: RedisClient keys whose union is that bucket's uniques sketch."""
     tmp_blobs: dict[str, bytes]
     """Scratch keys to load (Postgres sketches) before counting, and delete after."""
 
@@ -80,7 +79,7 @@ def _add_hot(
 
 
 async def _present_generations(
-    redis: Redis, keys: ProjectKeys, gen: int, guess: list[int], found: Sequence[int]
+    redis: RedisClient, keys: ProjectKeys, gen: int, guess: list[int], found: Sequence[int]
 ) -> list[int]:
     """Late generations up to gen that exist: the guessed ones already asked, the rest now."""
     present = {g for g, n in zip(guess, found, strict=True) if n}
@@ -95,7 +94,7 @@ async def _present_generations(
 
 async def _add_late(
     out: BucketValues,
-    redis: Redis,
+    redis: RedisClient,
     keys: ProjectKeys,
     field: str,
     pieces: Sequence[Piece],
@@ -156,7 +155,7 @@ async def read_buckets(
     with redis_unavailable():
         replies = await with_scripts_loaded(ctx.scripts, first_round)
     if replies[0] is None and ctx.restore is not None:
-        # no watermarks: Redis lost its state. Restore first (the hot hours and days come
+        # no watermarks: RedisClient lost its state. Restore first (the hot hours and days come
         # back from Postgres), then answer, so answers for persisted data do not move
         await ctx.restore(keys.project)
         again = dataclasses.replace(ctx, restore=None)
@@ -176,7 +175,7 @@ PIPELINE_ARGS = 1_000
 the event loop only a few ms, and it runs other tasks between chunks."""
 
 
-async def execute_chunked(redis: Redis, commands: Iterable[Sequence[Any]]) -> list[Any]:
+async def execute_chunked(redis: RedisClient, commands: Iterable[Sequence[Any]]) -> list[Any]:
     """The replies of the commands (each the words of one command), in order, sent about
     PIPELINE_ARGS words at a time (no transaction: the same as one unchunked pipeline).
     `commands` is consumed lazily, so building them is spread over the round trips."""
@@ -202,7 +201,7 @@ def deletes(keys: Sequence[str]) -> Iterator[Sequence[Any]]:
 
 
 async def count_uniques(
-    redis: Redis, values: BucketValues, groups: Sequence[Sequence[str]]
+    redis: RedisClient, values: BucketValues, groups: Sequence[Sequence[str]]
 ) -> list[int]:
     """PFCOUNT of the union of each group of keys (after loading the Postgres sketches)."""
     blobs = values.tmp_blobs

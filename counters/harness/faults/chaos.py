@@ -16,13 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
-from redis.asyncio import Redis
 
 from counters.core.buckets import MINUTE_MS, format_ts
 from counters.harness.faults.cluster import Cluster, Log, Proc, log_tail, now_ms, poll_until
 from counters.harness.faults.driver import Driver
 from counters.harness.faults.loss import Loss, persisted_state, raw_ids
-from lua.client import open_redis
+from lua.client import RedisClient, open_redis
 from lua.keys import ProjectKeys
 
 ALL_KINDS = ("persister", "valkey", "postgres", "rebuild", "service", "redis_loss")
@@ -135,7 +134,7 @@ class Chaos:
         """SIGSTOP every persister until a backlog builds, SIGCONT, and return as soon as one
         has committed something (it is draining), a few ms later: the caller kills them."""
         keys = ProjectKeys(self.cluster.prefix, self.cluster.project)
-        redis: Redis = open_redis(self.cluster.redis_url)
+        redis: RedisClient = open_redis(self.cluster.redis_url)
         conn = await asyncpg.connect(self.cluster.database_url)
         try:
 
@@ -241,7 +240,7 @@ class Chaos:
         assert before is not None, "Postgres did not answer within 30s"
         self.driver.begin_loss()
         if flush:
-            redis: Redis = open_redis(self.cluster.redis_url)
+            redis: RedisClient = open_redis(self.cluster.redis_url)
             try:
                 await redis.flushall()
             finally:
