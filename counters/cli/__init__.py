@@ -267,7 +267,7 @@ def migrate() -> None:
 
 @main.group()
 def embedded() -> None:
-    """The embedded Valkey and Postgres under the data dir."""
+    """The embedded Valkey and Postgres (and an optional Valkey Cluster) under the data dir."""
 
 
 @embedded.command("status")
@@ -283,6 +283,27 @@ def embedded_status(show_passwords: bool) -> None:
         click.echo(f"{name}: {shown if url else 'not running'}")
     if not emb.secrets_path(data_dir).exists():
         click.echo(f"(no {emb.secrets_path(data_dir)}: nothing was started here yet)", err=True)
+
+
+@embedded.command("cluster")
+@click.option("--masters", type=int, default=3, show_default=True, help="Cluster masters.")
+@click.option("--show-password", is_flag=True, help="Print the URL with its password.")
+def embedded_cluster(masters: int, show_password: bool) -> None:
+    """Start (or reuse) a local Valkey Cluster of --masters masters on 127.0.0.1 under the
+    data dir and print a node's URL: point COUNTERS_REDIS_URL at it (any node will do)."""
+    from counters import embedded as emb
+
+    if masters < 1:
+        raise click.BadParameter("a cluster needs at least one master", param_hint="--masters")
+    data_dir = load_settings().resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        url = emb.ensure_valkey_cluster(data_dir, masters)
+    except emb.EmbeddedServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for node in emb.cluster_nodes(data_dir):
+        click.echo(f"node {node.index}: 127.0.0.1:{node.port} (pid {node.pid})", err=True)
+    click.echo(url if show_password else _redact(url))
 
 
 @embedded.command("stop")

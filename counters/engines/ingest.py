@@ -17,6 +17,7 @@ from counters.core.models import IngestReply, RawEvent, raw_encoder
 from counters.core.rollups import Rollup
 from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
+from lua.durable import call_and_wait_aof
 from lua.keys import ProjectKeys, event_id_token
 
 RestoreWatermarks = Callable[[str], Awaitable[object]]
@@ -127,28 +128,46 @@ class Ingestor:
             grace_ms=int(settings.grace_seconds * 1000),
         )
 
-    async def _wait_on_disk(self) -> None:
-        """Returns once everything this client wrote is fsynced to the AOF."""
-        if self._waitaof is not False:
-            try:
-                local, _ = await self._redis.execute_command(  # type: ignore[no-untyped-call, unused-ignore]
-                    "WAITAOF", 1, 0, DURABLE_TIMEOUT_MS
-                )
-            except ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
-                    raise Unavailable("redis", f"WAITAOF failed: {exc}") from exc
-                self._waitaof = False
-            else:
-                self._waitaof = True
-                if int(local) < 1:
-                    raise Unavailable("redis", "the batch is not on disk yet (WAITAOF timed out)")
-                return
+    def _check_on_disk(self, waited: Any) -> bool:
+        """Raises unless the WAITAOF that followed the script (on its connection) says its
+        writes are fsynced; False when the server has no WAITAOF (it must then run
+        appendfsync always)."""
+        if isinstance(waited, ResponseError):
+            if "unknown command" not in str(waited).lower():
+                raise Unavailable("redis", f"WAITAOF failed: {waited}") from waited
+            return False
+        if isinstance(waited, BaseException):
+            raise waited
+        if int(waited[0]) < 1:
+            raise Unavailable("redis", "the batch is not on disk yet (WAITAOF timed out)")
+        return True
+
+    async def _check_fsync_always(self) -> None:
+        """For a server without WAITAOF: every write is on disk only with appendfsync always."""
         config: dict[Any, Any] = await self._redis.config_get("appendfsync")
         if {config.get("appendfsync"), config.get(b"appendfsync")} & {"always", b"always"}:
             return
         raise Unavailable(
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
+
+    async def _call(self, keys: ProjectKeys, args: list[Any]) -> Any:
+        """One ingest.lua call; with durable_ack, returns only once its writes are on disk
+        (WAITAOF on the script's own connection, see lua/durable.py)."""
+        script_keys = [keys.watermarks, keys.raw]
+        if not self._durable:
+            return await self._scripts.ingest(keys=script_keys, args=args)
+        if self._waitaof is False:
+            reply = await self._scripts.ingest(keys=script_keys, args=args)
+            await self._check_fsync_always()
+            return reply
+        reply, waited = await call_and_wait_aof(
+            self._redis, self._scripts.ingest, script_keys, args, DURABLE_TIMEOUT_MS
+        )
+        self._waitaof = self._check_on_disk(waited)
+        if not self._waitaof:
+            await self._check_fsync_always()
+        return reply
 
     def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
         """Raises 413 batch_too_complex when one script call with this plan would run over
@@ -251,15 +270,9 @@ class Ingestor:
                 ]
             )
             with redis_unavailable():
-                reply = await self._scripts.ingest(
-                    keys=[keys.watermarks, keys.raw],
-                    args=[keys.base, payload, raw_encoder.encode(pending)],
-                )
+                reply = await self._call(keys, [keys.base, payload, raw_encoder.encode(pending)])
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if status == "OK":
-                if self._durable:
-                    with redis_unavailable():
-                        await self._wait_on_disk()
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
             if status == "DUP":
                 seen = {ids[i - 1] for i in reply[1:]}
