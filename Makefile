@@ -35,8 +35,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The whole suite on one Valkey, then the end-to-end and fault short forms on a 3-master
+# Valkey Cluster (tests/test_cluster.py covers the cluster's own cases in the first run).
 pytest: install browser
 	$(BIN)/pytest
+	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_faults.py tests/test_durable.py
 
 test: lint typecheck pytest  ## everything CI runs
 
@@ -45,8 +48,9 @@ bench: install  ## every benchmark scenario, results appended to bench/RESULTS.m
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	$(BIN)/python -m bench all $(BENCH_ARGS)
 
-faults: install  ## the long fault-injection run (1M events, 50 faults)
+faults: install  ## the long fault-injection run (1M events, 50 faults), on one Valkey and on a 3-master cluster
 	$(BIN)/python -m bench faults --events 1000000 --faults 50
+	$(BIN)/python -m bench faults --events 1000000 --faults 50 --fuzz-cases 0 --redis-cluster
 
 stop: install  ## stop the embedded servers (data kept under .counters/)
 	$(BIN)/counters embedded stop

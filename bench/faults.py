@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-losses", type=int, default=None, help="cap on redis_loss faults")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="run on a 3-master embedded Valkey Cluster (Valkey faults hit the project's master)",
+    )
+    p.add_argument(
         "--fuzz-cases",
         type=int,
         default=10_000,
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         max_losses=args.max_losses,
         drain_timeout=600.0,
         keep=args.keep,
+        redis_cluster=args.redis_cluster,
         log=_log,
     )
     report = asyncio.run(run_faults(cfg))

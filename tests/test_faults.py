@@ -8,7 +8,8 @@ missing; the summary says exactly how many were.
 
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
 moments the faults land still depend on timing). COUNTERS_FAULTS_KINDS=a,b picks the fault
-kinds. The long form is `python -m bench.faults`.
+kinds; COUNTERS_TEST_REDIS_CLUSTER=1 runs it on a 3-master Valkey Cluster (the Valkey faults
+then hit the master holding the project). The long form is `python -m bench.faults`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
         kinds=tuple(k for k in kinds.split(",") if k) if kinds else DEFAULT_KINDS,
         max_losses=1,
         drain_timeout=180.0,
+        redis_cluster=os.environ.get("COUNTERS_TEST_REDIS_CLUSTER", "") not in ("", "0"),
     )
     report = asyncio.run(run_faults(cfg))
     with capsys.disabled():

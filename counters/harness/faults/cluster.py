@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import redis as sync_redis
 
 from counters import embedded
-from counters.harness.servers import Backends, free_port
+from counters.harness.servers import Backends, close_sync, free_port
 from counters.harness.service import create_key, service_env
+from lua.keys import ProjectKeys
 
 T = TypeVar("T")
 Log = Callable[[str], None]
@@ -186,9 +189,11 @@ class Cluster:
         persisters: int = 2,
         crosstabs: str = "source:country",
         keep: bool = False,
+        redis_cluster: bool = False,
         log: Log = print,
     ) -> None:
         self.durable_ack = durable_ack
+        self.redis_cluster = redis_cluster
         self.grace_seconds = grace_seconds
         self.n_persisters = persisters
         self.crosstabs = crosstabs
@@ -219,7 +224,7 @@ class Cluster:
 
     def start(self) -> None:
         """Servers, keys, the service (healthy) and the persisters."""
-        self.redis_url = embedded.ensure_valkey(self.vdir)
+        self.redis_url = self._ensure_valkey()
         self.database_url = embedded.ensure_postgres(self.pdir)
         self.env = service_env(
             Backends(self.redis_url, self.database_url, self.prefix, None),
@@ -243,7 +248,8 @@ class Cluster:
             p.start()
             self.persisters.append(p)
         self.log(
-            f"cluster: {self.root} valkey {self.redis_url} postgres {self.database_url} "
+            f"cluster: {self.root} valkey{' cluster' if self.redis_cluster else ''}"
+            f" {self.redis_url} postgres {self.database_url} "
             f"service {self.url} project {self.project} durable_ack={self.durable_ack} "
             f"persisters={self.n_persisters}"
         )
@@ -300,13 +306,37 @@ class Cluster:
         ports = {
             int(u.rsplit(":", 1)[1].split("/")[0]) for u in (self.redis_url, self.database_url)
         }
+        if self.redis_cluster:  # it talks to the master of the project's slot
+            master = int(json.loads((self.valkey_dir() / "state.json").read_text())["port"])
+            ports = {int(self.database_url.rsplit(":", 1)[1].split("/")[0]), master}
         return ports <= remote_ports(p.pid)
 
     # -- faults ---------------------------------------------------------------------------
 
+    def _ensure_valkey(self) -> str:
+        if self.redis_cluster:
+            return embedded.ensure_valkey_cluster(self.vdir)
+        return embedded.ensure_valkey(self.vdir)
+
+    def valkey_dir(self) -> Path:
+        """The data dir of the Valkey that holds the project: the one server, or the
+        cluster master that serves the project's slot."""
+        if not self.redis_cluster:
+            return self.vdir / "valkey"
+        keys = ProjectKeys(self.prefix, self.project)
+        client = sync_redis.RedisCluster.from_url(self.redis_url)
+        try:
+            port = client.get_node_from_key(keys.watermarks).port
+        finally:
+            close_sync(client)
+        for node in embedded.cluster_nodes(self.vdir):
+            if node.port == port:
+                return self.vdir / "valkey-cluster" / f"node{node.index}"
+        raise AssertionError(f"no running cluster node on port {port}")
+
     def valkey_pid(self) -> int | None:
         try:
-            return int((self.vdir / "valkey" / "valkey.pid").read_text().split()[0])
+            return int((self.valkey_dir() / "valkey.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
 
@@ -323,8 +353,8 @@ class Cluster:
     def wipe_valkey(self) -> int:
         """kill -9 of Valkey, then its AOF (and any RDB file) deleted: the restarted server
         is empty, like a failover to a replica without persistence. Returns the old pid."""
+        data = self.valkey_dir()
         pid = self.kill_valkey()
-        data = self.vdir / "valkey"
         shutil.rmtree(data / "appendonlydir", ignore_errors=True)
         for f in [*data.glob("*.aof"), *data.glob("*.rdb")]:
             f.unlink(missing_ok=True)
@@ -332,7 +362,7 @@ class Cluster:
         return pid
 
     def start_valkey(self) -> None:
-        url = embedded.ensure_valkey(self.vdir)
+        url = self._ensure_valkey()
         assert url == self.redis_url, f"Valkey came back on {url}, not {self.redis_url}"
 
     def stop_postgres(self) -> None:

@@ -39,6 +39,9 @@ class FaultConfig:
     full_checks: bool = True
     max_losses: int | None = None
     """At most this many redis_loss faults (None: as the weights fall)."""
+    redis_cluster: bool = False
+    """Run on a 3-master embedded Valkey Cluster (the Valkey faults hit the master that
+    holds the project's slot)."""
     log: Log = print
 
 
@@ -132,6 +135,7 @@ async def run_faults(cfg: FaultConfig) -> Report:
         persisters=cfg.persisters,
         crosstabs=cfg.crosstabs,
         keep=cfg.keep,
+        redis_cluster=cfg.redis_cluster,
         log=log,
     )
     try:

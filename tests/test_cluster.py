@@ -1,0 +1,191 @@
+"""counters on a real 3-master Valkey Cluster (its own, started here): found by itself,
+projects spread over the masters and read together, and a master killed and restarted
+with nothing acknowledged lost.
+
+The suite as a whole also runs against a cluster (COUNTERS_TEST_REDIS_CLUSTER=1; `make
+test` runs the e2e and fault short forms that way too)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+from redis.asyncio import RedisCluster
+
+from counters.core.buckets import HOUR_MS, MINUTE_MS
+from counters.core.clock import ManualClock
+from counters.core.config import Settings
+from counters.core.errors import Unavailable
+from counters.embedded import (
+    cluster_nodes,
+    ensure_valkey_cluster,
+    kill_cluster_node,
+    stop_valkey_cluster,
+)
+from counters.services import resolve_settings
+from lua import Scripts
+from lua.client import RedisClient, cluster_enabled, open_redis
+from lua.keys import ProjectKeys
+from persist.projects import create_key, ensure_project
+from tests.support import T0, ApiClient, Harness, InProcessApp, wait_for
+
+NOW = 1_776_000_000_000 - 1_776_000_000_000 % HOUR_MS + 30 * MINUTE_MS
+
+
+@pytest.fixture(scope="module")
+def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    data_dir = tmp_path_factory.mktemp("cluster")
+    ensure_valkey_cluster(data_dir)
+    try:
+        yield data_dir
+    finally:
+        stop_valkey_cluster(data_dir)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(cluster_dir: Path) -> str:
+    return ensure_valkey_cluster(cluster_dir)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def credis(cluster_url: str) -> AsyncIterator[RedisClient]:
+    client = open_redis(cluster_url)
+    assert isinstance(client, RedisCluster)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def csettings(settings: Settings, cluster_url: str) -> Settings:
+    return msgspec.structs.replace(settings, redis_url=cluster_url, redis_cluster="on")
+
+
+def _master_of(redis: RedisClient, prefix: str, project: str) -> int:
+    assert isinstance(redis, RedisCluster)
+    return redis.get_node_from_key(ProjectKeys(prefix, project).watermarks).port
+
+
+async def _projects_on_each_master(
+    redis: RedisClient, pool: asyncpg.Pool, prefix: str
+) -> list[str]:
+    """One fresh project per master (names drawn until each master holds one)."""
+    assert isinstance(redis, RedisCluster)
+    by_port: dict[int, str] = {}
+    while len(by_port) < len(redis.get_primaries()):
+        name = "cl" + uuid.uuid4().hex[:10]
+        by_port.setdefault(_master_of(redis, prefix, name), name)
+    async with pool.acquire() as conn:
+        for name in by_port.values():
+            await ensure_project(conn, name)
+    return list(by_port.values())
+
+
+def test_a_cluster_is_found_by_itself(cluster_url: str, settings: Settings) -> None:
+    assert cluster_enabled(cluster_url) is True
+    resolved = resolve_settings(
+        msgspec.structs.replace(settings, redis_url=cluster_url, redis_cluster="auto")
+    )
+    assert resolved.redis_cluster == "on"
+    if not cluster_enabled(settings.redis_url or ""):
+        plain = resolve_settings(msgspec.structs.replace(settings, redis_cluster="auto"))
+        assert plain.redis_cluster == "off"
+    assert cluster_enabled("redis://127.0.0.1:9/0", timeout=0.5) is None
+
+
+async def test_projects_on_three_masters_read_as_one(
+    csettings: Settings, credis: RedisClient, pool: asyncpg.Pool
+) -> None:
+    projects = await _projects_on_each_master(credis, pool, csettings.key_prefix)
+    assert len(projects) == 3
+    async with pool.acquire() as conn:
+        ingest = [await create_key(conn, p, "ingest") for p in projects]
+        both = await create_key(conn, projects, "read")
+    s = msgspec.structs.replace(csettings, max_event_age_days=200, raw_retention_days=400)
+    base = NOW - 2 * HOUR_MS
+    async with InProcessApp(s, ManualClock(NOW)) as app:
+        for k, project in enumerate(projects):
+            events = [
+                {"name": "pv", "ts": base + i * 7_000, "uid": f"u{i}", "value": 1.5}
+                for i in range(100 * (k + 1))
+            ]
+            await ApiClient(app, project, ingest[k], both).post(events)
+        await app.persist(projects[0])  # one project's history in Postgres, the others hot
+        assert app.client is not None
+        params = {
+            "project": projects,
+            "name": "pv",
+            "precision": "1h",
+            "from": str(base),
+            "to": str(base + 2 * HOUR_MS),
+        }
+        auth = {"Authorization": f"Bearer {both}"}
+        counts = (await app.client.get("/v1/series", params=params, headers=auth)).json()
+        assert [s["total"] for s in counts["series"]] == [100, 200, 300]
+        assert [p["total"] for p in counts["union"]] == [600], counts
+        sums = (
+            await app.client.get("/v1/series", params={**params, "measure": "sum"}, headers=auth)
+        ).json()
+        assert [s["total"] for s in sums["series"]] == [150.0, 300.0, 450.0]
+        uniq = (
+            await app.client.get(
+                "/v1/series", params={**params, "measure": "uniques"}, headers=auth
+            )
+        ).json()
+        assert all(
+            abs(s["total"] - n) <= 5 for s, n in zip(uniq["series"], (100, 200, 300), strict=True)
+        )
+        # each project's uids are keyed by its own secret, so u0..u99 of the three are
+        # different people: the union of the sketches of three masters holds all 600
+        assert len(uniq["union"]) == 1 and abs(uniq["union"][0]["total"] - 600) <= 12, uniq
+
+
+async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
+    csettings: Settings, credis: RedisClient, pool: asyncpg.Pool, cluster_dir: Path
+) -> None:
+    victim, bystander, _ = await _projects_on_each_master(credis, pool, csettings.key_prefix)
+    scripts = Scripts(credis)
+    durable = msgspec.structs.replace(csettings, durable_ack=True)
+    hv = Harness.build(durable, credis, pool, scripts, victim)
+    hb = Harness.build(durable, credis, pool, scripts, bystander)
+    index = next(
+        n.index
+        for n in cluster_nodes(cluster_dir)
+        if n.port == _master_of(credis, csettings.key_prefix, victim)
+    )
+    acked = {victim: 0, bystander: 0}
+
+    async def post(h: Harness, n: int) -> bool:
+        ts = h.clock.now_ms() - 1000
+        try:
+            reply = await h.ingest(*[{"name": "click", "ts": ts} for _ in range(n)])
+        except Unavailable:
+            return False
+        acked[h.project] += reply.accepted
+        return True
+
+    assert await post(hv, 5) and await post(hb, 5)
+    kill_cluster_node(cluster_dir, index)
+    # the victim's master is down: its writes answer 503 (nothing applied), the other
+    # masters' projects go on
+    assert not await post(hv, 3)
+    assert await post(hb, 4)
+    await asyncio.to_thread(ensure_valkey_cluster, cluster_dir)
+
+    async def posted() -> bool:
+        return await post(hv, 7)
+
+    await wait_for(posted, bool, timeout=20, what="writes to the restarted master")
+    assert acked[victim] == 12 and acked[bystander] == 9
+    minute = T0 - 1000 - (T0 - 1000) % MINUTE_MS
+    for h in (hv, hb):
+        h.clock.advance(HOUR_MS)
+        await h.persist()
+        await h.persist()
+        assert await h.total("click", minute, minute + MINUTE_MS) == acked[h.project]
