@@ -326,7 +326,7 @@ class Cluster:
         keys = ProjectKeys(self.prefix, self.project)
         client = sync_redis.RedisCluster.from_url(self.redis_url)
         try:
-            port = client.get_node_from_key(keys.watermarks).port
+            port = client.get_node_from_key(keys.watermarks).port  # type: ignore[no-untyped-call]
         finally:
             close_sync(client)
         for node in embedded.cluster_nodes(self.vdir):
