@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from redis.asyncio import RedisCluster
 
 from counters.core.config import Settings
 from lua.client import RedisClient, open_redis
@@ -272,7 +273,10 @@ async def test_the_socket_timeout_outlasts_any_script(
     threshold_s = int(next(iter(config.values()))) / 1000
     client = open_redis(settings.redis_url or "")
     try:
-        timeout = client.connection_pool.connection_kwargs["socket_timeout"]
+        if isinstance(client, RedisCluster):
+            timeout = client.connection_kwargs["socket_timeout"]
+        else:
+            timeout = client.connection_pool.connection_kwargs["socket_timeout"]
     finally:
         await client.aclose()
     assert timeout > threshold_s
