@@ -35,6 +35,11 @@
 --            idem_hash      hex hash of the request body the key was first sent with
 --            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
+-- ARGV[4]  on a Redis Cluster: the late generation the declared keys are of, else ""
+-- KEYS[3..] on a Redis Cluster: every other key this call may touch (lua/keys.py
+--          ingest_keys, late keys of generation ARGV[4]), declared so that a call during a
+--          resharding of the project's slot is redirected or refused as a whole; the
+--          script derives the same names from ARGV[1] and does not read these
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
 -- Returns (checks in this order; every answer but OK leaves Redis unchanged)
@@ -46,6 +51,7 @@
 --   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
 --                           folds them into "__other__" and retries; nothing applied
 --   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
+--   {"GEN", gen}            ARGV[4] is not the open late generation gen; nothing applied
 --   {"BACKLOG", rawn}       raw log over its cap; nothing applied
 --   {"NAMECAP", i, ...}     1-based indexes into names that are new and do not fit the cap
 --   {"DIMNAMECAP", i, ...}  the same for dim_names; nothing applied
@@ -56,6 +62,9 @@ if not wm[1] or not wm[2] or not wm[3] or not wm[4] then
 end
 local sealed = {m = tonumber(wm[1]), h = tonumber(wm[2]), d = tonumber(wm[3])}
 local gen = wm[4]
+if ARGV[4] and ARGV[4] ~= '' and ARGV[4] ~= gen then
+  return {'GEN', gen}
+end
 local rawn = tonumber(wm[5] or '0')
 local base = ARGV[1]
 local p = cmsgpack.unpack(ARGV[2])

@@ -38,7 +38,8 @@ minutes sealed so far (lua/seal.lua merges them) plus events for minutes already
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, NamedTuple, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from counters.core.buckets import GRAIN_BY_SHORT, Grain
 from counters.core.rollups import US
@@ -57,6 +58,7 @@ __all__ = [
     "count_field",
     "event_id_token",
     "idempotency_token",
+    "ingest_keys",
     "late_field",
     "late_hll_member",
     "parse_key",
@@ -169,6 +171,53 @@ class ProjectKeys:
     def restore_hll(self, token: str, grain: Grain, bucket: int, field: str) -> str:
         """A restore's staged copy of hll(grain, bucket, field)."""
         return self.restore_base(token) + restore_member(grain, bucket, field)
+
+
+def ingest_keys(
+    keys: ProjectKeys,
+    gen: str,
+    groups: Sequence[Sequence[Any]],
+    ids: Sequence[str],
+    idem: str,
+    day_pairs: Iterable[tuple[str, Sequence[Sequence[str]]]],
+    dim_values: Sequence[Sequence[str]],
+) -> list[str]:
+    """Every key one lua/ingest.lua call may touch besides the watermarks and the raw log,
+    for late generation gen: declared in its KEYS on a Redis Cluster, so that during a
+    resharding of the project's slot the call as a whole is redirected (ASK) or refused
+    (TRYAGAIN), never run on a node that holds only some of them. A superset: a group's
+    minute may turn out hot (its hour and day then wait for seal.lua) or sealed (late).
+
+    groups are ingest.lua's [minute, field, count, sum, uids]; day_pairs ("names",
+    [[day, name], ...]) and ("dimnames", ...); dim_values [dim, day, value]."""
+    out: dict[str, None] = {}
+    base = keys.base
+    late = f"{base}late:{gen}"
+    for grain in ("m", "h", "d"):
+        out[f"{base}dirty:{grain}"] = None
+    out[late] = None
+    out[late + ":hll"] = None
+    for group in groups:
+        minute = int(group[0])
+        field = group[1]
+        uids = group[4]
+        hour = minute - minute % Grain.hour.value
+        day = minute - minute % Grain.day.value
+        for grain, bucket in (("m", minute), ("h", hour), ("d", day)):
+            out[f"{base}h:{grain}:{bucket}"] = None
+            if uids:
+                out[f"{base}u:{grain}:{bucket}:{field}"] = None
+                out[f"{late}:u:{grain}:{bucket}:{field}"] = None
+    for token in ids:
+        out[f"{base}id:{token}"] = None
+    if idem:
+        out[f"{base}idem:{idem}"] = None
+    for kind, pairs in day_pairs:
+        for pair in pairs:
+            out[f"{base}{kind}:{pair[0]}"] = None
+    for dv in dim_values:
+        out[f"{base}card:{dv[0]}:{dv[1]}"] = None
+    return list(out)
 
 
 def _hash_hex(text: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
 from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
@@ -18,7 +19,7 @@ from counters.core.rollups import Rollup
 from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
 from lua.durable import call_and_wait_aof
-from lua.keys import ProjectKeys, event_id_token
+from lua.keys import ProjectKeys, event_id_token, ingest_keys
 
 RestoreWatermarks = Callable[[str], Awaitable[object]]
 
@@ -100,6 +101,10 @@ class Ingestor:
         self._max_groups = max_groups
         self._grace_ms = grace_ms
         self._waitaof: bool | None = None  # None: not probed yet
+        self._declare = isinstance(redis, RedisCluster)
+        """On a cluster every key a call touches is declared (lua/keys.py ingest_keys)."""
+        self._gens: dict[str, str] = {}
+        """Last late generation seen per project (for the declared late keys)."""
 
     @classmethod
     def from_settings(
@@ -151,10 +156,10 @@ class Ingestor:
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
 
-    async def _call(self, keys: ProjectKeys, args: list[Any]) -> Any:
+    async def _call(self, keys: ProjectKeys, args: list[Any], declared: list[str]) -> Any:
         """One ingest.lua call; with durable_ack, returns only once its writes are on disk
         (WAITAOF on the script's own connection, see lua/durable.py)."""
-        script_keys = [keys.watermarks, keys.raw]
+        script_keys = [keys.watermarks, keys.raw, *declared]
         if not self._durable:
             return await self._scripts.ingest(keys=script_keys, args=args)
         if self._waitaof is False:
@@ -269,11 +274,21 @@ class Ingestor:
                     f"{idem.body_hash} {len(pending)} {duplicates}",
                 ]
             )
+            args = [keys.base, payload, raw_encoder.encode(pending)]
+            declared: list[str] = []
+            if self._declare:
+                gen = self._gens.get(project, "?")  # "?": unknown, the script says which
+                day_pairs = (("names", plan.names), ("dimnames", plan.dim_names))
+                declared = ingest_keys(keys, gen, groups, ids, idem.token, day_pairs, dim_values)
+                args.append(gen)
             with redis_unavailable():
-                reply = await self._call(keys, [keys.base, payload, raw_encoder.encode(pending)])
+                reply = await self._call(keys, args, declared)
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if status == "OK":
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
+            if status == "GEN":
+                self._gens[project] = bytes(reply[1]).decode()
+                continue
             if status == "DUP":
                 seen = {ids[i - 1] for i in reply[1:]}
                 kept = [
