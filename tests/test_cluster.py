@@ -177,6 +177,12 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
     # masters' projects go on
     assert not await post(hv, 3)
     assert await post(hb, 4)
+    # the persister sits the victim out (one master's outage is that project's) and goes
+    # on with the bystander, whose master is up
+    with pytest.raises(Unavailable) as down:
+        await hv.persist()
+    assert hv.persister._own_outage(down.value)
+    await hb.persist()
     await asyncio.to_thread(ensure_valkey_cluster, cluster_dir)
 
     async def posted() -> bool:
@@ -229,10 +235,16 @@ async def test_a_batch_during_a_resharding_is_refused_whole(
         await source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         with pytest.raises(Unavailable):
             await h.ingest(*batch)
+        # the persister leaves the project alone until the slot is stable
+        with pytest.raises(Unavailable, match="being resharded"):
+            await h.persist()
     finally:
         await source.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
         await target.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
         for client, _ in nodes.values():
             await client.aclose()
     assert (await h.ingest(*batch)).accepted == 3
+    assert await h.total("pv", T0 - 10 * MINUTE_MS, T0 + MINUTE_MS) == 4
+    h.clock.advance(HOUR_MS)
+    await h.persist()
     assert await h.total("pv", T0 - 10 * MINUTE_MS, T0 + MINUTE_MS) == 4

@@ -20,6 +20,7 @@ import time
 
 import asyncpg
 import msgspec
+from redis.asyncio import RedisCluster
 
 from counters.core.buckets import GRAINS, Grain, bucket_start
 from counters.core.clock import Clock
@@ -31,6 +32,7 @@ from counters.engines.rawcopy import RawCopier
 from counters.engines.restore import RestoreGate
 from counters.engines.retention import apply_retention
 from counters.engines.seal import Sealer
+from counters.engines.slots import ensure_slot_settled
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
@@ -117,6 +119,7 @@ class Persister:
         self.backoff = ProjectBackoff(metrics)
         self.gate = gate or RestoreGate(pool, redis, scripts, settings, clock)
         self._retention_due = 0.0
+        self._cluster = isinstance(redis, RedisCluster)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -167,7 +170,7 @@ class Persister:
             try:
                 report = await self.persist_project(project)
             except Exception as exc:
-                if is_outage(exc):
+                if is_outage(exc) and not self._own_outage(exc):
                     with contextlib.suppress(Unavailable):
                         await self.observe(projects)
                     raise
@@ -178,6 +181,11 @@ class Persister:
                 reports[project] = report
         await self.observe(projects)
         return reports
+
+    def _own_outage(self, exc: BaseException) -> bool:
+        """On a Redis Cluster a Redis outage is one master's (or one slot's): it sits out
+        that project only, and the projects of the other masters are persisted."""
+        return self._cluster and isinstance(exc, Unavailable) and exc.backend == "redis"
 
     async def observe(self, projects: list[str]) -> Risk:
         """Sets the persister gauges from these projects (cheap: one Redis pipeline, one
@@ -251,6 +259,7 @@ class Persister:
     async def run_protocol(self, conn: Conn, keys: ProjectKeys) -> ProjectReport:
         """The seal-then-copy protocol, in docs/ARCHITECTURE.md's order; the caller holds the
         project's lock."""
+        await ensure_slot_settled(self.redis, keys)
         await self.restore(keys)
         report = ProjectReport()
         # 1. seal what has closed and close the open late generation (Redis only)
@@ -273,6 +282,7 @@ class Persister:
         """Takes a cut of the project's write stream and brings Postgres exactly to it: every
         bucket below the cut's watermarks then holds exactly the events of the raw log up to
         the cut's stream id (all of which are in raw_events). The caller holds the lock."""
+        await ensure_slot_settled(self.redis, keys)
         await self.restore(keys)
         with redis_unavailable():
             reply = await self.scripts.cut(keys=[keys.watermarks, keys.raw])
