@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -86,7 +86,7 @@ async def _counters_error(request: Request, exc: Exception) -> Response:
 
 
 async def _backend_error(request: Request, exc: Exception) -> Response:
-    backend = "redis" if isinstance(exc, RedisError) else "postgres"
+    backend = "redis" if isinstance(exc, (RedisError, RedisClusterException)) else "postgres"
     return await _counters_error(request, as_unavailable(backend, exc))
 
 
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         exception_handlers={
             CountersError: _counters_error,
             RedisError: _backend_error,
+            RedisClusterException: _backend_error,
             OSError: _backend_error,
             asyncpg.PostgresError: _backend_error,
             asyncpg.InterfaceError: _backend_error,

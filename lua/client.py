@@ -11,7 +11,7 @@ from typing import TypeAlias
 import redis as sync_redis
 from redis.asyncio import Redis, RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from counters.core.errors import unavailable
@@ -21,8 +21,9 @@ log = logging.getLogger("counters.redis")
 RedisClient: TypeAlias = Redis | RedisCluster
 """What every Redis-using part is handed: one node, or a cluster routed by hash tag."""
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
-"""What a Redis that is down, restarting or unreachable raises (answered with a 503)."""
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+"""What a Redis that is down, restarting or unreachable raises (answered with a 503); a
+cluster's own failures (a slot not covered yet, topology not found) are not RedisErrors."""
 
 
 SOCKET_TIMEOUT_SECONDS = 12.0

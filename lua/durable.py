@@ -33,6 +33,7 @@ async def call_and_wait_aof(
         pipe = redis.pipeline(transaction=False)
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         if isinstance(redis, RedisCluster):
+            await redis.initialize()  # the slot map (a no-op once known)
             node = redis.get_node_from_key(keys[0])
             pipe.execute_command("WAITAOF", 1, 0, timeout_ms, target_nodes=node)
         else:

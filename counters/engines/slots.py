@@ -34,6 +34,7 @@ async def ensure_slot_settled(redis: RedisClient, keys: ProjectKeys) -> None:
     if not isinstance(redis, RedisCluster):
         return
     with redis_unavailable():
+        await redis.initialize()  # the slot map (a no-op once known)
         slot = redis.keyslot(keys.watermarks)
         node = redis.get_node_from_key(keys.watermarks)
         text = await redis.execute_command("CLUSTER", "NODES", target_nodes=node)
