@@ -36,6 +36,8 @@
 --            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- ARGV[4]  on a Redis Cluster: the late generation the declared keys are of, else ""
+-- ARGV[5]  on a Redis Cluster: hot_from (epoch ms; minutes at or after it were declared as
+--          hot minutes only), or "" when every group's hot and late keys were declared
 -- KEYS[3..] on a Redis Cluster: every other key this call may touch (lua/keys.py
 --          ingest_keys, late keys of generation ARGV[4]), declared so that a call during a
 --          resharding of the project's slot is redirected or refused as a whole; the
@@ -52,6 +54,8 @@
 --                           folds them into "__other__" and retries; nothing applied
 --   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
 --   {"GEN", gen}            ARGV[4] is not the open late generation gen; nothing applied
+--   {"EDGE"}                ARGV[5]'s minute, its hour or its day is sealed (a minute
+--                           declared hot might not be); nothing applied
 --   {"BACKLOG", rawn}       raw log over its cap; nothing applied
 --   {"NAMECAP", i, ...}     1-based indexes into names that are new and do not fit the cap
 --   {"DIMNAMECAP", i, ...}  the same for dim_names; nothing applied
@@ -64,6 +68,11 @@ local sealed = {m = tonumber(wm[1]), h = tonumber(wm[2]), d = tonumber(wm[3])}
 local gen = wm[4]
 if ARGV[4] and ARGV[4] ~= '' and ARGV[4] ~= gen then
   return {'GEN', gen}
+end
+local hot_from = tonumber(ARGV[5] or '')
+if hot_from and (sealed.m > hot_from or sealed.h > hot_from - hot_from % HOUR_MS
+                 or sealed.d > hot_from - hot_from % DAY_MS) then
+  return {'EDGE'}
 end
 local rawn = tonumber(wm[5] or '0')
 local base = ARGV[1]

@@ -181,6 +181,7 @@ def ingest_keys(
     idem: str,
     day_pairs: Iterable[tuple[str, Sequence[Sequence[str]]]],
     dim_values: Sequence[Sequence[str]],
+    hot_from: int | None = None,
 ) -> list[str]:
     """Every key one lua/ingest.lua call may touch besides the watermarks and the raw log,
     for late generation gen: declared in its KEYS on a Redis Cluster, so that during a
@@ -189,7 +190,9 @@ def ingest_keys(
     minute may turn out hot (its hour and day then wait for seal.lua) or sealed (late).
 
     groups are ingest.lua's [minute, field, count, sum, uids]; day_pairs ("names",
-    [[day, name], ...]) and ("dimnames", ...); dim_values [dim, day, value]."""
+    [[day, name], ...]) and ("dimnames", ...); dim_values [dim, day, value]. A group of a
+    minute at or after hot_from gets its minute's keys only: the script refuses the call
+    (EDGE) unless every such minute, its hour and its day are unsealed."""
     out: dict[str, None] = {}
     base = keys.base
     late = f"{base}late:{gen}"
@@ -201,6 +204,11 @@ def ingest_keys(
         minute = int(group[0])
         field = group[1]
         uids = group[4]
+        if hot_from is not None and minute >= hot_from:
+            out[f"{base}h:m:{minute}"] = None
+            if uids:
+                out[f"{base}u:m:{minute}:{field}"] = None
+            continue
         hour = minute - minute % Grain.hour.value
         day = minute - minute % Grain.day.value
         for grain, bucket in (("m", minute), ("h", hour), ("d", day)):

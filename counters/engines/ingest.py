@@ -133,6 +133,13 @@ class Ingestor:
             grace_ms=int(settings.grace_seconds * 1000),
         )
 
+    def _hot_from(self, events: list[RawEvent]) -> int:
+        """The first minute surely not sealed yet when the batch arrives: a minute seals
+        grace after its end (one more minute of margin); ingest.lua checks it (EDGE)."""
+        now = max((ev.received for ev in events), default=0)
+        edge = now - self._grace_ms - 2 * MINUTE_MS
+        return edge - edge % MINUTE_MS
+
     def _check_on_disk(self, waited: Any) -> bool:
         """Raises unless the WAITAOF that followed the script (on its connection) says its
         writes are fsynced; False when the server has no WAITAOF (it must then run
@@ -243,6 +250,7 @@ class Ingestor:
         pending, duplicates = first_occurrences(events)
         caps = bool(self._name_cap or self._dim_name_cap)
         checked = False
+        edge_refused = False
         for _ in range(_MAX_ATTEMPTS):
             if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
@@ -279,8 +287,11 @@ class Ingestor:
             if self._declare:
                 gen = self._gens.get(project, "?")  # "?": unknown, the script says which
                 day_pairs = (("names", plan.names), ("dimnames", plan.dim_names))
-                declared = ingest_keys(keys, gen, groups, ids, idem.token, day_pairs, dim_values)
-                args.append(gen)
+                hot_from = None if edge_refused else self._hot_from(pending)
+                declared = ingest_keys(
+                    keys, gen, groups, ids, idem.token, day_pairs, dim_values, hot_from
+                )
+                args += [gen, "" if hot_from is None else str(hot_from)]
             with redis_unavailable():
                 reply = await self._call(keys, args, declared)
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
@@ -288,6 +299,9 @@ class Ingestor:
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
             if status == "GEN":
                 self._gens[project] = bytes(reply[1]).decode()
+                continue
+            if status == "EDGE":
+                edge_refused = True
                 continue
             if status == "DUP":
                 seen = {ids[i - 1] for i in reply[1:]}
