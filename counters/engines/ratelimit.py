@@ -79,6 +79,36 @@ class RateLimiter:
         keys = ProjectKeys(self._prefix, project)
         return await self._charge(keys.rate_key(key_digest), limit, 1)
 
+    async def charge_requests(
+        self, project: str, key_digest: str, limit: KeyLimit, n: int
+    ) -> tuple[int, Decision] | None:
+        """Charges n requests of one key at once (the pixel's group commit), one token each,
+        as many as the bucket holds: (how many passed, the bucket after them). The first
+        passed ones are the first n - refused in arrival order; a refused request takes
+        nothing and counts in rate_limited{limit}. Decision.allowed is False when any was
+        refused (retry_after_ms is then the wait for the next token). None when the limit is
+        off, n < 1 or Redis cannot be reached (fail open)."""
+        rate = self._rates[limit]
+        if rate <= 0 or n < 1:
+            return None
+        burst = max(1, round(rate * BURST_SECONDS))
+        now = "" if self._clock is None else str(self._clock.now_ms())
+        key = ProjectKeys(self._prefix, project).rate_key(key_digest)
+        try:
+            passed, remaining, reset_ms, retry_ms = await self._scripts.ratelimit(
+                keys=[key], args=[repr(float(rate)), burst, n, now, "1"]
+            )
+        except REDIS_ERRORS as exc:
+            self._warn(exc)
+            return None
+        passed = int(passed)
+        if passed < n:
+            self._metrics.rate_limited.labels(limit).inc(n - passed)
+        decision = Decision(
+            passed == n, limit, burst, BURST_SECONDS, int(remaining), int(reset_ms), int(retry_ms)
+        )
+        return passed, decision
+
     async def charge_events(self, project: str, n: int) -> Decision | None:
         """Charges n events to the project's events-per-second bucket. None when the limit is
         off, n < 1 or Redis cannot be reached (fail open)."""
