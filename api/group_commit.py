@@ -1,6 +1,6 @@
 """Group commit for the pixel: concurrent hits of one project join one batch, and the batch
-pays once for what each hit would have paid alone (the key's rate-limit charge, the uid
-hashing, the project's events charge and the ingest script call).
+pays once for what each hit would have paid alone (the rate-limit charges of its keys and
+of the project's events, in one script call; the uid hashing; the ingest script call).
 
 A batch is a list of Hit records plus ONE future its waiters share (no future per request):
 the batch writes each hit's outcome into its record, then completes the future. At most one
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from counters.core.errors import Invalid
+from counters.core.errors import CountersError, Invalid
 from counters.core.models import RawEvent
 from counters.engines.ingest import Ingestor
 from counters.engines.ratelimit import Decision
@@ -43,9 +43,11 @@ class Hit:
         self.error: BaseException | None = None
 
 
-ChargeKeys = Callable[[str, list[Hit]], Awaitable[None]]
-"""Charges the hits of one batch to their keys' buckets (before anything is applied): sets
-each charged hit's decision, and refusal `rate_limited` on those over the limit."""
+ChargeHits = Callable[[str, list[Hit]], Awaitable[None]]
+"""Charges the hits of one batch (before anything is applied) to their keys' buckets and
+the events of those that pass to the project's: sets each charged hit's decision, refusal
+`rate_limited` on those over their key's limit, and raises (a CountersError, after marking
+the hits) when the project's events bucket refused the batch's events."""
 HashUids = Callable[[str, Sequence[RawEvent]], Awaitable[list[RawEvent]]]
 """The events with their uids replaced by the project's keyed hash, in the same order."""
 
@@ -75,18 +77,16 @@ class GroupCommitter:
         self,
         ingestor: Ingestor,
         max_in_flight: int = MAX_BATCHES_IN_FLIGHT,
-        charge: Callable[[str, int], Awaitable[None]] | None = None,
         *,
-        charge_keys: ChargeKeys | None = None,
+        charge: ChargeHits | None = None,
         hash_uids: HashUids | None = None,
         counted: Callable[[str, int], None] | None = None,
     ) -> None:
-        """charge: charges a batch's events to the project's events rate limit before they
-        are applied (what it raises goes to every hit with an event); counted(project, n):
+        """charge: the rate-limit charge of a batch's hits, before anything is applied
+        (what it raises goes to every hit still carrying an event); counted(project, n):
         told how many hits of a batch were counted."""
         self._ingestor = ingestor
         self._charge = charge
-        self._charge_keys = charge_keys
         self._hash_uids = hash_uids
         self._counted = counted
         self._max = max_in_flight
@@ -145,16 +145,20 @@ class GroupCommitter:
         hits = batch.hits
         targets = hits
         try:
-            if self._charge_keys is not None:
-                await self._charge_keys(project, hits)
+            refusal: CountersError | None = None
+            if self._charge is not None:
+                try:
+                    await self._charge(project, hits)
+                except CountersError as exc:
+                    refusal = exc
             live = [h for h in hits if h.event is not None and h.refusal is None]
             targets = live
             if live:
+                if refusal is not None:
+                    raise refusal
                 events = [h.event for h in live if h.event is not None]
                 if self._hash_uids is not None:
                     events = await self._hash_uids(project, events)
-                if self._charge is not None:
-                    await self._charge(project, len(events))
                 refused: list[RawEvent] = []
                 await self._ingestor.apply(project, events, refused=refused)
                 if refused:  # over a name cap: refused alone, the rest is counted

@@ -1,10 +1,11 @@
 """GET /v1/pixel.gif: one event from a query string, always answered with a 1x1 GIF.
 
 Concurrent pixel requests are group-committed (api/group_commit.py): they join the
-project's collecting batch, which charges their keys' rate limits, hashes their uids and
-applies their events in one call each (several batches may be in flight); each request
-answers only after Redis has its event. `count_hit` is the whole of it, without HTTP: the
-lean ASGI route (api/pixel_route.py) and the Starlette endpoint `pixel` both call it."""
+project's collecting batch, which charges their keys' and the project's rate limits in one
+script call, hashes their uids and applies their events in one more (several batches may be
+in flight); each request answers only after Redis has its event. `count_hit` is the whole
+of it, without HTTP: the lean ASGI route (api/pixel_route.py) and the Starlette endpoint
+`pixel` both call it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from api.common import app_state, authenticate, check_scope
 from api.cors import key_origins
 from api.group_commit import MAX_BATCHES_IN_FLIGHT, RATE_LIMITED, GroupCommitter, Hit
-from api.limits import charge_events, current_notes, key_digest, limit_for
+from api.limits import current_notes, enforce_events, key_digest, limit_for
 from api.scope import PIXEL_REASON, check_names, check_origin_of
 from api.state import AppState
 from counters.core.errors import CountersError
@@ -68,9 +69,26 @@ NOTHING_SEEN = Seen(None, None)
 def strict_query(raw: bytes) -> dict[str, str]:
     """The query parameters (the last of repeated ones, as Starlette's), decoded as strict
     UTF-8: a `%FF` or an encoded surrogate raises UnicodeDecodeError instead of becoming
-    U+FFFD."""
-    text = raw.decode("latin-1")
-    return dict(urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict"))
+    U+FFFD. The same pairs as `parse_qsl(text, keep_blank_values=True, errors="strict")`,
+    without its per-pair overhead: only a part holding `+` or `%` is rewritten."""
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = _unquote(name, errors="strict")
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = _unquote(value, errors="strict")
+        out[name] = value
+    return out
+
+
+_unquote = urllib.parse.unquote
 
 
 def event_from_params(q: dict[str, str]) -> EventWire:
@@ -157,7 +175,7 @@ async def count_hit(
         refusal = _reason(exc)
     origins = key_origins(info)
     charged = state.services.limiter.rate(PIXEL_LIMIT) > 0
-    if refusal is not None and not charged:
+    if refusal is not None and not charged:  # nothing to charge: no need to wait
         metrics.rejected.labels(refusal).inc()
         return Seen(origins, None)
     hit = Hit(event if refusal is None else None, _bucket(key) if charged else None, refusal)
@@ -171,21 +189,28 @@ async def count_hit(
     return Seen(origins, hit.decision)
 
 
-async def charge_keys(state: AppState, project: str, hits: list[Hit]) -> None:
-    """The group commit's key charge: the batch's hits of each key (usually one key) in one
-    script call; the first ones pass, those over the key's limit are refused
-    `rate_limited`. Each hit gets its own decision (remaining counted down in arrival
-    order), as if charged alone."""
+async def charge_hits(state: AppState, project: str, hits: list[Hit]) -> None:
+    """The group commit's rate-limit charge, one script call for the batch: the hits of
+    each key (usually one key) to its bucket, the first ones passing and those over the
+    limit refused `rate_limited`, each with its own decision (remaining counted down in
+    arrival order, as if charged alone); then the events of the passed hits to the
+    project's bucket, raising 429 rate_limited (after the hits are marked) when refused."""
     by_bucket: dict[str, list[Hit]] = {}
+    loose = 0
     for hit in hits:
         if hit.bucket is not None:
             by_bucket.setdefault(hit.bucket, []).append(hit)
-    limiter = state.services.limiter
-    for bucket, group in by_bucket.items():
-        charged = await limiter.charge_requests(project, bucket, PIXEL_LIMIT, len(group))
-        if charged is None:
-            continue  # limit off or Redis unreachable: fail open
-        passed, d = charged
+        elif hit.event is not None:
+            loose += 1
+    masks = {
+        bucket: "".join("0" if h.event is None else "1" for h in group)
+        for bucket, group in by_bucket.items()
+    }
+    charged = await state.services.limiter.charge_batch(project, masks, loose)
+    if charged is None:
+        return  # limits off or Redis unreachable: fail open
+    per_key, events = charged
+    for (passed, d), group in zip(per_key, by_bucket.values(), strict=False):
         refused = d._replace(allowed=False, remaining=0)
         for i, hit in enumerate(group):
             if i < passed:
@@ -195,6 +220,7 @@ async def charge_keys(state: AppState, project: str, hits: list[Hit]) -> None:
             else:
                 hit.decision = refused
                 hit.refusal = RATE_LIMITED
+    enforce_events(state, project, events)
 
 
 def build_committer(state: AppState) -> GroupCommitter:
@@ -202,11 +228,8 @@ def build_committer(state: AppState) -> GroupCommitter:
     uid hashing and events_accepted counted per batch."""
     metrics = state.metrics
 
-    async def charge(project: str, n: int) -> None:
-        await charge_events(state, project, n)
-
-    async def keys(project: str, hits: list[Hit]) -> None:
-        await charge_keys(state, project, hits)
+    async def charge(project: str, hits: list[Hit]) -> None:
+        await charge_hits(state, project, hits)
 
     def counted(project: str, n: int) -> None:
         if n:
@@ -215,7 +238,6 @@ def build_committer(state: AppState) -> GroupCommitter:
     return GroupCommitter(
         state.ingestor,
         charge=charge,
-        charge_keys=keys,
         hash_uids=state.services.hash_uids,
         counted=counted,
     )

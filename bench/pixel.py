@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,11 @@ async def _empty_pixel(request: Request) -> Response:
 async def _ok(request: Request) -> Response:
     return Response(b"ok")
 
+
+SERVE_HTTP = "api.server:CountersHttpProtocol"
+"""The uvicorn protocol class `counters serve` runs (counters/cli/__init__.py)."""
+SERVE_KEEPALIVE = 5
+"""`counters serve`'s keep-alive timeout with the default keepalive_timeout_seconds."""
 
 empty_app = Starlette(
     routes=[Route("/v1/pixel.gif", _empty_pixel), Route("/healthz", _ok)],
@@ -69,6 +75,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--append", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--profile-out", default=None, help="keep py-spy's raw folded stacks here")
     a = p.parse_args(argv)
     a.seconds = a.seconds or (3.0 if a.quick else 10.0)
     a.rounds = a.rounds or (2 if a.quick else 3)
@@ -120,8 +127,11 @@ class EmptyServer:
                     "1",
                     "--loop",
                     "uvloop",
+                    # the same protocol class and keep-alive as `counters serve`
                     "--http",
-                    "httptools",
+                    SERVE_HTTP,
+                    "--timeout-keep-alive",
+                    str(SERVE_KEEPALIVE),
                     "--log-level",
                     "warning",
                     "--no-access-log",
@@ -246,6 +256,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     time.sleep(0.5)
                     run_wrk(svc.url, varied, seconds=secs, connections=args.connections)
                     prof.wait(timeout=secs + 60)
+                    if args.profile_out:
+                        shutil.copyfile(out, args.profile_out)
                     profile_md = (
                         f"\npy-spy profile of the service under the distinct-URL load ({secs:.0f}"
                         " s; share of samples whose stack holds the function):\n\n"
