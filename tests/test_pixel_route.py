@@ -146,3 +146,41 @@ def test_strict_query_is_parse_qsl() -> None:
         except UnicodeDecodeError:
             continue
         raise AssertionError(bad)
+
+
+async def test_an_unexpected_failure_is_the_apps_json_error(small: Ctx) -> None:
+    """What the pixel does not turn into a GIF (here a lifespan state without the group
+    committer) is answered as the app's exception handlers answer it: JSON, with the fields
+    the middleware would add."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    state = {k: v for k, v in small.app.state.items() if k != "pixel"}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/pixel.gif",
+        "raw_path": b"/v1/pixel.gif",
+        "root_path": "",
+        "query_string": small.url().split("?", 1)[1].encode(),
+        "headers": [(b"host", b"app"), (b"origin", SITE.encode())],
+        "server": ("app", 80),
+        "client": ("127.0.0.1", 1),
+        "state": state,
+    }
+    await small.app.app(scope, receive, send)
+    start, body = sent
+    assert start["status"] == 500
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"access-control-allow-origin"] == SITE.encode()
+    assert b"server-timing" in headers
+    assert msgspec.json.decode(body["body"])["error"]["code"] == "internal"
