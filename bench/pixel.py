@@ -347,8 +347,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"wrk {args.threads} thread, {args.connections} keep-alive connections, "
             f"{args.seconds:.0f} s per run, {args.rounds} rounds alternating; both servers "
             f"uvicorn with uvloop, `{SERVE_HTTP}` (serve's protocol class), keep-alive "
-            f"{SERVE_KEEPALIVE} s, one worker, access log off; the pixel on its lean ASGI "
-            "route; pixel URLs carry 5 dims, a uid and (conversions) a value, no ts. "
+            f"{SERVE_KEEPALIVE} s, one worker, access log off; "
+            "pixel URLs carry 5 dims, a uid and (conversions) a value, no ts. "
             "Persister: in the service process (today's `serve` default) and/or its own "
             "`counters persist` process (the service with `--no-persister`).",
             "",
