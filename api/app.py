@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from redis.exceptions import RedisClusterException, RedisError
@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import pixel
 from api.common import json_response
 from api.cors import Cors
-from api.limits import RateLimitHeaders, charge_events
+from api.limits import RateLimitHeaders
+from api.pixel_route import PixelRoute, takes
 from api.routes import starlette_routes
 from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
@@ -128,6 +129,43 @@ class ServerTiming:
         await self.app(scope, receive, timed_send)
 
 
+async def _error_reply(request: Request, exc: Exception) -> Response:
+    """The answer the exception handlers below give to an exception, for a route that runs
+    outside them (the pixel's lean route)."""
+    if isinstance(exc, CountersError):
+        return await _counters_error(request, exc)
+    if isinstance(exc, BACKEND_ERRORS):
+        return await _backend_error(request, exc)
+    return await _unexpected(request, exc)
+
+
+BACKEND_ERRORS = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+"""Exceptions answered 503 naming the backend (with Retry-After)."""
+
+
+class CountersApp(Starlette):
+    """The Starlette app with GET and HEAD /v1/pixel.gif handed to the pixel's lean ASGI
+    route before the middleware stack and the router (it adds the fields the middleware
+    would, api/pixel_route.py); everything else goes through Starlette as usual."""
+
+    def __init__(self, pixel_route: PixelRoute, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pixel_route = pixel_route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if takes(scope):
+            await self.pixel_route(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
     """The service. Backends are opened in the lifespan: the configured URLs, else the
     embedded servers (started only when a URL is unset). The lifespan does not wait for
@@ -152,10 +190,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             try:
                 yield {
                     "counters": state,
-                    "pixel": pixel.GroupCommitter(
-                        services.ingestor,
-                        charge=functools.partial(charge_events, state),
-                    ),
+                    "pixel": pixel.build_committer(state),
                     "services": services,
                 }
             finally:
@@ -167,18 +202,14 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         Route("/", dashboard, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(
+    app = CountersApp(
+        PixelRoute(_error_reply),
         routes=routes,
         middleware=[Middleware(ServerTiming), Middleware(RateLimitHeaders), Middleware(Cors)],
         lifespan=lifespan,
         exception_handlers={
             CountersError: _counters_error,
-            RedisError: _backend_error,
-            RedisClusterException: _backend_error,
-            OSError: _backend_error,
-            asyncpg.PostgresError: _backend_error,
-            asyncpg.InterfaceError: _backend_error,
-            asyncpg.InternalClientError: _backend_error,
+            **dict.fromkeys(BACKEND_ERRORS, _backend_error),
             HTTPException: _http_error,
             Exception: _unexpected,
         },

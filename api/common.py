@@ -118,10 +118,15 @@ async def authorize_key(
     await charge_key(state, key, info.projects[0], scope, key_origins(info))
     if project is not None and (not PROJECT_PATTERN.match(project) or project not in info.projects):
         raise NotFound(f"unknown project {project!r}", code="unknown_project")
+    check_scope(info, scope)
+    return Access(project if project is not None else info.projects[0], info)
+
+
+def check_scope(info: KeyInfo, scope: str) -> None:
+    """403 when the key's scope does not allow `scope` (ingest, read, admin)."""
     if not _allows(info.scope, scope):
         action = {"ingest": "write events", "read": "read", "admin": "manage keys"}
         raise Forbidden(f"a {info.scope} key cannot {action.get(scope, scope)}")
-    return Access(project if project is not None else info.projects[0], info)
 
 
 async def authorize(

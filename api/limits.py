@@ -115,6 +115,11 @@ async def charge_events(state: AppState, project: str, n: int) -> None:
     """Counts n events against the project's events-per-second bucket; raises 429
     rate_limited (nothing applied) when over it."""
     decision = await state.services.limiter.charge_events(project, n)
+    enforce_events(state, project, decision)
+
+
+def enforce_events(state: AppState, project: str, decision: Decision | None) -> None:
+    """Raises 429 rate_limited when a charge of the project's events bucket was refused."""
     rate = state.services.limiter.rate("project_events")
     _enforce(decision, f"project {project!r} is over its rate limit of {rate:g} events/s")
 

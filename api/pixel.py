@@ -1,32 +1,53 @@
 """GET /v1/pixel.gif: one event from a query string, always answered with a 1x1 GIF.
 
-Concurrent pixel requests are group-committed: they join the project's collecting batch and
-share one script call (several batches may be in flight); each request answers only after
-Redis has its event."""
+Concurrent pixel requests are group-committed (api/group_commit.py): they join the
+project's collecting batch, which charges their keys' and the project's rate limits in one
+script call, hashes their uids and applies their events in one more (several batches may be
+in flight); each request answers only after Redis has its event. `count_hit` is the whole
+of it, without HTTP: the lean ASGI route (api/pixel_route.py) and the Starlette endpoint
+`pixel` both call it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import urllib.parse
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize_key
-from api.scope import PIXEL_REASON, check_names, check_origin
-from counters.core.errors import CountersError, Invalid
+from api.common import app_state, authenticate, check_scope
+from api.cors import key_origins
+from api.group_commit import MAX_BATCHES_IN_FLIGHT, RATE_LIMITED, GroupCommitter, Hit
+from api.limits import current_notes, enforce_events, key_digest, limit_for
+from api.scope import PIXEL_REASON, check_names, check_origin_of
+from api.state import AppState
+from counters.core.errors import CountersError
 from counters.core.models import EventWire, RawEvent, validate_events
-from counters.engines.ingest import Ingestor
+from counters.engines.ratelimit import Decision
+
+__all__ = [
+    "GIF",
+    "GIF_HEADERS",
+    "MAX_BATCHES_IN_FLIGHT",
+    "GroupCommitter",
+    "Seen",
+    "build_committer",
+    "count_hit",
+    "event_from_params",
+    "gif",
+    "pixel",
+    "strict_query",
+]
 
 log = logging.getLogger("counters.pixel")
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 GIF_HEADERS = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
+PIXEL_LIMIT = limit_for("ingest")
+"""The per-key limit a pixel hit counts against."""
 
 
 def gif() -> Response:
@@ -34,97 +55,45 @@ def gif() -> Response:
     return Response(GIF, 200, GIF_HEADERS, media_type="image/gif")
 
 
-MAX_BATCHES_IN_FLIGHT = 4
-"""Script calls one project may have in flight at once: while some wait on Redis, the next
-batch is already collecting."""
+class Seen(NamedTuple):
+    """What the answer's headers need to know of a hit: the origins its key allows (None:
+    any, or no key found) and the key's rate-limit decision (None: not charged)."""
+
+    origins: tuple[str, ...] | None
+    decision: Decision | None
 
 
-class GroupCommitter:
-    """Joins concurrent single events of one project into batches: at most one batch is
-    collecting at a time, and up to MAX_BATCHES_IN_FLIGHT are being applied."""
-
-    def __init__(
-        self,
-        ingestor: Ingestor,
-        max_in_flight: int = MAX_BATCHES_IN_FLIGHT,
-        charge: Callable[[str, int], Awaitable[None]] | None = None,
-    ) -> None:
-        self._ingestor = ingestor
-        self._charge = charge
-        """Charges a batch's events to the project's events rate limit before it is applied
-        (one script call per batch, not per hit); what it raises goes to every waiter."""
-        self._max = max_in_flight
-        self._pending: dict[str, list[tuple[RawEvent, asyncio.Future[None]]]] = defaultdict(list)
-        self._collecting: set[str] = set()
-        self._in_flight: dict[str, int] = defaultdict(int)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, project: str, event: RawEvent) -> None:
-        """Returns once the event is counted (or raises what the batch raised)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[project].append((event, future))
-        if project not in self._collecting and self._in_flight[project] < self._max:
-            self._collecting.add(project)
-            self._in_flight[project] += 1
-            task = asyncio.create_task(self._flush(project))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        await future
-
-    async def _flush(self, project: str) -> None:
-        """Collects one batch, applies it, and goes on with what piled up meanwhile if no
-        other batch is collecting it."""
-        try:
-            while True:
-                await asyncio.sleep(0)  # let requests already parsed join this batch
-                batch = self._pending.pop(project, [])
-                self._collecting.discard(project)
-                if batch:
-                    await self._apply(project, batch)
-                if not self._pending.get(project) or project in self._collecting:
-                    return
-                self._collecting.add(project)
-        finally:
-            self._in_flight[project] -= 1
-            if not self._in_flight[project]:
-                del self._in_flight[project]
-
-    async def _apply(
-        self, project: str, batch: list[tuple[RawEvent, asyncio.Future[None]]]
-    ) -> None:
-        refused: list[RawEvent] = []
-        try:
-            if self._charge is not None:
-                await self._charge(project, len(batch))
-            await self._ingestor.apply(project, [ev for ev, _ in batch], refused=refused)
-            over = {id(ev) for ev in refused}  # over a name cap: refused alone
-            for ev, fut in batch:
-                if id(ev) in over and not fut.done():
-                    fut.set_exception(Invalid("over a per-day name cap", code="name_cap"))
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+NOTHING_SEEN = Seen(None, None)
 
 
-def _strict_query(request: Request) -> dict[str, str]:
+def strict_query(raw: bytes) -> dict[str, str]:
     """The query parameters (the last of repeated ones, as Starlette's), decoded as strict
     UTF-8: a `%FF` or an encoded surrogate raises UnicodeDecodeError instead of becoming
-    U+FFFD."""
-    raw = request.scope.get("query_string", b"").decode("latin-1")
-    return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True, errors="strict"))
+    U+FFFD. The same pairs as `parse_qsl(text, keep_blank_values=True, errors="strict")`,
+    without its per-pair overhead: only a part holding `+` or `%` is rewritten."""
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = _unquote(name, errors="strict")
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = _unquote(value, errors="strict")
+        out[name] = value
+    return out
 
 
-def event_from_query(request: Request) -> EventWire:
-    """The event a pixel URL describes (`name`, `ts`, `id`, `uid`, `value`, `d.<dim>`).
-    Raises UnicodeDecodeError for a query string that is not UTF-8."""
-    q = _strict_query(request)
+_unquote = urllib.parse.unquote
+
+
+def event_from_params(q: dict[str, str]) -> EventWire:
+    """The event a pixel URL's parameters describe (`name`, `ts`, `id`, `uid`, `value`,
+    `d.<dim>`); raises msgspec.ValidationError for a malformed one."""
     raw: dict[str, object] = {"name": q.get("name", "")}
     for field in ("ts", "id", "uid"):
         if field in q:
@@ -140,32 +109,158 @@ def event_from_query(request: Request) -> EventWire:
     return msgspec.convert(raw, EventWire)
 
 
+def _reason(exc: CountersError) -> str:
+    return PIXEL_REASON.get(exc.code, exc.code)
+
+
+_digests: dict[str, str] = {}
+
+
+def _bucket(key: str) -> str:
+    """The key's rate-limit bucket id (sha256 once per key and process)."""
+    found = _digests.get(key)
+    if found is None:
+        if len(_digests) > 10_000:
+            _digests.clear()
+        found = _digests[key] = key_digest(key)
+    return found
+
+
+async def count_hit(
+    state: AppState,
+    committer: GroupCommitter,
+    query: bytes,
+    origin: str | None,
+    referer: str | None,
+) -> Seen:
+    """Counts the event a pixel query string describes if it is valid, its key allows it
+    (scope, origin from the raw `Origin` / `Referer` values, names) and the key and project
+    are within their rate limits; returns once Redis holds it. Every refusal is counted in
+    rejected{reason}, never raised (the pixel answers its GIF whatever happens); only an
+    unexpected failure (not a CountersError) propagates. Every hit whose key was found is
+    charged to the key's bucket, refused or not, as authorize_key charges every request."""
+    metrics = state.metrics
+    text_error: UnicodeDecodeError | None = None
+    try:
+        q = strict_query(query)
+    except UnicodeDecodeError as exc:
+        text_error = exc
+        q = dict(urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    key = q.get("key")
+    try:
+        info = await authenticate(state, key)
+    except CountersError as exc:
+        metrics.rejected.labels(_reason(exc)).inc()
+        return NOTHING_SEEN
+    assert key is not None  # authenticate refused a missing key
+    project = info.projects[0]
+    event: RawEvent | None = None
+    refusal: str | None = None
+    try:
+        check_scope(info, "ingest")
+        check_origin_of(info, origin, referer)
+        if text_error is not None:
+            refusal = "invalid_string"
+            log.debug("pixel rejected: query string is not UTF-8: %s", text_error)
+        else:
+            try:
+                wire = event_from_params(q)
+            except msgspec.ValidationError as exc:
+                refusal = "invalid"
+                log.debug("pixel rejected: %s", exc)
+            else:
+                check_names(info, (wire.name,))
+                (event,) = validate_events([wire], now_ms=state.clock.now_ms(), limits=state.limits)
+    except CountersError as exc:
+        refusal = _reason(exc)
+    origins = key_origins(info)
+    charged = state.services.limiter.rate(PIXEL_LIMIT) > 0
+    if refusal is not None and not charged:  # nothing to charge: no need to wait
+        metrics.rejected.labels(refusal).inc()
+        return Seen(origins, None)
+    hit = Hit(event if refusal is None else None, _bucket(key) if charged else None, refusal)
+    await committer.join(project, hit)
+    if hit.refusal is not None:
+        metrics.rejected.labels(hit.refusal).inc()
+    elif hit.error is not None:
+        if not isinstance(hit.error, CountersError):
+            raise hit.error
+        metrics.rejected.labels(_reason(hit.error)).inc()
+    return Seen(origins, hit.decision)
+
+
+async def charge_hits(state: AppState, project: str, hits: list[Hit]) -> None:
+    """The group commit's rate-limit charge, one script call for the batch: the hits of
+    each key (usually one key) to its bucket, the first ones passing and those over the
+    limit refused `rate_limited`, each with its own decision (remaining counted down in
+    arrival order, as if charged alone); then the events of the passed hits to the
+    project's bucket, raising 429 rate_limited (after the hits are marked) when refused."""
+    by_bucket: dict[str, list[Hit]] = {}
+    loose = 0
+    for hit in hits:
+        if hit.bucket is not None:
+            by_bucket.setdefault(hit.bucket, []).append(hit)
+        elif hit.event is not None:
+            loose += 1
+    masks = {
+        bucket: "".join("0" if h.event is None else "1" for h in group)
+        for bucket, group in by_bucket.items()
+    }
+    charged = await state.services.limiter.charge_batch(project, masks, loose)
+    if charged is None:
+        return  # limits off or Redis unreachable: fail open
+    per_key, events = charged
+    for (passed, d), group in zip(per_key, by_bucket.values(), strict=False):
+        refused = d._replace(allowed=False, remaining=0)
+        for i, hit in enumerate(group):
+            if i < passed:
+                hit.decision = d._replace(
+                    allowed=True, remaining=d.remaining + passed - 1 - i, retry_after_ms=0
+                )
+            else:
+                hit.decision = refused
+                hit.refusal = RATE_LIMITED
+    enforce_events(state, project, events)
+
+
+def build_committer(state: AppState) -> GroupCommitter:
+    """The pixel's group committer over the app's services: key and project rate limits,
+    uid hashing and events_accepted counted per batch."""
+    metrics = state.metrics
+
+    async def charge(project: str, hits: list[Hit]) -> None:
+        await charge_hits(state, project, hits)
+
+    def counted(project: str, n: int) -> None:
+        if n:
+            metrics.events_accepted.labels(metrics.project(project)).inc(n)
+
+    return GroupCommitter(
+        state.ingestor,
+        charge=charge,
+        hash_uids=state.services.hash_uids,
+        counted=counted,
+    )
+
+
 async def pixel(request: Request) -> Response:
     """Counts one event if it is valid; the GIF is returned whatever happens. HEAD answers
-    the GIF's headers and counts nothing (a link checker or prefetch is not a hit)."""
+    the GIF's headers and counts nothing (a link checker or prefetch is not a hit). The
+    Starlette endpoint, for a request the lean route (api/pixel_route.py) does not take: its
+    decision reaches the middleware's headers through the request notes."""
     if request.method == "HEAD":
         return gif()
-    state = app_state(request)
-    committer: GroupCommitter = request.state.pixel
-    try:
-        access = await authorize_key(state, request.query_params.get("key"), scope="ingest")
-        project = access.project
-        check_origin(access.key, request)
-        try:
-            event = event_from_query(request)
-        except UnicodeDecodeError as exc:
-            state.metrics.rejected.labels("invalid_string").inc()
-            log.debug("pixel rejected: query string is not UTF-8: %s", exc)
-            return gif()
-        except msgspec.ValidationError as exc:
-            state.metrics.rejected.labels("invalid").inc()
-            log.debug("pixel rejected: %s", exc)
-            return gif()
-        check_names(access.key, (event.name,))
-        raw = validate_events([event], now_ms=state.clock.now_ms(), limits=state.limits)
-        (stored,) = await state.services.hash_uids(project, raw)  # no plain uid is stored
-        await committer.submit(project, stored)
-        state.metrics.events_accepted.labels(state.metrics.project(project)).inc()
-    except CountersError as exc:
-        state.metrics.rejected.labels(PIXEL_REASON.get(exc.code, exc.code)).inc()
+    seen = await count_hit(
+        app_state(request),
+        request.state.pixel,
+        request.scope.get("query_string", b""),
+        request.headers.get("origin"),
+        request.headers.get("referer"),
+    )
+    notes = current_notes()
+    if notes is not None and seen is not NOTHING_SEEN:
+        notes.key_seen = True
+        notes.origins = seen.origins
+        if seen.decision is not None:
+            notes.rate = seen.decision
     return gif()

@@ -20,19 +20,30 @@ PIXEL_REASON = {ORIGIN_REFUSED: "origin", NAME_REFUSED: "name"}
 def request_origin(request: Request) -> str | None:
     """The request's origin: the `Origin` header, else the origin of the `Referer`
     (normalised scheme://host[:port]); None when neither names an http(s) origin."""
-    origin = request.headers.get("origin")
+    return origin_of(request.headers.get("origin"), request.headers.get("referer"))
+
+
+def origin_of(origin: str | None, referer: str | None) -> str | None:
+    """The origin an `Origin` header (else a `Referer`) names, normalised as in
+    request_origin; None when neither names an http(s) origin."""
     if origin:
         return normalize_origin(origin)
-    referer = request.headers.get("referer")
     return normalize_origin(referer) if referer else None
 
 
 def check_origin(key: KeyInfo, request: Request) -> None:
     """403 origin_not_allowed when the key has allowed origins and the request comes from
     none of them (or names no origin at all)."""
+    if key.origins:
+        check_origin_of(key, request.headers.get("origin"), request.headers.get("referer"))
+
+
+def check_origin_of(key: KeyInfo, origin_header: str | None, referer: str | None) -> None:
+    """check_origin on the raw `Origin` and `Referer` header values (the pixel's lean route
+    reads them from the ASGI scope, without a Request)."""
     if not key.origins:
         return
-    origin = request_origin(request)
+    origin = origin_of(origin_header, referer)
     if origin is None or origin not in key.origins:
         raise Forbidden(
             f"origin {origin or '(none)'} is not allowed for this key", code=ORIGIN_REFUSED

@@ -100,6 +100,13 @@ class Metrics:
             registry=r,
         )
 
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Counts one HTTP request answered outside the Starlette middleware stack (today the
+        pixel's lean route, api/pixel_route.py, calls it once per request with its route
+        template, method, status and time to the response head). The single hook for the
+        HTTP request metrics (counters_http_requests_total{route,method,status} and the
+        duration histogram): it records nothing until they exist."""
+
     def project(self, name: str) -> str:
         """The label value for a project: its name when metrics_project_labels is on, else
         "_" (so /metrics never lists tenants unless asked to)."""

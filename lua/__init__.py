@@ -31,6 +31,7 @@ NAMES = (
     "cut",
     "read_hot",
     "ratelimit",
+    "ratelimit_batch",
 )
 """Every script in lua/*.lua."""
 
@@ -56,3 +57,4 @@ class Scripts:
         self.cut: AsyncScript = redis.register_script(read_script("cut"))
         self.read_hot: AsyncScript = redis.register_script(read_script("read_hot"))
         self.ratelimit: AsyncScript = redis.register_script(read_script("ratelimit"))
+        self.ratelimit_batch: AsyncScript = redis.register_script(read_script("ratelimit_batch"))

@@ -6,8 +6,12 @@
 -- ARGV[2]  burst: the bucket's capacity in tokens (>= 1)
 -- ARGV[3]  cost: tokens this request takes (>= 1)
 -- ARGV[4]  now, epoch ms; '' uses the server's TIME (one clock for every worker and host)
+-- ARGV[5]  optional: '1' charges ARGV[3] requests of one token each, as many as fit (the
+--          pixel's group commit charges a batch's hits of one key in one call)
 -- Returns  {allowed 1|0, remaining tokens after this request (floor),
---           ms until the bucket is full again, ms to wait before retrying (0 when allowed)}
+--           ms until the bucket is full again, ms to wait before retrying (0 when allowed)};
+--          with ARGV[5] = '1': {requests allowed 0..cost, remaining, ms until full, ms to
+--          wait before the next request would pass (0 when all were allowed)}
 --
 -- Atomic; a refused request takes nothing. The key expires IDLE_MS after the bucket is full
 -- again (a missing key is a full bucket), so idle buckets vanish. A TAT more than one burst ahead of now (the clock went
@@ -39,6 +43,21 @@ if tat < now then
 elseif tat > now + capacity then
   tat = now + capacity
   redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ms(capacity) + IDLE_MS)
+end
+
+if ARGV[5] == '1' then
+  local fit = math.floor((now + capacity - tat) / interval + 1e-9)
+  local n = math.max(0, math.min(cost, fit))
+  local new_tat = tat + n * interval
+  if n > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ms(new_tat - now) + IDLE_MS)
+  end
+  local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
+  local wait = 0
+  if n < cost then
+    wait = math.max(1, ms(new_tat + interval - capacity - now))
+  end
+  return {n, remaining, ms(new_tat - now), wait}
 end
 
 local new_tat = tat + cost * interval

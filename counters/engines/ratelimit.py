@@ -79,6 +79,75 @@ class RateLimiter:
         keys = ProjectKeys(self._prefix, project)
         return await self._charge(keys.rate_key(key_digest), limit, 1)
 
+    async def charge_batch(
+        self, project: str, hits: dict[str, str], loose: int = 0
+    ) -> tuple[list[tuple[int, Decision]], Decision | None] | None:
+        """Charges one group-committed batch of pixel hits in ONE script call
+        (lua/ratelimit_batch.lua): each key's bucket (hits: key digest -> one character a
+        hit in arrival order, '1' carrying an event, '0' not) one token a hit, as many as
+        fit, then the project's events bucket for the events of the hits that passed plus
+        `loose` events of hits charged to no key, all or nothing. Returns per key, in the
+        order of `hits`, (how many passed, the bucket after them; allowed False when any
+        was refused) — empty when the ingest limit is off — and the events decision (None
+        when no event was charged or that limit is off). Refusals count in
+        rate_limited{limit} (per refused hit for a key, once for the events). None when
+        both limits are off or Redis cannot be reached (fail open)."""
+        key_rate, ev_rate = self._rates["ingest"], self._rates["project_events"]
+        if key_rate <= 0 and ev_rate <= 0:
+            return None
+        keys = ProjectKeys(self._prefix, project)
+        charged = hits if key_rate > 0 else {}
+        key_burst = max(1, round(key_rate * BURST_SECONDS))
+        ev_burst = max(1, round(ev_rate * BURST_SECONDS))
+        now = "" if self._clock is None else str(self._clock.now_ms())
+        args: list[str | int] = [now, repr(float(key_rate)), key_burst, repr(float(ev_rate))]
+        if not charged:
+            loose += sum(m.count("1") for m in hits.values())
+            if not loose:
+                return [], None
+        args += [ev_burst, loose, *charged.values()]
+        try:
+            reply = await self._scripts.ratelimit_batch(
+                keys=[*(keys.rate_key(d) for d in charged), keys.rate_events], args=args
+            )
+        except REDIS_ERRORS as exc:
+            self._warn(exc)
+            return None
+        out = []
+        for i, mask in enumerate(charged.values()):
+            passed, remaining, reset_ms, retry_ms = (int(x) for x in reply[4 * i : 4 * i + 4])
+            out.append(
+                (
+                    passed,
+                    Decision(
+                        passed == len(mask),
+                        "ingest",
+                        key_burst,
+                        BURST_SECONDS,
+                        remaining,
+                        reset_ms,
+                        retry_ms,
+                    ),
+                )
+            )
+            if passed < len(mask):
+                self._metrics.rate_limited.labels("ingest").inc(len(mask) - passed)
+        events: Decision | None = None
+        allowed, remaining, reset_ms, retry_ms = (int(x) for x in reply[-4:])
+        if ev_rate > 0 and (allowed or retry_ms):
+            events = Decision(
+                bool(allowed),
+                "project_events",
+                ev_burst,
+                BURST_SECONDS,
+                remaining,
+                reset_ms,
+                retry_ms,
+            )
+            if not allowed:
+                self._metrics.rate_limited.labels("project_events").inc()
+        return out, events
+
     async def charge_events(self, project: str, n: int) -> Decision | None:
         """Charges n events to the project's events-per-second bucket. None when the limit is
         off, n < 1 or Redis cannot be reached (fail open)."""
