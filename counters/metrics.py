@@ -1,8 +1,113 @@
-"""Prometheus metrics, one registry per app or persister (no process globals)."""
+"""Prometheus metrics, one Metrics object per app or persister (no process globals).
+
+One process alone (an app in a test, a standalone `counters persist`): the values live in
+the Metrics' own registry. Under `counters serve`, every worker and the persister process
+write their values to files in one directory (prometheus_client's multiprocess mode,
+PROMETHEUS_MULTIPROC_DIR, set by serve before any worker starts), and a scrape of any
+worker renders the sum over all of them (MultiProcessCollector): counters add up across
+processes and stay monotonic when a worker is replaced, gauges use the mode that fits."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import contextlib
+import glob
+import hmac
+import os
+import platform
+import re
+import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    make_wsgi_app,
+    values,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Where every process of one `counters serve` run writes its metric values."""
+
+HTTP_DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (never the raw path)."""
+
+
+def multiprocess_dir() -> str | None:
+    """The directory this process writes its metric values to, when prometheus_client runs
+    in multiprocess mode (PROMETHEUS_MULTIPROC_DIR was set before the first metric)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path and getattr(values.ValueClass, "_multiprocess", False):
+        return path
+    return None
+
+
+def use_multiprocess_dir(path: Path) -> None:
+    """Empties (creates) path and makes this process and every child started after it
+    write metric values there. Call before the first metric of the process is built."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    # prometheus_client picks its value class on import; this process may have imported it
+    # already (no metric exists yet: the values of those built from now on go to the files)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+_PID_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
+
+
+def reap_dead_processes(path: str) -> list[int]:
+    """mark_process_dead for every process that wrote live gauges to path and is gone (its
+    livesum/livemax/... values then drop out of the sum); returns their pids."""
+    pids = set()
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        m = _PID_FILE.search(name)
+        if m:
+            pids.add(int(m.group(1)))
+    dead = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            dead.append(pid)
+        except PermissionError:
+            pass
+    return dead
+
+
+def _version() -> str:
+    try:
+        return metadata.version("counters")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a plain checkout
+        return "unknown"
 
 
 class Metrics:
@@ -12,6 +117,8 @@ class Metrics:
         self.project_labels = project_labels
         """Whether project names appear as label values (settings.metrics_project_labels)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir()
+        """Set: values are in files shared by every process of the run, render sums them."""
         r = self.registry
         self.events_accepted = Counter(
             "counters_events_accepted", "Events counted", ["project"], registry=r
@@ -32,6 +139,7 @@ class Metrics:
             "counters_persister_lag_seconds",
             "How far Postgres lags the newest closed minute bucket, worst project",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.grain_lag = Gauge(
             "counters_persister_grain_lag_seconds",
@@ -39,6 +147,7 @@ class Metrics:
             " Postgres), worst project",
             ["grain"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.redis_only_buckets = Gauge(
             "counters_redis_only_buckets",
@@ -47,11 +156,13 @@ class Metrics:
             " minutes), all projects",
             ["grain"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.raw_backlog = Gauge(
             "counters_raw_backlog_events",
             "Raw-log events in Redis not yet copied to Postgres, all projects",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.buckets_drained = Counter(
             "counters_buckets_drained", "Closed buckets copied to Postgres", ["grain"], registry=r
@@ -72,6 +183,7 @@ class Metrics:
             "Rollup rows the latest reconcile of each project found different from the raw log"
             " or, for hours and days, from the minute rows they are made of",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.persister_errors = Counter(
             "counters_persister_errors", "Persister passes that failed", ["backend"], registry=r
@@ -92,6 +204,7 @@ class Metrics:
             "counters_deadletter_entries",
             "Raw-log entries waiting in the dead-letter table, all projects",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.rate_limited = Counter(
             "counters_rate_limited",
@@ -100,11 +213,112 @@ class Metrics:
             registry=r,
         )
 
+        self.http_requests = Counter(
+            "counters_http_requests",
+            "HTTP requests answered, by route template (unmatched: no route), method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its response's end, by route template",
+            ["route", "method"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ingest_batch_size = Histogram(
+            "counters_ingest_batch_size",
+            "Events per accepted POST /v1/events batch",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "counters_build_info",
+            "Always 1: the counters version and the Python running it",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(_version(), platform.python_version()).set(1)
+        self.processes = Gauge(
+            "counters_processes",
+            "Live counters processes of this run by role (api worker, persister)",
+            ["role"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Counts one answered request and its duration (route: the route template or
+        UNMATCHED; a method outside METHODS counts as "other"). The label children are
+        cached, so this costs two value updates."""
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            shown = method if method in METHODS else "other"
+            children = (
+                self.http_requests.labels(route, shown, str(status)),
+                self.http_duration.labels(route, shown),
+            )
+            if len(self._http) < 10_000:  # bounded: routes x methods x statuses
+                self._http[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def project(self, name: str) -> str:
         """The label value for a project: its name when metrics_project_labels is on, else
         "_" (so /metrics never lists tenants unless asked to)."""
         return name if self.project_labels else "_"
 
+    def exposition_registry(self) -> CollectorRegistry:
+        """The registry a scrape renders: this process's own, or in multiprocess mode one
+        that sums the files of every process of the run."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return registry
+
     def render(self) -> bytes:
-        """Prometheus text exposition of everything."""
-        return generate_latest(self.registry)
+        """Prometheus text exposition of everything (of every process of the run in
+        multiprocess mode)."""
+        return generate_latest(self.exposition_registry())
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log."""
+
+
+class MetricsServer:
+    """GET /metrics of one Metrics on its own port (threads, for `counters persist
+    --metrics-port`); with a token, 401 unless `Authorization: Bearer <token>`."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, token: str | None) -> None:
+        inner = make_wsgi_app(metrics.exposition_registry())
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                start_response("401 Unauthorized", [("Content-Type", "application/json")])
+                return [b'{"error":{"code":"unauthorized","message":"/metrics needs a token"}}']
+            result: Iterable[bytes] = inner(environ, start_response)
+            return result
+
+        self.server = make_server(host, port, app, ThreadingWSGIServer, _QuietHandler)
+        self.port = int(self.server.server_port)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics-server", daemon=True
+        )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[MetricsServer]:
+        """Serves while entered."""
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            self._thread.join(5)
