@@ -43,6 +43,8 @@ from counters.services import (
 )
 
 log = logging.getLogger("counters.api")
+HTTP_FLUSH_SECONDS = 0.5
+"""Longest delay before a scrape of another worker sees this worker's HTTP requests."""
 STATIC = Path(__file__).parent / "static"
 
 
@@ -165,6 +167,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             services.metrics.processes.labels("api").set(1)
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
+            # this worker's request tallies reach the shared metrics every HTTP_FLUSH_SECONDS
+            flusher = asyncio.create_task(
+                services.metrics.flush_http_every(HTTP_FLUSH_SECONDS, stop)
+            )
             # Everything built so far lives as long as the process: keep the cyclic collector
             # from re-scanning it (a full collection over it was the 15-25 ms tail of reads).
             gc.freeze()
@@ -180,6 +186,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             finally:
                 stop.set()
                 await background
+                await flusher
 
     routes = [
         *starlette_routes(),

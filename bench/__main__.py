@@ -1,6 +1,6 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
-Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, all.
+Scenarios: quick, ingest, workers, pixel, reads, freshness, memory, fuzz, faults, rebuild, all.
 `--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild")
+SCENARIOS = ("ingest", "workers", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild")
 
 
 def main() -> None:

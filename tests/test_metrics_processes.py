@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -52,6 +52,17 @@ def scrape(svc: Service) -> str:
     r = CLIENT.get(svc.url + "/metrics")
     assert r.status_code == 200, r.text
     return r.text
+
+
+def scrape_until(svc: Service, accept: Callable[[str], bool], timeout: float = 10) -> str:
+    """The first scrape accept() holds for (AssertionError with the last one after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape(svc)
+        if accept(text):
+            return text
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
 
 
 def post(svc: Service, key: str, events: list[dict[str, object]]) -> None:
@@ -126,29 +137,25 @@ def test_metrics_are_one_view_of_every_worker(
     assert total(text, "counters_events_accepted_total") - accepted0 == sent
     assert total(text, "counters_ingest_batch_size_count") - batches0 == 30
     assert total(text, "counters_ingest_batch_size_sum") >= sent
-    # by route template, never the raw path
-    assert (
-        total(text, "counters_http_requests_total", 'route="/v1/events"', 'method="POST"', '"200"')
-        - posts0
-        == 30
-    )
-    assert total(text, "counters_http_requests_total", 'route="/metrics"', 'method="GET"') >= 31
-    assert total(text, "http_request_duration_seconds_count", 'route="/v1/events"') >= 30
     r = CLIENT.get(svc.url + f"/v1/projects/{project}/total", params={"name": "click"})
     assert r.status_code == 401
     assert CLIENT.get(svc.url + "/nowhere/" + project).status_code == 404
-    text = scrape(svc)
-    assert project not in text
-    assert (
-        total(
-            text,
-            "counters_http_requests_total",
-            'route="/v1/projects/{project}/total"',
-            'status="401"',
+
+    # by route template, never the raw path; each worker adds its requests every 0.5 s
+    def http_counted(text: str) -> bool:
+        def requests(*labels: str) -> float:
+            return total(text, "counters_http_requests_total", *labels)
+
+        return (
+            requests('route="/v1/events"', 'method="POST"', 'status="200"') - posts0 == 30
+            and requests('route="/metrics"', 'method="GET"') >= 31
+            and requests('route="/v1/projects/{project}/total"', 'status="401"') == 1
+            and requests('route="unmatched"', 'status="404"') >= 1
+            and total(text, "http_request_duration_seconds_count", 'route="/v1/events"') >= 30
         )
-        >= 1
-    )
-    assert total(text, "counters_http_requests_total", 'route="unmatched"', 'status="404"') >= 1
+
+    text = scrape_until(svc, http_counted)
+    assert project not in text
     # one build, two live workers and one persister process (livesum of the live ones)
     (build,) = samples(text, "counters_build_info")
     assert 'version="' in build[0] and 'python="' in build[0] and build[1] == 1
@@ -204,8 +211,8 @@ async def test_killed_persister_process_is_restarted_and_loses_nothing(
     )
     assert got == (600, 600, 600)
     assert persister_pid(svc) == second
-    text = scrape(svc)
-    assert total(text, "counters_processes", 'role="persister"') == 1  # the dead one is reaped
+    # the dead one's live gauge is reaped: one persister process, as before
+    scrape_until(svc, lambda t: total(t, "counters_processes", 'role="persister"') == 1)
 
 
 def test_standalone_persist_serves_its_own_metrics(two_workers: Service) -> None:
