@@ -37,6 +37,8 @@ from prometheus_client import (
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from counters.core.buckets import GRAINS
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Where every process of one `counters serve` run writes its metric values."""
 
@@ -250,6 +252,18 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._tallies: dict[tuple[str, str, int], _Tally] = {}
+        # Series of the known label values exist from the start, at 0 (rate() needs the
+        # zero, and in multiprocess mode a metric with no series is not listed at all).
+        for grain in GRAINS:
+            for per_grain in (self.buckets_drained, self.grain_lag, self.redis_only_buckets):
+                per_grain.labels(grain.name)
+        if not project_labels:
+            self.events_accepted.labels("_")
+            self.duplicates.labels("_")
+        for backend in ("redis", "postgres", "other"):
+            self.persister_errors.labels(backend)
+        for limit in ("ingest", "read", "project_events"):
+            self.rate_limited.labels(limit)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Counts one answered request and its duration (route: the route template or
