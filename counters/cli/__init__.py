@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -83,7 +84,14 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     unresolved = _load(host=host, port=port)
     # every worker and the persister process write their metrics here; /metrics sums them
     metrics_dir = unresolved.resolved_data_dir() / "metrics" / f"serve-{unresolved.port}"
-    use_multiprocess_dir(metrics_dir)
+    try:
+        use_multiprocess_dir(metrics_dir)
+    except OSError as exc:  # a read-only data dir: a private temporary one
+        import tempfile
+
+        metrics_dir = Path(tempfile.mkdtemp(prefix="counters-metrics-"))
+        click.echo(f"counters: metrics in {metrics_dir} ({exc})", err=True)
+        use_multiprocess_dir(metrics_dir)
     settings = _settings(host=host, port=port)
     # with the embedded default, crashed embedded servers are restarted while serving
     watchdog = Watchdog(
