@@ -107,6 +107,30 @@ def reap_dead_processes(path: str) -> list[int]:
     return dead
 
 
+class DeadProcessReaper:
+    """While entered, a thread runs reap_dead_processes(path) every `every` seconds (in
+    `counters serve`'s main process: uvicorn replaces dead workers, this drops their live
+    gauges)."""
+
+    def __init__(self, path: str, every: float = 1.0) -> None:
+        self.path = path
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-reaper", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            reap_dead_processes(self.path)
+
+    def __enter__(self) -> DeadProcessReaper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def _version() -> str:
     try:
         return metadata.version("counters")

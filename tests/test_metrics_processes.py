@@ -80,16 +80,23 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def persister_pid(svc: Service) -> int | None:
-    """The pid of serve's persister process (its `--serve-child` child), if running."""
+def children_running(svc: Service, marker: bytes) -> list[int]:
+    """serve's child processes whose command line holds marker."""
+    out = []
     for pid in children(svc.pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"--serve-child" in cmdline:
-            return pid
-    return None
+        if marker in cmdline:
+            out.append(pid)
+    return out
+
+
+def persister_pid(svc: Service) -> int | None:
+    """The pid of serve's persister process (its `--serve-child` child), if running."""
+    pids = children_running(svc, b"--serve-child")
+    return pids[0] if pids else None
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +167,40 @@ def test_metrics_are_one_view_of_every_worker(
     (build,) = samples(text, "counters_build_info")
     assert 'version="' in build[0] and 'python="' in build[0] and build[1] == 1
     assert total(text, "counters_processes", 'role="api"') == 2
+
+
+async def test_a_dead_worker_keeps_its_counts_and_drops_out_of_the_live_gauges(
+    two_workers: Service, ingest_key: tuple[str, str]
+) -> None:
+    svc = two_workers
+    _, key = ingest_key
+    for _ in range(6):
+        post(svc, key, [{"name": "click"}])
+    before = total(scrape(svc), "counters_events_accepted_total")
+    workers = children_running(svc, b"spawn_main")  # uvicorn's worker processes
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+
+    async def replaced() -> list[int]:
+        return children_running(svc, b"spawn_main")
+
+    now = await wait_for(
+        replaced, lambda w: len(w) == 2 and workers[0] not in w, timeout=15, what="a new worker"
+    )
+    (new,) = set(now) - set(workers)
+    metrics_dir = Path(svc.env["COUNTERS_DATA_DIR"]) / "metrics" / f"serve-{svc.port}"
+
+    def live(pid: int) -> bool:
+        return (metrics_dir / f"gauge_livesum_{pid}.db").exists()
+
+    # the dead worker's counts stay in the sum (rate() sees no reset); its live gauge goes
+    text = scrape_until(
+        svc,
+        lambda t: (
+            live(new) and not live(workers[0]) and total(t, "counters_processes", 'role="api"') == 2
+        ),
+    )
+    assert total(text, "counters_events_accepted_total") == before
 
 
 async def test_killed_persister_process_is_restarted_and_loses_nothing(

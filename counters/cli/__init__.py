@@ -78,7 +78,7 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
 
     from counters.cli.persister_process import PersisterProcess
     from counters.embedded.watchdog import Watchdog
-    from counters.metrics import use_multiprocess_dir
+    from counters.metrics import DeadProcessReaper, use_multiprocess_dir
     from counters.services import SETTINGS_ENV, encode_settings
 
     unresolved = _load(host=host, port=port)
@@ -116,8 +116,9 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     _raise_fd_limit(settings.max_connections * workers + 256)
     persister: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if own_process:
-        persister = PersisterProcess(persister_env, metrics_dir=str(metrics_dir))
-    with watchdog, persister:
+        persister = PersisterProcess(persister_env)
+    # the live gauges (counters_processes) of a dead worker or persister process drop out
+    with watchdog, persister, DeadProcessReaper(str(metrics_dir)):
         uvicorn.run(
             "api.app:create_app_from_env",
             factory=True,

@@ -1,6 +1,5 @@
 """The persister of `counters serve` in a process of its own: one `counters persist` child
-(not one per worker, off the ingest workers' cores), restarted when it dies; the same
-thread reaps the live gauges of dead processes from the run's metrics directory."""
+(not one per worker, off the ingest workers' cores), restarted when it dies."""
 
 from __future__ import annotations
 
@@ -13,12 +12,10 @@ import threading
 import time
 from types import TracebackType
 
-from counters.metrics import reap_dead_processes
-
 log = logging.getLogger("counters.serve")
 
 CHECK_EVERY = 0.25
-"""Seconds between two looks at the child (and at the metrics directory)."""
+"""Seconds between two looks at the child."""
 QUICK_DEATH = 5.0
 """A child that dies sooner than this after its start is restarted after a growing delay."""
 MAX_RESTART_DELAY = 10.0
@@ -32,9 +29,8 @@ class PersisterProcess:
     safely: the protocol is idempotent); one that exits 0 (asked to stop) is left down.
     Leaving stops the child (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
 
-    def __init__(self, env: dict[str, str], *, metrics_dir: str | None = None) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.metrics_dir = metrics_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stop = threading.Event()
@@ -58,8 +54,6 @@ class PersisterProcess:
         started = time.monotonic()
         delay = 0.0
         while not self._stop.wait(CHECK_EVERY):
-            if self.metrics_dir is not None:
-                reap_dead_processes(self.metrics_dir)
             proc = self.proc
             if proc is None or proc.poll() is None:
                 continue
