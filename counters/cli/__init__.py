@@ -210,9 +210,12 @@ def persist(metrics_port: int | None, parent: int | None) -> None:
                 loop.add_signal_handler(sig, stop.set)
             with contextlib.ExitStack() as stack:
                 if metrics_port is not None:
-                    server = MetricsServer(
-                        services.metrics, settings.host, metrics_port, settings.metrics_token
-                    )
+                    try:
+                        server = MetricsServer(
+                            services.metrics, settings.host, metrics_port, settings.metrics_token
+                        )
+                    except OSError as exc:
+                        raise click.ClickException(f"--metrics-port {metrics_port}: {exc}") from exc
                     stack.enter_context(server.running())
                     click.echo(
                         f"counters: metrics on http://{settings.host}:{server.port}/metrics",
