@@ -177,12 +177,12 @@ async def test_a_dead_worker_keeps_its_counts_and_drops_out_of_the_live_gauges(
     for _ in range(6):
         post(svc, key, [{"name": "click"}])
     before = total(scrape(svc), "counters_events_accepted_total")
-    workers = children_running(svc, b"spawn_main")  # uvicorn's worker processes
+    workers = children_running(svc, b"counters.cli.worker")  # the HTTP workers
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
 
     async def replaced() -> list[int]:
-        return children_running(svc, b"spawn_main")
+        return children_running(svc, b"counters.cli.worker")
 
     now = await wait_for(
         replaced, lambda w: len(w) == 2 and workers[0] not in w, timeout=15, what="a new worker"

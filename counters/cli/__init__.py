@@ -76,7 +76,8 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     """Run the HTTP service (and, by default, the persister in a process of its own)."""
     import uvicorn
 
-    from counters.cli.persister_process import PersisterProcess
+    from counters.cli.supervise import Supervised
+    from counters.cli.worker import APP, uvicorn_options
     from counters.embedded.watchdog import Watchdog
     from counters.metrics import DeadProcessReaper, use_multiprocess_dir
     from counters.services import SETTINGS_ENV, encode_settings
@@ -116,22 +117,38 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     _raise_fd_limit(settings.max_connections * workers + 256)
     persister: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if own_process:
-        persister = PersisterProcess(persister_env)
+        persister = Supervised(
+            "persister process",
+            [sys.executable, "-m", "counters", "persist", "--serve-child", str(os.getpid())],
+            persister_env,
+        )
     # the live gauges (counters_processes) of a dead worker or persister process drop out
     with watchdog, persister, DeadProcessReaper(str(metrics_dir)):
-        uvicorn.run(
-            "api.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=workers,
-            loop="uvloop",
-            # header timeout, 431, connection cap and JSON errors (api/server.py)
-            http="api.server:CountersHttpProtocol",
-            timeout_keep_alive=max(1, round(settings.keepalive_timeout_seconds)),
-            log_level="warning",
-            access_log=False,
-        )
+        if workers > 1:
+            _serve_workers(settings, workers)
+        else:
+            uvicorn.run(APP, host=settings.host, port=settings.port, **uvicorn_options(settings))
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """Runs `workers` HTTP worker processes (counters/cli/worker.py: each on its own
+    SO_REUSEPORT socket), restarting any that dies, until SIGTERM or SIGINT."""
+    import threading
+
+    from counters.cli.supervise import Supervised
+    from counters.cli.worker import reuseport_socket
+
+    try:  # a busy port fails here, before any worker starts (a bound socket takes nothing)
+        probe = reuseport_socket(settings.host, settings.port, listen=False)
+    except OSError as exc:
+        raise click.ClickException(f"{settings.host}:{settings.port}: {exc}") from exc
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    args = [sys.executable, "-m", "counters.cli.worker", str(os.getpid())]
+    with probe, Supervised("worker", args, dict(os.environ), count=workers, restart_clean=True):
+        while not stop.wait(0.5):
+            pass
 
 
 def _raise_fd_limit(needed: int) -> None:
