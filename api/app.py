@@ -34,6 +34,7 @@ from api.state import AppState, KeyCache
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
 from counters.core.errors import CountersError, TooManyRequests, Unavailable, as_unavailable
+from counters.metrics import UNMATCHED
 from counters.services import (
     SETTINGS_ENV,
     decode_settings,
@@ -43,6 +44,8 @@ from counters.services import (
 )
 
 log = logging.getLogger("counters.api")
+HTTP_FLUSH_SECONDS = 0.5
+"""Longest delay before a scrape of another worker sees this worker's HTTP requests."""
 STATIC = Path(__file__).parent / "static"
 
 
@@ -107,7 +110,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class ServerTiming:
-    """Adds `Server-Timing: app;dur=<ms>` (time to the response head) to every response."""
+    """Adds `Server-Timing: app;dur=<ms>` (time to the response head) to every response,
+    and counts every answered request in the app's metrics (http_requests by route
+    template, method and status; http_request_duration_seconds to the response's end)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -117,16 +122,31 @@ class ServerTiming:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        status = 500  # an exception that escapes (the server's error handler answers 500)
 
         async def timed_send(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 dur = (time.perf_counter() - started) * 1000
                 headers = list(message.get("headers", []))
                 headers.append((b"server-timing", f"app;dur={dur:.3f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            state = scope.get("state")
+            counters = state.get("counters") if state else None
+            if counters is not None:
+                route = scope.get("route")  # set by the router: the template, not the path
+                counters.metrics.observe_request(
+                    getattr(route, "path", UNMATCHED),
+                    scope["method"],
+                    status,
+                    time.perf_counter() - started,
+                )
 
 
 async def _error_reply(request: Request, exc: Exception) -> Response:
@@ -182,8 +202,13 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             resolved = await asyncio.to_thread(resolve_settings, resolved)
         async with open_services(resolved, the_clock, lazy=True) as services:
             state = AppState(services, KeyCache(resolved.key_cache_seconds))
+            services.metrics.processes.labels("api").set(1)
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
+            # this worker's request tallies reach the shared metrics every HTTP_FLUSH_SECONDS
+            flusher = asyncio.create_task(
+                services.metrics.flush_http_every(HTTP_FLUSH_SECONDS, stop)
+            )
             # Everything built so far lives as long as the process: keep the cyclic collector
             # from re-scanning it (a full collection over it was the 15-25 ms tail of reads).
             gc.freeze()
@@ -196,6 +221,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             finally:
                 stop.set()
                 await background
+                await flusher
 
     routes = [
         *starlette_routes(),

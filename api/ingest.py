@@ -165,6 +165,7 @@ async def post_events(request: Request) -> Response:
         return json_response(reply, headers={REPLAYED_HEADER: "true"})
     label = state.metrics.project(project)
     state.metrics.events_accepted.labels(label).inc(reply.accepted)
+    state.metrics.ingest_batch_size.observe(len(raw))
     if reply.duplicates:
         state.metrics.duplicates.labels(label).inc(reply.duplicates)
     return json_response(reply)

@@ -2,7 +2,7 @@
 middleware (api/app.py `CountersApp`): no Request or Response objects, no middleware send
 wrappers, no per-request context variable. It adds itself exactly the fields the middleware
 would have added (CORS, RateLimit, Server-Timing, in that order) and counts itself through
-the one hook `Metrics.http_request`."""
+the one hook `Metrics.observe_request`."""
 
 from __future__ import annotations
 
@@ -101,4 +101,4 @@ class PixelRoute:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if state is not None:
-            state.metrics.http_request(PIXEL_PATH, method, status, head)
+            state.metrics.observe_request(PIXEL_PATH, method, status, head)

@@ -1,7 +1,7 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
-Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, cluster,
-all.
+Scenarios: quick, ingest, workers, pixel, reads, freshness, memory, fuzz, faults, rebuild,
+cluster, all.
 `--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
@@ -9,7 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild", "cluster")
+SCENARIOS = (
+    "ingest",
+    "workers",
+    "pixel",
+    "reads",
+    "freshness",
+    "memory",
+    "fuzz",
+    "rebuild",
+    "cluster",
+)
 
 
 def main() -> None:

@@ -277,8 +277,8 @@ class ServiceProc(Service):
         return create_key(self.env, project, scope)
 
     def metric(self, name: str) -> float:
-        """Sum of every sample of one Prometheus metric on /metrics (0 when absent).
-        With several workers this is the answering worker's figure only."""
+        """Sum of every sample of one Prometheus metric on /metrics (0 when absent): of
+        every worker and the persister process (one view since issue 13)."""
         text = httpx.get(self.url + "/metrics", timeout=10).text
         total = 0.0
         for line in text.splitlines():

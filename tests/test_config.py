@@ -61,6 +61,7 @@ def test_port_coerced_to_int() -> None:
         ({"COUNTERS_PERSISTER_ENABLED": "false"}, "persister_enabled", False),
         ({"COUNTERS_PERSISTER_ENABLED": "0"}, "persister_enabled", False),
         ({"COUNTERS_PERSISTER_ENABLED": "true"}, "persister_enabled", True),
+        ({"COUNTERS_PERSISTER_PROCESS": "false"}, "persister_process", False),
         ({"COUNTERS_REDIS_URL": "redis://h:6380/0"}, "redis_url", "redis://h:6380/0"),
         ({"COUNTERS_KEY_PREFIX": "ctrx"}, "key_prefix", "ctrx"),
         ({"COUNTERS_MAX_BATCH_EVENTS": "50"}, "max_batch_events", 50),

@@ -3,6 +3,7 @@ that hands resolved settings to uvicorn workers."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -113,7 +114,14 @@ def test_serve_with_workers_and_no_persister(backends: Backends, tmp_path: Path)
                 v = c.get(f"/v1/projects/{project}/total", params=params, headers=read)
                 assert v.status_code == 200, v.text
                 assert v.json()["value"] == 1
+            # no persister anywhere: not in the workers, and no process of its own
+            deadline = time.monotonic() + 30  # until the second worker has started too
+            while 'counters_processes{role="api"} 2.0' not in (text := c.get("/metrics").text):
+                assert time.monotonic() < deadline, text
+                time.sleep(0.05)
+            assert 'counters_processes{role="persister"}' not in text
     finally:
         svc.stop()
     log = (tmp_path / "service.log").read_text()
+    assert "persister process" not in log
     assert "Traceback" not in log, log[-3000:]

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -70,15 +71,28 @@ def main(verbose: bool) -> None:
 @click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (default 8000).")
 @click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers.")
-@click.option("--no-persister", is_flag=True, help="Do not run the persister in-process.")
+@click.option("--no-persister", is_flag=True, help="Do not run the persister.")
 def serve(host: str | None, port: int | None, workers: int, no_persister: bool) -> None:
-    """Run the HTTP service (and, by default, the persister)."""
+    """Run the HTTP service (and, by default, the persister in a process of its own)."""
     import uvicorn
 
+    from counters.cli.supervise import Supervised
+    from counters.cli.worker import APP, uvicorn_options
     from counters.embedded.watchdog import Watchdog
+    from counters.metrics import DeadProcessReaper, use_multiprocess_dir
     from counters.services import SETTINGS_ENV, encode_settings
 
     unresolved = _load(host=host, port=port)
+    # every worker and the persister process write their metrics here; /metrics sums them
+    metrics_dir = unresolved.resolved_data_dir() / "metrics" / f"serve-{unresolved.port}"
+    try:
+        use_multiprocess_dir(metrics_dir)
+    except OSError as exc:  # a read-only data dir: a private temporary one
+        import tempfile
+
+        metrics_dir = Path(tempfile.mkdtemp(prefix="counters-metrics-"))
+        click.echo(f"counters: metrics in {metrics_dir} ({exc})", err=True)
+        use_multiprocess_dir(metrics_dir)
     settings = _settings(host=host, port=port)
     # with the embedded default, crashed embedded servers are restarted while serving
     watchdog = Watchdog(
@@ -88,26 +102,53 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     )
     if no_persister:
         settings = msgspec.structs.replace(settings, persister_enabled=False)
+    own_process = settings.persister_enabled and settings.persister_process
+    workers_settings = settings
+    if own_process:  # the persister and the nightly reconcile run once, in that process
+        workers_settings = msgspec.structs.replace(
+            settings, persister_enabled=False, reconcile_enabled=False
+        )
+    persister_env = {**os.environ, SETTINGS_ENV: encode_settings(settings)}
     # The one channel to the workers: they decode these resolved settings and resolve nothing.
-    os.environ[SETTINGS_ENV] = encode_settings(settings)
+    os.environ[SETTINGS_ENV] = encode_settings(workers_settings)
     click.echo(f"counters: redis {_redact(settings.redis_url)}", err=True)
     click.echo(f"counters: postgres {_redact(settings.database_url)}", err=True)
     click.echo(f"counters: listening on http://{settings.host}:{settings.port}", err=True)
     _raise_fd_limit(settings.max_connections * workers + 256)
-    with watchdog:
-        uvicorn.run(
-            "api.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=workers,
-            loop="uvloop",
-            # header timeout, 431, connection cap and JSON errors (api/server.py)
-            http="api.server:CountersHttpProtocol",
-            timeout_keep_alive=max(1, round(settings.keepalive_timeout_seconds)),
-            log_level="warning",
-            access_log=False,
+    persister: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if own_process:
+        persister = Supervised(
+            "persister process",
+            [sys.executable, "-m", "counters", "persist", "--serve-child", str(os.getpid())],
+            persister_env,
         )
+    # the live gauges (counters_processes) of a dead worker or persister process drop out
+    with watchdog, persister, DeadProcessReaper(str(metrics_dir)):
+        if workers > 1:
+            _serve_workers(settings, workers)
+        else:
+            uvicorn.run(APP, host=settings.host, port=settings.port, **uvicorn_options(settings))
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """Runs `workers` HTTP worker processes (counters/cli/worker.py: each on its own
+    SO_REUSEPORT socket), restarting any that dies, until SIGTERM or SIGINT."""
+    import threading
+
+    from counters.cli.supervise import Supervised
+    from counters.cli.worker import reuseport_socket
+
+    try:  # a busy port fails here, before any worker starts (a bound socket takes nothing)
+        probe = reuseport_socket(settings.host, settings.port, listen=False)
+    except OSError as exc:
+        raise click.ClickException(f"{settings.host}:{settings.port}: {exc}") from exc
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    args = [sys.executable, "-m", "counters.cli.worker", str(os.getpid())]
+    with probe, Supervised("worker", args, dict(os.environ), count=workers, restart_clean=True):
+        while not stop.wait(0.5):
+            pass
 
 
 def _raise_fd_limit(needed: int) -> None:
@@ -146,17 +187,61 @@ async def _services(settings: Settings, *, wait: bool = False) -> AsyncIterator[
 
 
 @main.command()
-def persist() -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve this process's /metrics on this port (on the service host).",
+)
+@click.option("--serve-child", "parent", type=int, default=None, hidden=True)
+def persist(metrics_port: int | None, parent: int | None) -> None:
     """Run the persister alone (several may run; they split projects safely)."""
-    settings = _settings()
+    from counters.services import SETTINGS_ENV, decode_settings
+
+    # --serve-child PID: the persister process of `counters serve` (pid PID), on the settings
+    # it resolved; it also runs the nightly reconcile and exits when serve is gone
+    settings = decode_settings(os.environ[SETTINGS_ENV]) if parent is not None else _settings()
+
+    async def watch_parent(stop: asyncio.Event) -> None:
+        while not stop.is_set() and os.getppid() == parent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        stop.set()
 
     async def run() -> None:
-        async with _services(settings, wait=True) as services:
+        from counters.core.clock import SystemClock
+        from counters.metrics import MetricsServer
+        from counters.services import open_services
+
+        # serve's child starts with the backends down, as the workers do (lazy: it backs off
+        # and retries until they answer); alone, it waits for Postgres first
+        opened = (
+            open_services(settings, SystemClock(), lazy=True)
+            if parent is not None
+            else _services(settings, wait=True)
+        )
+        async with opened as services:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await services.persister.run(stop)
+            with contextlib.ExitStack() as stack:
+                if metrics_port is not None:
+                    try:
+                        server = MetricsServer(
+                            services.metrics, settings.host, metrics_port, settings.metrics_token
+                        )
+                    except OSError as exc:
+                        raise click.ClickException(f"--metrics-port {metrics_port}: {exc}") from exc
+                    stack.enter_context(server.running())
+                    click.echo(
+                        f"counters: metrics on http://{settings.host}:{server.port}/metrics",
+                        err=True,
+                    )
+                if parent is None:
+                    await services.persister.run(stop)
+                else:
+                    await asyncio.gather(services.run_background(stop), watch_parent(stop))
 
     asyncio.run(run())
 

@@ -32,7 +32,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """A bucket is closed (and may be persisted) this long after its end."""
     persist_interval_seconds: float = 1.0
     persister_enabled: bool = True
-    """Whether `counters serve` runs the persister in-process."""
+    """Whether `counters serve` runs the persister."""
+    persister_process: bool = True
+    """Whether `counters serve` runs the persister (and the nightly reconcile) in one
+    process of its own, restarted when it dies, instead of in every worker."""
     keep_after_copy_seconds: int = 600
     """How long Redis keeps a bucket after Postgres has it (in-flight reads may still need it)."""
     dedupe_window_seconds: int = 3600

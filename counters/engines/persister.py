@@ -127,6 +127,7 @@ class Persister:
         """Passes over all projects every persist_interval until stop is set; backs off while
         a backend is down and catches up when it returns."""
         delay = self.settings.persist_interval_seconds
+        self.metrics.processes.labels("persister").set(1)
         while not stop.is_set():
             try:
                 await self.tick()
@@ -138,6 +139,7 @@ class Persister:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 pass
+        self.metrics.processes.labels("persister").set(0)
 
     async def _failed(self, exc: Exception) -> None:
         """Counts and logs a failed pass; after a Postgres failure the pool's connections are
