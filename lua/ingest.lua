@@ -9,7 +9,7 @@
 --          dimnames:)
 -- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
 --          dim_values, dim_ttl_ms, name_cap, names, dim_name_cap, dim_names, idem, idem_hash,
---          idem_reply]
+--          idem_reply, late_before, late_cells, minute_from]
 --            dedupe_ttl_ms  integer, milliseconds an event id (and an idempotency key) is
 --                           remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
@@ -34,14 +34,26 @@
 --            idem           Idempotency-Key token (lua/keys.py idempotency_token), or ""
 --            idem_hash      hex hash of the request body the key was first sent with
 --            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
+--            late_before    integer, minute start (ms) the caller took as sealed: the
+--                           batch's minutes before it are not in groups but in late_cells
+--                           (0 = none); refused with EDGE when the minute watermark is lower
+--            late_cells     array of [grain (m, h or d), bucket start ms (string), field,
+--                           count (integer), sum in millionths (string), uids]: those
+--                           minutes already rolled up, one per (grain, bucket, field); each
+--                           goes to its bucket hot if unsealed, else to the late generation
+--            minute_from    integer, the oldest minute whose row is kept (minute_retention_days):
+--                           a sealed minute before it takes no late delta (its hour and day do)
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
 -- Returns (checks in this order; every answer but OK leaves Redis unchanged)
---   {"OK", late_groups}     applied everything (and stored idem:<token> = idem_reply)
+--   {"OK", late, m, h, d}   applied everything (and stored idem:<token> = idem_reply); late =
+--                           writes that went to the late generation, m/h/d the watermarks
 --   {"IDEM", stored}        the idempotency key was used before with this body: stored is
 --                           its idem_reply; nothing applied
 --   {"IDEMDIFF"}            the idempotency key was used before with another body
+--   {"EDGE", m, h, d}       late_before is past the minute watermark m: the caller plans
+--                           again with late_before <= m; nothing applied
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
 --   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
 --                           folds them into "__other__" and retries; nothing applied
@@ -63,6 +75,7 @@ local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
 local dim_cap, dim_values, dim_ttl = p[6], p[7], p[8]
 local name_cap, names, dim_name_cap, dim_names = p[9], p[10], p[11], p[12]
 local idem, idem_hash, idem_reply = p[13], p[14], p[15]
+local late_before, late_cells, minute_from = p[16] or 0, p[17] or {}, p[18] or 0
 local blob = ARGV[3]
 
 local idem_key = nil
@@ -75,6 +88,10 @@ if idem ~= '' then
     end
     return {'IDEMDIFF'}
   end
+end
+
+if late_before > sealed.m then
+  return {'EDGE', wm[1], wm[2], wm[3]}
 end
 
 if cap > 0 and n_events > 0 and rawn + n_events > cap then
@@ -173,6 +190,7 @@ end
 local late = 0
 local late_key = base .. 'late:' .. gen
 local late_hll_index = late_key .. ':hll'
+local late_members = {}
 
 -- per (grain, bucket): the hot hash's key, or false when the bucket is sealed (late)
 local hot_keys = {m = {}, h = {}, d = {}}
@@ -210,7 +228,7 @@ local function add(grain, bucket, field, cfield, sfield, count, sum, uids)
     end
     if #uids > 0 then
       pfadd(late_key .. ':u:' .. where .. field, uids)
-      redis.call('SADD', late_hll_index, where .. field)
+      late_members[#late_members + 1] = where .. field
     end
   end
 end
@@ -238,8 +256,11 @@ for _, g in ipairs(groups) do
   local minute, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
   local cfield = 'c\31' .. field
   local sfield = sum ~= '0' and ('s\31' .. field) or nil
-  add('m', minute, field, cfield, sfield, count, sum, uids)
   local p = parents_of(minute)
+  local x = tonumber(minute)
+  if x >= minute_from or x >= sealed.m then -- a sealed minute older than kept: no row
+    add('m', minute, field, cfield, sfield, count, sum, uids)
+  end
   if p[3] then
     add('h', p[1], field, cfield, sfield, count, sum, uids)
   end
@@ -248,9 +269,21 @@ for _, g in ipairs(groups) do
   end
 end
 
+-- a sealed minute's totals, rolled up by the caller per (grain, bucket, field)
+for _, c in ipairs(late_cells) do
+  local field, sum = c[3], c[5]
+  add(c[1], c[2], field, 'c\31' .. field, sum ~= '0' and ('s\31' .. field) or nil, c[4], sum, c[6])
+end
+
+for i = 1, #late_members, 1000 do
+  local j = i + 999
+  if j > #late_members then j = #late_members end
+  redis.call('SADD', late_hll_index, unpack(late_members, i, j))
+end
+
 if n_events > 0 then
   local id = redis.call('XADD', KEYS[2], '*', 'n', n_events, 'e', blob)
   redis.call('HINCRBY', KEYS[1], 'rawn', n_events)
   redis.call('HSET', KEYS[1], 'rawlast', id)
 end
-return {'OK', late}
+return {'OK', late, wm[1], wm[2], wm[3]}

@@ -31,6 +31,9 @@ from counters.core.rollups import OTHER, Rollup, fields_for, single_dim_values
 
 MinuteGroup = list[Any]
 """lua/ingest.lua's group: [minute start (str), field, count, sum in micros (str), uids]."""
+LateCell = list[Any]
+"""lua/ingest.lua's late cell: [grain (m, h or d), bucket start (str), field, count, sum in
+micros (str), uids]: the totals of a batch's sealed minutes in one (grain, bucket, field)."""
 
 
 class Totals:
@@ -176,7 +179,9 @@ class Plan(NamedTuple):
     dim_names: list[list[str]] = []
     """Every distinct [day start (str), dim name], sorted per day; empty unless asked for."""
     uid_entries: int = 0
-    """Uids over all groups (the PFADD arguments the script will pass)."""
+    """Uids over all groups and late cells (the PFADD arguments the script will pass)."""
+    late_cells: list[LateCell] = []
+    """One per (grain, bucket, field) of the minutes before plan_batch's late_before."""
 
 
 def day_names(events: Iterable[RawEvent]) -> tuple[list[list[str]], list[list[str]]]:
@@ -205,15 +210,29 @@ def plan_batch(
     *,
     dim_values: bool = True,
     names: bool = False,
+    late_before: int = 0,
+    minute_from: int = 0,
 ) -> Plan:
     """The batch's minute groups for lua/ingest.lua and, when dim_values, every distinct
     (dim, UTC day, value) in it, read off the day grain's fields rather than every event;
-    when names, the distinct event names and dim names per UTC day (day_names)."""
+    when names, the distinct event names and dim names per UTC day (day_names).
+    Minutes before late_before (the caller knows them sealed) are not groups but late
+    cells, already rolled up per (grain, bucket, field) (late_cells): one cell per hour
+    and day however many of the batch's minutes fall in it, and none for a minute before
+    minute_from (minute rows older than that are not kept, see minute_retention_days)."""
     if not isinstance(events, list):
         events = list(events)
-    rolled = roll_up(group_minutes(events, crosstabs))
-    groups: list[MinuteGroup] = []
+    minutes = group_minutes(events, crosstabs)
+    late_cells: list[LateCell] = []
     uid_entries = 0
+    if late_before:
+        old = {m: t for m, t in minutes.items() if m < late_before}
+        if old:
+            for m in old:
+                del minutes[m]
+            uid_entries = _late_cells(roll_up(old), minute_from, late_cells)
+    rolled = roll_up(minutes)
+    groups: list[MinuteGroup] = []
     for minute, totals in rolled.minutes.items():
         bucket = str(minute)
         sums = totals.sums
@@ -230,8 +249,46 @@ def plan_batch(
             for dim, value in single_dim_values(fields):
                 if value != OTHER:
                     seen.add((dim, day_s, value))
+        if late_cells:
+            for dim, day_s, value in _late_dim_values(late_cells):
+                seen.add((dim, day_s, value))
     event_names, dim_names = day_names(events) if names else ([], [])
-    return Plan(groups, [list(t) for t in sorted(seen)], event_names, dim_names, uid_entries)
+    return Plan(
+        groups, [list(t) for t in sorted(seen)], event_names, dim_names, uid_entries, late_cells
+    )
+
+
+def _late_cells(rolled: RollUp, minute_from: int, out: list[LateCell]) -> int:
+    """Appends the late cells of these (sealed) minutes to out; returns their uids."""
+    uid_entries = 0
+    for grain in GRAINS:
+        short = grain.short
+        for bucket, totals in rolled.buckets(grain).items():
+            if grain is Grain.minute and bucket < minute_from:
+                continue
+            b = str(bucket)
+            sums = totals.sums
+            uids = totals.uids
+            for f, n in totals.counts.items():
+                u = uids.get(f)
+                if u:
+                    uid_entries += len(u)
+                out.append([short, b, f, n, str(sums.get(f, 0)), list(u) if u else []])
+    return uid_entries
+
+
+def _late_dim_values(cells: list[LateCell]) -> set[tuple[str, str, str]]:
+    """(dim, day start, value) of every single-dim field of the day cells."""
+    out: set[tuple[str, str, str]] = set()
+    by_day: dict[str, list[str]] = {}
+    for c in cells:
+        if c[0] == "d":
+            by_day.setdefault(c[1], []).append(c[2])
+    for day_s, fields in by_day.items():
+        for dim, value in single_dim_values(fields):
+            if value != OTHER:
+                out.add((dim, day_s, value))
+    return out
 
 
 def first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:

@@ -34,8 +34,10 @@ reference machine (README "Security", batch budget): a (minute, field) group, an
 (EXISTS + SET), a dim value, event name or dim name to check against its cap (SISMEMBER,
 SCARD, SADD, PEXPIRE) each cost about one group (~8-18 us); a uid passed to PFADD about a
 quarter; a group of a sealed minute about three (its minute's late delta, its hour and its
-day)."""
+day). A late cell (a sealed minute's totals rolled up per (grain, bucket, field) before the
+call) costs about one group: one HINCRBY and one PFADD, like a hot group."""
 LATE_GROUP_COST = 3
+LATE_CELL_COST = 1
 
 
 class Idempotency(NamedTuple):
@@ -50,6 +52,7 @@ def plan_cost(plan: Plan, n_ids: int, late_before: int | None = None) -> int:
     every group (LATE_GROUP_COST for a minute before late_before, likely sealed), id and
     cap check, plus the uids at UIDS_PER_GROUP a group."""
     cost = len(plan.groups) + n_ids + len(plan.dim_values) + len(plan.names)
+    cost += len(plan.late_cells) * LATE_CELL_COST
     cost += len(plan.dim_names) + plan.uid_entries // UIDS_PER_GROUP
     if late_before is not None:
         edge = str(late_before)
@@ -84,6 +87,7 @@ class Ingestor:
         dim_name_cap: int = 0,
         max_groups: int = 0,
         grace_ms: int = 0,
+        minute_keep_ms: int = 0,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -99,7 +103,12 @@ class Ingestor:
         self._dim_name_cap = dim_name_cap
         self._max_groups = max_groups
         self._grace_ms = grace_ms
+        self._minute_keep_ms = minute_keep_ms
         self._waitaof: bool | None = None  # None: not probed yet
+        self._sealed: dict[str, int] = {}
+        """Per project, the minute watermark the last script call answered (a lower bound
+        of the current one: watermarks only go down when Redis lost them, and the script
+        refuses a plan whose edge is past its watermark)."""
 
     @classmethod
     def from_settings(
@@ -126,6 +135,7 @@ class Ingestor:
             dim_name_cap=settings.dim_name_cap,
             max_groups=settings.max_batch_groups,
             grace_ms=int(settings.grace_seconds * 1000),
+            minute_keep_ms=settings.minute_retention_days * DAY_MS,
         )
 
     async def _wait_on_disk(self) -> None:
@@ -150,6 +160,25 @@ class Ingestor:
         raise Unavailable(
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
+
+    async def _late_edges(self, keys: ProjectKeys, events: list[RawEvent]) -> tuple[int, int]:
+        """(late_before, minute_from) for plan_batch: the minutes taken as sealed (the
+        project's minute watermark as the last script call answered it, read again when
+        that lags the clock; the script refuses with EDGE one that is too high),
+        and the oldest minute whose row is still kept (minute_retention_days; 0 = all)."""
+        now = max((ev.received for ev in events), default=0)
+        late_before = self._sealed.get(keys.project)
+        if late_before is None or late_before < now - self._grace_ms - 2 * MINUTE_MS:
+            # unknown, or lagging what the persister seals by now: ask (one HGET)
+            with redis_unavailable():
+                m = await self._redis.hget(keys.watermarks, "m")
+            late_before = int(m or 0)
+            if m is not None:
+                self._sealed[keys.project] = late_before
+        minute_from = 0
+        if self._minute_keep_ms:
+            minute_from = now - now % MINUTE_MS - self._minute_keep_ms
+        return late_before, minute_from
 
     def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
         """Raises 413 batch_too_complex when one script call with this plan would run over
@@ -220,16 +249,27 @@ class Ingestor:
         pending, duplicates = first_occurrences(events)
         caps = bool(self._name_cap or self._dim_name_cap)
         checked = False
+        replan = True  # the budget is checked on the first plan and on one after EDGE
         for _ in range(_MAX_ATTEMPTS):
             if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
-            plan = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0, names=caps)
+            late_before, minute_from = await self._late_edges(keys, pending)
+            plan = plan_batch(
+                pending,
+                self._crosstabs,
+                dim_values=self._dim_cap > 0,
+                names=caps,
+                late_before=late_before,
+                minute_from=minute_from,
+            )
             if not checked:
                 if refused is None:
                     self._check_names_alone(plan)
-                self._check_budget(plan, len(ids), pending)
                 checked = True
+            if replan:
+                self._check_budget(plan, len(ids), pending)
+                replan = False
             groups, dim_values = plan.groups, plan.dim_values
             idem = idempotency or Idempotency("", "")
             payload = _payload_encoder.encode(
@@ -249,6 +289,9 @@ class Ingestor:
                     idem.token,
                     idem.body_hash,
                     f"{idem.body_hash} {len(pending)} {duplicates}",
+                    late_before,
+                    plan.late_cells,
+                    minute_from,
                 ]
             )
             with redis_unavailable():
@@ -257,6 +300,8 @@ class Ingestor:
                     args=[keys.base, payload, raw_encoder.encode(pending)],
                 )
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if status in ("OK", "EDGE"):
+                self._sealed[project] = int(reply[-3])
             if status == "OK":
                 if self._durable:
                     with redis_unavailable():
@@ -302,7 +347,10 @@ class Ingestor:
                         hit = any((day, d) in over for d in ev.dims)
                     (refused if hit else kept).append(ev)
                 pending = kept
+            elif status == "EDGE":
+                replan = True  # planned again with the watermark it answered
             elif status == "NOWM":
+                self._sealed.pop(project, None)
                 await self._restore(project)
             elif status == "BACKLOG":
                 raise BacklogFull(
