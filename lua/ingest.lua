@@ -9,7 +9,7 @@
 --          dimnames:)
 -- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
 --          dim_values, dim_ttl_ms, name_cap, names, dim_name_cap, dim_names, idem, idem_hash,
---          idem_reply, late_before, late_cells, minute_from]
+--          idem_reply, sealed, cells, minute_from, late_cells]
 --            dedupe_ttl_ms  integer, milliseconds an event id (and an idempotency key) is
 --                           remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
@@ -34,15 +34,21 @@
 --            idem           Idempotency-Key token (lua/keys.py idempotency_token), or ""
 --            idem_hash      hex hash of the request body the key was first sent with
 --            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
---            late_before    integer, minute start (ms) the caller took as sealed: the
---                           batch's minutes before it are not in groups but in late_cells
---                           (0 = none); refused with EDGE when the minute watermark is lower
---            late_cells     array of [grain (m, h or d), bucket start ms (string), field,
---                           count (integer), sum in millionths (string), uids]: those
---                           minutes already rolled up, one per (grain, bucket, field); each
---                           goes to its bucket hot if unsealed, else to the late generation
+--            sealed         {m, h, d} the caller took as sealed-until per grain, or {}:
+--                           the batch's events before m are not in groups but in cells and
+--                           late_cells; refused with EDGE when a watermark is lower
+--            cells          array of [grain (m, h or d), bucket start ms (string), field,
+--                           count (integer), sum in millionths (string), uids]: those events
+--                           rolled up per (grain, bucket, field) where the bucket is at or
+--                           past sealed; each goes to its bucket hot if unsealed, else late
 --            minute_from    integer, the oldest minute whose row is kept (minute_retention_days):
 --                           a sealed minute before it takes no late delta (its hour and day do)
+--            late_cells     flat array, per cell: count field, sum field or "", sketch
+--                           member, count, sum in millionths (string), n, then n uids: the
+--                           same for buckets below sealed, with their late-hash fields
+--                           (<g>:<bucket>:c US field, <g>:<bucket>:s US field) and
+--                           late:<gen>:hll member (<g>:<bucket>:field) spelled out; all go to
+--                           the late generation
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
@@ -52,8 +58,8 @@
 --   {"IDEM", stored}        the idempotency key was used before with this body: stored is
 --                           its idem_reply; nothing applied
 --   {"IDEMDIFF"}            the idempotency key was used before with another body
---   {"EDGE", m, h, d}       late_before is past the minute watermark m: the caller plans
---                           again with late_before <= m; nothing applied
+--   {"EDGE", m, h, d}       sealed is past a watermark: the caller plans again with these;
+--                           nothing applied
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
 --   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
 --                           folds them into "__other__" and retries; nothing applied
@@ -75,7 +81,7 @@ local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
 local dim_cap, dim_values, dim_ttl = p[6], p[7], p[8]
 local name_cap, names, dim_name_cap, dim_names = p[9], p[10], p[11], p[12]
 local idem, idem_hash, idem_reply = p[13], p[14], p[15]
-local late_before, late_cells, minute_from = p[16] or 0, p[17] or {}, p[18] or 0
+local edges, cells, minute_from, late_cells = p[16] or {}, p[17] or {}, p[18] or 0, p[19] or {}
 local blob = ARGV[3]
 
 local idem_key = nil
@@ -90,7 +96,7 @@ if idem ~= '' then
   end
 end
 
-if late_before > sealed.m then
+if #edges == 3 and (edges[1] > sealed.m or edges[2] > sealed.h or edges[3] > sealed.d) then
   return {'EDGE', wm[1], wm[2], wm[3]}
 end
 
@@ -269,10 +275,30 @@ for _, g in ipairs(groups) do
   end
 end
 
--- a sealed minute's totals, rolled up by the caller per (grain, bucket, field)
-for _, c in ipairs(late_cells) do
+-- events of sealed minutes, rolled up by the caller per (grain, bucket, field)
+for _, c in ipairs(cells) do
   local field, sum = c[3], c[5]
   add(c[1], c[2], field, 'c\31' .. field, sum ~= '0' and ('s\31' .. field) or nil, c[4], sum, c[6])
+end
+local late_u = late_key .. ':u:'
+local L, i, n_late = late_cells, 1, #late_cells
+while i <= n_late do
+  local member, nu = L[i + 2], L[i + 5]
+  redis.call('HINCRBY', late_key, L[i], L[i + 3])
+  if L[i + 1] ~= '' then
+    redis.call('HINCRBY', late_key, L[i + 1], L[i + 4])
+  end
+  i = i + 6
+  if nu > 0 then
+    for j = i, i + nu - 1, 1000 do
+      local k = j + 999
+      if k > i + nu - 1 then k = i + nu - 1 end
+      redis.call('PFADD', late_u .. member, unpack(L, j, k))
+    end
+    late_members[#late_members + 1] = member
+    i = i + nu
+  end
+  late = late + 1
 end
 
 for i = 1, #late_members, 1000 do

@@ -14,7 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
-from counters.core.grouping import Totals, group_minutes, roll_up
+from counters.core.grouping import Sealed, Totals, group_minutes, roll_up
 from counters.core.models import EventIn, RawEvent
 from counters.core.rollups import encode_field, parse_rollup_id
 from counters.engines.retention import minute_edge
@@ -147,10 +147,11 @@ async def test_a_stale_edge_is_refused_and_planned_again(harness: Harness) -> No
     await _apply(h, [{"name": "click"}])
     ingestor = h.ingestor
     # as if this process had seen a higher watermark than Redis now holds (a restore)
-    ingestor._sealed[h.project] = h.clock.now_ms() + DAY_MS
+    high = h.clock.now_ms() + DAY_MS
+    ingestor._sealed[h.project] = Sealed(high, high, high)
     minute = h.clock.now_ms() - h.clock.now_ms() % MINUTE_MS
     await _apply(h, [{"name": "click", "uid": "a"}])
-    assert ingestor._sealed[h.project] < minute + MINUTE_MS
+    assert ingestor._sealed[h.project].minute < minute + MINUTE_MS
     assert await h.redis.hget(h.keys.hot(Grain.minute, minute), "c\x1fclick\x1f") == b"2"
     assert not await h.redis.exists(h.keys.late(1))
     assert await h.total("click", minute, minute + MINUTE_MS) == 2

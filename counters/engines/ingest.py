@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
 from counters.core.config import Settings
 from counters.core.errors import BacklogFull, Invalid, PayloadTooLarge, Unavailable
-from counters.core.grouping import Plan, first_occurrences, fold_over_cap, plan_batch
+from counters.core.grouping import Plan, Sealed, first_occurrences, fold_over_cap, plan_batch
 from counters.core.models import IngestReply, RawEvent, raw_encoder
 from counters.core.rollups import Rollup
 from lua import Scripts
@@ -52,7 +52,7 @@ def plan_cost(plan: Plan, n_ids: int, late_before: int | None = None) -> int:
     every group (LATE_GROUP_COST for a minute before late_before, likely sealed), id and
     cap check, plus the uids at UIDS_PER_GROUP a group."""
     cost = len(plan.groups) + n_ids + len(plan.dim_values) + len(plan.names)
-    cost += len(plan.late_cells) * LATE_CELL_COST
+    cost += (plan.n_late_cells + len(plan.hot_cells)) * LATE_CELL_COST
     cost += len(plan.dim_names) + plan.uid_entries // UIDS_PER_GROUP
     if late_before is not None:
         edge = str(late_before)
@@ -105,7 +105,7 @@ class Ingestor:
         self._grace_ms = grace_ms
         self._minute_keep_ms = minute_keep_ms
         self._waitaof: bool | None = None  # None: not probed yet
-        self._sealed: dict[str, int] = {}
+        self._sealed: dict[str, Sealed] = {}
         """Per project, the minute watermark the last script call answered (a lower bound
         of the current one: watermarks only go down when Redis lost them, and the script
         refuses a plan whose edge is past its watermark)."""
@@ -161,24 +161,27 @@ class Ingestor:
             "redis", "durable_ack needs WAITAOF (Redis 7.2+, Valkey) or appendfsync always"
         )
 
-    async def _late_edges(self, keys: ProjectKeys, events: list[RawEvent]) -> tuple[int, int]:
-        """(late_before, minute_from) for plan_batch: the minutes taken as sealed (the
-        project's minute watermark as the last script call answered it, read again when
-        that lags the clock; the script refuses with EDGE one that is too high),
-        and the oldest minute whose row is still kept (minute_retention_days; 0 = all)."""
+    async def _late_edges(
+        self, keys: ProjectKeys, events: list[RawEvent]
+    ) -> tuple[Sealed | None, int]:
+        """(sealed, minute_from) for plan_batch: the watermarks taken as sealed (the
+        project's as the last script call answered them, read again when they lag the
+        clock; the script refuses with EDGE ones that are too high), and the oldest minute
+        whose row is still kept (minute_retention_days; 0 = all)."""
         now = max((ev.received for ev in events), default=0)
-        late_before = self._sealed.get(keys.project)
-        if late_before is None or late_before < now - self._grace_ms - 2 * MINUTE_MS:
-            # unknown, or lagging what the persister seals by now: ask (one HGET)
+        sealed = self._sealed.get(keys.project)
+        if sealed is None or sealed.minute < now - self._grace_ms - 2 * MINUTE_MS:
+            # unknown, or lagging what the persister seals by now: ask (one HMGET)
             with redis_unavailable():
-                m = await self._redis.hget(keys.watermarks, "m")
-            late_before = int(m or 0)
-            if m is not None:
-                self._sealed[keys.project] = late_before
+                wm = await self._redis.hmget(keys.watermarks, ["m", "h", "d"])
+            known = [int(x) for x in wm if x is not None]
+            sealed = None
+            if len(known) == 3:
+                sealed = self._sealed[keys.project] = Sealed(*known)
         minute_from = 0
         if self._minute_keep_ms:
             minute_from = now - now % MINUTE_MS - self._minute_keep_ms
-        return late_before, minute_from
+        return sealed, minute_from
 
     def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
         """Raises 413 batch_too_complex when one script call with this plan would run over
@@ -254,13 +257,13 @@ class Ingestor:
             if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
-            late_before, minute_from = await self._late_edges(keys, pending)
+            sealed, minute_from = await self._late_edges(keys, pending)
             plan = plan_batch(
                 pending,
                 self._crosstabs,
                 dim_values=self._dim_cap > 0,
                 names=caps,
-                late_before=late_before,
+                sealed=sealed,
                 minute_from=minute_from,
             )
             if not checked:
@@ -289,9 +292,10 @@ class Ingestor:
                     idem.token,
                     idem.body_hash,
                     f"{idem.body_hash} {len(pending)} {duplicates}",
-                    late_before,
-                    plan.late_cells,
+                    list(sealed) if sealed is not None else [],
+                    plan.hot_cells,
                     minute_from,
+                    plan.late_cells,
                 ]
             )
             with redis_unavailable():
@@ -301,7 +305,7 @@ class Ingestor:
                 )
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if status in ("OK", "EDGE"):
-                self._sealed[project] = int(reply[-3])
+                self._sealed[project] = Sealed(*(int(x) for x in reply[-3:]))
             if status == "OK":
                 if self._durable:
                     with redis_unavailable():
