@@ -43,12 +43,14 @@
 --                           past sealed; each goes to its bucket hot if unsealed, else late
 --            minute_from    integer, the oldest minute whose row is kept (minute_retention_days):
 --                           a sealed minute before it takes no late delta (its hour and day do)
---            late_cells     flat array, per cell: count field, sum field or "", sketch
---                           member, count, sum in millionths (string), n, then n uids: the
---                           same for buckets below sealed, with their late-hash fields
---                           (<g>:<bucket>:c US field, <g>:<bucket>:s US field) and
---                           late:<gen>:hll member (<g>:<bucket>:field) spelled out; all go to
---                           the late generation
+--            late_cells     flat array, per cell: count field, sketch member, count, sum
+--                           in millionths (a string followed by the sum field, or the
+--                           integer 0 for none), n, then n uids: the same for buckets below
+--                           sealed, with their late-hash fields (<g>:<bucket>:c US field,
+--                           <g>:<bucket>:s US field) and late:<gen>:hll member
+--                           (<g>:<bucket>:field) spelled out; all go to the late generation
+--                           (each field once per batch: counts are read and written 1,000
+--                           fields a call, HMGET then HSET; sums, exact int64, by HINCRBY)
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
@@ -281,14 +283,35 @@ for _, c in ipairs(cells) do
   add(c[1], c[2], field, 'c\31' .. field, sum ~= '0' and ('s\31' .. field) or nil, c[4], sum, c[6])
 end
 local late_u = late_key .. ':u:'
+local cf, cn = {}, {}
+local function flush_counts()
+  if #cf == 0 then
+    return
+  end
+  local old = redis.call('HMGET', late_key, unpack(cf))
+  local args = {}
+  for k = 1, #cf do
+    args[2 * k - 1] = cf[k]
+    args[2 * k] = string.format('%d', (tonumber(old[k]) or 0) + cn[k])
+  end
+  redis.call('HSET', late_key, unpack(args))
+  cf, cn = {}, {}
+end
 local L, i, n_late = late_cells, 1, #late_cells
 while i <= n_late do
-  local member, nu = L[i + 2], L[i + 5]
-  redis.call('HINCRBY', late_key, L[i], L[i + 3])
-  if L[i + 1] ~= '' then
-    redis.call('HINCRBY', late_key, L[i + 1], L[i + 4])
+  local member, sum = L[i + 1], L[i + 3]
+  cf[#cf + 1] = L[i]
+  cn[#cn + 1] = L[i + 2]
+  if #cf == 1000 then
+    flush_counts()
   end
-  i = i + 6
+  i = i + 4
+  if sum ~= 0 then
+    redis.call('HINCRBY', late_key, L[i], sum)
+    i = i + 1
+  end
+  local nu = L[i]
+  i = i + 1
   if nu > 0 then
     for j = i, i + nu - 1, 1000 do
       local k = j + 999
@@ -300,6 +323,7 @@ while i <= n_late do
   end
   late = late + 1
 end
+flush_counts()
 
 for i = 1, #late_members, 1000 do
   local j = i + 999

@@ -36,8 +36,9 @@ HotCell = list[Any]
 micros (str), uids]: the totals of a batch's sealed minutes in one (grain, bucket, field)."""
 LateCells = list[Any]
 """lua/ingest.lua's late cells, the cells of buckets known sealed, flat (no list per cell):
-per cell <g>:<bucket>:c US field, <g>:<bucket>:s US field or "" (no sum), the sketch-index
-member <g>:<bucket>:field, count, sum in micros (str), the number of uids, the uids."""
+per cell the late-hash count field <g>:<bucket>:c US field, the sketch-index member
+<g>:<bucket>:field, the count, the sum in micros (a string, then the sum field
+<g>:<bucket>:s US field) or the integer 0 (no sum), the number of uids, the uids."""
 
 
 class Totals:
@@ -349,10 +350,13 @@ def _cells(
                 total = sm.get(f, 0)
                 u = us.get(f)
                 add(cw + f)
-                add(sw + f if total else "")
                 add(where + f)
                 add(n)
-                add(str(total))
+                if total:
+                    add(str(total))
+                    add(sw + f)
+                else:
+                    add(0)
                 if u is None:
                     add(0)
                 elif isinstance(u, set):
@@ -399,8 +403,9 @@ def late_members(late: list[Any]) -> Iterator[str]:
     """The sketch member (<g>:<bucket>:field) of every cell of a flat LateCells list."""
     i, n = 0, len(late)
     while i < n:
-        yield late[i + 2]
-        i += 6 + late[i + 5]
+        yield late[i + 1]
+        j = i + 4 if late[i + 3] == 0 else i + 5
+        i = j + 1 + late[j]
 
 
 def first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:
