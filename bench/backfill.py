@@ -177,6 +177,88 @@ def run_phase(
     return phase
 
 
+@dataclass
+class RawCopy:
+    events: int
+    seconds: float
+    python_s: float
+    postgres_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def us(self, cpu: float) -> float:
+        return cpu / self.events * 1e6 if self.events else 0.0
+
+
+def raw_copy_alone(s: Stack, svc: ServiceProc, n: int, seed: int) -> RawCopy:
+    """n live events written to a project's raw-log stream by the ingest script (a project
+    the service's persister does not know), then copied to Postgres by RawCopier in this
+    process with nothing else running: wall time, this process's CPU and Postgres's."""
+    from counters.engines.ingest import Ingestor
+    from counters.engines.rawcopy import RawCopier
+    from counters.metrics import Metrics
+    from lua import Scripts
+    from lua.client import open_redis
+    from lua.keys import ProjectKeys
+
+    project = f"rawcopy{seed}"
+    keys = ProjectKeys(svc.prefix, project)
+    raw = generate.raw_events(generate.events(n, span_ms=20_000, seed=seed, with_ts=False))
+
+    async def fill() -> None:
+        redis = open_redis(s.redis_url)
+        scripts = Scripts(redis)
+        try:
+            await scripts.restore(keys=[keys.watermarks], args=[0, 0, 0, 1, "0-0"])
+
+            async def restore(p: str) -> None:
+                raise RuntimeError("the watermarks are there")
+
+            ing = Ingestor(
+                redis,
+                scripts,
+                key_prefix=svc.prefix,
+                crosstabs=[],
+                dedupe_window_ms=60_000,
+                backlog_cap=0,
+                restore_watermarks=restore,
+            )
+            for i in range(0, len(raw), BATCH):
+                await ing.apply(project, raw[i : i + BATCH])
+        finally:
+            await redis.aclose()
+
+    async def copy() -> tuple[int, float, float]:
+        import asyncpg
+
+        redis = open_redis(s.redis_url)
+        copier = RawCopier(redis, Scripts(redis), Metrics())
+        conn = await asyncpg.connect(svc.database_url)
+        try:
+            await conn.execute("SELECT 1")
+            c0, t0 = time.process_time(), time.perf_counter()
+            done = await copier.copy(conn, keys)
+            return done, time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            await conn.close()
+            await redis.aclose()
+
+    asyncio.run(fill())
+    from bench.common import postgres_cpu
+
+    pg0 = postgres_cpu(svc.database_url)
+    done, seconds, python_s = asyncio.run(copy())
+    pg1 = postgres_cpu(svc.database_url)
+    out = RawCopy(done, seconds, python_s, pg1 - pg0)
+    log(
+        f"raw copy alone: {fmt(out.rate)} events/s, copier {out.us(python_s):.1f} µs/ev,"
+        f" postgres {out.us(out.postgres_s):.1f} µs/ev"
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=200_000, help="events per phase and round")
@@ -184,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="py-spy the service (backfill)")
     p.add_argument("--append", action="store_true", help="append the result to RESULTS.md")
+    p.add_argument("--copy-only", action="store_true", help="only the raw-copy measurement")
     p.add_argument(
         "--max-batch-groups",
         type=int,
@@ -200,6 +283,14 @@ def main(argv: list[str] | None = None) -> None:
         svc = s.service("backfill", env=env)
         phases: dict[str, list[Phase]] = {"live": [], "backfill": []}
         prof_path = s.work / "backfill.pyspy"
+        copies = [raw_copy_alone(s, svc, n, seed=rnd + 1) for rnd in range(args.rounds)]
+        if args.copy_only:
+            for c in copies:
+                print(
+                    f"raw copy: {fmt(c.rate)} events/s, copier {c.us(c.python_s):.1f} µs/ev,"
+                    f" postgres {c.us(c.postgres_s):.1f} µs/ev"
+                )
+            return
         for rnd in range(args.rounds):
             for label in ("live", "backfill"):
                 project = f"{label}{rnd}"
@@ -252,6 +343,31 @@ def main(argv: list[str] | None = None) -> None:
                 f"{label} " + ", ".join(f"`{c}` {u:.2f} µs" for c, u in top(ps))
                 for label, ps in phases.items()
             ),
+        ]
+        ingest_us = median([x.us("service") + x.us("redis") for x in live])
+        copy_us = median([c.us(c.python_s) + c.us(c.postgres_s) for c in copies])
+        body += [
+            "",
+            "Raw-log copy alone (RawCopier in the bench process, the stream of"
+            f" {n:,} live events, nothing else running; {args.rounds} rounds):",
+            "",
+            md_table(
+                ["", "events/s", "copier µs/ev", "Postgres µs/ev", "each round (events/s)"],
+                [
+                    (
+                        "raw copy",
+                        fmt(median([c.rate for c in copies])),
+                        f"{median([c.us(c.python_s) for c in copies]):.1f}",
+                        f"{median([c.us(c.postgres_s) for c in copies]):.1f}",
+                        " / ".join(fmt(c.rate) for c in copies),
+                    )
+                ],
+            ),
+            "",
+            f"Copy cost {copy_us:.1f} µs/event (copier + Postgres) against live ingest"
+            f" {ingest_us:.1f} µs/event (service + Redis, live phase; the service figure"
+            f" includes its in-process persister): **{copy_us / ingest_us:.2f} ×** (target"
+            " ≤ 0.33).",
         ]
         if args.profile:
             body += [
