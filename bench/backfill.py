@@ -193,9 +193,9 @@ class RawCopy:
 
 
 def raw_copy_alone(s: Stack, svc: ServiceProc, n: int, seed: int) -> RawCopy:
-    """n live events written to a project's raw-log stream by the ingest script (a project
-    the service's persister does not know), then copied to Postgres by RawCopier in this
-    process with nothing else running: wall time, this process's CPU and Postgres's."""
+    """n live events written to a project's raw-log stream by the ingest script (svc runs
+    without a persister), then copied to Postgres by RawCopier in this process with nothing
+    else running: wall time, this process's CPU and Postgres's."""
     from counters.engines.ingest import Ingestor
     from counters.engines.rawcopy import RawCopier
     from counters.metrics import Metrics
@@ -205,6 +205,7 @@ def raw_copy_alone(s: Stack, svc: ServiceProc, n: int, seed: int) -> RawCopy:
 
     project = f"rawcopy{seed}"
     keys = ProjectKeys(svc.prefix, project)
+    svc.key(project, "ingest")  # the project exists
     raw = generate.raw_events(generate.events(n, span_ms=20_000, seed=seed, with_ts=False))
 
     async def fill() -> None:
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         svc = s.service("backfill", env=env)
         phases: dict[str, list[Phase]] = {"live": [], "backfill": []}
         prof_path = s.work / "backfill.pyspy"
-        copies = [raw_copy_alone(s, svc, n, seed=rnd + 1) for rnd in range(args.rounds)]
+        quiet = s.service("copy", persister=False, env=env)
+        copies = [raw_copy_alone(s, quiet, n, seed=rnd + 1) for rnd in range(args.rounds)]
         if args.copy_only:
             for c in copies:
                 print(
