@@ -1,6 +1,7 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
-Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, all.
+Scenarios: quick, ingest, pixel, reads, freshness, memory, fuzz, faults, rebuild, backfill,
+all.
 `--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild")
+SCENARIOS = ("ingest", "pixel", "reads", "freshness", "memory", "fuzz", "rebuild", "backfill")
 
 
 def main() -> None:
