@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="py-spy the service (backfill)")
     p.add_argument("--append", action="store_true", help="append the result to RESULTS.md")
     p.add_argument("--copy-only", action="store_true", help="only the raw-copy measurement")
+    p.add_argument("--quick", action="store_true", help="5,000 events, one round")
     p.add_argument(
         "--max-batch-groups",
         type=int,
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         " over 30 days is ~18,600 units of script work, over the default 4,000)",
     )
     args = p.parse_args(argv)
+    if args.quick:
+        args.events, args.rounds = 5_000, 1
     load_at_start = load_now()
     warning = busy_warning()
     n = max(BATCH, args.events // BATCH * BATCH)
