@@ -1,7 +1,7 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
 Scenarios: quick, ingest, workers, pixel, reads, freshness, memory, fuzz, faults, rebuild,
-cluster, all.
+cluster, backfill, all.
 `--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ SCENARIOS = (
     "fuzz",
     "rebuild",
     "cluster",
+    "backfill",
 )
 
 

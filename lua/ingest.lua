@@ -9,7 +9,7 @@
 --          dimnames:)
 -- ARGV[2]  msgpack array [dedupe_ttl_ms, backlog_cap, ids, groups, n_events, dim_cap,
 --          dim_values, dim_ttl_ms, name_cap, names, dim_name_cap, dim_names, idem, idem_hash,
---          idem_reply]
+--          idem_reply, sealed, cells, minute_from, late_cells]
 --            dedupe_ttl_ms  integer, milliseconds an event id (and an idempotency key) is
 --                           remembered
 --            backlog_cap    integer, events the raw log may hold (0 = no cap)
@@ -34,6 +34,23 @@
 --            idem           Idempotency-Key token (lua/keys.py idempotency_token), or ""
 --            idem_hash      hex hash of the request body the key was first sent with
 --            idem_reply     what to remember for a replay: "<idem_hash> <accepted> <dups>"
+--            sealed         {m, h, d} the caller took as sealed-until per grain, or {}:
+--                           the batch's events before m are not in groups but in cells and
+--                           late_cells; refused with EDGE when a watermark is lower
+--            cells          array of [grain (m, h or d), bucket start ms (string), field,
+--                           count (integer), sum in millionths (string), uids]: those events
+--                           rolled up per (grain, bucket, field) where the bucket is at or
+--                           past sealed; each goes to its bucket hot if unsealed, else late
+--            minute_from    integer, the oldest minute whose row is kept (minute_retention_days):
+--                           a sealed minute before it takes no late delta (its hour and day do)
+--            late_cells     flat array, per cell: count field, sketch member, count, sum
+--                           in millionths (a string followed by the sum field, or the
+--                           integer 0 for none), n, then n uids: the same for buckets below
+--                           sealed, with their late-hash fields (<g>:<bucket>:c US field,
+--                           <g>:<bucket>:s US field) and late:<gen>:hll member
+--                           (<g>:<bucket>:field) spelled out; all go to the late generation
+--                           (each field once per batch: counts are read and written 1,000
+--                           fields a call, HMGET then HSET; sums, exact int64, by HINCRBY)
 -- ARGV[3]  the batch's raw events (msgpack bytes), stored as one stream entry
 -- ARGV[4]  on a Redis Cluster: the late generation the declared keys are of, else ""
 -- ARGV[5]  on a Redis Cluster: hot_from (epoch ms; minutes at or after it were declared as
@@ -45,16 +62,19 @@
 -- HOUR_MS, DAY_MS  bucket sizes (ms), defined by the prelude lua/__init__.py puts in front
 --                   (from counters.core.buckets)
 -- Returns (checks in this order; every answer but OK leaves Redis unchanged)
---   {"OK", late_groups}     applied everything (and stored idem:<token> = idem_reply)
+--   {"OK", late, m, h, d}   applied everything (and stored idem:<token> = idem_reply); late =
+--                           writes that went to the late generation, m/h/d the watermarks
 --   {"IDEM", stored}        the idempotency key was used before with this body: stored is
 --                           its idem_reply; nothing applied
 --   {"IDEMDIFF"}            the idempotency key was used before with another body
+--   {"EDGE", m, h, d}       sealed is past a watermark: the caller plans again with these;
+--                           nothing applied
 --   {"DUP", i, ...}         1-based indexes into ids already seen; nothing applied
 --   {"CAP", i, ...}         1-based indexes into dim_values over their dim's cap; the caller
 --                           folds them into "__other__" and retries; nothing applied
 --   {"NOWM"}                watermarks missing (Redis lost its state); nothing applied
 --   {"GEN", gen}            ARGV[4] is not the open late generation gen; nothing applied
---   {"EDGE"}                ARGV[5]'s minute, its hour or its day is sealed (a minute
+--   {"HOTEDGE"}             ARGV[5]'s minute, its hour or its day is sealed (a minute
 --                           declared hot might not be); nothing applied
 --   {"BACKLOG", rawn}       raw log over its cap; nothing applied
 --   {"NAMECAP", i, ...}     1-based indexes into names that are new and do not fit the cap
@@ -72,7 +92,7 @@ end
 local hot_from = tonumber(ARGV[5] or '')
 if hot_from and (sealed.m > hot_from or sealed.h > hot_from - hot_from % HOUR_MS
                  or sealed.d > hot_from - hot_from % DAY_MS) then
-  return {'EDGE'}
+  return {'HOTEDGE'}
 end
 local rawn = tonumber(wm[5] or '0')
 local base = ARGV[1]
@@ -81,6 +101,7 @@ local ttl, cap, ids, groups, n_events = p[1], p[2], p[3], p[4], p[5]
 local dim_cap, dim_values, dim_ttl = p[6], p[7], p[8]
 local name_cap, names, dim_name_cap, dim_names = p[9], p[10], p[11], p[12]
 local idem, idem_hash, idem_reply = p[13], p[14], p[15]
+local edges, cells, minute_from, late_cells = p[16] or {}, p[17] or {}, p[18] or 0, p[19] or {}
 local blob = ARGV[3]
 
 local idem_key = nil
@@ -93,6 +114,10 @@ if idem ~= '' then
     end
     return {'IDEMDIFF'}
   end
+end
+
+if #edges == 3 and (edges[1] > sealed.m or edges[2] > sealed.h or edges[3] > sealed.d) then
+  return {'EDGE', wm[1], wm[2], wm[3]}
 end
 
 if cap > 0 and n_events > 0 and rawn + n_events > cap then
@@ -191,6 +216,7 @@ end
 local late = 0
 local late_key = base .. 'late:' .. gen
 local late_hll_index = late_key .. ':hll'
+local late_members = {}
 
 -- per (grain, bucket): the hot hash's key, or false when the bucket is sealed (late)
 local hot_keys = {m = {}, h = {}, d = {}}
@@ -228,7 +254,7 @@ local function add(grain, bucket, field, cfield, sfield, count, sum, uids)
     end
     if #uids > 0 then
       pfadd(late_key .. ':u:' .. where .. field, uids)
-      redis.call('SADD', late_hll_index, where .. field)
+      late_members[#late_members + 1] = where .. field
     end
   end
 end
@@ -256,8 +282,11 @@ for _, g in ipairs(groups) do
   local minute, field, count, sum, uids = g[1], g[2], g[3], g[4], g[5]
   local cfield = 'c\31' .. field
   local sfield = sum ~= '0' and ('s\31' .. field) or nil
-  add('m', minute, field, cfield, sfield, count, sum, uids)
   local p = parents_of(minute)
+  local x = tonumber(minute)
+  if x >= minute_from or x >= sealed.m then -- a sealed minute older than kept: no row
+    add('m', minute, field, cfield, sfield, count, sum, uids)
+  end
   if p[3] then
     add('h', p[1], field, cfield, sfield, count, sum, uids)
   end
@@ -266,9 +295,63 @@ for _, g in ipairs(groups) do
   end
 end
 
+-- events of sealed minutes, rolled up by the caller per (grain, bucket, field)
+for _, c in ipairs(cells) do
+  local field, sum = c[3], c[5]
+  add(c[1], c[2], field, 'c\31' .. field, sum ~= '0' and ('s\31' .. field) or nil, c[4], sum, c[6])
+end
+local late_u = late_key .. ':u:'
+local cf, cn = {}, {}
+local function flush_counts()
+  if #cf == 0 then
+    return
+  end
+  local old = redis.call('HMGET', late_key, unpack(cf))
+  local args = {}
+  for k = 1, #cf do
+    args[2 * k - 1] = cf[k]
+    args[2 * k] = string.format('%d', (tonumber(old[k]) or 0) + cn[k])
+  end
+  redis.call('HSET', late_key, unpack(args))
+  cf, cn = {}, {}
+end
+local L, i, n_late = late_cells, 1, #late_cells
+while i <= n_late do
+  local member, sum = L[i + 1], L[i + 3]
+  cf[#cf + 1] = L[i]
+  cn[#cn + 1] = L[i + 2]
+  if #cf == 1000 then
+    flush_counts()
+  end
+  i = i + 4
+  if sum ~= 0 then
+    redis.call('HINCRBY', late_key, L[i], sum)
+    i = i + 1
+  end
+  local nu = L[i]
+  i = i + 1
+  if nu > 0 then
+    for j = i, i + nu - 1, 1000 do
+      local k = j + 999
+      if k > i + nu - 1 then k = i + nu - 1 end
+      redis.call('PFADD', late_u .. member, unpack(L, j, k))
+    end
+    late_members[#late_members + 1] = member
+    i = i + nu
+  end
+  late = late + 1
+end
+flush_counts()
+
+for i = 1, #late_members, 1000 do
+  local j = i + 999
+  if j > #late_members then j = #late_members end
+  redis.call('SADD', late_hll_index, unpack(late_members, i, j))
+end
+
 if n_events > 0 then
   local id = redis.call('XADD', KEYS[2], '*', 'n', n_events, 'e', blob)
   redis.call('HINCRBY', KEYS[1], 'rawn', n_events)
   redis.call('HSET', KEYS[1], 'rawlast', id)
 end
-return {'OK', late}
+return {'OK', late, wm[1], wm[2], wm[3]}

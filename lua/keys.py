@@ -182,6 +182,9 @@ def ingest_keys(
     day_pairs: Iterable[tuple[str, Sequence[Sequence[str]]]],
     dim_values: Sequence[Sequence[str]],
     hot_from: int | None = None,
+    *,
+    cells: Sequence[Sequence[Any]] = (),
+    late_cells: Sequence[Any] = (),
 ) -> list[str]:
     """Every key one lua/ingest.lua call may touch besides the watermarks and the raw log,
     for late generation gen: declared in its KEYS on a Redis Cluster, so that during a
@@ -192,7 +195,9 @@ def ingest_keys(
     groups are ingest.lua's [minute, field, count, sum, uids]; day_pairs ("names",
     [[day, name], ...]) and ("dimnames", ...); dim_values [dim, day, value]. A group of a
     minute at or after hot_from gets its minute's keys only: the script refuses the call
-    (EDGE) unless every such minute, its hour and its day are unsealed."""
+    (HOTEDGE) unless every such minute, its hour and its day are unsealed. cells are the
+    [grain, bucket, field, count, sum, uids] of buckets of sealed minutes (hot or late);
+    late_cells ingest.lua's flat late array (its sketch members name late sketches)."""
     out: dict[str, None] = {}
     base = keys.base
     late = f"{base}late:{gen}"
@@ -216,6 +221,20 @@ def ingest_keys(
             if uids:
                 out[f"{base}u:{grain}:{bucket}:{field}"] = None
                 out[f"{late}:u:{grain}:{bucket}:{field}"] = None
+    for cell in cells:
+        grain, bucket, field = cell[0], cell[1], cell[2]
+        out[f"{base}h:{grain}:{bucket}"] = None
+        if cell[5]:
+            out[f"{base}u:{grain}:{bucket}:{field}"] = None
+            out[f"{late}:u:{grain}:{bucket}:{field}"] = None
+    i = 0
+    while i < len(late_cells):  # count field, member, count, sum[, sum field], n, uids
+        member = late_cells[i + 1]
+        i += 4 if late_cells[i + 3] == 0 else 5
+        n = late_cells[i]
+        if n:
+            out[f"{late}:u:{member}"] = None
+        i += 1 + n
     for token in ids:
         out[f"{base}id:{token}"] = None
     if idem:

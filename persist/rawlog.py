@@ -4,11 +4,12 @@ partition creation and dropping, and the reads rebuild makes."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
-from counters.core.buckets import from_datetime, to_datetime
+from counters.core.buckets import EPOCH, from_datetime, to_datetime
 from counters.core.models import RawEvent
 from persist.db import Conn
 from persist.schema import (
@@ -44,6 +45,36 @@ def raw_record(project: str, ev: RawEvent, stream_id: str, seq: int) -> Record:
         stream_id,
         seq,
     )
+
+
+def raw_records(project: str, events: list[RawEvent], stream_id: str) -> list[Record]:
+    """The raw-log rows of one stream entry's events, in order (seq = position): the same
+    as raw_record of each, with one datetime per distinct arrival time (a batch has one)."""
+    out: list[Record] = []
+    add = out.append
+    encode = _json.encode
+    received_ms = -1
+    received = to_datetime(0)
+    for seq, ev in enumerate(events):
+        if ev.received != received_ms:
+            received_ms = ev.received
+            received = to_datetime(received_ms)
+        dims = ev.dims
+        add(
+            (
+                project,
+                EPOCH + timedelta(milliseconds=ev.ts),
+                ev.name,
+                ev.id,
+                encode(dims).decode() if dims else "{}",
+                ev.value,
+                ev.uid,
+                received,
+                stream_id,
+                seq,
+            )
+        )
+    return out
 
 
 async def create_partitions(conn: Conn, days: Iterable[int]) -> None:

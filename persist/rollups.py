@@ -74,6 +74,42 @@ async def rollup_hll(
     return blob
 
 
+async def rollup_hlls(
+    conn: Conn, project: str, grain: Grain, cells: list[RowKey]
+) -> dict[RowKey, bytes]:
+    """The stored uniques sketch of every row among cells (bucket, field) that has one, in
+    one query (rows or sketches that are missing are left out)."""
+    if not cells:
+        return {}
+    names, rollups, dims, sizes, buckets = [], [], [], [], []
+    for bucket, field in cells:
+        name, rollup, values = decode_field(field)
+        names.append(name)
+        rollups.append(",".join(rollup))
+        dims.append(_DIMS_SEP.join(values))
+        sizes.append(len(values))
+        buckets.append(to_datetime(bucket))
+    rows = await conn.fetch(
+        "SELECT k.i, r.hll FROM unnest($2::text[], $3::text[], $4::text[], $5::int[],"
+        " $6::timestamptz[]) WITH ORDINALITY AS k(name, rollup, dims, n, bucket, i)"
+        f" JOIN {ROLLUP_TABLE[grain]} r ON r.project = $1 AND r.name = k.name"
+        " AND r.rollup = k.rollup AND r.bucket = k.bucket"
+        # values joined by US, split back (the trailing US keeps a lone '' value)
+        " AND r.dims = (string_to_array(k.dims || E'\\x1f', E'\\x1f'))[1:k.n]"
+        " WHERE r.hll IS NOT NULL",
+        project,
+        names,
+        rollups,
+        dims,
+        sizes,
+        buckets,
+    )
+    return {cells[r["i"] - 1]: r["hll"] for r in rows}
+
+
+_DIMS_SEP = "\x1f"
+
+
 async def delete_minutes_before(conn: Conn, edge_ms: int) -> int:
     """Deletes minute rows of buckets before edge_ms; returns how many."""
     status = await conn.execute(

@@ -248,3 +248,52 @@ async def test_a_batch_during_a_resharding_is_refused_whole(
     h.clock.advance(HOUR_MS)
     await h.persist()
     assert await h.total("pv", T0 - 10 * MINUTE_MS, T0 + MINUTE_MS) == 4
+
+
+async def test_ingest_declares_every_key_it_creates(
+    csettings: Settings, credis: RedisClient, pool: asyncpg.Pool, cluster_url: str
+) -> None:
+    """Hot, late (over several days, with uids, ids and an idempotency key) and backfilled
+    batches: every key a call creates in the project's slot is one it declared."""
+    assert isinstance(credis, RedisCluster)
+    (project,) = (await _projects_on_each_master(credis, pool, csettings.key_prefix))[:1]
+    s = msgspec.structs.replace(csettings, dim_cardinality_cap=100, event_name_cap=50)
+    h = Harness.build(s, credis, pool, Scripts(credis), project)
+    declared: set[str] = set()
+    call = h.ingestor._call
+
+    async def spy(keys: ProjectKeys, args: list[object], names: list[str]) -> object:
+        declared.update(names)
+        return await call(keys, args, names)
+
+    h.ingestor._call = spy  # type: ignore[method-assign]
+    slot = credis.keyslot(h.keys.watermarks)
+    node = credis.get_node_from_key(h.keys.watermarks)
+
+    async def slot_keys() -> set[str]:
+        found = await credis.execute_command(
+            "CLUSTER", "GETKEYSINSLOT", slot, 100_000, target_nodes=node
+        )
+        return {k.decode() for k in found if k.decode().startswith(h.keys.base)}
+
+    now = h.clock.now_ms()
+    await h.ingest(*[{"name": "pv", "ts": now - 1000, "uid": f"u{i}"} for i in range(5)])
+    h.clock.advance(HOUR_MS)
+    await h.persist()
+    before = await slot_keys()
+    now = h.clock.now_ms()
+    late = [
+        {
+            "name": "pv" if i % 2 else "buy",
+            "ts": now - (i * 7_919_000) % (20 * 86_400_000) - 120_000,
+            "uid": f"u{i % 40}",
+            "id": f"e{i}",
+            "value": 1.25,
+            "dims": {"country": f"c{i % 5}"},
+        }
+        for i in range(300)
+    ]
+    await h.ingest(*late[:150])
+    await h.ingest(*late[150:], {"name": "pv", "ts": now - 500, "uid": "hot"})
+    created = await slot_keys() - before - {h.keys.watermarks, h.keys.raw}
+    assert created and created <= declared, sorted(created - declared)[:10]

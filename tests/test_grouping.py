@@ -139,7 +139,7 @@ def test_negative_epoch_events_group_into_1969_buckets() -> None:
 
 def test_roll_up_of_nothing() -> None:
     assert cells([], [("a", "b")]) == []
-    assert plan_batch([], [("a", "b")]) == ([], [], [], [], 0)
+    assert plan_batch([], [("a", "b")]) == ([], [], [], [], 0, [], [], 0)
 
 
 def test_crosstab_cells() -> None:

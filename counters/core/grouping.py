@@ -25,12 +25,20 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from counters.core.buckets import DAY_MS, GRAINS, MINUTE_MS, Grain, bucket_start
+from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain, bucket_start
 from counters.core.models import RawEvent
-from counters.core.rollups import OTHER, Rollup, fields_for, single_dim_values
+from counters.core.rollups import OTHER, US, Rollup, fields_for, single_dim_values
 
 MinuteGroup = list[Any]
 """lua/ingest.lua's group: [minute start (str), field, count, sum in micros (str), uids]."""
+HotCell = list[Any]
+"""lua/ingest.lua's cell: [grain (m, h or d), bucket start (str), field, count, sum in
+micros (str), uids]: the totals of a batch's sealed minutes in one (grain, bucket, field)."""
+LateCells = list[Any]
+"""lua/ingest.lua's late cells, the cells of buckets known sealed, flat (no list per cell):
+per cell the late-hash count field <g>:<bucket>:c US field, the sketch-index member
+<g>:<bucket>:field, the count, the sum in micros (a string, then the sum field
+<g>:<bucket>:s US field) or the integer 0 (no sum), the number of uids, the uids."""
 
 
 class Totals:
@@ -176,7 +184,14 @@ class Plan(NamedTuple):
     dim_names: list[list[str]] = []
     """Every distinct [day start (str), dim name], sorted per day; empty unless asked for."""
     uid_entries: int = 0
-    """Uids over all groups (the PFADD arguments the script will pass)."""
+    """Uids over all groups and late cells (the PFADD arguments the script will pass)."""
+    late_cells: LateCells = []
+    """The cells (flat) of the events before plan_batch's sealed.minute, one per (grain,
+    bucket, field) below that grain's sealed watermark."""
+    hot_cells: list[HotCell] = []
+    """The same in the buckets at or past it (the script decides hot or late)."""
+    n_late_cells: int = 0
+    """How many cells late_cells holds."""
 
 
 def day_names(events: Iterable[RawEvent]) -> tuple[list[list[str]], list[list[str]]]:
@@ -205,15 +220,37 @@ def plan_batch(
     *,
     dim_values: bool = True,
     names: bool = False,
+    sealed: Sealed | None = None,
+    minute_from: int = 0,
 ) -> Plan:
     """The batch's minute groups for lua/ingest.lua and, when dim_values, every distinct
     (dim, UTC day, value) in it, read off the day grain's fields rather than every event;
-    when names, the distinct event names and dim names per UTC day (day_names)."""
+    when names, the distinct event names and dim names per UTC day (day_names).
+    Events of minutes before sealed.minute (the caller knows them sealed) are not groups
+    but cells, rolled up per (grain, bucket, field): one per hour and day however many of
+    the batch's minutes fall in it, and none for a minute before minute_from (minute rows
+    older than that are not kept, see minute_retention_days). A cell of a bucket the
+    caller knows sealed goes to late_cells (LateCells), any other a HotCell (hot_cells)."""
     if not isinstance(events, list):
         events = list(events)
-    rolled = roll_up(group_minutes(events, crosstabs))
-    groups: list[MinuteGroup] = []
+    late_cells: LateCells = []
+    hot_cells: list[HotCell] = []
+    late_seen: set[tuple[str, str, str]] = set()
     uid_entries = 0
+    if sealed is not None and sealed.minute:
+        edge = sealed.minute
+        old = [ev for ev in events if ev.ts < edge]
+        if old:
+            minutes = group_minutes((ev for ev in events if ev.ts >= edge), crosstabs)
+            uid_entries = _cells(old, crosstabs, sealed, minute_from, late_cells, hot_cells)
+            if dim_values:
+                late_seen = _cell_dim_values(late_cells, hot_cells)
+        else:
+            minutes = group_minutes(events, crosstabs)
+    else:
+        minutes = group_minutes(events, crosstabs)
+    rolled = roll_up(minutes)
+    groups: list[MinuteGroup] = []
     for minute, totals in rolled.minutes.items():
         bucket = str(minute)
         sums = totals.sums
@@ -230,8 +267,145 @@ def plan_batch(
             for dim, value in single_dim_values(fields):
                 if value != OTHER:
                     seen.add((dim, day_s, value))
+        seen |= late_seen
     event_names, dim_names = day_names(events) if names else ([], [])
-    return Plan(groups, [list(t) for t in sorted(seen)], event_names, dim_names, uid_entries)
+    return Plan(
+        groups,
+        [list(t) for t in sorted(seen)],
+        event_names,
+        dim_names,
+        uid_entries,
+        late_cells,
+        hot_cells,
+        sum(1 for _ in late_members(late_cells)),
+    )
+
+
+class Sealed(NamedTuple):
+    """Watermarks (epoch ms) below which the caller knows each grain's buckets sealed."""
+
+    minute: int
+    hour: int
+    day: int
+
+
+def _cells(
+    events: list[RawEvent],
+    crosstabs: Sequence[Rollup],
+    sealed: Sealed,
+    minute_from: int,
+    late_out: list[Any],
+    hot_out: list[HotCell],
+) -> int:
+    """Appends the cells of these events (all of sealed minutes) to late_out (buckets below
+    sealed; flat, see LateCells) and hot_out (the others); returns the uids they hold.
+    Counts, sums and uids are kept in dicts of ints and strings per (grain, bucket), so a
+    batch's thousands of cells allocate few objects the garbage collector tracks."""
+    where_of: dict[tuple[str, int], str] = {}
+    counts: dict[str, dict[str, int]] = {}
+    sums: dict[str, dict[str, int]] = {}
+    uids_of: dict[str, dict[str, Any]] = {}
+    m_size, h_size, d_size = MINUTE_MS, HOUR_MS, DAY_MS
+    for ev in events:
+        ts = ev.ts
+        fields = fields_for(ev.name, ev.dims, crosstabs)
+        value = ev.value
+        uid = ev.uid
+        minute = ts - ts % m_size
+        targets = [("h", ts - ts % h_size), ("d", ts - ts % d_size)]
+        if minute >= minute_from:
+            targets.append(("m", minute))
+        for target in targets:
+            where = where_of.get(target)
+            if where is None:
+                where = where_of[target] = f"{target[0]}:{target[1]}:"
+                counts[where] = {}
+                sums[where] = {}
+                uids_of[where] = {}
+            c = counts[where]
+            for f in fields:
+                c[f] = c.get(f, 0) + 1
+            if value:
+                sm = sums[where]
+                for f in fields:
+                    sm[f] = sm.get(f, 0) + value
+            if uid is not None:
+                us = uids_of[where]
+                for f in fields:
+                    known = us.get(f)
+                    if known is None:
+                        us[f] = uid
+                    elif isinstance(known, set):
+                        known.add(uid)
+                    elif known != uid:
+                        us[f] = {known, uid}
+    edge = {"m": sealed.minute, "h": sealed.hour, "d": sealed.day}
+    uid_entries = 0
+    add = late_out.append
+    for (g, bucket), where in where_of.items():
+        c, sm, us = counts[where], sums[where], uids_of[where]
+        if bucket < edge[g]:
+            cw, sw = where + COUNT_PREFIX, where + SUM_PREFIX
+            for f, n in c.items():
+                total = sm.get(f, 0)
+                u = us.get(f)
+                add(cw + f)
+                add(where + f)
+                add(n)
+                if total:
+                    add(str(total))
+                    add(sw + f)
+                else:
+                    add(0)
+                if u is None:
+                    add(0)
+                elif isinstance(u, set):
+                    add(len(u))
+                    late_out.extend(u)
+                    uid_entries += len(u)
+                else:
+                    add(1)
+                    add(u)
+                    uid_entries += 1
+        else:
+            b = str(bucket)
+            for f, n in c.items():
+                u = us.get(f)
+                ul = [] if u is None else list(u) if isinstance(u, set) else [u]
+                uid_entries += len(ul)
+                hot_out.append([g, b, f, n, str(sm.get(f, 0)), ul])
+    return uid_entries
+
+
+COUNT_PREFIX = "c" + US
+SUM_PREFIX = "s" + US
+
+
+def _cell_dim_values(late: list[Any], hot: list[HotCell]) -> set[tuple[str, str, str]]:
+    """(dim, day start, value) of every single-dim field of the day cells."""
+    out: set[tuple[str, str, str]] = set()
+    by_day: dict[str, list[str]] = {}
+    for member in late_members(late):
+        if member[0] == "d":
+            _, day_s, f = member.split(":", 2)
+            by_day.setdefault(day_s, []).append(f)
+    for c in hot:
+        if c[0] == "d":
+            by_day.setdefault(c[1], []).append(c[2])
+    for day_s, fields in by_day.items():
+        for dim, value in single_dim_values(fields):
+            if value != OTHER:
+                out.add((dim, day_s, value))
+    return out
+
+
+def late_members(late: list[Any]) -> Iterator[str]:
+    """The sketch member (<g>:<bucket>:field) of every cell of a flat LateCells list."""
+    i, n = 0, len(late)
+    while i < n:
+        yield late[i + 1]
+        j = i + 4 if late[i + 3] == 0 else i + 5
+        i = j + 1 + late[j]
 
 
 def first_occurrences(events: list[RawEvent]) -> tuple[list[RawEvent], int]:

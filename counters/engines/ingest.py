@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts
 from counters.core.config import Settings
 from counters.core.errors import BacklogFull, Invalid, PayloadTooLarge, Unavailable
-from counters.core.grouping import Plan, first_occurrences, fold_over_cap, plan_batch
+from counters.core.grouping import Plan, Sealed, first_occurrences, fold_over_cap, plan_batch
 from counters.core.models import IngestReply, RawEvent, raw_encoder
 from counters.core.rollups import Rollup
 from lua import Scripts
@@ -35,8 +35,10 @@ reference machine (README "Security", batch budget): a (minute, field) group, an
 (EXISTS + SET), a dim value, event name or dim name to check against its cap (SISMEMBER,
 SCARD, SADD, PEXPIRE) each cost about one group (~8-18 us); a uid passed to PFADD about a
 quarter; a group of a sealed minute about three (its minute's late delta, its hour and its
-day)."""
+day). A late cell (a sealed minute's totals rolled up per (grain, bucket, field) before the
+call) costs about one group: one HINCRBY and one PFADD, like a hot group."""
 LATE_GROUP_COST = 3
+LATE_CELL_COST = 1
 
 
 class Idempotency(NamedTuple):
@@ -51,6 +53,7 @@ def plan_cost(plan: Plan, n_ids: int, late_before: int | None = None) -> int:
     every group (LATE_GROUP_COST for a minute before late_before, likely sealed), id and
     cap check, plus the uids at UIDS_PER_GROUP a group."""
     cost = len(plan.groups) + n_ids + len(plan.dim_values) + len(plan.names)
+    cost += (plan.n_late_cells + len(plan.hot_cells)) * LATE_CELL_COST
     cost += len(plan.dim_names) + plan.uid_entries // UIDS_PER_GROUP
     if late_before is not None:
         edge = str(late_before)
@@ -85,6 +88,7 @@ class Ingestor:
         dim_name_cap: int = 0,
         max_groups: int = 0,
         grace_ms: int = 0,
+        minute_keep_ms: int = 0,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -100,11 +104,16 @@ class Ingestor:
         self._dim_name_cap = dim_name_cap
         self._max_groups = max_groups
         self._grace_ms = grace_ms
+        self._minute_keep_ms = minute_keep_ms
         self._waitaof: bool | None = None  # None: not probed yet
         self._declare = isinstance(redis, RedisCluster)
         """On a cluster every key a call touches is declared (lua/keys.py ingest_keys)."""
         self._gens: dict[str, str] = {}
         """Last late generation seen per project (for the declared late keys)."""
+        self._sealed: dict[str, Sealed] = {}
+        """Per project, the minute watermark the last script call answered (a lower bound
+        of the current one: watermarks only go down when Redis lost them, and the script
+        refuses a plan whose edge is past its watermark)."""
 
     @classmethod
     def from_settings(
@@ -131,11 +140,12 @@ class Ingestor:
             dim_name_cap=settings.dim_name_cap,
             max_groups=settings.max_batch_groups,
             grace_ms=int(settings.grace_seconds * 1000),
+            minute_keep_ms=settings.minute_retention_days * DAY_MS,
         )
 
     def _hot_from(self, events: list[RawEvent]) -> int:
         """The first minute surely not sealed yet when the batch arrives: a minute seals
-        grace after its end (one more minute of margin); ingest.lua checks it (EDGE)."""
+        grace after its end (one more minute of margin); ingest.lua checks it (HOTEDGE)."""
         now = max((ev.received for ev in events), default=0)
         edge = now - self._grace_ms - 2 * MINUTE_MS
         return edge - edge % MINUTE_MS
@@ -180,6 +190,28 @@ class Ingestor:
         if not self._waitaof:
             await self._check_fsync_always()
         return reply
+
+    async def _late_edges(
+        self, keys: ProjectKeys, events: list[RawEvent]
+    ) -> tuple[Sealed | None, int]:
+        """(sealed, minute_from) for plan_batch: the watermarks taken as sealed (the
+        project's as the last script call answered them, read again when they lag the
+        clock; the script refuses with EDGE ones that are too high), and the oldest minute
+        whose row is still kept (minute_retention_days; 0 = all)."""
+        now = max((ev.received for ev in events), default=0)
+        sealed = self._sealed.get(keys.project)
+        if sealed is None or sealed.minute < now - self._grace_ms - 2 * MINUTE_MS:
+            # unknown, or lagging what the persister seals by now: ask (one HMGET)
+            with redis_unavailable():
+                wm = await self._redis.hmget(keys.watermarks, ["m", "h", "d"])
+            known = [int(x) for x in wm if x is not None]
+            sealed = None
+            if len(known) == 3:
+                sealed = self._sealed[keys.project] = Sealed(*known)
+        minute_from = 0
+        if self._minute_keep_ms:
+            minute_from = now - now % MINUTE_MS - self._minute_keep_ms
+        return sealed, minute_from
 
     def _check_budget(self, plan: Plan, n_ids: int, events: list[RawEvent]) -> None:
         """Raises 413 batch_too_complex when one script call with this plan would run over
@@ -251,16 +283,27 @@ class Ingestor:
         caps = bool(self._name_cap or self._dim_name_cap)
         checked = False
         edge_refused = False
+        replan = True  # the budget is checked on the first plan and on one after EDGE
         for _ in range(_MAX_ATTEMPTS):
             if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
-            plan = plan_batch(pending, self._crosstabs, dim_values=self._dim_cap > 0, names=caps)
+            sealed, minute_from = await self._late_edges(keys, pending)
+            plan = plan_batch(
+                pending,
+                self._crosstabs,
+                dim_values=self._dim_cap > 0,
+                names=caps,
+                sealed=sealed,
+                minute_from=minute_from,
+            )
             if not checked:
                 if refused is None:
                     self._check_names_alone(plan)
-                self._check_budget(plan, len(ids), pending)
                 checked = True
+            if replan:
+                self._check_budget(plan, len(ids), pending)
+                replan = False
             groups, dim_values = plan.groups, plan.dim_values
             idem = idempotency or Idempotency("", "")
             payload = _payload_encoder.encode(
@@ -280,6 +323,10 @@ class Ingestor:
                     idem.token,
                     idem.body_hash,
                     f"{idem.body_hash} {len(pending)} {duplicates}",
+                    list(sealed) if sealed is not None else [],
+                    plan.hot_cells,
+                    minute_from,
+                    plan.late_cells,
                 ]
             )
             args = [keys.base, payload, raw_encoder.encode(pending)]
@@ -289,18 +336,29 @@ class Ingestor:
                 day_pairs = (("names", plan.names), ("dimnames", plan.dim_names))
                 hot_from = None if edge_refused else self._hot_from(pending)
                 declared = ingest_keys(
-                    keys, gen, groups, ids, idem.token, day_pairs, dim_values, hot_from
+                    keys,
+                    gen,
+                    groups,
+                    ids,
+                    idem.token,
+                    day_pairs,
+                    dim_values,
+                    hot_from,
+                    cells=plan.hot_cells,
+                    late_cells=plan.late_cells,
                 )
                 args += [gen, "" if hot_from is None else str(hot_from)]
             with redis_unavailable():
                 reply = await self._call(keys, args, declared)
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if status in ("OK", "EDGE"):
+                self._sealed[project] = Sealed(*(int(x) for x in reply[-3:]))
             if status == "OK":
                 return IngestReply(accepted=len(pending), duplicates=duplicates)
             if status == "GEN":
                 self._gens[project] = bytes(reply[1]).decode()
                 continue
-            if status == "EDGE":
+            if status == "HOTEDGE":
                 edge_refused = True
                 continue
             if status == "DUP":
@@ -343,7 +401,10 @@ class Ingestor:
                         hit = any((day, d) in over for d in ev.dims)
                     (refused if hit else kept).append(ev)
                 pending = kept
+            elif status == "EDGE":
+                replan = True  # planned again with the watermark it answered
             elif status == "NOWM":
+                self._sealed.pop(project, None)
                 await self._restore(project)
             elif status == "BACKLOG":
                 raise BacklogFull(

@@ -23,13 +23,15 @@ from lua.keys import (
     parse_measure_field,
 )
 from persist.db import Conn, postgres_unavailable
-from persist.rollups import Record, rollup_hll, rollup_record, upsert_rollups
+from persist.rollups import Record, rollup_hlls, rollup_record, upsert_rollups
 from persist.state import load_state, set_late_applied
 
 LateRow = tuple[Grain, int, str]
 """(grain, bucket, rollup field) a late delta is for."""
 TMP_TTL_MS = MINUTE_MS
 """Lifetime of the scratch key a Postgres sketch is merged in (deleted right away)."""
+HLL_CHUNK = 2_000
+"""Late sketches merged per Postgres query and per Redis round trip."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,12 @@ class LateApplier:
             measure, field = parse_measure_field(late.rest)
             row = rows.setdefault((late.grain, late.bucket, field), [0, 0])
             row[0 if measure == COUNT else 1] += int(v)
-        hlls: dict[LateRow, bytes | None] = {}
-        for member in members:
-            grain, bucket, field = parse_late_hll_member(member)
-            rows.setdefault((grain, bucket, field), [0, 0])
-            hlls[(grain, bucket, field)] = await self._merged_hll(
-                conn, keys, gen, grain, bucket, field
-            )
+        cells: list[LateRow] = [
+            (c.grain, c.bucket, c.rest) for c in map(parse_late_hll_member, members)
+        ]
+        for cell in cells:
+            rows.setdefault(cell, [0, 0])
+        hlls = await self._merged_hlls(conn, keys, gen, cells)
         by_grain: dict[Grain, list[Record]] = defaultdict(list)
         for (grain, bucket, field), (count, total) in rows.items():
             hll = hlls.get((grain, bucket, field))
@@ -107,20 +108,41 @@ class LateApplier:
                 pipe.expire(keys.late_hll(gen, grain, bucket, field), keep)
             await pipe.execute()
 
-    async def _merged_hll(
-        self, conn: Conn, keys: ProjectKeys, gen: int, grain: Grain, bucket: int, field: str
-    ) -> bytes | None:
-        """Union of the Postgres sketch and the late sketch (idempotent: a union)."""
+    async def _merged_hlls(
+        self, conn: Conn, keys: ProjectKeys, gen: int, cells: list[LateRow]
+    ) -> dict[LateRow, bytes | None]:
+        """Per cell, the union of its Postgres sketch and its late sketch (idempotent: a
+        union): one query per grain for the stored sketches, then pipelined Redis calls
+        (a cell Postgres has no sketch for takes the late sketch as it is)."""
+        stored: dict[LateRow, bytes] = {}
+        by_grain: dict[Grain, list[tuple[int, str]]] = defaultdict(list)
+        for grain, bucket, field in cells:
+            by_grain[grain].append((bucket, field))
         with postgres_unavailable():
-            existing = await rollup_hll(conn, keys.project, grain, bucket, field)
-        tmp = keys.tmp(uuid.uuid4().hex)
-        with redis_unavailable():
-            pipe = self.redis.pipeline(transaction=False)
-            if existing is not None:
-                pipe.set(tmp, existing, px=TMP_TTL_MS)
-            pipe.execute_command("PFMERGE", tmp, tmp, keys.late_hll(gen, grain, bucket, field))
-            pipe.get(tmp)
-            pipe.delete(tmp)
-            result = await pipe.execute()
-        merged: bytes | None = result[-2]
-        return merged
+            for grain, pairs in by_grain.items():
+                for i in range(0, len(pairs), HLL_CHUNK):
+                    found = await rollup_hlls(conn, keys.project, grain, pairs[i : i + HLL_CHUNK])
+                    stored.update({(grain, b, f): blob for (b, f), blob in found.items()})
+        out: dict[LateRow, bytes | None] = {}
+        for i in range(0, len(cells), HLL_CHUNK):
+            chunk = cells[i : i + HLL_CHUNK]
+            token = uuid.uuid4().hex
+            with redis_unavailable():
+                pipe = self.redis.pipeline(transaction=False)
+                where: list[int] = []
+                for n, (grain, bucket, field) in enumerate(chunk):
+                    late = keys.late_hll(gen, grain, bucket, field)
+                    existing = stored.get((grain, bucket, field))
+                    if existing is None:
+                        pipe.get(late)
+                    else:
+                        tmp = keys.tmp(f"{token}{n}")
+                        pipe.set(tmp, existing, px=TMP_TTL_MS)
+                        pipe.execute_command("PFMERGE", tmp, tmp, late)
+                        pipe.get(tmp)
+                        pipe.delete(tmp)
+                    where.append(len(pipe) - (1 if existing is None else 2))
+                result = await pipe.execute()
+            for cell, at in zip(chunk, where, strict=True):
+                out[cell] = result[at]
+        return out

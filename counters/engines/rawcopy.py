@@ -17,7 +17,7 @@ from typing import cast
 
 import msgspec
 
-from counters.core.buckets import Grain, bucket_start
+from counters.core.buckets import DAY_MS
 from counters.core.models import RawEvent, decode_raw_batch
 from counters.metrics import Metrics
 from lua import Scripts
@@ -32,7 +32,7 @@ from persist.deadletter import (
     insert_dead_letter,
     record_failure,
 )
-from persist.rawlog import Record, copy_raw_rows, create_partitions, raw_record, record_dims
+from persist.rawlog import Record, copy_raw_rows, create_partitions, raw_records, record_dims
 from persist.state import load_state, set_raw_stream_id
 
 log = logging.getLogger("counters.persister")
@@ -155,15 +155,18 @@ class RawCopier:
         refused (nothing is then written). With clear, forgets the entry's failures."""
         records: list[Record] = []
         days: set[int] = set()
-        dims: set[tuple[int, str]] = set()
+        dim_sets: set[tuple[int, tuple[str, ...]]] = set()  # (day, dim names): few per entry
+        size = DAY_MS
         for sid_raw, fields in entries:
-            sid = sid_raw.decode()
-            for seq, ev in enumerate(_events(fields)):
-                day = bucket_start(ev.ts, Grain.day)
+            events = _events(fields)
+            records.extend(raw_records(keys.project, events, sid_raw.decode()))
+            for ev in events:
+                ts = ev.ts
+                day = ts - ts % size
                 days.add(day)
                 if ev.dims:
-                    dims.update((day, d) for d in ev.dims)
-                records.append(raw_record(keys.project, ev, sid, seq))
+                    dim_sets.add((day, tuple(ev.dims)))
+        dims = {(day, d) for day, names in dim_sets for d in names}
         last = entries[-1][0].decode()
         await self._ensure_partitions(conn, days)
         with postgres_unavailable():
