@@ -662,6 +662,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--poll-seconds", type=float, default=30.0, help="with --polling")
     p.add_argument("--out", default=None, help="with --polling: also write the table here")
+    p.add_argument(
+        "--py-spy", default=None, help="with --polling: py-spy's collapsed stacks go to this dir"
+    )
     args = p.parse_args(argv)
     if args.polling:
         from bench import reads_poll

@@ -21,11 +21,13 @@ import asyncio
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import psutil
@@ -119,43 +121,65 @@ async def sparkline(
     return out
 
 
+async def _worker(
+    url: str, key: str, queue: asyncio.Queue[tuple[str, dict[str, str]] | None], out: Any
+) -> None:
+    """One keep-alive connection speaking just enough HTTP/1.1 (httpx costs the client
+    more CPU per request than the server spends: the client would be the bottleneck)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        while (item := await queue.get()) is not None:
+            path, params = item
+            now = int(time.time() * 1000)
+            p = {k: v for k, v in params.items() if k != "span"}
+            p |= {"from": str(now - int(params["span"])), "to": str(now)}
+            target = path + "?" + urlencode(p)
+            auth = f"Authorization: Bearer {key}"
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = dict(
+                (k.lower(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:] if h)
+            )
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            if status != 200:
+                out.errors += 1
+            else:
+                out.server.append(float(headers["server-timing"].split("dur=")[1]))
+    finally:
+        writer.close()
+
+
+class Polled:
+    def __init__(self) -> None:
+        self.server: list[float] = []
+        self.errors = 0
+
+
 async def poll(
     url: str, key: str, queries: list[tuple[str, dict[str, str]]], seconds: float
 ) -> Any:
-    """Every dashboard asks its question every PERIOD_S for `seconds`; returns server-side
-    ms per request, the count of non-200 answers and the rate achieved."""
-    auth = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    server: list[float] = []
-    errors = 0
-    sem = asyncio.Semaphore(CONNECTIONS * 4)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
-
-        async def one(path: str, params: dict[str, str]) -> None:
-            nonlocal errors
-            async with sem:
-                now = int(time.time() * 1000)
-                p = {k: v for k, v in params.items() if k != "span"}
-                p |= {"from": str(now - int(params["span"])), "to": str(now)}
-                r = await c.get(path, params=p, headers=auth)
-                if r.status_code != 200:
-                    errors += 1
-                    return
-                server.append(float(r.headers["server-timing"].split("dur=")[1]))
-
-        rate = len(queries) / PERIOD_S
-        total = int(seconds * rate)
-        tasks = []
-        t0 = time.perf_counter()
-        for k in range(total):
-            delay = t0 + k / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            path, params = queries[k % len(queries)]
-            tasks.append(asyncio.create_task(one(path, params)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - t0
-    return server, errors, total / elapsed
+    """Every dashboard asks its question every PERIOD_S for `seconds` over CONNECTIONS
+    keep-alive connections; returns server-side ms per request, the count of non-200
+    answers and the rate achieved."""
+    out = Polled()
+    queue: asyncio.Queue[tuple[str, dict[str, str]] | None] = asyncio.Queue()
+    workers = [asyncio.create_task(_worker(url, key, queue, out)) for _ in range(CONNECTIONS)]
+    rate = len(queries) / PERIOD_S
+    total = int(seconds * rate)
+    t0 = time.perf_counter()
+    for k in range(total):
+        delay = t0 + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(queries[k % len(queries)])
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - t0
+    return out.server, out.errors, len(out.server) / elapsed
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -207,8 +231,19 @@ async def run(args: argparse.Namespace) -> None:
         polled: dict[str, tuple[float, list[float], int, float]] = {}
         for label, s in services.items():
             await poll(s.url, key, queries[:50], 2.0)  # warm-up
+            spy = None
+            if args.py_spy:  # collapsed stacks of the server while it is polled
+                out = Path(args.py_spy) / f"{label.replace(' ', '-')}.txt"
+                spy = subprocess.Popen(
+                    [shutil.which("py-spy") or "py-spy", "record", "-f", "raw", "-o", str(out)]
+                    + ["-d", str(int(args.poll_seconds)), "--pid", str(s.pid), "-r", "200"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             before, t0 = cpu_seconds(s.pid), time.perf_counter()
             server, errors, rate = await poll(s.url, key, queries, args.poll_seconds)
+            if spy is not None:
+                spy.wait(30)
             cores = (cpu_seconds(s.pid) - before) / (time.perf_counter() - t0)
             polled[label] = (cores, server, errors, rate)
             print(
@@ -237,6 +272,11 @@ async def run(args: argparse.Namespace) -> None:
             f"| {DASHBOARDS:,} dashboards every {PERIOD_S:g} s: server CPU (cores)"
             f" | {pon[0]:.3f} | {poff[0]:.3f} | {pon[0] / poff[0]:.2f} |",
             f"| polled requests/s achieved | {pon[3]:.0f} | {poff[3]:.0f} | |",
+            f"| server CPU per polled request (ms) | {1000 * pon[0] / pon[3]:.2f}"
+            f" | {1000 * poff[0] / poff[3]:.2f} | {(pon[0] / pon[3]) / (poff[0] / poff[3]):.2f} |",
+            f"| cores at {DASHBOARDS / PERIOD_S:.0f} requests/s (CPU per request x rate)"
+            f" | {pon[0] / pon[3] * DASHBOARDS / PERIOD_S:.3f}"
+            f" | {poff[0] / poff[3] * DASHBOARDS / PERIOD_S:.3f} | |",
             f"| polled server p50 / p99 (ms) | {pct(pon[1], 50):.2f} / {pct(pon[1], 99):.2f}"
             f" | {pct(poff[1], 50):.2f} / {pct(poff[1], 99):.2f} | |",
             f"| non-200 answers | {pon[2]} | {poff[2]} | |",

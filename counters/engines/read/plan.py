@@ -55,8 +55,14 @@ def span_cells(start: int, end: int) -> list[Cell]:
 
 
 def whole(q: ReadQuery) -> list[Cell]:
-    """The fewest stored buckets tiling the query's whole range."""
-    return span_cells(q.start, q.end)
+    """The fewest stored buckets tiling the query's whole range (memoized per range: the
+    same list for every read of it, never changed)."""
+    return _whole(q.start, q.end)
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole(start: int, end: int) -> list[Cell]:
+    return span_cells(start, end)
 
 
 def raise_past_retention(oldest_minute: int) -> NoReturn:
