@@ -226,7 +226,14 @@ async def run(args: argparse.Namespace) -> None:
             s.start()
         urls = {label: s.url for label, s in services.items()}
         load_at_start = os.getloadavg()
+        await sparkline(urls, key, project, 5)  # warm-up: the first reads fill the cache
+        pids = {label: s.pid for label, s in services.items()}
+        cpu_before = {label: cpu_seconds(pid) for label, pid in pids.items()}
         spark = await sparkline(urls, key, project, args.runs)
+        spark_cpu = {
+            label: (cpu_seconds(pid) - cpu_before[label]) / args.runs * 1000
+            for label, pid in pids.items()
+        }
         queries = dashboard_queries(project)
         polled: dict[str, tuple[float, list[float], int, float]] = {}
         for label, s in services.items():
@@ -266,6 +273,9 @@ async def run(args: argparse.Namespace) -> None:
             f" | {pct(on, 50):.2f} | {pct(off, 50):.2f} | {pct(on, 50) / pct(off, 50):.2f} |",
             f"| sparkline server p99 (ms) | {pct(on, 99):.2f} | {pct(off, 99):.2f}"
             f" | {pct(on, 99) / pct(off, 99):.2f} |",
+            f"| sparkline: server CPU per request (ms) | {spark_cpu['cache on']:.2f}"
+            f" | {spark_cpu['cache off']:.2f}"
+            f" | {spark_cpu['cache on'] / spark_cpu['cache off']:.2f} |",
         ]
         pon, poff = polled["cache on"], polled["cache off"]
         lines += [

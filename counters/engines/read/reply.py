@@ -18,7 +18,10 @@ Value = Measured
 _ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
 
 
-class Point(msgspec.Struct):
+class Point(msgspec.Struct, gc=False):
+    """One labelled value. It holds only a string and a number, so it can be in no
+    reference cycle and the GC need not track it (a 720-point reply would wake it)."""
+
     bucket: str
     value: Value
 
