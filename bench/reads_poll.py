@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import msgspec
 import psutil
 
 from bench.reads import generate, load_counters, machine
@@ -37,9 +39,14 @@ from counters import embedded
 from counters.core.buckets import DAY_MS, HOUR_MS
 from counters.core.clock import SystemClock
 from counters.core.config import Settings
+from counters.engines.read.context import ReadContext
+from counters.engines.read.engine import read_series
+from counters.engines.read.history_cache import HistoryCache
+from counters.engines.read.parse import parse_read
 from counters.harness.servers import Backends, create_database, drop_database
 from counters.harness.service import Service, service_env
 from counters.services import open_services
+from lua.keys import ProjectKeys
 from persist.projects import create_key
 
 DASHBOARDS = 1_000
@@ -182,6 +189,27 @@ async def poll(
     return out.server, out.errors, len(out.server) / elapsed
 
 
+async def engine_cpu(services: Any, prefix: str, project: str, runs: int) -> dict[str, float]:
+    """CPU ms per 30-day hourly sparkline of the read engine alone, in this process (parse,
+    read, reply, JSON; no HTTP, authorization or rate limit), cache on and off."""
+    enc = msgspec.json.Encoder(decimal_format="number")
+    base = ReadContext(
+        services.pool, services.redis, services.scripts, ProjectKeys(prefix, project), 0
+    )
+    out = {}
+    for label, cache in (("cache on", HistoryCache(64, 1 << 24)), ("cache off", None)):
+        ctx = dataclasses.replace(base, history=cache)
+        now = int(time.time() * 1000)
+        params = {"name": "click", "precision": "1h"}
+        params |= {"from": str(now - 30 * DAY_MS), "to": str(now)}
+        for n in range(runs + 5):
+            if n == 5:
+                t0 = time.process_time()
+            enc.encode(await read_series(ctx, parse_read(params, now, ())))
+        out[label] = (time.process_time() - t0) / runs * 1000
+    return out
+
+
 async def run(args: argparse.Namespace) -> None:
     level = int(args.levels.split(",")[0])
     data_dir = Path(tempfile.mkdtemp(prefix="counters-bench-poll-"))
@@ -234,6 +262,7 @@ async def run(args: argparse.Namespace) -> None:
             label: (cpu_seconds(pid) - cpu_before[label]) / args.runs * 1000
             for label, pid in pids.items()
         }
+        engine = await engine_cpu(svcs, prefix, project, args.runs)
         queries = dashboard_queries(project)
         polled: dict[str, tuple[float, list[float], int, float]] = {}
         for label, s in services.items():
@@ -273,6 +302,8 @@ async def run(args: argparse.Namespace) -> None:
             f" | {pct(on, 50):.2f} | {pct(off, 50):.2f} | {pct(on, 50) / pct(off, 50):.2f} |",
             f"| sparkline server p99 (ms) | {pct(on, 99):.2f} | {pct(off, 99):.2f}"
             f" | {pct(on, 99) / pct(off, 99):.2f} |",
+            f"| sparkline: read engine CPU per read, in-process (ms) | {engine['cache on']:.2f}"
+            f" | {engine['cache off']:.2f} | {engine['cache on'] / engine['cache off']:.2f} |",
             f"| sparkline: server CPU per request (ms) | {spark_cpu['cache on']:.2f}"
             f" | {spark_cpu['cache off']:.2f}"
             f" | {spark_cpu['cache on'] / spark_cpu['cache off']:.2f} |",
