@@ -64,6 +64,7 @@ def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
         minute_edge(now_ms, settings.minute_retention_days),
         state.restore,
         limits,
+        state.services.read_cache,
     )
 
 

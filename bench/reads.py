@@ -654,7 +654,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--quick", action="store_true", help="one small level, few runs")
     p.add_argument("--keep", action="store_true", help="keep the servers and data")
+    p.add_argument(
+        "--polling",
+        action="store_true",
+        help="the read cache on vs off: sparkline latency and polled dashboards' CPU"
+        " (bench/reads_poll.py; the first level only)",
+    )
+    p.add_argument("--poll-seconds", type=float, default=30.0, help="with --polling")
+    p.add_argument("--out", default=None, help="with --polling: also write the table here")
+    p.add_argument(
+        "--py-spy", default=None, help="with --polling: py-spy's collapsed stacks go to this dir"
+    )
     args = p.parse_args(argv)
+    if args.polling:
+        from bench import reads_poll
+
+        if args.quick:
+            args.levels, args.runs, args.poll_seconds = "200000", 50, 10.0
+        asyncio.run(reads_poll.run(args))
+        return
     if args.quick:
         args.levels, args.runs = "200000,1000000", 10
     asyncio.run(run(args))

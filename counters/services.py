@@ -19,6 +19,7 @@ from counters.core.models import EventIn, EventLimits, RawEvent, validate_events
 from counters.engines.ingest import Ingestor
 from counters.engines.persister import Persister
 from counters.engines.ratelimit import RateLimiter
+from counters.engines.read.history_cache import MAX_AGE_SECONDS, HistoryCache
 from counters.engines.rebuild import Rebuilder
 from counters.engines.restore import RestoreGate
 from counters.engines.schedule import nightly_reconcile
@@ -106,6 +107,8 @@ class Services:
     """Each project's uid hasher (its secret read from Postgres once per process)."""
     limiter: RateLimiter
     """Per-key and per-project rate limits (token buckets in Redis)."""
+    read_cache: HistoryCache | None = None
+    """This process's cache of reads' Postgres parts (None when read_cache_entries is 0)."""
 
     def validate(self, events: Sequence[EventIn], now_ms: int) -> list[RawEvent]:
         """validate_events with this deployment's age and future limits (uids left plain:
@@ -193,7 +196,18 @@ def build_services(
         RateLimiter(
             redis, scripts, settings, metrics, None if isinstance(clock, SystemClock) else clock
         ),
+        read_cache(settings),
     )
+
+
+def read_cache(settings: Settings) -> HistoryCache | None:
+    """The read cache the settings ask for: read_cache_entries and read_cache_bytes bound
+    it, and an entry lives at most half of keep_after_copy_seconds (at most 60 s), the time
+    Redis surely keeps what a read with its older snapshot needs; None when off."""
+    if settings.read_cache_entries <= 0 or settings.read_cache_bytes <= 0:
+        return None
+    age = min(MAX_AGE_SECONDS, settings.keep_after_copy_seconds / 2)
+    return HistoryCache(settings.read_cache_entries, settings.read_cache_bytes, age)
 
 
 async def _open_pool(url: str, max_size: int | None, wait: bool) -> asyncpg.Pool:

@@ -95,6 +95,13 @@ class ProjectKeys:
         """The raw-log stream."""
         return self.base + "raw"
 
+    @property
+    def history_version(self) -> str:
+        """A random token, replaced whenever rollup rows below the Postgres watermarks are
+        rewritten (rebuild, reconcile, restore): the in-process read caches of the
+        Postgres part check it (counters/engines/read/history_cache.py)."""
+        return self.base + "hv"
+
     def hot(self, grain: Grain, bucket: int) -> str:
         """Hash of count and sum fields of one (grain, bucket)."""
         return f"{self.base}h:{grain.short}:{bucket}"
@@ -341,6 +348,7 @@ def parse_late_hll_member(text: str | bytes) -> BucketField:
 KeyKind = Literal[
     "watermarks",
     "raw",
+    "history_version",
     "hot",
     "hll",
     "dirty",
@@ -389,6 +397,8 @@ class KeyName(NamedTuple):
             return keys.watermarks
         if kind == "raw":
             return keys.raw
+        if kind == "history_version":
+            return keys.history_version
         if kind == "dirty":
             return keys.dirty(_some(self.grain))
         if kind == "hot":
@@ -472,6 +482,8 @@ def _parse_rest(prefix: str, project: str, rest: str, kind: str, sep: str, args:
         return KeyName("watermarks", prefix, project)
     if rest == "raw":
         return KeyName("raw", prefix, project)
+    if rest == "hv":
+        return KeyName("history_version", prefix, project)
     if not sep:
         raise ValueError(rest)
     if kind == "h":

@@ -54,7 +54,7 @@ def hash_tag(key: str) -> str:
 
 def all_keys(keys: ProjectKeys) -> dict[str, str]:
     """One name from every key method, labelled by method."""
-    out = {"watermarks": keys.watermarks, "raw": keys.raw}
+    out = {"watermarks": keys.watermarks, "raw": keys.raw, "history_version": keys.history_version}
     for grain in GRAINS:
         g = grain.name
         out[f"hot:{g}"] = keys.hot(grain, BUCKET)

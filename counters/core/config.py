@@ -61,6 +61,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Answer 2xx only once the batch is on disk (WAITAOF, or a server with appendfsync
     always); a kill -9 of Redis then loses nothing acknowledged."""
     key_cache_seconds: float = 10.0
+    read_cache_entries: int = 4_096
+    """Reads whose Postgres part (rows below the watermarks) each worker keeps in memory,
+    least recently used first out (0 = no cache); see read_cache_bytes."""
+    read_cache_bytes: int = 64 * 1024 * 1024
+    """Most bytes (estimated: 16 per bucket plus the sketches) the read cache holds per
+    worker; past it, the least recently used entries go."""
     """How long the API trusts a looked-up API key without asking Postgres again."""
 
     # -- issue 11: limits and security (each documented in README "Security") -------------
@@ -143,6 +149,8 @@ def load_settings(
     )
     if settings.raw_retention_days <= settings.max_event_age_days:
         raise ValueError("bad setting: raw_retention_days must exceed max_event_age_days")
+    if settings.read_cache_entries < 0 or settings.read_cache_bytes < 0:
+        raise ValueError("bad setting: read_cache_entries and read_cache_bytes must be >= 0")
     hh, _, mm = settings.reconcile_at.partition(":")
     if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
         raise ValueError("bad setting: reconcile_at must be HH:MM (UTC)")

@@ -38,6 +38,7 @@ from counters.core.buckets import (
 )
 from counters.core.config import Settings
 from counters.engines.diffs import BucketDiff as BucketDiff  # re-exported for reconcile
+from counters.engines.history_version import bump_history
 from counters.engines.persister import Cut, Persister
 from counters.engines.progress import Progress
 from counters.engines.retention import minute_edge, raw_edge
@@ -222,6 +223,7 @@ class Rebuilder:
             if writer is not None and found.count:
                 # rows from the raw log also agree with their minutes
                 await writer.commit()
+                await bump_history(self.redis, keys)
                 report.written_days += 1
             elif write and extra:  # the raw log agrees with the minutes: only parts differ
                 await self.rollcheck.repair(conn, keys, parts)

@@ -55,6 +55,7 @@ from counters.core.errors import Unavailable
 from counters.core.grouping import plan_batch
 from counters.core.models import RawEvent
 from counters.core.rollups import Rollup
+from counters.engines.history_version import bump_history
 from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys, count_field, event_id_token, restore_member, sum_field
@@ -290,6 +291,8 @@ async def _restore_once(
             pass
         raise
     if outcome == 1:
+        # reads cached before the loss hold rows of buckets Redis no longer has
+        await bump_history(redis, keys)
         log.warning(
             "restored %s from Postgres: %d hour/day buckets, %d staged keys, %d events of"
             " unpersisted minutes, %d dedupe markers in %.2f s",

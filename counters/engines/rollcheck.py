@@ -20,6 +20,7 @@ import msgspec
 
 from counters.core.buckets import DAY_MS, HOUR_MS, Grain, bucket_ceil, bucket_start
 from counters.engines.diffs import BucketDiff, bucket_diff
+from counters.engines.history_version import bump_history
 from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys
 from persist.db import Conn, postgres_unavailable
@@ -114,6 +115,7 @@ class RollupChecker:
                     await upsert_rollups(conn, grain, grain_records, additive=False)
                 for grain, gone in found.gone.items():
                     await delete_rollup_rows(conn, keys.project, grain, gone)
+        await bump_history(self.redis, keys)
 
     async def _unions(self, keys: ProjectKeys, groups: list[list[bytes]]) -> list[bytes | None]:
         """The union of each group of sketches (None for an empty group): one sketch is its

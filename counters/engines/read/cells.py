@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from counters.core.measures import Measured, measure_value, measure_values
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
-from counters.engines.read.plan import Cell, Need, flatten, need
+from counters.engines.read.plan import Cell, Need, Planned, flatten, need, positions
 from counters.engines.read.query import BucketValues, count_uniques, read_buckets
 
 Value = Measured
@@ -18,12 +18,12 @@ Periods = list[list[Cell]]
 class Cells:
     """count, sum and sketch keys of every stored bucket of one series."""
 
-    def __init__(self, values: BucketValues, need: Need) -> None:
+    def __init__(
+        self, values: BucketValues, need: Need, at: dict[Cell, tuple[int, int]] | None = None
+    ) -> None:
         self.values = values
-        self.at: dict[Cell, tuple[int, int]] = {}
-        for p, (grain, buckets) in enumerate(need.items()):
-            for i, b in enumerate(buckets):
-                self.at[(grain, b)] = (p, i)
+        self.at = positions(need) if at is None else at
+        """(piece, index) of each cell: the plan's own when it is a Planned (shared)."""
 
     def count(self, cells: Sequence[Cell]) -> int:
         return sum(self.values.counts[p][i] for p, i in map(self.at.__getitem__, cells))
@@ -41,7 +41,7 @@ async def read_cells(ctx: ReadContext, q: ReadQuery, name: str, cells: Periods) 
     values = await read_buckets(
         ctx, name, q.rollup, q.values, list(needed.items()), uniques=q.measure == "uniques"
     )
-    return Cells(values, needed)
+    return Cells(values, needed, cells.at if isinstance(cells, Planned) else None)
 
 
 async def reduce_cells(
@@ -53,9 +53,16 @@ async def reduce_cells(
         union = [k for g in groups for k in g]
         counted = await count_uniques(ctx.redis, c.values, [*groups, union])
         return list(counted[:-1]), counted[-1]
-    if all(len(p) == 1 for p in cells):  # one stored bucket per period: no sums to make
+    single = cells.single if isinstance(cells, Planned) else None
+    if single is None and all(len(p) == 1 for p in cells):
+        single = [c.at[p[0]] for p in cells]
+    if single is not None:  # one stored bucket per period: no sums to make
         source = c.values.counts if q.measure == "count" else c.values.sums
-        stored = [source[pi][i] for pi, i in (c.at[p[0]] for p in cells)]
+        if len(source) == 1 and len(source[0]) == len(single):
+            # n periods in time order, each its own bucket of n distinct sorted ones
+            stored = list(source[0])
+        else:
+            stored = [source[pi][i] for pi, i in single]
         return measure_values(q.measure, stored), measure_value(q.measure, sum(stored), sum(stored))
     series = [measure_value(q.measure, c.count(p), c.sum(p)) for p in cells]
     everything = flatten(cells)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from counters.engines.read.history_cache import HistoryCache
 from counters.engines.read.limits import ReadLimits
 from lua import Scripts
 from lua.client import RedisClient
@@ -30,6 +31,8 @@ class ReadContext:
     a read finds the watermarks missing, so answers do not move after a Redis loss."""
     limits: ReadLimits = ReadLimits()
     """The bounds every read of this request is checked against (engines.read.limits)."""
+    history: HistoryCache | None = None
+    """The process's cache of reads' Postgres parts (None: every read asks Postgres)."""
 
     @property
     def project(self) -> str:

@@ -4,11 +4,13 @@ retention on the rollup path and raw retention on the raw-log path."""
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from counters.core.buckets import format_ts
 from counters.core.errors import BadRequest
-from counters.core.periods import FIXED_MS, periods, shortest_period_ms
+from counters.core.periods import FIXED_MS, periods, shortest_period_ms, zone
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import MAX_SERIES_BUCKETS, check_range_retention
 
@@ -40,7 +42,14 @@ def period_count(q: ReadQuery) -> int:
     size = FIXED_MS.get(q.precision)
     if size is not None:
         return (q.end - q.start) // size
-    return len(periods(q.start, q.end, q.precision, q.tz))
+    return _count(q.start, q.end, q.precision, q.tz_name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _count(start: int, end: int, precision: str, tz_name: str) -> int:
+    """How many periods of a calendar precision tile [start, end) (memoized: polled
+    dashboards ask the same range again and again)."""
+    return len(periods(start, end, precision, zone(tz_name)))
 
 
 def series_per_name(q: ReadQuery, projects: int = 0) -> int:

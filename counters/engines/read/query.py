@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
 
 from counters.core.buckets import Grain
 from counters.core.rollups import Rollup, encode_field, rollup_id
+from counters.engines.history_version import history_token
 from counters.engines.read.context import ReadContext
+from counters.engines.read.history_cache import CachedHistory, HistoryPart, Hot, cache_key
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
 from counters.engines.read.plan import Piece
 from lua.client import RedisClient, redis_unavailable
@@ -22,8 +25,6 @@ from lua.keys import ProjectKeys, count_field, late_field, sum_field
 from persist.history import Snapshot, read_history
 
 TMP_TTL_MS = 30_000
-Hot = tuple[int, int, Grain, int]
-"""(piece index, bucket index, grain, bucket) of a bucket Redis is authoritative for."""
 
 
 class BucketValues(msgspec.Struct):
@@ -37,20 +38,18 @@ class BucketValues(msgspec.Struct):
     """Scratch keys to load (Postgres sketches) before counting, and delete after."""
 
 
-def _from_history(
-    keys: ProjectKeys, snap: Snapshot, pieces: Sequence[Piece], uniques: bool
-) -> tuple[BucketValues, list[Hot]]:
+def _from_history(snap: Snapshot, pieces: Sequence[Piece], uniques: bool) -> HistoryPart:
     """The buckets Postgres holds, and the list of those Redis must answer."""
-    out = BucketValues([], [], [], {})
+    counts_all: list[list[int]] = []
+    sums_all: list[list[int]] = []
+    hlls: list[tuple[int, int, bytes]] = []
     hot: list[Hot] = []
     for p, (grain, buckets) in enumerate(pieces):
         until = snap.state.until(grain)
         rows = snap.rows[p]
         counts, sums = [0] * len(buckets), [0] * len(buckets)
-        hlls: list[list[str]] = [[] for _ in buckets] if uniques else []
-        out.counts.append(counts)
-        out.sums.append(sums)
-        out.hll_keys.append(hlls)
+        counts_all.append(counts)
+        sums_all.append(sums)
         for i, b in enumerate(buckets):
             if b >= until:
                 hot.append((p, i, grain, b))
@@ -60,10 +59,24 @@ def _from_history(
                 continue
             counts[i], sums[i] = row.count, row.sum_micros
             if uniques and row.hll is not None:
-                t = keys.tmp(uuid.uuid4().hex)
-                out.tmp_blobs[t] = row.hll
-                hlls[i].append(t)
-    return out, hot
+                hlls.append((p, i, row.hll))
+    return HistoryPart(snap.state, counts_all, sums_all, hlls, hot)
+
+
+def _values(part: HistoryPart, keys: ProjectKeys, uniques: bool) -> BucketValues:
+    """A fresh BucketValues of the Postgres part (the part itself is never changed: the
+    cache hands it to every read), its sketches under new scratch key names."""
+    out = BucketValues([list(c) for c in part.counts], [list(s) for s in part.sums], [], {})
+    if uniques:
+        out.hll_keys = [[[] for _ in c] for c in part.counts]
+        token = uuid.uuid4().hex
+        for n, (p, i, blob) in enumerate(part.hlls):
+            t = keys.tmp(f"{token}.{n}")
+            out.tmp_blobs[t] = blob
+            out.hll_keys[p][i].append(t)
+    else:
+        out.hll_keys = [[] for _ in part.counts]
+    return out
 
 
 def _add_hot(
@@ -122,6 +135,32 @@ async def _add_late(
         out.sums[p][i] += int(flat[2 * n + 1] or 0)
 
 
+async def _history_part(
+    ctx: ReadContext,
+    name: str,
+    rollup: Rollup,
+    values: Sequence[str],
+    pieces: Sequence[Piece],
+    uniques: bool,
+    key: Hashable | None,
+) -> HistoryPart:
+    """The Postgres part, read now (one snapshot) and, with a cache, stored under key with
+    the history version read before the snapshot began."""
+    cache = ctx.history
+    token = None
+    read_at = time.monotonic()
+    if cache is not None:
+        cache.misses += 1
+        token = await history_token(ctx.redis, ctx.keys)
+    snap = await read_history(
+        ctx.pool, ctx.keys.project, name, rollup_id(rollup), values, pieces, with_hll=uniques
+    )
+    part = _from_history(snap, pieces, uniques)
+    if cache is not None and key is not None and token is not None:
+        cache.put(key, CachedHistory(part, token, read_at))
+    return part
+
+
 async def read_buckets(
     ctx: ReadContext,
     name: str,
@@ -132,21 +171,33 @@ async def read_buckets(
     uniques: bool,
 ) -> BucketValues:
     """Exact count and sum of each bucket as of now (Postgres below its watermark, Redis at
-    or above it, plus late deltas Postgres has not applied yet)."""
+    or above it, plus late deltas Postgres has not applied yet). With ctx.history, the
+    Postgres part may come from the cache: only while the project's history version is the
+    one it was read under (checked in the same Redis round trip as the hot part), so the
+    answer is the one an uncached read gives."""
     keys = ctx.keys
     field = encode_field(name, rollup, values)
-    snap = await read_history(
-        ctx.pool, keys.project, name, rollup_id(rollup), values, pieces, with_hll=uniques
-    )
-    out, hot = _from_history(keys, snap, pieces, uniques)
+    cache = ctx.history
+    key = None
+    cached = None
+    if cache is not None:
+        key = cache_key(keys.base, name, rollup_id(rollup), values, pieces, uniques)
+        cached = cache.get(key)
+    if cached is not None:
+        part = cached.part
+    else:
+        part = await _history_part(ctx, name, rollup, values, pieces, uniques, key)
+    out, hot = _values(part, keys, uniques), part.hot
     # late generations usually do not exist: ask cheaply before building field lists
-    guess = [snap.state.late_applied + 1, snap.state.late_applied + 2]
+    guess = [part.state.late_applied + 1, part.state.late_applied + 2]
 
     async def first_round() -> list[Any]:
         pipe = ctx.redis.pipeline(transaction=False)
         pipe.hget(keys.watermarks, "gen")
         for g in guess:
             pipe.exists(keys.late(g), keys.late_hll_index(g))
+        if cached is not None:
+            pipe.get(keys.history_version)
         if hot:
             cells = [(g, b) for _, _, g, b in hot]
             queue_read_hot(pipe, ctx.scripts, keys, [count_field(field), sum_field(field)], cells)
@@ -157,9 +208,18 @@ async def read_buckets(
     if replies[0] is None and ctx.restore is not None:
         # no watermarks: RedisClient lost its state. Restore first (the hot hours and days come
         # back from Postgres), then answer, so answers for persisted data do not move
+        if cache is not None and key is not None:
+            cache.drop(key)
         await ctx.restore(keys.project)
         again = dataclasses.replace(ctx, restore=None)
         return await read_buckets(again, name, rollup, values, pieces, uniques=uniques)
+    if cached is not None:
+        assert cache is not None and key is not None
+        if replies.pop(3) != cached.token:  # rows below the watermarks were rewritten
+            cache.stale += 1
+            cache.drop(key)
+            return await read_buckets(ctx, name, rollup, values, pieces, uniques=uniques)
+        cache.hits += 1
     with redis_unavailable():
         if hot:
             _add_hot(out, keys, field, hot, replies[3], uniques)

@@ -3,13 +3,14 @@ query and its values."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import msgspec
 
 from counters.core.buckets import format_ts
 from counters.core.measures import Measured
-from counters.core.periods import FIXED_MS, GRAIN_ALIASES, label, periods
+from counters.core.periods import FIXED_MS, GRAIN_ALIASES, label, periods, zone
 from counters.engines.read.parse import ReadQuery
 
 Value = Measured
@@ -17,7 +18,10 @@ Value = Measured
 _ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
 
 
-class Point(msgspec.Struct):
+class Point(msgspec.Struct, gc=False):
+    """One labelled value. It holds only a string and a number, so it can be in no
+    reference cycle and the GC need not track it (a 720-point reply would wake it)."""
+
     bucket: str
     value: Value
 
@@ -98,16 +102,26 @@ class ProjectsReply(msgspec.Struct, rename={"from_": "from"}):
 
 def points(q: ReadQuery, data: Sequence[Value]) -> list[Point]:
     """One labelled point per output period of the query (labels in the query's zone)."""
-    tz = q.tz
-    size = FIXED_MS.get(q.precision)
+    names = labels(q.start, q.end, q.precision, q.tz_name)
+    if len(names) != len(data):
+        raise ValueError(f"{len(data)} values for {len(names)} periods")
+    return list(map(Point, names, data))
+
+
+@functools.lru_cache(maxsize=1024)
+def labels(start: int, end: int, precision: str, tz_name: str) -> tuple[str, ...]:
+    """The label of each output period of [start, end) at this precision, in the zone
+    (memoized: polled dashboards ask the same range again and again)."""
+    tz = zone(tz_name)
+    size = FIXED_MS.get(precision)
     starts: Sequence[int] = (
-        range(q.start, q.end, size)
+        range(start, end, size)
         if size is not None
-        else [s for s, _ in periods(q.start, q.end, q.precision, tz)]
+        else [s for s, _ in periods(start, end, precision, tz)]
     )
     if tz.key == "UTC":
-        return [Point(format_ts(s), v) for s, v in zip(starts, data, strict=True)]
-    return [Point(label(s, tz), v) for s, v in zip(starts, data, strict=True)]
+        return tuple(format_ts(s) for s in starts)
+    return tuple(label(s, tz) for s in starts)
 
 
 def grain_label(q: ReadQuery) -> str:
