@@ -3,7 +3,7 @@
 -- project's events bucket for the events of the hits that passed (all or nothing). The
 -- buckets are lua/ratelimit.lua's (GCRA: one theoretical arrival time, epoch microseconds).
 --
--- KEYS[1..k]  X:{p:P}:rl:key:<digest>, one per key with hits in the batch
+-- KEYS[1]..KEYS[k]  X:{p:P}:rl:key:<digest>, one per key with hits in the batch
 -- KEYS[k+1]   X:{p:P}:rl:events
 -- ARGV[1]     now, epoch ms; '' uses the server's TIME
 -- ARGV[2..3]  key rate (tokens/s, > 0 when k > 0), key burst
