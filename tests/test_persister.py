@@ -207,7 +207,7 @@ def _errors(metrics: Metrics) -> dict[str, float]:
         for m in metrics.registry.collect()
         if m.name == "counters_persister_errors"
         for s in m.samples
-        if s.name.endswith("_total")
+        if s.name.endswith("_total") and s.value > 0  # every backend's series starts at 0
     }
 
 

@@ -99,7 +99,8 @@ async def test_a_late_event_for_a_persisted_hour_is_in_the_next_read(harness: Ha
     assert after == await answer(harness.read_context())
     await harness.persist()  # the generation is applied to Postgres rows the cache holds
     assert await answer(ctx) == after == await answer(harness.read_context())
-    assert cache.hits == hits + 4
+    # the pass rotated the late generation (and sealed): the part is read again
+    assert cache.hits == hits + 2
 
 
 async def test_a_rebuild_that_changes_rows_is_in_the_next_read(harness: Harness) -> None:

@@ -11,11 +11,17 @@ still readable from Redis for keep_after_copy_seconds (late generations applied 
 cached snapshot) need no bump: a cached snapshot is then exactly an older snapshot, which
 the read path already merges correctly (ARCHITECTURE §6), and the cache never keeps one
 longer than half of keep_after_copy_seconds. Minute retention deletes only rows a read is
-refused for (older than minute_retention_days)."""
+refused for (older than minute_retention_days).
+
+A cached part is also tied to the project's Redis watermarks (sealed-until per grain and the
+open late generation) as read before its snapshot: every seal and every late rotation ends
+it, so a part never outlives the Redis copy of what the persister copied after it was read
+(even when Redis drops those keys early, as a maxmemory eviction or an operator would)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from lua.client import RedisClient, redis_unavailable
 from lua.keys import ProjectKeys
@@ -36,13 +42,30 @@ async def bump_history(redis: RedisClient, keys: ProjectKeys) -> str:
     return token
 
 
+WATERMARK_FIELDS = ("m", "h", "d", "gen")
+
+
+def queue_version(pipe: Any, keys: ProjectKeys) -> None:
+    """Queues the two reads version_of() joins (the token, the watermarks) on a pipeline."""
+    pipe.get(keys.history_version)
+    pipe.hmget(keys.watermarks, list(WATERMARK_FIELDS))
+
+
+def version_of(token: Any, watermarks: Any) -> bytes:
+    """What a cached part is valid under: the history token and the watermarks."""
+    marks = b",".join(x if isinstance(x, bytes) else str(x).encode() for x in watermarks)
+    tok = token if isinstance(token, bytes) else str(token).encode()
+    return tok + b"|" + marks
+
+
 async def history_token(redis: RedisClient, keys: ProjectKeys) -> bytes:
-    """The project's current history version, creating one if Redis has none (a new
+    """The project's current history version (version_of: token and watermarks),
+    creating a token if Redis has none (a new
     project, or Redis lost its data: a fresh random token never equals one cached before).
     Raises Unavailable("redis") when Redis does not answer."""
     with redis_unavailable():
         pipe = redis.pipeline(transaction=False)
         pipe.set(keys.history_version, new_token(), nx=True)
-        pipe.get(keys.history_version)
-        _, token = await pipe.execute()
-    return token if isinstance(token, bytes) else str(token).encode()
+        queue_version(pipe, keys)
+        _, token, watermarks = await pipe.execute()
+    return version_of(token, watermarks)

@@ -15,7 +15,7 @@ import msgspec
 
 from counters.core.buckets import Grain
 from counters.core.rollups import Rollup, encode_field, rollup_id
-from counters.engines.history_version import history_token
+from counters.engines.history_version import history_token, queue_version, version_of
 from counters.engines.read.context import ReadContext
 from counters.engines.read.history_cache import CachedHistory, HistoryPart, Hot, cache_key
 from counters.engines.read.hot import hot_cells, queue_read_hot, with_scripts_loaded
@@ -197,7 +197,7 @@ async def read_buckets(
         for g in guess:
             pipe.exists(keys.late(g), keys.late_hll_index(g))
         if cached is not None:
-            pipe.get(keys.history_version)
+            queue_version(pipe, keys)
         if hot:
             cells = [(g, b) for _, _, g, b in hot]
             queue_read_hot(pipe, ctx.scripts, keys, [count_field(field), sum_field(field)], cells)
@@ -215,7 +215,8 @@ async def read_buckets(
         return await read_buckets(again, name, rollup, values, pieces, uniques=uniques)
     if cached is not None:
         assert cache is not None and key is not None
-        if replies.pop(3) != cached.token:  # rows below the watermarks were rewritten
+        token, watermarks = replies.pop(3), replies.pop(3)
+        if version_of(token, watermarks) != cached.token:  # rewritten, sealed or rotated
             cache.stale += 1
             cache.drop(key)
             return await read_buckets(ctx, name, rollup, values, pieces, uniques=uniques)
