@@ -3,6 +3,7 @@ end-to-end tests, the fault suite and bench."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,11 +124,35 @@ class Service:
 
     def stop(self) -> None:
         """SIGTERM, then wait for a clean exit (kill after stop_timeout)."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._stop_group(self.proc.pid)
+
+    def _stop_group(self, pgid: int) -> None:
+        """Waits until no process of serve's session is left (its persister process and
+        workers, which serve stops on SIGTERM but which outlive a killed serve by up to a
+        second): SIGTERM, then SIGKILL after stop_timeout. A leftover persister would go on
+        persisting the test database with the real clock."""
+        deadline = time.monotonic() + self.stop_timeout
+        killed_at: float | None = None
+        sig: signal.Signals | None = signal.SIGTERM
+        while killed_at is None or time.monotonic() < killed_at + 5:
+            try:
+                os.killpg(pgid, sig or 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:  # pragma: no cover - not ours
+                return
+            sig = None
+            if killed_at is None and time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                killed_at = time.monotonic()
+            time.sleep(0.02)
