@@ -145,7 +145,8 @@ class Ingestor:
 
     def _hot_from(self, events: list[RawEvent]) -> int:
         """The first minute surely not sealed yet when the batch arrives: a minute seals
-        grace after its end (one more minute of margin); ingest.lua checks it (HOTEDGE)."""
+        grace after its end (one more minute of margin); ingest.lua checks it (HOTEDGE).
+        The same edge tells _late_edges when its known watermarks lag the clock."""
         now = max((ev.received for ev in events), default=0)
         edge = now - self._grace_ms - 2 * MINUTE_MS
         return edge - edge % MINUTE_MS
@@ -200,7 +201,7 @@ class Ingestor:
         whose row is still kept (minute_retention_days; 0 = all)."""
         now = max((ev.received for ev in events), default=0)
         sealed = self._sealed.get(keys.project)
-        if sealed is None or sealed.minute < now - self._grace_ms - 2 * MINUTE_MS:
+        if sealed is None or sealed.minute < self._hot_from(events):
             # unknown, or lagging what the persister seals by now: ask (one HMGET)
             with redis_unavailable():
                 wm = await self._redis.hmget(keys.watermarks, ["m", "h", "d"])
