@@ -21,7 +21,7 @@ from lua.keys import ProjectKeys
 from tests.service import Service, create_key, service_env
 from tests.support import Backends, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 N_EVENTS = 4000
 N_UIDS = 3000

@@ -19,6 +19,8 @@ from counters.core.config import Settings
 from lua.client import RedisClient, open_redis
 from tests.service import Service, create_key
 
+pytestmark = pytest.mark.serial  # measures time: runs alone, after the parallel pass
+
 BUDGET_US = 50_000
 """The ingest script budget the issue sets (~50 ms on this machine)."""
 

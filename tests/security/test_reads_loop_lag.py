@@ -22,6 +22,8 @@ from counters.core.config import Settings
 from persist.projects import create_key
 from tests.support import ApiClient, InProcessApp
 
+pytestmark = pytest.mark.serial  # measures time: runs alone, after the parallel pass
+
 NOW = parse_ts("2026-04-15T12:00:30Z")
 TUPLES = 1_000
 MINUTES = 100
