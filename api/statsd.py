@@ -120,7 +120,7 @@ class StatsdListener(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._ensured: set[str] = set()
         self._logged: dict[str, float] = {}
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: asyncio.BaseTransport | None = None
         self._runner: asyncio.Task[None] | None = None
         metrics = state.metrics
         for reason in REASONS:  # every series exists from the start, at 0
@@ -128,8 +128,7 @@ class StatsdListener(asyncio.DatagramProtocol):
 
     # -- receiving (no parsing here: the loop only queues) ---------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = transport  # uvloop's is no asyncio.DatagramTransport subclass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self._queued_bytes + len(data) > MAX_QUEUE_BYTES:
