@@ -7,6 +7,7 @@ project's events rate limit and a Redis outage drop lines, counted with their re
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import time
@@ -320,3 +321,40 @@ async def test_a_redis_outage_drops_lines_with_a_reason(
 
 async def _async(value: float) -> float:
     return value
+
+
+async def test_a_full_datagram_never_holds_the_event_loop(
+    settings: Settings, clients: Callable[..., Any]
+) -> None:
+    """A 64 KB datagram of 9,000 lines is ~100 ms of parsing: the listener gives the loop
+    back every couple of milliseconds, so a task ticking every millisecond never waits
+    long, and every line is counted."""
+    project = "sdl" + uuid.uuid4().hex[:8]
+    app = await _listening_app(settings, project)
+    async with app:
+        accepted = app.state["services"].metrics.events_accepted
+        lines = 9_000
+        datagram = "\n".join(["t:1|ms"] * lines).encode()
+        assert len(datagram) < 65_000
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.sendto(datagram, ("127.0.0.1", app.statsd_port))  # type: ignore[attr-defined]
+
+        def counted() -> float:
+            return sum(s.value for m in accepted.collect() for s in m.samples if "_total" in s.name)
+
+        try:
+            await wait_for(lambda: _async(counted()), lambda v: v == lines, what="all counted")
+        finally:
+            ticker.cancel()
+        assert max(gaps) < 0.05, f"the loop was held {max(gaps) * 1000:.0f} ms"
