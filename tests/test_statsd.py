@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from counters.harness.servers import Backends, free_port
-from counters.harness.service import Service, cli, service_env
+from counters.harness.service import Service, cli, run_cli, service_env
 from tests.support import T0, InProcessApp, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -358,3 +358,23 @@ async def test_a_full_datagram_never_holds_the_event_loop(
         finally:
             ticker.cancel()
         assert max(gaps) < 0.05, f"the loop was held {max(gaps) * 1000:.0f} ms"
+
+
+def test_a_busy_udp_address_fails_serve_at_once(
+    backends: Backends, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Another program on the UDP port: serve exits 1 naming statsd_listen before any
+    worker starts (not a worker restarted forever)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        env = service_env(
+            backends,
+            tmp_path_factory.mktemp("statsd-busy"),
+            COUNTERS_STATSD_LISTEN=f"127.0.0.1:{port}",
+            COUNTERS_STATSD_PROJECT="sdbusy",
+        )
+        proc = run_cli(env, "serve", "--port", str(free_port()), "--workers", "2", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"statsd_listen 127.0.0.1:{port}" in proc.stderr
+    assert "Address already in use" in proc.stderr
