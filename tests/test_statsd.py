@@ -184,6 +184,8 @@ async def test_dogstatsd_tags_rates_histograms_distributions_projects(
     d.set("dd.users", "u1", tags=[f"project:{setup.other}"])
     d.set("dd.users", "u2", tags=[f"project:{setup.other}"])
     d.increment("dd.other", 5, tags=[f"project:{setup.other}", "source:x"])
+    past = int(time.time()) // 60 * 60 - 600  # |T: the event time, ten minutes ago
+    d.count_with_timestamp("dd.backfill", 2, timestamp=past)
     await totals_reach(
         setup,
         setup.main,
@@ -196,6 +198,7 @@ async def test_dogstatsd_tags_rates_histograms_distributions_projects(
             ("dd.size", "sum"): 7,
             ("dd.timer", "sum"): 3,
             ("dd.users", "count"): 0,  # the project tag sent them elsewhere
+            ("dd.backfill", "count", f"from={past * 1000}", f"to={(past + 60) * 1000}"): 2,
         },
     )
     await totals_reach(
