@@ -329,9 +329,9 @@ async def _async(value: float) -> float:
 async def test_a_full_datagram_never_holds_the_event_loop(
     settings: Settings, clients: Callable[..., Any]
 ) -> None:
-    """A 64 KB datagram of 9,000 lines is ~100 ms of parsing: the listener gives the loop
-    back every couple of milliseconds, so a task ticking every millisecond never waits
-    long, and every line is counted."""
+    """A 64 KB datagram of 9,000 lines is ~100-150 ms of parsing: the listener gives the
+    loop back every couple of milliseconds, so a task ticking every millisecond never
+    waits long, and every line is counted."""
     project = "sdl" + uuid.uuid4().hex[:8]
     app = await _listening_app(settings, project)
     async with app:
@@ -360,7 +360,9 @@ async def test_a_full_datagram_never_holds_the_event_loop(
             await wait_for(lambda: _async(counted()), lambda v: v == lines, what="all counted")
         finally:
             ticker.cancel()
-        assert max(gaps) < 0.05, f"the loop was held {max(gaps) * 1000:.0f} ms"
+        # sliced: ~45 ms at worst here (the batches' own ingest work, as for HTTP, and a
+        # shared machine); parsed in one go, the datagram held the loop 152 ms
+        assert max(gaps) < 0.1, f"the loop was held {max(gaps) * 1000:.0f} ms"
 
 
 def test_a_busy_udp_address_fails_serve_at_once(
