@@ -31,6 +31,7 @@ from api.limits import RateLimitHeaders
 from api.pixel_route import PixelRoute, takes
 from api.routes import starlette_routes
 from api.state import AppState, KeyCache
+from api.statsd import start_statsd
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
 from counters.core.errors import CountersError, TooManyRequests, Unavailable, as_unavailable
@@ -203,6 +204,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         async with open_services(resolved, the_clock, lazy=True) as services:
             state = AppState(services, KeyCache(resolved.key_cache_seconds))
             services.metrics.processes.labels("api").set(1)
+            # StatsD over UDP when statsd_listen is set (api/statsd.py); a busy address
+            # fails the start, as a busy HTTP port does
+            statsd = await start_statsd(state)
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
             # this worker's request tallies reach the shared metrics every HTTP_FLUSH_SECONDS
@@ -219,6 +223,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                     "services": services,
                 }
             finally:
+                if statsd is not None:
+                    await statsd.close()
                 stop.set()
                 await background
                 await flusher

@@ -106,10 +106,28 @@ class GroupCommitter:
         """Adds the hit to the project's collecting batch and returns once that batch is
         done; the hit's fields then say what happened to it. Never raises what the batch
         raised (that is hit.error)."""
+        batch = self._collecting_batch(project)
+        batch.hits.append(hit)
+        self._start(project)
+        await batch.done
+
+    async def join_many(self, project: str, hits: Sequence[Hit]) -> None:
+        """join for several hits at once (the StatsD listener's coalesced datagrams): they
+        go into the project's collecting batch together, with one wait for all of them."""
+        batch = self._collecting_batch(project)
+        batch.hits.extend(hits)
+        self._start(project)
+        await batch.done
+
+    def _collecting_batch(self, project: str) -> _Batch:
         batch = self._pending.get(project)
         if batch is None:
             batch = self._pending[project] = _Batch()
-        batch.hits.append(hit)
+        return batch
+
+    def _start(self, project: str) -> None:
+        """Starts a flush of the project's collecting batch unless one is collecting it or
+        max_in_flight batches are being applied (a running flush takes it up next)."""
         in_flight = self._in_flight.get(project, 0)
         if project not in self._collecting and in_flight < self._max:
             self._collecting.add(project)
@@ -117,7 +135,6 @@ class GroupCommitter:
             task = asyncio.create_task(self._flush(project))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await batch.done
 
     async def _flush(self, project: str) -> None:
         """Collects one batch, applies it, and goes on with what piled up meanwhile if no

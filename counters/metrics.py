@@ -275,6 +275,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.statsd_lines = Counter(
+            "counters_statsd_lines",
+            "StatsD / DogStatsD lines received over UDP (counted or refused)",
+            registry=r,
+        )
+        self.statsd_rejected = Counter(
+            "counters_statsd_rejected",
+            "StatsD / DogStatsD lines not counted, by reason (a datagram dropped unread"
+            " because the listener's queue was full counts once, as queue_full)",
+            ["reason"],
+            registry=r,
+        )
         self._tallies: dict[tuple[str, str, int], _Tally] = {}
         # Series of the known label values exist from the start, at 0 (rate() needs the
         # zero, and in multiprocess mode a metric with no series is not listed at all).

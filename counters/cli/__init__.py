@@ -114,6 +114,14 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     click.echo(f"counters: redis {_redact(settings.redis_url)}", err=True)
     click.echo(f"counters: postgres {_redact(settings.database_url)}", err=True)
     click.echo(f"counters: listening on http://{settings.host}:{settings.port}", err=True)
+    if settings.statsd_listen is not None:  # bound by every worker (api/statsd.py)
+        from counters.cli.worker import udp_probe
+
+        try:
+            udp_probe(settings.statsd_listen)
+        except OSError as exc:
+            raise click.ClickException(f"statsd_listen {settings.statsd_listen}: {exc}") from exc
+        click.echo(f"counters: statsd on udp {settings.statsd_listen}", err=True)
     _raise_fd_limit(settings.max_connections * workers + 256)
     persister: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if own_process:

@@ -53,6 +53,22 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
+def udp_probe(address: str) -> None:
+    """Binds `host:port` for UDP with SO_REUSEPORT, as every worker's StatsD listener does
+    (api/statsd.py), and closes it at once (a bound socket would take a share of the
+    datagrams); OSError when the address cannot be bound, so serve fails before any
+    worker starts instead of restarting workers that cannot bind it."""
+    from counters.core.config import parse_listen
+
+    host, port = parse_listen(address)
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(sockaddr)
+
+
 def main(argv: list[str]) -> None:
     """Serves until SIGTERM/SIGINT or until serve (pid argv[0]) is gone."""
     import uvicorn

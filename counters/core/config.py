@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,12 +107,53 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_connections: int = 1_000
     """Open connections per worker; past it new requests get 503 (never fd exhaustion)."""
 
+    # -- issue 14: StatsD / DogStatsD over UDP (README "Send from existing clients") -------
+    statsd_listen: str | None = None
+    """`host:port` (`[v6]:port`) on which `counters serve` receives StatsD / DogStatsD
+    datagrams (every worker binds it with SO_REUSEPORT); None: no UDP listener."""
+    statsd_project: str | None = None
+    """The project StatsD lines count in when they carry no `project:<p>` tag."""
+    statsd_projects: tuple[str, ...] = ()
+    """Other projects a DogStatsD tag `project:<p>` may pick (env: comma-separated)."""
+
     def resolved_data_dir(self) -> Path:
         """Absolute data directory."""
         return Path(self.data_dir).expanduser().resolve()
 
 
 _LIST_FIELDS = {"crosstabs"}
+_COMMA_LIST_FIELDS = {"statsd_projects"}
+_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+"""persist.projects.PROJECT_PATTERN (the core cannot import persist)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6 address]:port` as (host, port); ValueError when it is neither or
+    the port is not 1-65535."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port with a port from 1 to 65535")
+    return host, int(port)
+
+
+def _check_statsd(settings: Settings) -> None:
+    if settings.statsd_listen is not None:
+        try:
+            parse_listen(settings.statsd_listen)
+        except ValueError as exc:
+            raise ValueError(f"bad setting: statsd_listen: {exc}") from None
+        if settings.statsd_project is None and not settings.statsd_projects:
+            raise ValueError("bad setting: statsd_listen needs statsd_project (or statsd_projects)")
+    names = ([settings.statsd_project] if settings.statsd_project else []) + list(
+        settings.statsd_projects
+    )
+    for name in names:
+        if not _PROJECT_NAME.match(name):
+            raise ValueError(
+                f"bad setting: statsd project {name!r} must match {_PROJECT_NAME.pattern}"
+            )
 
 
 def _parse_crosstabs(text: str) -> list[list[str]]:
@@ -137,7 +179,12 @@ def load_settings(
         value = env.get("COUNTERS_" + name.upper())
         if value is None or value == "":
             continue
-        raw[name] = _parse_crosstabs(value) if name in _LIST_FIELDS else value
+        if name in _LIST_FIELDS:
+            raw[name] = _parse_crosstabs(value)
+        elif name in _COMMA_LIST_FIELDS:
+            raw[name] = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            raw[name] = value
     if overrides:
         raw.update(overrides)
     try:
@@ -158,4 +205,5 @@ def load_settings(
         raise ValueError(
             "bad setting: key_prefix may not contain { or } (the hash tag is per project)"
         )
+    _check_statsd(settings)
     return msgspec.structs.replace(settings, crosstabs=crosstabs)
