@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, ingest, keys, ops, pixel, reads
+from api import catalog, events, ingest, keys, ops, pixel, reads
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -196,6 +196,24 @@ ROUTES: list[RouteSpec] = [
             ok="Revoked",
             ok_status=204,
             errors=(401, 403, 404, 409, 503),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/events",
+        "GET",
+        events.export_events,
+        Operation(  # operationId: exportEvents
+            summary="The raw event log over [from, to) as NDJSON (uids as stored: hashed)",
+            secured=True,
+            params=(
+                PROJECT,
+                query("from", {"type": "string"}, "RFC 3339 or epoch ms", required=True),
+                query("to", {"type": "string"}, "RFC 3339 or epoch ms", required=True),
+                query("name", {"type": "string"}, "Event name (repeat; default every name)"),
+            ),
+            ok="One JSON object per line",
+            ok_content={"application/x-ndjson": {"schema": {"type": "string"}}},
+            errors=(400, 401, 404, 429, 503),
         ),
     ),
     RouteSpec("/openapi.json", "GET", openapi, None),
