@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, events, ingest, keys, ops, pixel, reads
+from api import catalog, events, ingest, keys, ops, pixel, prom, reads
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -217,6 +217,20 @@ ROUTES: list[RouteSpec] = [
         ),
     ),
     RouteSpec("/openapi.json", "GET", openapi, None),
+    # the Prometheus HTTP API subset (Prometheus' own shapes, so not in this document)
+    *(
+        RouteSpec(f"/prom/api/v1/{path}", method, handler, None)
+        for path, handler in (
+            ("query_range", prom.query_range),
+            ("query", prom.query),
+            ("labels", prom.labels),
+            ("label/{label}/values", prom.label_values),
+            ("series", prom.series),
+            ("status/buildinfo", prom.buildinfo),
+            ("metadata", prom.metadata),
+        )
+        for method in ("GET", "POST")
+    ),
     RouteSpec(
         "/healthz",
         "GET",
