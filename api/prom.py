@@ -221,9 +221,7 @@ async def _query(request: Request, params: dict[str, list[str]], ev: Evaluator) 
     t = _time(_one(params, "time"), "time", ev.now_ms)
     step = _duration(_one(params, "step"), "step") if _one(params, "step") else 60_000
     precision, length = _map_step(step)
-    result = await ev.evaluate(
-        expr, Window(t - t % 60_000 if length >= 60_000 else t, t, length, precision)
-    )
+    result = await ev.evaluate(expr, Window(t - length + 1, t, length, precision))
     if isinstance(result, float):
         return {"resultType": "scalar", "result": [t / 1000, _fmt(result)]}
     vector = []

@@ -163,6 +163,11 @@ async def test_post_form_instant_and_scalar(prom: Prom) -> None:
     _, body = await get(prom, "query", query='counters_count{name="click"}', time=str(t))
     assert body["data"]["resultType"] == "vector"
     assert body["data"]["result"][0]["value"] == [t, "1"]
+    hour = parse_ts("2026-04-15T12:00:00Z") / 1000
+    _, body = await get(
+        prom, "query", query='counters_count{name="click"}', time=str(hour), step="1h"
+    )
+    assert body["data"]["result"][0]["value"] == [hour, "6"]
     _, body = await get(prom, "query", query="1+1", time=str(t))
     assert body["data"] == {"resultType": "scalar", "result": [t, "2"]}
 
