@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser run test lint typecheck pytest faults bench clean stop
+.PHONY: install browser promtool run test lint typecheck pytest faults bench clean stop
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,6 +24,14 @@ browser:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "no chromium and no root apt-get: the dashboard test will be skipped"; fi; }
 
+# The Prometheus-API test drives promtool from Debian's `prometheus` package.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian prometheus (promtool) for the Prometheus-API test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		else echo "no promtool and no root apt-get: the promtool test will be skipped"; fi; }
+
 run: install  ## start Valkey + Postgres (embedded unless COUNTERS_*_URL set) and the service
 	$(BIN)/counters serve
 
@@ -42,7 +50,7 @@ typecheck: install
 # (COUNTERS_TEST_REDIS_CLUSTER=1 pytest tests/test_faults.py) still meets HTTP 500s around
 # Valkey kills: not in CI until fixed.
 PYTEST_WORKERS ?= 2
-pytest: install browser
+pytest: install browser promtool
 	$(BIN)/pytest -m "not serial" $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 	$(BIN)/pytest -m serial
 	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py

@@ -39,12 +39,18 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def etag_response(request: Request, body: Any) -> Response:
     """200 with the msgspec-encoded body and an ETag, or 304 when the caller already holds
     this exact answer."""
-    data = _encoder.encode(body)
+    return tagged_response(request, _encoder.encode(body), "application/json")
+
+
+def tagged_response(
+    request: Request, data: bytes, media_type: str, headers: dict[str, str] | None = None
+) -> Response:
+    """200 with `data` and an ETag of its bytes, or 304 when If-None-Match holds it."""
     tag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
-    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    headers = {**(headers or {}), "ETag": tag, "Cache-Control": "no-cache"}
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    return Response(data, 200, headers, media_type="application/json")
+    return Response(data, 200, headers, media_type=media_type)
 
 
 def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:

@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, etag_response, read_context
+from api.export import render
 from counters.core.errors import BadRequest
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import MAX_PROJECTS, read_projects, read_series, read_total
-from counters.engines.read.parse import ReadQuery, parse_read
+from counters.engines.read.parse import ReadQuery, parse_format, parse_read
 
 
 async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
@@ -29,13 +30,15 @@ async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
 async def series(request: Request) -> Response:
     """Zero-padded values per period; with group_by, the top tuples and __other__."""
     ctx, q = await _read(request)
-    return etag_response(request, await read_series(ctx, q))
+    fmt = parse_format(request.query_params, request.headers.get("accept"))
+    return render(request, q, await read_series(ctx, q), fmt)
 
 
 async def total(request: Request) -> Response:
     """One value over the whole range; uniques are the union of every bucket's sketch."""
     ctx, q = await _read(request)
-    return etag_response(request, await read_total(ctx, q))
+    fmt = parse_format(request.query_params, request.headers.get("accept"))
+    return render(request, q, await read_total(ctx, q), fmt)
 
 
 def _projects(request: Request) -> list[str]:
@@ -50,6 +53,11 @@ def _projects(request: Request) -> list[str]:
 async def projects_series(request: Request) -> Response:
     """GET /v1/series?project=a&project=b&...: one series per project plus their union
     (uniques merged across projects, never summed)."""
+    if parse_format(request.query_params) != "json":
+        raise BadRequest(
+            "format: across projects the reply is JSON only (read each project for long or csv)",
+            code="bad_parameter",
+        )
     state = app_state(request)
     projects = _projects(request)
     key = bearer_key(request)

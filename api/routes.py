@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, ingest, keys, ops, pixel, reads
+from api import catalog, events, ingest, keys, ops, pixel, prom, reads
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -198,7 +198,39 @@ ROUTES: list[RouteSpec] = [
             errors=(401, 403, 404, 409, 503),
         ),
     ),
+    RouteSpec(
+        "/v1/projects/{project}/events",
+        "GET",
+        events.export_events,
+        Operation(  # operationId: exportEvents
+            summary="The raw event log over [from, to) as NDJSON (uids as stored: hashed)",
+            secured=True,
+            params=(
+                PROJECT,
+                query("from", {"type": "string"}, "RFC 3339 or epoch ms", required=True),
+                query("to", {"type": "string"}, "RFC 3339 or epoch ms", required=True),
+                query("name", {"type": "string"}, "Event name (repeat; default every name)"),
+            ),
+            ok="One JSON object per line",
+            ok_content={"application/x-ndjson": {"schema": {"type": "string"}}},
+            errors=(400, 401, 404, 429, 503),
+        ),
+    ),
     RouteSpec("/openapi.json", "GET", openapi, None),
+    # the Prometheus HTTP API subset (Prometheus' own shapes, so not in this document)
+    *(
+        RouteSpec(f"/prom/api/v1/{path}", method, handler, None)
+        for path, handler in (
+            ("query_range", prom.query_range),
+            ("query", prom.query),
+            ("labels", prom.labels),
+            ("label/{label}/values", prom.label_values),
+            ("series", prom.series),
+            ("status/buildinfo", prom.buildinfo),
+            ("metadata", prom.metadata),
+        )
+        for method in ("GET", "POST")
+    ),
     RouteSpec(
         "/healthz",
         "GET",

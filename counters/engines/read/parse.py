@@ -29,6 +29,7 @@ RESERVED = {
     "group_by",
     "limit",
     "project",
+    "format",
 }
 MAX_NAMES = 20
 DEFAULT_BUCKETS = 30
@@ -138,6 +139,22 @@ def parse_precision(params: Mapping[str, str]) -> tuple[str, str | None]:
     if alias is not None and GRAIN_ALIASES[alias] != precision:
         raise _bad(f"grain={alias} and precision={precision} disagree (grain is an alias)")
     return precision, alias
+
+
+FORMATS = ("json", "long", "csv")
+"""Reply formats of a read: the JSON reply, long rows (one object per point), CSV rows."""
+
+
+def parse_format(params: Mapping[str, str], accept: str | None = None) -> str:
+    """The reply format: `format` if given (json, long or csv), else csv when the Accept
+    header asks for text/csv, else json."""
+    fmt = params.get("format")
+    if fmt is None:
+        accepted = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+        return "csv" if "text/csv" in accepted else "json"
+    if fmt not in FORMATS:
+        raise _bad(f"format must be one of {', '.join(FORMATS)}")
+    return fmt
 
 
 def parse_zone(params: Mapping[str, str]) -> ZoneInfo:
