@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, ingest, keys, ops, pixel, reads
+from api import catalog, ingest, keys, ops, pixel, reads, sdks
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -222,6 +222,42 @@ ROUTES: list[RouteSpec] = [
             ok_content={"text/plain": {"schema": {"type": "string"}}},
             errors=(401,),
         ),
+    ),
+]
+
+
+def _sdk(summary: str, body_desc: str) -> Operation:
+    """The operation of an SDK capture route (the key travels in the body or Basic auth)."""
+    return Operation(
+        summary=summary,
+        request_body={
+            "required": True,
+            "description": body_desc,
+            **json_content({"type": "object"}),
+        },
+        ok="Counted",
+        ok_schema={"type": "object"},
+        errors=(400, 401, 403, 413, 422, 429, 503),
+    )
+
+
+_POSTHOG = "PostHog capture body; `api_key` is an ingest key"
+_SEGMENT = "Segment message(s); the write key (Basic user or `writeKey`) is an ingest key"
+ROUTES += [
+    *(
+        RouteSpec(path, "POST", sdks.posthog_capture, _sdk("PostHog SDK capture", _POSTHOG))
+        for path in ("/posthog/batch/", "/posthog/capture/", "/posthog/i/v0/e/")
+    ),
+    RouteSpec("/posthog/e/", "POST", sdks.posthog_capture, None),
+    RouteSpec("/segment/v1/batch", "POST", sdks.segment_batch, _sdk("Segment batch", _SEGMENT)),
+    RouteSpec("/segment/v1/track", "POST", sdks.segment_track, _sdk("Segment track", _SEGMENT)),
+    RouteSpec("/segment/v1/b", "POST", sdks.segment_batch, None),
+    RouteSpec("/segment/v1/t", "POST", sdks.segment_track, None),
+    *(RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, None) for p in ("page", "p")),
+    *(RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, None) for p in ("screen", "s")),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_other, None)
+        for p in ("identify", "i", "group", "g", "alias", "a")
     ),
 ]
 
