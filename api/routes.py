@@ -226,37 +226,78 @@ ROUTES: list[RouteSpec] = [
 ]
 
 
-def _sdk(summary: str, body_desc: str) -> Operation:
-    """The operation of an SDK capture route (the key travels in the body or Basic auth)."""
+def _sdk(summary: str, body_desc: str, error: dict[str, Any]) -> Operation:
+    """The operation of an SDK capture route: the key travels in the body (or Basic auth),
+    refusals come in the SDK's own error shape."""
+    errors = {
+        str(code): {"description": "Refused", **json_content(error)}
+        for code in (400, 401, 403, 408, 413, 422, 429, 503)
+    }
     return Operation(
         summary=summary,
-        request_body={
-            "required": True,
-            "description": body_desc,
-            **json_content({"type": "object"}),
-        },
+        request_body={"required": True, "description": body_desc, **json_content({})},
         ok="Counted",
         ok_schema={"type": "object"},
-        errors=(400, 401, 403, 413, 422, 429, 503),
+        extra_responses=errors,
     )
 
 
-_POSTHOG = "PostHog capture body; `api_key` is an ingest key"
-_SEGMENT = "Segment message(s); the write key (Basic user or `writeKey`) is an ingest key"
+_POSTHOG = _sdk(
+    "PostHog SDK capture (`api_key` in the body is an ingest key)",
+    "PostHog capture body: {batch: [...]}, one event, or an array",
+    {
+        "type": "object",
+        "required": ["type", "code", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "code": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+    },
+)
+_SEG_ERROR = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+}
+
+
+def _segment(what: str) -> Operation:
+    return _sdk(
+        f"Segment SDK {what} (write key = an ingest key: Basic user or `writeKey`)",
+        "Segment message (or {batch: [...]})",
+        _SEG_ERROR,
+    )
+
+
 ROUTES += [
     *(
-        RouteSpec(path, "POST", sdks.posthog_capture, _sdk("PostHog SDK capture", _POSTHOG))
-        for path in ("/posthog/batch/", "/posthog/capture/", "/posthog/i/v0/e/")
+        RouteSpec(path, "POST", sdks.posthog_capture, _POSTHOG)
+        for path in ("/posthog/batch/", "/posthog/capture/", "/posthog/i/v0/e/", "/posthog/e/")
     ),
-    RouteSpec("/posthog/e/", "POST", sdks.posthog_capture, None),
-    RouteSpec("/segment/v1/batch", "POST", sdks.segment_batch, _sdk("Segment batch", _SEGMENT)),
-    RouteSpec("/segment/v1/track", "POST", sdks.segment_track, _sdk("Segment track", _SEGMENT)),
-    RouteSpec("/segment/v1/b", "POST", sdks.segment_batch, None),
-    RouteSpec("/segment/v1/t", "POST", sdks.segment_track, None),
-    *(RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, None) for p in ("page", "p")),
-    *(RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, None) for p in ("screen", "s")),
     *(
-        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_other, None)
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_batch, _segment("batch"))
+        for p in ("batch", "b")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_track, _segment("track"))
+        for p in ("track", "t")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, _segment("page"))
+        for p in ("page", "p")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, _segment("screen"))
+        for p in ("screen", "s")
+    ),
+    *(
+        RouteSpec(
+            f"/segment/v1/{p}",
+            "POST",
+            sdks.segment_other,
+            _segment("identify/group/alias (ignored)"),
+        )
         for p in ("identify", "i", "group", "g", "alias", "a")
     ),
 ]
