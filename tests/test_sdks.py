@@ -127,3 +127,29 @@ async def test_segment_sdk(proj: Project) -> None:
     )
     assert (r.status_code, r.json()) == (200, {"success": True})
     assert await total(proj, "signed_up") == 1
+
+
+async def test_posthog_js_bodies(proj: Project) -> None:
+    """What posthog-js sends: an array with the token in properties, gzip by
+    ?compression=gzip-js, or the base64 form field `data`."""
+    import base64
+    import gzip
+    import json
+
+    events = [{"event": "JS Click", "properties": {"token": proj.ingest, "distinct_id": "j1"}}]
+    raw = json.dumps(events).encode()
+    r1 = httpx.post(
+        proj.url + "/posthog/i/v0/e/?compression=gzip-js",
+        content=gzip.compress(raw),
+        headers={"Content-Type": "text/plain"},
+    )
+    r2 = httpx.post(proj.url + "/posthog/e/", data={"data": base64.b64encode(raw).decode()})
+    assert [r1.status_code, r2.status_code] == [200, 200] and r1.json() == {"status": 1}
+    assert await total(proj, "js_click", measure="uniques") == 1
+    assert await total(proj, "js_click") == 2
+    bomb = httpx.post(
+        proj.url + "/posthog/batch/",
+        content=gzip.compress(b" " * 6_000_000),
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert bomb.status_code == 413 and bomb.json()["code"] == "payload_too_large"
