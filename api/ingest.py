@@ -9,18 +9,21 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from api.common import app_state, authorize_key, bearer_key, json_response
+from api.common import Access, app_state, authorize_key, bearer_key, json_response
 from api.idempotency import REPLAYED_HEADER, idempotency_of
 from api.limits import charge_events
 from api.scope import check_batch, check_names, check_origin
+from api.state import AppState
 from counters.core.errors import BadRequest, Invalid, PayloadTooLarge, RequestTimeout
 from counters.core.jsonkeys import explain, may_have_duplicates
 from counters.core.models import (
     EventWire,
+    IngestReply,
     batch_decoder,
     event_decoder,
     validate_events,
 )
+from counters.engines.ingest import Idempotency
 
 log = logging.getLogger("counters.ingest")
 
@@ -145,11 +148,24 @@ async def post_events(request: Request) -> Response:
     settings = state.settings
     key = bearer_key(request) or request.query_params.get("key")
     access = await authorize_key(state, key, scope="ingest")
-    project = access.project
     check_origin(access.key, request)
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     idempotency = idempotency_of(request, body)
     events = await decode_events_off_loop(body, request.headers.get("content-type", ""))
+    reply = await count_events(state, access, events, idempotency)
+    if reply.replayed:
+        return json_response(reply, headers={REPLAYED_HEADER: "true"})
+    return json_response(reply)
+
+
+async def count_events(
+    state: AppState, access: Access, events: list[EventWire], idempotency: Idempotency | None
+) -> IngestReply:
+    """The one ingest path after decoding (POST /v1/events and the SDK routes): the key's
+    batch and name checks, the batch cap, validation, the event rate limit, uid hashing and
+    the all-or-nothing apply; counts accepted events and duplicates in the metrics."""
+    settings = state.settings
+    project = access.project
     check_batch(access.key, len(events))
     check_names(access.key, (e.name for e in events))
     if len(events) > settings.max_batch_events:
@@ -162,10 +178,10 @@ async def post_events(request: Request) -> Response:
     raw = await state.services.hash_uids(project, raw)  # no plain uid is ever stored
     reply = await state.ingestor.apply(project, raw, idempotency=idempotency)
     if reply.replayed:
-        return json_response(reply, headers={REPLAYED_HEADER: "true"})
+        return reply
     label = state.metrics.project(project)
     state.metrics.events_accepted.labels(label).inc(reply.accepted)
     state.metrics.ingest_batch_size.observe(len(raw))
     if reply.duplicates:
         state.metrics.duplicates.labels(label).inc(reply.duplicates)
-    return json_response(reply)
+    return reply

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, events, ingest, keys, ops, pixel, prom, reads
+from api import catalog, events, ingest, keys, ops, pixel, prom, reads, sdks
 from api.openapi import (
     PROJECT,
     READ_ERRORS,
@@ -254,6 +254,83 @@ ROUTES: list[RouteSpec] = [
             ok_content={"text/plain": {"schema": {"type": "string"}}},
             errors=(401,),
         ),
+    ),
+]
+
+
+def _sdk(summary: str, body_desc: str, error: dict[str, Any]) -> Operation:
+    """The operation of an SDK capture route: the key travels in the body (or Basic auth),
+    refusals come in the SDK's own error shape."""
+    errors = {
+        str(code): {"description": "Refused", **json_content(error)}
+        for code in (400, 401, 403, 408, 413, 422, 429, 503)
+    }
+    return Operation(
+        summary=summary,
+        request_body={"required": True, "description": body_desc, **json_content({})},
+        ok="Counted",
+        ok_schema={"type": "object"},
+        extra_responses=errors,
+    )
+
+
+_POSTHOG = _sdk(
+    "PostHog SDK capture (`api_key` in the body is an ingest key)",
+    "PostHog capture body: {batch: [...]}, one event, or an array",
+    {
+        "type": "object",
+        "required": ["type", "code", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "code": {"type": "string"},
+            "detail": {"type": "string"},
+        },
+    },
+)
+_SEG_ERROR = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+}
+
+
+def _segment(what: str) -> Operation:
+    return _sdk(
+        f"Segment SDK {what} (write key = an ingest key: Basic user or `writeKey`)",
+        "Segment message (or {batch: [...]})",
+        _SEG_ERROR,
+    )
+
+
+ROUTES += [
+    *(
+        RouteSpec(path, "POST", sdks.posthog_capture, _POSTHOG)
+        for path in ("/posthog/batch/", "/posthog/capture/", "/posthog/i/v0/e/", "/posthog/e/")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_batch, _segment("batch"))
+        for p in ("batch", "b")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_track, _segment("track"))
+        for p in ("track", "t")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, _segment("page"))
+        for p in ("page", "p")
+    ),
+    *(
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, _segment("screen"))
+        for p in ("screen", "s")
+    ),
+    *(
+        RouteSpec(
+            f"/segment/v1/{p}",
+            "POST",
+            sdks.segment_other,
+            _segment("identify/group/alias (ignored)"),
+        )
+        for p in ("identify", "i", "group", "g", "alias", "a")
     ),
 ]
 

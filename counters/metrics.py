@@ -163,6 +163,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dims_dropped = Counter(
+            "counters_dims_dropped",
+            "SDK properties not kept as dims (past the dim limit or not storable), by source",
+            ["source"],
+            registry=r,
+        )
+        self.sdk_ignored = Counter(
+            "counters_sdk_ignored",
+            "SDK messages that are not events (identify, alias, ...), by source",
+            ["source"],
+            registry=r,
+        )
         self.persister_lag = Gauge(
             "counters_persister_lag_seconds",
             "How far Postgres lags the newest closed minute bucket, worst project",
