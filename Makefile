@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser run test lint typecheck pytest faults bench clean stop
+.PHONY: install browser ajv run test lint typecheck pytest faults bench clean stop
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,6 +24,15 @@ browser:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "no chromium and no root apt-get: the dashboard test will be skipped"; fi; }
 
+# The OpenAPI test compiles the document with ajv (npm), installed project-locally.
+AJV := tests/js/node_modules/ajv/package.json
+$(AJV):
+	@command -v npm >/dev/null 2>&1 || { echo "no npm: the ajv test will be skipped"; exit 0; }; \
+		mkdir -p tests/js && npm install --silent --no-audit --no-fund --prefix tests/js ajv@8 >/dev/null \
+		|| echo "npm install ajv failed: the ajv test will be skipped"
+
+ajv: $(AJV)
+
 run: install  ## start Valkey + Postgres (embedded unless COUNTERS_*_URL set) and the service
 	$(BIN)/counters serve
 
@@ -38,7 +47,7 @@ typecheck: install
 # The whole suite on one Valkey, then the end-to-end and durable-ack tests on a 3-master
 # Valkey Cluster. The fault short form on the cluster (COUNTERS_TEST_REDIS_CLUSTER=1 pytest
 # tests/test_faults.py) still meets HTTP 500s around Valkey kills: not in CI until fixed.
-pytest: install browser
+pytest: install browser ajv
 	$(BIN)/pytest
 	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py
 
