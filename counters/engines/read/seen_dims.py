@@ -12,8 +12,6 @@ from counters.engines.read.parse import RESERVED, filter_dim
 
 FRESH_MS = 60_000
 """A cached set is reused this long."""
-RECHECK_MS = 1_000
-"""A dim missing from a set older than this refreshes it once (a dim just ingested)."""
 MAX_PROJECTS = 10_000
 
 _cache: dict[str, tuple[int, frozenset[str]]] = {}
@@ -35,7 +33,8 @@ async def _load(ctx: ReadContext, now_ms: int) -> frozenset[str]:
 
 async def seen_dims(ctx: ReadContext, now_ms: int, wanted: Iterable[str]) -> frozenset[str] | None:
     """The project's seen dims, covering every wanted one when it has been seen: cached up
-    to FRESH_MS, refreshed when a wanted dim is missing from a set older than RECHECK_MS.
+    to FRESH_MS, refreshed when a wanted dim is missing (a dim just ingested: only a read
+    that would otherwise be refused pays for the refresh).
     None (check nothing) when no dim is wanted or the backends are down."""
     want = set(wanted)
     if not want:
@@ -43,7 +42,7 @@ async def seen_dims(ctx: ReadContext, now_ms: int, wanted: Iterable[str]) -> fro
     hit = _cache.get(ctx.project)
     if hit is not None:
         at, dims = hit
-        if now_ms - at < FRESH_MS and (want <= dims or now_ms - at < RECHECK_MS):
+        if now_ms - at < FRESH_MS and want <= dims:
             return dims
     try:
         return await _load(ctx, now_ms)
