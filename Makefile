@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install browser promtool run test lint typecheck pytest faults bench clean stop
+.PHONY: install browser promtool ajv run test lint typecheck pytest faults bench clean stop
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,6 +32,15 @@ promtool:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 		else echo "no promtool and no root apt-get: the promtool test will be skipped"; fi; }
 
+# The OpenAPI test compiles the document with ajv (npm), installed project-locally.
+AJV := tests/js/node_modules/ajv/package.json
+$(AJV):
+	@command -v npm >/dev/null 2>&1 || { echo "no npm: the ajv test will be skipped"; exit 0; }; \
+		mkdir -p tests/js && npm install --silent --no-audit --no-fund --prefix tests/js ajv@8 >/dev/null \
+		|| echo "npm install ajv failed: the ajv test will be skipped"
+
+ajv: $(AJV)
+
 run: install  ## start Valkey + Postgres (embedded unless COUNTERS_*_URL set) and the service
 	$(BIN)/counters serve
 
@@ -50,7 +59,7 @@ typecheck: install
 # (COUNTERS_TEST_REDIS_CLUSTER=1 pytest tests/test_faults.py) still meets HTTP 500s around
 # Valkey kills: not in CI until fixed.
 PYTEST_WORKERS ?= 2
-pytest: install browser promtool
+pytest: install browser promtool ajv
 	$(BIN)/pytest -m "not serial" $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 	$(BIN)/pytest -m serial
 	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py

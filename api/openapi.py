@@ -10,7 +10,13 @@ import msgspec
 
 from counters.core.keys import KeyRecord, NewKey
 from counters.core.measures import MEASURES
-from counters.core.models import EventIn, IngestReply
+from counters.core.models import (
+    DIM_NAME_PATTERN,
+    DIM_VALUE_PATTERN,
+    NAME_PATTERN,
+    EventIn,
+    IngestReply,
+)
 from counters.core.periods import PRECISIONS
 from counters.engines.read.catalog import Catalog, WhoAmI
 from counters.engines.read.reply import (
@@ -41,7 +47,15 @@ class HealthReply(msgspec.Struct):
     error: ErrorBody | None = None
 
 
+TAGS = {
+    "ingest": "Count events",
+    "read": "Series, totals and breakdowns",
+    "catalog": "What a key and a project hold",
+    "keys": "API keys (admin)",
+    "ops": "Health and metrics",
+}
 MODELS: list[Any] = [
+    EventIn,
     list[EventIn],
     IngestReply,
     SeriesReply,
@@ -91,22 +105,58 @@ def query(name: str, schema: dict[str, Any], description: str, **extra: Any) -> 
     return {"name": name, "in": "query", "schema": schema, "description": description, **extra}
 
 
+ENUMS: dict[str, list[str]] = {
+    "Measure": list(MEASURES),
+    "Precision": list(PRECISIONS),
+    "Grain": ["minute", "hour", "day"],
+    "Format": ["json", "csv", "long"],
+}
+"""Shared enum components, each named once and referenced by every parameter using it."""
+NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN}
+DIM_FILTERS = {
+    "name": "d",
+    "in": "query",
+    "style": "deepObject",
+    "explode": True,
+    "schema": {
+        "type": "object",
+        "propertyNames": {"pattern": DIM_NAME_PATTERN},
+        "additionalProperties": {"type": "string", "pattern": DIM_VALUE_PATTERN},
+    },
+    "description": "Dim filters, sent as d.<dim>=<value> (e.g. d.country=DE); taken even for"
+    " a dim never seen (it then matches nothing). A bare <dim>=<value> works for a dim the"
+    " project has seen; any other unknown parameter is a 400.",
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "schema": {"type": "string"},
+    "description": "The ETag of a previous reply: 304 when unchanged",
+}
 READ_PARAMS = [
     query(
         "name",
-        {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"},
+        {"type": "array", "items": NAME_SCHEMA, "minItems": 1, "maxItems": 20},
         "Event name (repeat for several)",
         required=True,
+        style="form",
+        explode=True,
     ),
-    query("measure", {"type": "string", "enum": list(MEASURES)}, "count, sum or uniques"),
+    query("measure", ref("Measure"), "count, sum or uniques"),
+    query("grain", ref("Grain"), "Alias of precision 1m, 1h, 1d"),
     query(
-        "grain",
-        {"type": "string", "enum": ["minute", "hour", "day"]},
-        "Alias of precision 1m, 1h, 1d",
+        "precision",
+        ref("Precision"),
+        "Bucket size: any whole number of minutes dividing the day (2m, 10m, 30m, 2h, 6h,"
+        " 12h; 120m is read as 2h, 1440m as 1d), or 1d, 1w, 1mo",
     ),
-    query("precision", {"type": "string", "enum": list(PRECISIONS)}, "Bucket size"),
     query("tz", {"type": "string"}, "IANA time zone (default UTC)"),
-    query("from", {"type": "string"}, "Start: RFC 3339 or epoch ms, 1970..9999 (rounded down)"),
+    query(
+        "from",
+        {"type": "string"},
+        "Start: RFC 3339 or epoch ms, 1970..9999 (rounded down); a number below 10^11"
+        " (epoch seconds) is refused",
+    ),
     query(
         "to", {"type": "string"}, "End, exclusive: RFC 3339 or epoch ms, 1970..9999 (rounded up)"
     ),
@@ -117,16 +167,25 @@ READ_PARAMS = [
         {"type": "integer", "minimum": 1, "maximum": 1000},
         "Top N tuples (limit + 2 series x buckets x names <= max_points)",
     ),
+    query("format", ref("Format"), "Reply shape: json (default), csv or long"),
+    DIM_FILTERS,
+    IF_NONE_MATCH,
 ]
 TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+QUERY_KEY: list[dict[str, list[str]]] = [{"queryKey": []}]
+ETAG_HEADER = {
+    "ETag": {"description": "Send it back in If-None-Match", "schema": {"type": "string"}}
+}
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """What the document says about one route: summary, parameters, replies, errors."""
 
     summary: str
+    operation_id: str
+    tags: tuple[str, ...] = ()
     ok: str
     """Description of the success reply."""
     ok_status: int = 200
@@ -135,6 +194,8 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """JSON schema of the 200 body (None when ok_content says otherwise)."""
     ok_content: dict[str, Any] | None = None
     secured: bool = False
+    security: tuple[dict[str, list[str]], ...] | None = None
+    """Security requirements other than the bearer key (e.g. the pixel's query key)."""
     params: tuple[dict[str, Any], ...] = ()
     request_body: dict[str, Any] | None = None
     not_modified: bool = False
@@ -144,8 +205,12 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
 
     def document(self) -> dict[str, Any]:
         """The OpenAPI operation object."""
-        op: dict[str, Any] = {"summary": self.summary}
-        if self.secured:
+        op: dict[str, Any] = {"summary": self.summary, "operationId": self.operation_id}
+        if self.tags:
+            op["tags"] = list(self.tags)
+        if self.security is not None:
+            op["security"] = list(self.security)
+        elif self.secured:
             op["security"] = BEARER
         if self.params:
             op["parameters"] = list(self.params)
@@ -156,6 +221,8 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
             ok.update(json_content(self.ok_schema))
         if self.ok_content is not None:
             ok["content"] = self.ok_content
+        if self.not_modified:
+            ok["headers"] = ETAG_HEADER
         responses: dict[str, Any] = {str(self.ok_status): ok}
         if self.not_modified:
             responses["304"] = {"description": "Not modified (If-None-Match)"}
@@ -185,26 +252,59 @@ def decimals_as_numbers(schema: Any) -> Any:
     return schema
 
 
+def ecma_patterns(schema: Any) -> Any:
+    """The document with every Python pattern written for ECMA-262 (JSON Schema's dialect):
+    the end anchor `\\Z` becomes `$`. Python keeps `\\Z` internally (its `$` also matches
+    before a final newline); ECMA's `$` without the m flag matches only at the end."""
+    if isinstance(schema, dict):
+        return {
+            k: (
+                v[:-2] + "$"
+                if k == "pattern" and isinstance(v, str) and v.endswith("\\Z")
+                else ecma_patterns(v)
+            )
+            for k, v in schema.items()
+        }
+    if isinstance(schema, list):
+        return [ecma_patterns(v) for v in schema]
+    return schema
+
+
 def build(routes: Sequence[RouteSpec]) -> dict[str, Any]:
     """The whole document: components from the models, paths from the documented routes."""
     (_, components) = msgspec.json.schema_components(
         MODELS, ref_template="#/components/schemas/{name}"
     )
     components = decimals_as_numbers(components)
+    for enum, values in ENUMS.items():
+        components[enum] = {"type": "string", "enum": values}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if route.operation is not None:
             paths.setdefault(route.path, {})[route.method.lower()] = route.operation.document()
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "counters",
-            "version": "1",
-            "description": "Real-time counters on Redis with Postgres rollups.",
-        },
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "paths": paths,
-    }
+    doc: dict[str, Any] = ecma_patterns(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "counters",
+                "version": "1",
+                "description": "Real-time counters on Redis with Postgres rollups.",
+            },
+            "components": {
+                "schemas": components,
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "queryKey": {
+                        "type": "apiKey",
+                        "in": "query",
+                        "name": "key",
+                        "description": "An ingest key in the query (pixel, sendBeacon)",
+                    },
+                },
+            },
+            "servers": [{"url": "/", "description": "This server"}],
+            "tags": [{"name": t, "description": d} for t, d in TAGS.items()],
+            "paths": paths,
+        }
+    )
+    return doc

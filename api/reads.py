@@ -12,6 +12,7 @@ from counters.core.errors import BadRequest
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import MAX_PROJECTS, read_projects, read_series, read_total
 from counters.engines.read.parse import ReadQuery, parse_format, parse_read
+from counters.engines.read.seen_dims import bare_dims, seen_dims
 
 
 async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
@@ -21,8 +22,13 @@ async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
     )
     now = state.clock.now_ms()
     ctx = read_context(state, project, now)
+    known = await seen_dims(ctx, now, bare_dims(request.query_params))
     q = parse_read(
-        request.query_params, now, state.settings.crosstabs, oldest_minute=ctx.oldest_minute
+        request.query_params,
+        now,
+        state.settings.crosstabs,
+        oldest_minute=ctx.oldest_minute,
+        known_dims=known,
     )
     return ctx, q
 
@@ -65,7 +71,17 @@ async def projects_series(request: Request) -> Response:
         await authorize(state, key, scope="read", project=project)
     now = state.clock.now_ms()
     ctxs = [read_context(state, project, now) for project in projects]
+    wanted = bare_dims(request.query_params)
+    known: set[str] | None = None
+    for ctx in ctxs:
+        dims = await seen_dims(ctx, now, wanted)
+        if dims is not None:
+            known = set(dims) if known is None else known | dims
     q = parse_read(
-        request.query_params, now, state.settings.crosstabs, oldest_minute=ctxs[0].oldest_minute
+        request.query_params,
+        now,
+        state.settings.crosstabs,
+        oldest_minute=ctxs[0].oldest_minute,
+        known_dims=known,
     )
     return etag_response(request, await read_projects(ctxs, q))

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from api import catalog, events, ingest, keys, ops, pixel, prom, reads, sdks
 from api.openapi import (
     PROJECT,
+    QUERY_KEY,
     READ_ERRORS,
     READ_PARAMS,
     TOTAL_PARAMS,
@@ -43,10 +44,14 @@ async def openapi(request: Request) -> Response:
     return Response(_document, media_type="application/json")
 
 
-def _read(summary: str, params: tuple[dict[str, Any], ...], ok: str, schema: Any) -> Operation:
+def _read(
+    operation_id: str, summary: str, params: tuple[dict[str, Any], ...], ok: str, schema: Any
+) -> Operation:
     """The operation of a read route: secured, ETag-revalidated, the read errors."""
     return Operation(
         summary=summary,
+        operation_id=operation_id,
+        tags=("read",),
         secured=True,
         params=params,
         ok=ok,
@@ -63,12 +68,21 @@ ROUTES: list[RouteSpec] = [
         ingest.post_events,
         Operation(
             summary="Count a batch of events (all or nothing)",
+            operation_id="ingestEvents",
+            tags=("ingest",),
             secured=True,
             params=(query("key", {"type": "string"}, "Ingest key, for navigator.sendBeacon"),),
             request_body={
                 "required": True,
                 "content": {
-                    "application/json": {"schema": {"type": "array", "items": ref("EventIn")}},
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                ref("EventIn"),
+                                {"type": "array", "items": ref("EventIn")},
+                            ]
+                        }
+                    },
                     "application/x-ndjson": {"schema": {"type": "string"}},
                     "text/plain": {"schema": {"type": "string"}},
                 },
@@ -84,9 +98,11 @@ ROUTES: list[RouteSpec] = [
         pixel.pixel,
         Operation(
             summary="Count one event; always a 1x1 GIF",
+            security=(*QUERY_KEY, {}),
+            operation_id="trackPixel",
+            tags=("ingest",),
             params=(
-                query("key", {"type": "string"}, "Ingest key"),
-                query("name", {"type": "string"}, "Event name"),
+                query("name", {"type": "string"}, "Event name (an invalid one is not counted)"),
                 query("uid", {"type": "string"}, "Who, for uniques"),
                 query("id", {"type": "string"}, "Idempotency key"),
                 query("value", {"type": "string"}, "Number"),
@@ -101,6 +117,7 @@ ROUTES: list[RouteSpec] = [
         "GET",
         reads.series,
         _read(
+            "getSeries",
             "Values per bucket (zero-padded), or a breakdown",
             (PROJECT, *READ_PARAMS),
             "Series",
@@ -112,6 +129,7 @@ ROUTES: list[RouteSpec] = [
         "GET",
         reads.total,
         _read(
+            "getTotal",
             "One value over the range",
             (PROJECT, *TOTAL_PARAMS),
             "Total",
@@ -123,6 +141,7 @@ ROUTES: list[RouteSpec] = [
         "GET",
         reads.projects_series,
         _read(
+            "getSeriesAcrossProjects",
             "One series per project plus their union",
             (query("project", {"type": "string"}, "Project (repeat)", required=True), *READ_PARAMS),
             "Series",
@@ -135,6 +154,8 @@ ROUTES: list[RouteSpec] = [
         catalog.whoami,
         Operation(
             summary="The projects and scope of the presented key",
+            operation_id="whoami",
+            tags=("catalog",),
             secured=True,
             ok="The key",
             ok_schema=ref("WhoAmI"),
@@ -147,6 +168,8 @@ ROUTES: list[RouteSpec] = [
         catalog.catalog,
         Operation(
             summary="Event names of the last 30 days and their dims",
+            operation_id="getCatalog",
+            tags=("catalog",),
             secured=True,
             params=(PROJECT,),
             ok="Catalog",
@@ -160,6 +183,8 @@ ROUTES: list[RouteSpec] = [
         keys.list_keys,
         Operation(
             summary="The project's keys (admin key; never a secret)",
+            operation_id="listKeys",
+            tags=("keys",),
             secured=True,
             params=(PROJECT,),
             ok="Keys",
@@ -173,6 +198,8 @@ ROUTES: list[RouteSpec] = [
         keys.create_key,
         Operation(
             summary="Create a key of the project (admin key); the secret is shown once",
+            operation_id="createKey",
+            tags=("keys",),
             secured=True,
             params=(PROJECT,),
             request_body={"required": True, **json_content(keys.KEY_REQUEST_SCHEMA)},
@@ -188,6 +215,8 @@ ROUTES: list[RouteSpec] = [
         keys.revoke_key,
         Operation(
             summary="Revoke a key of the project (admin key); honoured within a second",
+            operation_id="revokeKey",
+            tags=("keys",),
             secured=True,
             params=(
                 PROJECT,
@@ -237,6 +266,8 @@ ROUTES: list[RouteSpec] = [
         ops.healthz,
         Operation(
             summary="Redis and Postgres reachable",
+            operation_id="health",
+            tags=("ops",),
             ok="Up",
             ok_schema=ref("HealthReply"),
             extra_responses={
@@ -250,6 +281,8 @@ ROUTES: list[RouteSpec] = [
         ops.metrics,
         Operation(
             summary="Prometheus metrics",
+            operation_id="metrics",
+            tags=("ops",),
             ok="Text exposition",
             ok_content={"text/plain": {"schema": {"type": "string"}}},
             errors=(401,),

@@ -182,7 +182,8 @@ async def test_auth_errors(client: httpx.AsyncClient, keys: Keys) -> None:
         ({"name": "ok", "from": "nope"}, "from/to"),
         ({"name": "ok", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "before"),
         ({"name": "ok", "Bad-Param": "x"}, "unknown parameter"),
-        ({"name": "ok", "grain": "hour", "from": "0"}, "at most 10000"),
+        ({"name": "ok", "grain": "hour", "from": "0"}, "looks like epoch seconds"),
+        ({"name": "ok", "grain": "hour", "from": "100000000000"}, "at most 10000"),
     ],
 )
 async def test_bad_read_parameters(

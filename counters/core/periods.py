@@ -1,20 +1,54 @@
 """Output buckets at any precision in any IANA time zone.
 
-A precision is 1m, 5m, 15m, 1h (fixed lengths, aligned to the zone's wall clock), or 1d,
+A precision is a fixed length, any whole number of minutes that divides the day (1m, 2m,
+5m, 10m, 15m, 30m, 1h, 2h, 6h, 12h, ...; aligned to the zone's wall clock), or 1d,
 1w (ISO, Monday) and 1mo (calendar) whose boundaries are local midnights, so a DST day
 has 23 or 25 hours. Each output bucket is an interval [start, end) of UTC epoch ms; the
 read path composes it from the stored UTC minute, hour and day buckets."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from counters.core.buckets import EPOCH, HOUR_MS, MINUTE_MS, format_ts, from_datetime
 
-FIXED_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
+DAY_MINUTES = 24 * 60
+
+
+def _fixed_name(minutes: int) -> str:
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+
+
+FIXED_MS = {_fixed_name(n): n * MINUTE_MS for n in range(1, DAY_MINUTES) if DAY_MINUTES % n == 0}
+"""Every fixed precision by its canonical name: whole minutes dividing the day, spelled in
+hours when whole hours (2h, not 120m)."""
 CALENDAR = ("1d", "1w", "1mo")
 PRECISIONS = (*FIXED_MS, *CALENDAR)
+_SPELLED = re.compile(r"([0-9]{1,4})(m|h)")
+
+
+def canonical_precision(text: str) -> str | None:
+    """The canonical precision `text` names (120m -> 2h, 1440m and 24h -> 1d), None when it
+    names none (a length that does not divide the day, or not a precision at all)."""
+    if text in PRECISIONS:
+        return text
+    m = _SPELLED.fullmatch(text)
+    if m is None:
+        return None
+    minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
+    if minutes == DAY_MINUTES:
+        return "1d"
+    name = _fixed_name(minutes) if minutes else ""
+    return name if name in FIXED_MS else None
+
+
+def below_hour(precision: str) -> bool:
+    """True for a fixed precision shorter than an hour (composed from minute buckets)."""
+    return FIXED_MS.get(precision, HOUR_MS) < HOUR_MS
+
+
 GRAIN_ALIASES = {"minute": "1m", "hour": "1h", "day": "1d"}
 UTC_ZONE = ZoneInfo("UTC")
 

@@ -4,7 +4,7 @@ a 400 naming the first bad one."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -13,7 +13,15 @@ from counters.core.buckets import GRAIN_BY_NAME, Grain, parse_ts
 from counters.core.errors import BadRequest
 from counters.core.measures import MEASURES
 from counters.core.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN
-from counters.core.periods import FIXED_MS, GRAIN_ALIASES, PRECISIONS, ceil, floor, zone
+from counters.core.periods import (
+    FIXED_MS,
+    GRAIN_ALIASES,
+    PRECISIONS,
+    canonical_precision,
+    ceil,
+    floor,
+    zone,
+)
 from counters.core.rollups import Rollup, is_stored, rollup_for_filters
 from counters.engines.read.plan import check_range_retention
 
@@ -31,6 +39,10 @@ RESERVED = {
     "project",
     "format",
 }
+FILTER_PREFIX = "d."
+"""`d.<dim>=<value>`: a dim filter in the explicit form, taken even for a dim never seen."""
+MIN_EPOCH_MS = 10**11
+"""A `from`/`to` number below this (1973-03-03 in ms) is taken for epoch seconds: refused."""
 MAX_NAMES = 20
 DEFAULT_BUCKETS = 30
 DEFAULT_LIMIT = 10
@@ -134,8 +146,13 @@ def parse_precision(params: Mapping[str, str]) -> tuple[str, str | None]:
     precision = params.get("precision")
     if precision is None:
         return GRAIN_ALIASES["hour" if alias is None else alias], alias
-    if precision not in PRECISIONS:
-        raise _bad(f"precision must be one of {', '.join(PRECISIONS)}")
+    canonical = canonical_precision(precision)
+    if canonical is None:
+        raise _bad(
+            f"precision must be a whole number of minutes dividing the day (e.g. 1m, 2m, 10m,"
+            f" 30m, 1h, 2h, 12h) or 1d, 1w, 1mo (canonical: {', '.join(PRECISIONS)})"
+        )
+    precision = canonical
     if alias is not None and GRAIN_ALIASES[alias] != precision:
         raise _bad(f"grain={alias} and precision={precision} disagree (grain is an alias)")
     return precision, alias
@@ -204,10 +221,13 @@ def _bounded_ts(params: Mapping[str, str], param: str) -> int | None:
     before any date arithmetic can overflow."""
     if param not in params:
         return None
+    text = params[param]
     try:
-        ts = parse_ts(params[param])
+        ts = parse_ts(text)
     except ValueError as exc:
         raise _bad(f"from/to: {param}: {exc}") from exc
+    if text.strip().lstrip("-").isdigit() and ts < MIN_EPOCH_MS:
+        raise _bad(f"{param}={text} looks like epoch seconds; send milliseconds or RFC 3339")
     if not MIN_TS <= ts <= MAX_TS:
         raise _bad(
             f"{param} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"
@@ -216,23 +236,55 @@ def _bounded_ts(params: Mapping[str, str], param: str) -> int | None:
     return ts
 
 
-def parse_filters(params: Mapping[str, str]) -> dict[str, str]:
-    """Every non-reserved parameter is a dim filter: a valid dim name, a 1..256 byte value;
-    at most MAX_FILTERS of them."""
+def _all_items(params: Mapping[str, str]) -> list[tuple[str, str]]:
+    multi = getattr(params, "multi_items", None)
+    return list(multi()) if multi is not None else list(params.items())
+
+
+def filter_dim(key: str) -> tuple[str, bool]:
+    """(dim, explicit) of a filter parameter: `d.<dim>` and OpenAPI's deepObject
+    `d[<dim>]` are explicit; a bare `<dim>` is not."""
+    if key.startswith(FILTER_PREFIX):
+        return key[len(FILTER_PREFIX) :], True
+    if key.startswith("d[") and key.endswith("]"):
+        return key[2:-1], True
+    return key, False
+
+
+def parse_filters(
+    params: Mapping[str, str], known_dims: Collection[str] | None = None
+) -> dict[str, str]:
+    """Every non-reserved parameter is a dim filter: `d.<dim>=v` always, a bare `<dim>=v`
+    only for a dim in known_dims (the project's catalog; None takes any), else 400
+    `unknown parameter`; a valid dim name, a 1..256 byte value; at most MAX_FILTERS dims;
+    a dim repeated with different values is refused (400) rather than read as one."""
     filters: dict[str, str] = {}
-    for key, value in params.items():
+    for key, value in _all_items(params):
         if key in RESERVED:
+            continue
+        dim, explicit = filter_dim(key)
+        if not _dim_re.match(dim):
+            raise _bad(f"unknown parameter {key!r} (dimension names match {DIM_NAME_PATTERN})")
+        if not explicit and known_dims is not None and dim not in known_dims:
+            raise _bad(
+                f"unknown parameter {key!r}: neither a read parameter nor a dimension this"
+                f" project has seen (filter on a new dim with d.{dim}=...)"
+            )
+        if not _value_re.match(value) or len(value.encode()) > MAX_FILTER_BYTES:
+            raise _bad(f"filter {dim} must be 1..256 bytes without control characters")
+        if dim in filters:
+            if filters[dim] != value:
+                raise _bad(
+                    f"filter {dim} repeated with different values: any-of filters are not"
+                    " supported yet (read each value separately)"
+                )
             continue
         if len(filters) == MAX_FILTERS:
             raise _bad(
                 f"at most {MAX_FILTERS} dim filters per read (got more, e.g. {key!r}):"
                 " filter on fewer dims"
             )
-        if not _dim_re.match(key):
-            raise _bad(f"unknown parameter {key!r} (dimension names match {DIM_NAME_PATTERN})")
-        if not _value_re.match(value) or len(value.encode()) > MAX_FILTER_BYTES:
-            raise _bad(f"filter {key} must be 1..256 bytes without control characters")
-        filters[key] = value
+        filters[dim] = value
     return filters
 
 
@@ -267,15 +319,17 @@ def parse_read(
     crosstabs: tuple[Rollup, ...],
     *,
     oldest_minute: int | None = None,
+    known_dims: Collection[str] | None = None,
 ) -> ReadQuery:
     """Validates read parameters; 400 naming the first bad one (minute buckets before
-    oldest_minute are past retention)."""
+    oldest_minute are past retention; a bare parameter that is no read parameter and not
+    in known_dims is unknown)."""
     names = parse_names(params)
     measure = parse_measure(params)
     precision, alias = parse_precision(params)
     tz = parse_zone(params)
     start, end = parse_range(params, now_ms, precision, tz)
-    filters = parse_filters(params)
+    filters = parse_filters(params, known_dims)
     group_by = parse_group_by(params, filters)
     top = parse_limit(params)
     rollup = rollup_for_filters([*filters, *group_by])

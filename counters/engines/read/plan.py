@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from counters.core.buckets import MINUTE_MS, Grain, bucket_ceil, bucket_start, format_ts
 from counters.core.errors import BadRequest
-from counters.core.periods import periods, shortest_period_ms, zone
+from counters.core.periods import below_hour, periods, shortest_period_ms, zone
 
 if TYPE_CHECKING:
     from counters.engines.read.parse import ReadQuery
@@ -20,7 +20,6 @@ Need = dict[Grain, list[int]]
 MAX_SERIES_BUCKETS = 10_000
 _STORED = {g.value: g for g in Grain}
 _ONE_CELL = {"1m": Grain.minute, "1h": Grain.hour, "1d": Grain.day}
-_MINUTE_PRECISIONS = ("1m", "5m", "15m")
 _LEVELS = (Grain.day, Grain.hour, Grain.minute)
 
 
@@ -93,7 +92,7 @@ def check_retention(cells: Sequence[Sequence[Cell]], oldest_minute: int) -> None
 
 def check_range_retention(q: ReadQuery, oldest_minute: int) -> None:
     """400 when a minute precision starts, or the whole range needs minutes, past retention."""
-    if q.precision in _MINUTE_PRECISIONS and q.start < oldest_minute:
+    if below_hour(q.precision) and q.start < oldest_minute:
         raise_past_retention(oldest_minute)
     check_retention([whole(q)], oldest_minute)
 
