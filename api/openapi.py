@@ -53,6 +53,7 @@ TAGS = {
     "catalog": "What a key and a project hold",
     "keys": "API keys (admin)",
     "ops": "Health and metrics",
+    "sdks": "PostHog and Segment SDK capture routes (their own wire formats)",
 }
 MODELS: list[Any] = [
     EventIn,

@@ -231,7 +231,9 @@ ROUTES: list[RouteSpec] = [
         "/v1/projects/{project}/events",
         "GET",
         events.export_events,
-        Operation(  # operationId: exportEvents
+        Operation(
+            operation_id="exportEvents",
+            tags=("read",),
             summary="The raw event log over [from, to) as NDJSON (uids as stored: hashed)",
             secured=True,
             params=(
@@ -299,6 +301,8 @@ def _sdk(summary: str, body_desc: str, error: dict[str, Any]) -> Operation:
         for code in (400, 401, 403, 408, 413, 422, 429, 503)
     }
     return Operation(
+        operation_id="",  # one per path: _at
+        tags=("sdks",),
         summary=summary,
         request_body={"required": True, "description": body_desc, **json_content({})},
         ok="Counted",
@@ -327,7 +331,19 @@ _SEG_ERROR = {
 }
 
 
-def _segment(what: str) -> Operation:
+def _at(path: str, operation: Operation) -> Operation:
+    """operation with the operationId of an SDK path: /segment/v1/t -> segmentV1T."""
+    words = [w for w in path.replace("/", " ").replace("_", " ").split() if w]
+    op_id = words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+    return msgspec.structs.replace(operation, operation_id=op_id)
+
+
+def _segment(what: str, short: str) -> Operation:
+    """The operation of /segment/v1/<short>."""
+    return _at(f"/segment/v1/{short}", _sdk_segment(what))
+
+
+def _sdk_segment(what: str) -> Operation:
     return _sdk(
         f"Segment SDK {what} (write key = an ingest key: Basic user or `writeKey`)",
         "Segment message (or {batch: [...]})",
@@ -337,23 +353,23 @@ def _segment(what: str) -> Operation:
 
 ROUTES += [
     *(
-        RouteSpec(path, "POST", sdks.posthog_capture, _POSTHOG)
+        RouteSpec(path, "POST", sdks.posthog_capture, _at(path, _POSTHOG))
         for path in ("/posthog/batch/", "/posthog/capture/", "/posthog/i/v0/e/", "/posthog/e/")
     ),
     *(
-        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_batch, _segment("batch"))
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_batch, _segment("batch", p))
         for p in ("batch", "b")
     ),
     *(
-        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_track, _segment("track"))
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_track, _segment("track", p))
         for p in ("track", "t")
     ),
     *(
-        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, _segment("page"))
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_page, _segment("page", p))
         for p in ("page", "p")
     ),
     *(
-        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, _segment("screen"))
+        RouteSpec(f"/segment/v1/{p}", "POST", sdks.segment_screen, _segment("screen", p))
         for p in ("screen", "s")
     ),
     *(
@@ -361,7 +377,7 @@ ROUTES += [
             f"/segment/v1/{p}",
             "POST",
             sdks.segment_other,
-            _segment("identify/group/alias (ignored)"),
+            _segment("identify/group/alias (ignored)", p),
         )
         for p in ("identify", "i", "group", "g", "alias", "a")
     ),
