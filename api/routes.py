@@ -44,10 +44,36 @@ async def openapi(request: Request) -> Response:
     return Response(_document, media_type="application/json")
 
 
+LONG_ROWS = {
+    "type": "array",
+    "description": "format=long: one row per point (time, value, name when several, dims)",
+    "items": {
+        "type": "object",
+        "required": ["value"],
+        "properties": {"time": {"type": "string"}, "value": {"type": "number"}},
+        "additionalProperties": {"type": ["string", "number"]},
+    },
+}
+"""The reply of format=long (api/export.py)."""
+
+
 def _read(
-    operation_id: str, summary: str, params: tuple[dict[str, Any], ...], ok: str, schema: Any
+    operation_id: str,
+    summary: str,
+    params: tuple[dict[str, Any], ...],
+    ok: str,
+    schema: Any,
+    *,
+    formats: bool = True,
 ) -> Operation:
-    """The operation of a read route: secured, ETag-revalidated, the read errors."""
+    """The operation of a read route: secured, ETag-revalidated, the read errors; with
+    formats, the reply may also be long rows (format=long) or CSV (format=csv, Accept)."""
+    content = None
+    if formats:
+        content = {
+            "application/json": {"schema": {"oneOf": [schema, LONG_ROWS]}},
+            "text/csv": {"schema": {"type": "string"}},
+        }
     return Operation(
         summary=summary,
         operation_id=operation_id,
@@ -55,7 +81,8 @@ def _read(
         secured=True,
         params=params,
         ok=ok,
-        ok_schema=schema,
+        ok_schema=None if formats else schema,
+        ok_content=content,
         not_modified=True,
         errors=READ_ERRORS,
     )
@@ -146,6 +173,7 @@ ROUTES: list[RouteSpec] = [
             (query("project", {"type": "string"}, "Project (repeat)", required=True), *READ_PARAMS),
             "Series",
             ref("ProjectsReply"),
+            formats=False,
         ),
     ),
     RouteSpec(
