@@ -149,6 +149,8 @@ def load_settings(
     )
     if settings.raw_retention_days <= settings.max_event_age_days:
         raise ValueError("bad setting: raw_retention_days must exceed max_event_age_days")
+    if not 1 <= settings.port <= 65535:
+        raise ValueError(f"bad setting: port must be 1-65535, not {settings.port}")
     if settings.read_cache_entries < 0 or settings.read_cache_bytes < 0:
         raise ValueError("bad setting: read_cache_entries and read_cache_bytes must be >= 0")
     hh, _, mm = settings.reconcile_at.partition(":")
