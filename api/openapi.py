@@ -141,10 +141,13 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """Answers 304 to If-None-Match."""
     errors: tuple[int, ...] = ()
     extra_responses: dict[str, Any] | None = None
+    operation_id: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The OpenAPI operation object."""
         op: dict[str, Any] = {"summary": self.summary}
+        if self.operation_id is not None:
+            op["operationId"] = self.operation_id
         if self.secured:
             op["security"] = BEARER
         if self.params:

@@ -105,6 +105,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Largest request head (request line and headers); more is a 431."""
     max_connections: int = 1_000
     """Open connections per worker; past it new requests get 503 (never fd exhaustion)."""
+    link_uid_cookie: bool = True
+    """Whether GET /r/<id> sets a first-party `counters_uid` cookie (HttpOnly, SameSite=Lax,
+    path /r/) when the browser has none, so clicks count uniques; off: clicks carry no uid
+    unless the browser already has the cookie."""
 
     def resolved_data_dir(self) -> Path:
         """Absolute data directory."""
