@@ -234,7 +234,7 @@ async def _services(settings: Settings, *, wait: bool = False) -> AsyncIterator[
 @main.command()
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=None,
     help="Serve this process's /metrics on this port (on the service host).",
 )
@@ -435,12 +435,16 @@ def reconcile(
 
 
 @main.command()
-def migrate() -> None:
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"applied": [...]}.')
+def migrate(as_json: bool) -> None:
     """Apply pending database migrations."""
     from counters.services import migrate_database
 
     applied = asyncio.run(migrate_database(_settings()))
-    click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    if as_json:
+        echo_json({"applied": applied})
+    else:
+        click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
 @main.group()
