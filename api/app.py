@@ -35,9 +35,11 @@ from api.statsd import start_statsd
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings, load_settings
 from counters.core.errors import CountersError, TooManyRequests, Unavailable, as_unavailable
+from counters.engines.links import LinkCache
 from counters.metrics import UNMATCHED
 from counters.services import (
     SETTINGS_ENV,
+    Services,
     decode_settings,
     is_resolved,
     open_services,
@@ -187,6 +189,18 @@ class CountersApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def link_cache(services: Services) -> LinkCache:
+    """The process's cache of click-tracking links; each reload warms the uid hashers of
+    the projects that have links, so a follow does not wait on Postgres for a secret."""
+
+    async def warm(projects: set[str]) -> None:
+        for project in projects:
+            with contextlib.suppress(CountersError, *BACKEND_ERRORS):
+                await services.uid_secrets.hasher(project)
+
+    return LinkCache(services.pool, services.redis, services.settings.key_prefix, on_loaded=warm)
+
+
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Starlette:
     """The service. Backends are opened in the lifespan: the configured URLs, else the
     embedded servers (started only when a URL is unset). The lifespan does not wait for
@@ -209,6 +223,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             statsd = await start_statsd(state)
             stop = asyncio.Event()
             background = asyncio.create_task(services.run_background(stop))
+            links = link_cache(services)
+            links_task = asyncio.create_task(links.run(stop))
             # this worker's request tallies reach the shared metrics every HTTP_FLUSH_SECONDS
             flusher = asyncio.create_task(
                 services.metrics.flush_http_every(HTTP_FLUSH_SECONDS, stop)
@@ -221,6 +237,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                     "counters": state,
                     "pixel": pixel.build_committer(state),
                     "services": services,
+                    "links": links,
                 }
             finally:
                 if statsd is not None:
@@ -228,6 +245,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
                 stop.set()
                 await background
                 await flusher
+                await links_task
 
     routes = [
         *starlette_routes(),

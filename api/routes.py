@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import catalog, events, ingest, keys, ops, pixel, prom, reads, sdks
+from api import catalog, events, ingest, keys, links, ops, pixel, prom, reads, sdks
 from api.openapi import (
     PROJECT,
     QUERY_KEY,
@@ -316,6 +316,37 @@ ROUTES: list[RouteSpec] = [
             ok="Text exposition",
             ok_content={"text/plain": {"schema": {"type": "string"}}},
             errors=(401,),
+        ),
+    ),
+    RouteSpec(
+        "/r/{id}",
+        "GET",
+        links.follow_link,
+        Operation(
+            summary="Follow a click-tracking link: count one click, 302 to its target",
+            operation_id="followLink",
+            tags=("ingest",),
+            params=(
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[a-z0-9]{12}$"},
+                },
+                query("utm_source", {"type": "string"}, "Counted as a dim (any utm_*)"),
+            ),
+            ok_status=302,
+            ok="Redirect to the link's registered target (Location)",
+            extra_responses={
+                "404": {
+                    "description": "Unknown or disabled link (an HTML page)",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                "503": {
+                    "description": "Links not loaded yet (an HTML page; Retry-After)",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+            },
         ),
     ),
 ]

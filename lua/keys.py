@@ -53,6 +53,7 @@ __all__ = [
     "KeyKind",
     "KeyName",
     "KeyRegistryKeys",
+    "LinkKeys",
     "MeasureField",
     "ProjectKeys",
     "count_field",
@@ -571,3 +572,17 @@ class KeyRegistryKeys:
     def changes(self) -> str:
         """Sorted set of key changes, scored by the time they were written (epoch ms)."""
         return self.base + "changes"
+
+
+class LinkKeys:
+    """The global key of click-tracking links (counters/engines/links.py):
+
+    X:{links}:version  string  bumped on every link created or disabled; each worker
+                               GETs it a few times a second and reloads its links from
+                               Postgres when it moved
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, prefix: str) -> None:
+        self.version = f"{prefix}:{{links}}:version"

@@ -49,6 +49,8 @@ DEAD_LETTERS_TABLE = "raw_dead_letters"
 """Raw-log stream entries the persister could not copy, moved aside bytes intact (008)."""
 RAW_DIMS_TABLE = "raw_dims"
 """Dim names the raw events of each project carry, per UTC day (011)."""
+LINKS_TABLE = "links"
+"""Click-tracking links (013): id, project, target, name, dims, created_at, disabled_at."""
 COPY_FAILURES_TABLE = "raw_copy_failures"
 """Failed copies of raw-log entries not moved yet, one row per (project, stream id)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,9 @@ def test_commands_share_the_embedded_servers() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="counters-cli-"))
     data_dir.chmod(0o755)
     try:
+        started = run(data_dir, "embedded", "start", "--json")  # starts both, returns
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout)["running"] is True
         first = run(data_dir, "keys", "create", "--project", "demo", "--scope", "ingest")
         assert first.returncode == 0, first.stderr
         key = first.stdout.strip().splitlines()[-1]
@@ -36,6 +40,7 @@ def test_commands_share_the_embedded_servers() -> None:
         second = run(data_dir, "keys", "create", "--project", "demo", "--scope", "read")
         assert second.returncode == 0, second.stderr
         status = run(data_dir, "embedded", "status", "--show-passwords")
+        assert status.returncode == 0, status.stderr
         lines = dict(line.split(": ", 1) for line in status.stdout.strip().splitlines())
         assert lines["redis"].startswith("redis://:") and "@127.0.0.1:" in lines["redis"]
         assert lines["postgres"].startswith("postgresql://counters:")
@@ -54,7 +59,7 @@ def test_commands_share_the_embedded_servers() -> None:
         stopped = run(data_dir, "embedded", "stop")
         assert "valkey" in stopped.stdout and "postgres" in stopped.stdout
         after = run(data_dir, "embedded", "status")
-        assert "not running" in after.stdout
+        assert "not running" in after.stdout and after.returncode == 3
     finally:
         run(data_dir, "embedded", "stop")
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +22,37 @@ from counters.core.errors import Unavailable
 
 if TYPE_CHECKING:
     from counters.engines.progress import DayProgress
+    from counters.engines.rebuild import RebuildReport
     from counters.services import Services
 
 # The backends are reached only through counters.services (the wiring). It is imported inside
 # the commands that need it: it pulls in redis, asyncpg and the engines, which `--help` and
 # `embedded status` do not need (0.25 s vs 1 s to start).
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+"""Every command (subcommands inherit it) takes -h as well as --help."""
+
+EXIT_DISCREPANCIES = 2
+"""`reconcile --exit-code` and `rebuild --exit-code`: rows differed (1 is an error)."""
+
+
+def echo_json(value: object) -> None:
+    """Writes value as one line of JSON on stdout (the only stdout line of a --json run)."""
+    click.echo(msgspec.json.encode(value).decode())
+
+
+def unknown_project(project: str) -> click.ClickException:
+    """The one error every command gives for a project Postgres does not know (exit 1)."""
+    return click.ClickException(f"unknown project {project!r}")
+
+
+async def require_projects(services: Services, projects: Sequence[str]) -> None:
+    """Raises `Error: unknown project 'x'` for the first project not known to Postgres,
+    before anything is read or written for any of them."""
+    for project in projects:
+        if not await services.project_exists(project):
+            raise unknown_project(project)
 
 
 def _load(**overrides: Any) -> Settings:
@@ -37,9 +63,13 @@ def _load(**overrides: Any) -> Settings:
 
 
 def _settings(**overrides: Any) -> Settings:
+    from counters.embedded import EmbeddedServerError
     from counters.services import resolve_settings
 
-    return resolve_settings(_load(**overrides))
+    try:
+        return resolve_settings(_load(**overrides))
+    except EmbeddedServerError as exc:  # e.g. the embedded extra is not installed
+        raise click.ClickException(str(exc)) from exc
 
 
 def _redact(url: str | None) -> str:
@@ -57,7 +87,8 @@ def _redact(url: str | None) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="counters", prog_name="counters")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose: bool) -> None:
     """counters: real-time counters on Redis with Postgres rollups."""
@@ -69,15 +100,19 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Listen port (default 8000).")
-@click.option("--workers", type=int, default=1, show_default=True, help="uvicorn workers.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Listen port (default 8000)."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn workers."
+)
 @click.option("--no-persister", is_flag=True, help="Do not run the persister.")
 def serve(host: str | None, port: int | None, workers: int, no_persister: bool) -> None:
     """Run the HTTP service (and, by default, the persister in a process of its own)."""
     import uvicorn
 
     from counters.cli.supervise import Supervised
-    from counters.cli.worker import APP, uvicorn_options
+    from counters.cli.worker import APP, listening_socket, reuseport_socket, uvicorn_options
     from counters.embedded.watchdog import Watchdog
     from counters.metrics import DeadProcessReaper, use_multiprocess_dir
     from counters.services import SETTINGS_ENV, encode_settings
@@ -113,6 +148,17 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
     os.environ[SETTINGS_ENV] = encode_settings(workers_settings)
     click.echo(f"counters: redis {_redact(settings.redis_url)}", err=True)
     click.echo(f"counters: postgres {_redact(settings.database_url)}", err=True)
+    # Bound here, before anything starts: a busy or forbidden port is an error (exit 1), and
+    # "listening" is printed only once the socket is bound. With several workers each binds
+    # its own SO_REUSEPORT socket; this one (bound, not listening) only proves the port free.
+    try:
+        if workers > 1:
+            sock = reuseport_socket(settings.host, settings.port, listen=False)
+        else:
+            sock = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        raise click.ClickException(f"cannot listen on {where}: {exc}") from exc
     click.echo(f"counters: listening on http://{settings.host}:{settings.port}", err=True)
     if settings.statsd_listen is not None:  # bound by every worker (api/statsd.py)
         from counters.cli.worker import udp_probe
@@ -131,30 +177,29 @@ def serve(host: str | None, port: int | None, workers: int, no_persister: bool) 
             persister_env,
         )
     # the live gauges (counters_processes) of a dead worker or persister process drop out
-    with watchdog, persister, DeadProcessReaper(str(metrics_dir)):
+    with sock, watchdog, persister, DeadProcessReaper(str(metrics_dir)):
         if workers > 1:
-            _serve_workers(settings, workers)
+            _serve_workers(workers)
         else:
-            uvicorn.run(APP, host=settings.host, port=settings.port, **uvicorn_options(settings))
+            config = uvicorn.Config(
+                APP, host=settings.host, port=settings.port, **uvicorn_options(settings)
+            )
+            uvicorn.Server(config).run(sockets=[sock])
 
 
-def _serve_workers(settings: Settings, workers: int) -> None:
+def _serve_workers(workers: int) -> None:
     """Runs `workers` HTTP worker processes (counters/cli/worker.py: each on its own
-    SO_REUSEPORT socket), restarting any that dies, until SIGTERM or SIGINT."""
+    SO_REUSEPORT socket), restarting any that dies, until SIGTERM or SIGINT (the caller
+    holds a bound probe socket on the port meanwhile)."""
     import threading
 
     from counters.cli.supervise import Supervised
-    from counters.cli.worker import reuseport_socket
 
-    try:  # a busy port fails here, before any worker starts (a bound socket takes nothing)
-        probe = reuseport_socket(settings.host, settings.port, listen=False)
-    except OSError as exc:
-        raise click.ClickException(f"{settings.host}:{settings.port}: {exc}") from exc
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     args = [sys.executable, "-m", "counters.cli.worker", str(os.getpid())]
-    with probe, Supervised("worker", args, dict(os.environ), count=workers, restart_clean=True):
+    with Supervised("worker", args, dict(os.environ), count=workers, restart_clean=True):
         while not stop.wait(0.5):
             pass
 
@@ -197,7 +242,7 @@ async def _services(settings: Settings, *, wait: bool = False) -> AsyncIterator[
 @main.command()
 @click.option(
     "--metrics-port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=None,
     help="Serve this process's /metrics on this port (on the service host).",
 )
@@ -282,7 +327,21 @@ def _ms(text: str, option: str) -> int:
 @click.option("--from", "from_", required=True, help="Start (RFC 3339 or epoch ms).")
 @click.option("--to", "to", required=True, help="End, exclusive (RFC 3339 or epoch ms).")
 @click.option("--dry-run", is_flag=True, help="Only print the buckets that differ.")
-def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help=f"Exit {EXIT_DISCREPANCIES} when any bucket differed (1 stays an error).",
+)
+def rebuild(
+    project: str,
+    name: str | None,
+    from_: str,
+    to: str,
+    dry_run: bool,
+    as_json: bool,
+    exit_code: bool,
+) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
     from counters.engines.progress import planned_days
@@ -293,10 +352,9 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
         raise click.BadParameter("--from must be before --to", param_hint="--from")
     settings = _settings()
 
-    async def run() -> None:
+    async def run() -> RebuildReport:
         async with _services(settings) as services:
-            if not await services.project_exists(project):
-                raise click.ClickException(f"unknown project {project!r}")
+            await require_projects(services, [project])
             from counters.engines.deadletter import DeadLetters, range_warning
 
             letters = await DeadLetters(services.pool).overlapping(project, start, end)
@@ -305,10 +363,21 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
                 click.echo(warning, err=True)
             plan = await planned_days(services.pool, project, start, end, name)
             with _tracker(f"rebuild {project}", plan) as progress:
-                report = await services.rebuilder.run(
+                return await services.rebuilder.run(
                     project, start, end, name=name, write=not dry_run, progress=progress
                 )
-        days = len({d.bucket[:10] for d in report.diffs})
+
+    report = asyncio.run(run())
+    days = len({d.bucket[:10] for d in report.diffs})
+    if as_json:
+        echo_json(
+            {
+                **msgspec.structs.asdict(report),
+                "dry_run": dry_run,
+                "differing_days": days,
+            }
+        )
+    else:
         done = (
             f"would rewrite {days} day(s)" if dry_run else f"rewrote {report.written_days} day(s)"
         )
@@ -319,43 +388,71 @@ def rebuild(project: str, name: str | None, from_: str, to: str, dry_run: bool) 
         for diff in report.diffs:
             click.echo("  " + describe(diff))
         click.echo(f"discrepancies: {report.discrepancies}")
-
-    asyncio.run(run())
+    if exit_code and report.discrepancies:
+        sys.exit(EXIT_DISCREPANCIES)
 
 
 @main.command()
-@click.option("--days", type=int, default=7, show_default=True, help="Window to check.")
+@click.option(
+    "--days", type=click.IntRange(min=1), default=7, show_default=True, help="Window to check."
+)
 @click.option("--project", "projects", multiple=True, help="Only these projects.")
 @click.option("--dry-run", is_flag=True, help="Report without correcting.")
-def reconcile(days: int, projects: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The reports as one JSON object.")
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help=f"Exit {EXIT_DISCREPANCIES} when any row differed (fixed or not; 1 stays an error).",
+)
+def reconcile(
+    days: int, projects: tuple[str, ...], dry_run: bool, as_json: bool, exit_code: bool
+) -> None:
     """Compare every rollup of the last N days with the raw log, report and fix differences."""
     from counters.engines.reconcile import reconcile_projects
 
     settings = _settings()
+    reports: list[RebuildReport] = []
 
-    async def run() -> None:
+    async def run() -> int:
         async with _services(settings) as services:
+            await require_projects(services, projects)
             names = list(projects) or await services.list_projects()
-            await reconcile_projects(
+            return await reconcile_projects(
                 services.rebuilder,
                 names,
                 now_ms=services.clock.now_ms(),
                 days=days,
                 write=not dry_run,
-                echo=click.echo,
+                echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo,
                 progress_for=lambda project, plan: _tracker(f"reconcile {project}", plan),
+                on_report=reports.append,
             )
 
-    asyncio.run(run())
+    total = asyncio.run(run())
+    if as_json:
+        echo_json(
+            {
+                "dry_run": dry_run,
+                "days": days,
+                "discrepancies": total,
+                "projects": [msgspec.structs.asdict(r) for r in reports],
+            }
+        )
+    if exit_code and total:
+        sys.exit(EXIT_DISCREPANCIES)
 
 
 @main.command()
-def migrate() -> None:
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"applied": [...]}.')
+def migrate(as_json: bool) -> None:
     """Apply pending database migrations."""
     from counters.services import migrate_database
 
     applied = asyncio.run(migrate_database(_settings()))
-    click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    if as_json:
+        echo_json({"applied": applied})
+    else:
+        click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
 @main.group()
@@ -363,19 +460,56 @@ def embedded() -> None:
     """The embedded Valkey and Postgres (and an optional Valkey Cluster) under the data dir."""
 
 
+EXIT_DOWN = 3
+"""`embedded status`: a server is not running (as `systemctl status` and LSB init scripts)."""
+
+
+def _print_status(status: dict[str, str | None], show: bool, as_json: bool) -> None:
+    """Each server's URL (password as *** unless show), as lines or one JSON object."""
+    shown = {name: (url if show else _redact(url)) if url else None for name, url in status.items()}
+    if as_json:
+        echo_json({"running": all(shown.values()), **shown})
+        return
+    for name, url in shown.items():
+        click.echo(f"{name}: {url or 'not running'}")
+
+
 @embedded.command("status")
 @click.option("--show-passwords", is_flag=True, help="Print the URLs with their passwords.")
-def embedded_status(show_passwords: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"running", "redis", …}.')
+def embedded_status(show_passwords: bool, as_json: bool) -> None:
     """Print the URL of each embedded server that is running (passwords as *** unless
-    --show-passwords; they are in <data_dir>/secrets.json)."""
+    --show-passwords; they are in <data_dir>/secrets.json). Exits 3 when one is not."""
     from counters import embedded as emb
 
-    data_dir = load_settings().resolved_data_dir()
-    for name, url in emb.embedded_status(data_dir).items():
-        shown = url if show_passwords else _redact(url)
-        click.echo(f"{name}: {shown if url else 'not running'}")
+    data_dir = _load().resolved_data_dir()
+    status = emb.embedded_status(data_dir)
+    _print_status(status, show_passwords, as_json)
     if not emb.secrets_path(data_dir).exists():
         click.echo(f"(no {emb.secrets_path(data_dir)}: nothing was started here yet)", err=True)
+    if not all(status.values()):
+        sys.exit(EXIT_DOWN)
+
+
+@embedded.command("start")
+@click.option("--show-passwords", is_flag=True, help="Print the URLs with their passwords.")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"running", "redis", …}.')
+def embedded_start(show_passwords: bool, as_json: bool) -> None:
+    """Start (or reuse) the embedded Valkey and Postgres under the data dir and return; they
+    run in the background until `counters embedded stop` (as `serve` starts them)."""
+    from counters import embedded as emb
+
+    data_dir = _load().resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        emb.require_embedded()
+        status: dict[str, str | None] = {
+            "redis": emb.ensure_valkey(data_dir),
+            "postgres": emb.ensure_postgres(data_dir),
+        }
+    except emb.EmbeddedServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_status(status, show_passwords, as_json)
 
 
 @embedded.command("cluster")
@@ -388,7 +522,7 @@ def embedded_cluster(masters: int, show_password: bool) -> None:
 
     if masters < 1:
         raise click.BadParameter("a cluster needs at least one master", param_hint="--masters")
-    data_dir = load_settings().resolved_data_dir()
+    data_dir = _load().resolved_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         url = emb.ensure_valkey_cluster(data_dir, masters)
@@ -404,15 +538,17 @@ def embedded_stop() -> None:
     """Stop the embedded servers (data is kept)."""
     from counters import embedded as emb
 
-    stopped = emb.stop_embedded(load_settings().resolved_data_dir())
+    stopped = emb.stop_embedded(_load().resolved_data_dir())
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
 from counters.cli.keys import keys  # noqa: E402  (registers on main)
+from counters.cli.links import links  # noqa: E402
 
 main.add_command(deadletter)
 main.add_command(keys)
+main.add_command(links)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

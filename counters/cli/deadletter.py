@@ -15,14 +15,21 @@ from counters.core.buckets import format_ts
 T = TypeVar("T")
 
 
-def _run(settings_overrides: dict[str, object], work: Callable[..., Awaitable[T]]) -> T:
-    from counters.cli import _services, _settings
+def _run(
+    settings_overrides: dict[str, object],
+    work: Callable[..., Awaitable[T]],
+    project: str | None = None,
+) -> T:
+    """work(DeadLetters) on the command's backends; `Error: unknown project` first when
+    project is given and Postgres does not know it."""
+    from counters.cli import _services, _settings, require_projects
     from counters.engines.deadletter import DeadLetters
 
     settings = _settings(**settings_overrides)
 
     async def run() -> T:
         async with _services(settings) as services:
+            await require_projects(services, [project] if project is not None else [])
             return await work(DeadLetters(services.pool))
 
     return asyncio.run(run())
@@ -47,7 +54,7 @@ def deadletter() -> None:
 def deadletter_list(project: str | None, as_json: bool) -> None:
     """List the dead letters: id, project, stream id, events, attempts, error, first and
     last failure."""
-    letters = _run({}, lambda d: d.entries(project=project))
+    letters = _run({}, lambda d: d.entries(project=project), project)
     if as_json:
         for letter in letters:
             click.echo(msgspec.json.encode(letter).decode())
@@ -78,7 +85,7 @@ def deadletter_retry(
     """Copy dead letters into the raw log again (after fixing the data or the schema); the
     events are already counted, so nothing is counted twice."""
     ids = _chosen(letter_id, all_, project)
-    result = _run({}, lambda d: d.retry(ids=ids, project=project, sanitize=sanitize))
+    result = _run({}, lambda d: d.retry(ids=ids, project=project, sanitize=sanitize), project)
     click.echo(f"retried: {result.entries} entries, {result.events} events copied to the raw log")
     for failed_id, error in result.failed.items():
         click.echo(f"  {failed_id} still failing: {error}")
@@ -94,7 +101,7 @@ def deadletter_drop(letter_id: int | None, all_: bool, project: str | None) -> N
     """Delete dead letters for good; prints how many events are thereby missing from the
     raw log (they stay counted in the rollups until a rebuild of their days)."""
     ids = _chosen(letter_id, all_, project)
-    result = _run({}, lambda d: d.drop(ids=ids, project=project))
+    result = _run({}, lambda d: d.drop(ids=ids, project=project), project)
     click.echo(
         f"dropped: {result.entries} entries; {result.events} events are now missing from the"
         " raw log"

@@ -101,7 +101,16 @@ def keys_list(project: str | None, as_json: bool) -> None:
     """List keys (id, projects, scope, times); never a secret."""
     from counters.engines.keys import list_keys
 
-    records: list[KeyRecord] = _run(lambda conn, _r, _p: list_keys(conn, project))
+    async def listed(conn: asyncpg.Connection) -> list[KeyRecord]:
+        from persist.projects import project_exists
+
+        if project is not None and not await project_exists(conn, project):
+            from counters.cli import unknown_project
+
+            raise unknown_project(project)
+        return await list_keys(conn, project)
+
+    records: list[KeyRecord] = _run(lambda conn, _r, _p: listed(conn))
     if as_json:
         click.echo(msgspec.json.encode(records).decode())
         return
@@ -114,7 +123,8 @@ def keys_list(project: str | None, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"revoked": id}.')
+def keys_revoke(key_id: str, as_json: bool) -> None:
     """Revoke a key by id: every running worker refuses it within a second."""
     from counters.cli import _settings
     from counters.core.keys import KEY_ID_PATTERN
@@ -136,7 +146,10 @@ def keys_revoke(key_id: str) -> None:
             " run this command again once Postgres is back to record it there",
             err=True,
         )
-    click.echo(f"revoked {key_id}")
+    if as_json:
+        click.echo(msgspec.json.encode({"revoked": key_id}).decode())
+    else:
+        click.echo(f"revoked {key_id}")
 
 
 @keys.command("rotate")

@@ -69,6 +69,24 @@ def udp_probe(address: str) -> None:
         sock.bind(sockaddr)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port (SO_REUSEADDR, as uvicorn binds its own, not
+    SO_REUSEPORT: a second `counters serve` on the port fails). OSError when the port is
+    taken or may not be bound."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str]) -> None:
     """Serves until SIGTERM/SIGINT or until serve (pid argv[0]) is gone."""
     import uvicorn

@@ -106,6 +106,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Largest request head (request line and headers); more is a 431."""
     max_connections: int = 1_000
     """Open connections per worker; past it new requests get 503 (never fd exhaustion)."""
+    link_uid_cookie: bool = True
+    """Whether GET /r/<id> sets a first-party `counters_uid` cookie (HttpOnly, SameSite=Lax,
+    path /r/) when the browser has none, so clicks count uniques; off: clicks carry no uid
+    unless the browser already has the cookie."""
 
     # -- issue 14: StatsD / DogStatsD over UDP (README "Send from existing clients") -------
     statsd_listen: str | None = None
@@ -196,6 +200,8 @@ def load_settings(
     )
     if settings.raw_retention_days <= settings.max_event_age_days:
         raise ValueError("bad setting: raw_retention_days must exceed max_event_age_days")
+    if not 1 <= settings.port <= 65535:
+        raise ValueError(f"bad setting: port must be 1-65535, not {settings.port}")
     if settings.read_cache_entries < 0 or settings.read_cache_bytes < 0:
         raise ValueError("bad setting: read_cache_entries and read_cache_bytes must be >= 0")
     hh, _, mm = settings.reconcile_at.partition(":")

