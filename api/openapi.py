@@ -203,7 +203,6 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """Answers 304 to If-None-Match."""
     errors: tuple[int, ...] = ()
     extra_responses: dict[str, Any] | None = None
-    operation_id: str | None = None
 
     def document(self) -> dict[str, Any]:
         """The OpenAPI operation object."""
