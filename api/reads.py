@@ -12,7 +12,7 @@ from counters.core.errors import BadRequest
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import MAX_PROJECTS, read_projects, read_series, read_total
 from counters.engines.read.parse import ReadQuery, parse_format, parse_read
-from counters.engines.read.seen_dims import bare_dims, seen_dims
+from counters.engines.read.seen_dims import bare_dims
 
 
 async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
@@ -22,7 +22,7 @@ async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
     )
     now = state.clock.now_ms()
     ctx = read_context(state, project, now)
-    known = await seen_dims(ctx, now, bare_dims(request.query_params))
+    known = await state.seen_dims.get(ctx, now, bare_dims(request.query_params))
     q = parse_read(
         request.query_params,
         now,
@@ -74,7 +74,7 @@ async def projects_series(request: Request) -> Response:
     wanted = bare_dims(request.query_params)
     known: set[str] | None = None
     for ctx in ctxs:
-        dims = await seen_dims(ctx, now, wanted)
+        dims = await state.seen_dims.get(ctx, now, wanted)
         if dims is not None:
             known = set(dims) if known is None else known | dims
     q = parse_read(

@@ -16,6 +16,7 @@ from counters.core.errors import Unavailable
 from counters.core.keys import KeyInfo
 from counters.core.models import EventLimits
 from counters.engines.ingest import Ingestor
+from counters.engines.read.seen_dims import SeenDims
 from counters.metrics import Metrics
 from counters.services import Services
 from lua import Scripts
@@ -148,6 +149,8 @@ class AppState:
 
     services: Services
     keys: KeyCache
+    seen_dims: SeenDims = field(default_factory=SeenDims)
+    """The dims each project has seen, for strict read parameters."""
 
     @property
     def settings(self) -> Settings:

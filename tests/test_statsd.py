@@ -326,6 +326,7 @@ async def _async(value: float) -> float:
     return value
 
 
+@pytest.mark.serial  # measures loop lag: runs alone, after the parallel pass
 async def test_a_full_datagram_never_holds_the_event_loop(
     settings: Settings, clients: Callable[..., Any]
 ) -> None:
