@@ -226,7 +226,7 @@ def _bounded_ts(params: Mapping[str, str], param: str) -> int | None:
         ts = parse_ts(text)
     except ValueError as exc:
         raise _bad(f"from/to: {param}: {exc}") from exc
-    if text.strip().lstrip("-").isdigit() and ts < MIN_EPOCH_MS:
+    if text.strip().isdigit() and ts < MIN_EPOCH_MS:
         raise _bad(f"{param}={text} looks like epoch seconds; send milliseconds or RFC 3339")
     if not MIN_TS <= ts <= MAX_TS:
         raise _bad(
