@@ -33,17 +33,20 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to host:port with SO_REUSEPORT (and listening, unless told not
-    to: a bound socket that does not listen takes no connections, so serve holds one to
-    find a busy port before any worker starts). OSError when the port is taken."""
+def bound_socket(
+    host: str, port: int, kind: socket.SocketKind, *, reuse_port: bool, listen: bool
+) -> socket.socket:
+    """A socket of kind bound to host:port (SO_REUSEADDR for TCP, SO_REUSEPORT when asked),
+    listening when asked; OSError, with the socket closed, when it cannot be bound."""
     family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        host, port, type=kind, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         if listen:
             sock.listen(2048)
@@ -51,6 +54,13 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
         sock.close()
         raise
     return sock
+
+
+def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to host:port with SO_REUSEPORT (and listening, unless told not
+    to: a bound socket that does not listen takes no connections, so serve holds one to
+    find a busy port before any worker starts). OSError when the port is taken."""
+    return bound_socket(host, port, socket.SOCK_STREAM, reuse_port=True, listen=listen)
 
 
 def udp_probe(address: str) -> None:
@@ -61,30 +71,14 @@ def udp_probe(address: str) -> None:
     from counters.core.config import parse_listen
 
     host, port = parse_listen(address)
-    family, kind, proto, _, sockaddr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(sockaddr)
+    bound_socket(host, port, socket.SOCK_DGRAM, reuse_port=True, listen=False).close()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on host:port (SO_REUSEADDR, as uvicorn binds its own, not
     SO_REUSEPORT: a second `counters serve` on the port fails). OSError when the port is
     taken or may not be bound."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return bound_socket(host, port, socket.SOCK_STREAM, reuse_port=False, listen=True)
 
 
 def main(argv: list[str]) -> None:
