@@ -12,7 +12,7 @@ from segment.analytics import Client as SegmentClient
 from segment.analytics.request import APIError as SegmentError
 from segment.analytics.request import post as segment_post
 
-from counters.core.sdkmap import normalize_name
+from counters.core.models import normalize_name
 from tests.service import Service, create_key
 from tests.support import wait_for
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 
 from counters.core.config import load_settings
-from counters.core.models import EventLimits
+from counters.core.models import EventLimits, normalize_dim_name, normalize_name
 from counters.core.statsd import (
     PARSE_REASONS,
     StatsdRefusal,
     StatsdRules,
-    dim_name,
-    event_name,
     line_events,
 )
 
@@ -51,9 +49,9 @@ def test_set_timer_histogram_distribution() -> None:
 
 
 def test_names_tags_project_and_time() -> None:
-    assert event_name("MyApp.Page Views") == "myapp.page_views"
-    assert event_name("a//b") == "a_b" and len(event_name("x" * 100)) == 64
-    assert dim_name("HTTP.Method") == "http_method"
+    assert normalize_name("MyApp.Page Views") == "myapp.page_views"
+    assert normalize_name("a//b") == "a_b" and len(normalize_name("x" * 100)) == 64
+    assert normalize_dim_name("HTTP.Method") == "http_method"
     project, evs = events("Shop.Hits:1|c|#env:prod,Http.Method:GET|c:abc|T1799999990")
     assert project == "main"
     assert evs == [

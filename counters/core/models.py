@@ -20,6 +20,23 @@ separators U+2028/U+2029, and surrogates (a lone one cannot be encoded as UTF-8)
 `text` refuses NUL; the others break logs, CSV exports and line-based tools."""
 NAME_PATTERN = "^[a-z0-9_.-]{1,64}\\Z"
 DIM_NAME_PATTERN = "^[a-z0-9_]{1,32}\\Z"
+_NAME_OUTSIDE = re.compile(r"[^a-z0-9_.-]+")
+_DIM_NAME_OUTSIDE = re.compile(r"[^a-z0-9_]+")
+
+
+def normalize_name(raw: str) -> str:
+    """The event name a foreign client's name becomes (StatsD, PostHog, Segment): lowercase,
+    each run outside `[a-z0-9_.-]` one `_`, at most 64 characters (`Order Completed` ->
+    `order_completed`); empty when raw is."""
+    return _NAME_OUTSIDE.sub("_", raw.lower())[:64]
+
+
+def normalize_dim_name(raw: str) -> str:
+    """The dim name a foreign property or tag key becomes: lowercase, each run outside
+    `[a-z0-9_]` one `_`, at most 32 characters."""
+    return _DIM_NAME_OUTSIDE.sub("_", raw.lower())[:32]
+
+
 DIM_VALUE_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,256}}\\Z"
 EVENT_ID_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,128}}\\Z"
 UID_PATTERN = f"^[^{FORBIDDEN_CHARS}]{{1,256}}\\Z"

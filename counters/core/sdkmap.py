@@ -8,13 +8,17 @@ never a reason to lose the event."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from counters.core.models import MAX_DIM_VALUE_BYTES, MAX_DIMS, EventWire, is_clean_text
+from counters.core.models import (
+    MAX_DIM_VALUE_BYTES,
+    MAX_DIMS,
+    EventWire,
+    is_clean_text,
+    normalize_dim_name,
+    normalize_name,
+)
 
-_NAME_RUN = re.compile(r"[^a-z0-9_.-]+")
-_DIM_RUN = re.compile(r"[^a-z0-9_]+")
 POSTHOG_VALUE_KEYS = ("revenue", "$revenue", "value")
 SEGMENT_VALUE_KEYS = ("revenue", "value")
 POSTHOG_IGNORED = frozenset(
@@ -24,16 +28,6 @@ POSTHOG_IGNORED = frozenset(
 SEGMENT_COUNTED = {"track": None, "page": "page", "screen": "screen"}
 """Segment message types counted (track: its `event`; page and screen: that name);
 identify, group and alias are ignored."""
-
-
-def normalize_name(name: str) -> str:
-    """`Order Completed` -> `order_completed`: lowercase, runs outside [a-z0-9_.-] -> `_`,
-    at most 64 characters."""
-    return _NAME_RUN.sub("_", name.lower())[:64]
-
-
-def _dim_name(key: str) -> str:
-    return _DIM_RUN.sub("_", key.lower())[:32]
 
 
 def _number(value: Any) -> float | None:
@@ -73,7 +67,7 @@ def _dims(
             text = raw
         else:
             continue  # numbers, null, lists, objects: not dims
-        name = _dim_name(key)
+        name = normalize_dim_name(key)
         if (
             not name
             or not text

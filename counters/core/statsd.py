@@ -26,12 +26,15 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from counters.core.errors import Invalid
-from counters.core.models import EventLimits, EventWire, RawEvent, validate_events
+from counters.core.models import (
+    EventLimits,
+    EventWire,
+    RawEvent,
+    normalize_dim_name,
+    normalize_name,
+    validate_events,
+)
 
-MAX_NAME = 64
-MAX_DIM_NAME = 32
-_NAME_RUNS = re.compile(r"[^a-z0-9_.-]+")
-_DIM_RUNS = re.compile(r"[^a-z0-9_]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")
 TYPES = frozenset({"c", "s", "ms", "h", "d"})
@@ -105,18 +108,6 @@ class StatsdLine:
     ts_ms: int | None
 
 
-def event_name(raw: str) -> str:
-    """The event name of a StatsD name: lowercase, each run of characters outside
-    `[a-z0-9_.-]` as one `_`, cut to 64 characters."""
-    return _NAME_RUNS.sub("_", raw.lower())[:MAX_NAME]
-
-
-def dim_name(raw: str) -> str:
-    """The dim name of a tag key: lowercase, each run outside `[a-z0-9_]` as one `_`, cut
-    to 32 characters."""
-    return _DIM_RUNS.sub("_", raw.lower())[:MAX_DIM_NAME]
-
-
 def _number(text: str, what: str) -> float:
     if _NUMBER.match(text) is None:
         raise StatsdRefusal("invalid_value", f"{what} {text!r} is not a number")
@@ -138,7 +129,7 @@ def _tags(text: str) -> tuple[dict[str, str], str | None]:
                 raise StatsdRefusal("invalid_project", "more than one project tag")
             project = value
             continue
-        name = dim_name(key)
+        name = normalize_dim_name(key)
         if not name.strip("_"):
             raise StatsdRefusal("invalid_tag", f"tag key {key!r} has no letter or digit")
         if name in dims:
@@ -183,7 +174,7 @@ def parse_line(line: str) -> StatsdLine:
             ts_ms = int(field[1:]) * 1000
     if project is not None and _PROJECT.match(project) is None:
         raise StatsdRefusal("invalid_project", f"project tag {project!r} is not a project name")
-    name = event_name(raw_name)
+    name = normalize_name(raw_name)
     if not name.strip("_"):
         raise StatsdRefusal("invalid_name", f"name {raw_name!r} has no letter or digit")
     return StatsdLine(name, kind, values, rate, dims, project, ts_ms)
