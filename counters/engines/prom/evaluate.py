@@ -21,7 +21,8 @@ from counters.engines.read.catalog import read_catalog
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import read_series
 from counters.engines.read.parse import MAX_LIMIT, MAX_NAMES, parse_precision, parse_read
-from counters.engines.read.reply import SeriesReply, Value
+from counters.engines.read.reply import DimValues, SeriesReply, Value
+from counters.engines.read.rows import dim_text
 
 METRICS = {"counters_count": "count", "counters_sum": "sum", "counters_uniques": "uniques"}
 LABELS = ("__name__", "project", "name")
@@ -235,8 +236,8 @@ class Evaluator:
             raise _bad(exc.message) from exc
         reply = await read_series(ctx, q)
         if isinstance(reply, SeriesReply):
-            families: Iterable[tuple[str, dict[str, str], list[tuple[str, Value]]]] = [
-                (reply.name, dict(q.filters), [(p.bucket, p.value) for p in reply.data])
+            families: Iterable[tuple[str, DimValues, list[tuple[str, Value]]]] = [
+                (reply.name, q.reply_dims, [(p.bucket, p.value) for p in reply.data])
             ]
         else:
             families = [
@@ -244,7 +245,7 @@ class Evaluator:
             ]
         out = []
         for name, dims, points in families:
-            labels = {"name": name, **{k: v for k, v in dims.items() if v != NONE}}
+            labels = {"name": name, **{k: dim_text(v) for k, v in dims.items() if v != NONE}}
             samples = [(parse_ts(b) + w.step, v) for b, v in points]
             samples = [(t, v) for t, v in samples if w.start <= t <= w.end]
             if (NONE in dims.values() or OTHER in dims.values()) and not any(v for _, v in samples):

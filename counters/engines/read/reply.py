@@ -38,9 +38,13 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
     data: list[Point]
 
 
+DimValues = dict[str, str | list[str]]
+"""A series' dims: a value each, or for an any-of filter the list of its values."""
+
+
 class NamedSeries(msgspec.Struct):
     name: str
-    dims: dict[str, str]
+    dims: DimValues
     total: Value
     data: list[Point]
 
