@@ -137,7 +137,8 @@ async def _check_breakdown(c: ApiClient) -> None:
             assert _close(s["total"], want, measure), (measure, s["dims"], s["total"], want)
         top = {s["dims"]["country"] for s in series[:2]}
         other = _truth(
-            lambda e: _in(e) and e["dims"].get("country") not in (*top, None), measure
+            lambda e, top=top: _in(e) and e["dims"].get("country") not in (*top, None),
+            measure,
         )
         assert series[2]["dims"]["country"] == "__other__"
         assert _close(series[2]["total"], other, measure), (measure, series[2], other)
