@@ -3,14 +3,20 @@ chosen): a plain Redis/Valkey, or a Redis Cluster found by asking the server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from typing import TypeAlias
+import traceback
+from pathlib import Path
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import redis as sync_redis
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
@@ -47,6 +53,66 @@ def _no_retries() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+_TRANSPORT_DIRS = (Path(sync_redis.__file__).parent, Path(asyncio.__file__).parent)
+
+
+def _closed_under_us(exc: BaseException) -> bool:
+    """Whether exc is a connection torn down while this call used it, surfacing as a
+    transport-internal error: `'NoneType' object has no attribute 'writelines'` when the
+    cluster client closes a node's connections while another task is connecting on one,
+    or `'NoneType' object is not callable` from asyncio's transport after a peer reset
+    (redis-py issue 4287). Only None dereferences raised inside redis-py or asyncio count,
+    so a bug of ours is never taken for an outage."""
+    if isinstance(exc, AttributeError):
+        if exc.obj is not None:
+            return False
+    elif not (isinstance(exc, TypeError) and "'NoneType'" in str(exc)):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    where = Path(frames[-1].filename)
+    return any(where.is_relative_to(d) for d in _TRANSPORT_DIRS)
+
+
+class ClosedAwareConnection(Connection):
+    """A redis-py connection whose use after it was closed under the call is the
+    ConnectionError it is (a 503 naming redis, handled like any dropped connection), not an
+    AttributeError or TypeError escaping as a 500."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, TypeError) as exc:
+            if not _closed_under_us(exc):
+                raise
+            raise RedisConnectionError(
+                f"connection to {self.host}:{self.port} closed while in use"
+            ) from exc
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except (AttributeError, TypeError) as exc:
+            if not _closed_under_us(exc):
+                raise
+            raise RedisConnectionError(
+                f"connection to {self.host}:{self.port} closed while in use"
+            ) from exc
+
+
+def _use_closed_aware(client: RedisCluster) -> RedisCluster:
+    """Makes every node of a cluster client (those known now and those discovered later)
+    open ClosedAwareConnections (RedisCluster fixes its connection class itself)."""
+    kwargs = client.nodes_manager.connection_kwargs
+    if kwargs.get("connection_class", Connection) is not Connection:
+        return client  # TLS: keep redis-py's SSLConnection
+    kwargs["connection_class"] = ClosedAwareConnection
+    for node in [*client.startup_nodes, *client.nodes_manager.startup_nodes.values()]:
+        node.connection_class = ClosedAwareConnection
+    return client
+
+
 def cluster_enabled(url: str, timeout: float = 2.0) -> bool | None:
     """Whether the server at url runs in cluster mode (`INFO cluster` says
     cluster_enabled:1); None when it cannot be asked (down, refused, wrong password)."""
@@ -78,15 +144,20 @@ def open_redis(url: str, cluster: bool | None = None) -> RedisClient:
             )
         cluster = bool(found)
     if cluster:
-        return RedisCluster.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=2,
-            max_connections=MAX_CONNECTIONS,
-            retry=_no_retries(),
-            # a master that is down leaves its slots unserved; the other slots keep working
-            require_full_coverage=False,
+        return _use_closed_aware(
+            RedisCluster.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                socket_connect_timeout=2,
+                max_connections=MAX_CONNECTIONS,
+                retry=_no_retries(),
+                # a master that is down leaves its slots unserved; the other slots keep working
+                require_full_coverage=False,
+            )
         )
+    options: dict[str, Any] = {}
+    if urlsplit(url).scheme == "redis":  # rediss:// and unix:// keep their own class
+        options["connection_class"] = ClosedAwareConnection
     return Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -94,6 +165,7 @@ def open_redis(url: str, cluster: bool | None = None) -> RedisClient:
         health_check_interval=15,
         max_connections=MAX_CONNECTIONS,
         retry=_no_retries(),
+        **options,
     )
 
 

@@ -31,7 +31,7 @@ from counters.embedded import (
 )
 from counters.services import resolve_settings
 from lua import Scripts
-from lua.client import RedisClient, cluster_enabled, open_redis
+from lua.client import REDIS_ERRORS, RedisClient, cluster_enabled, open_redis
 from lua.keys import ProjectKeys
 from persist.projects import create_key, ensure_project
 from tests.support import T0, ApiClient, Harness, InProcessApp, wait_for
@@ -297,3 +297,64 @@ async def test_ingest_declares_every_key_it_creates(
     await h.ingest(*late[150:], {"name": "pv", "ts": now - 500, "uid": "hot"})
     created = await slot_keys() - before - {h.keys.watermarks, h.keys.raw}
     assert created and created <= declared, sorted(created - declared)[:10]
+
+
+async def test_calls_racing_a_master_restart_fail_as_redis_errors(
+    cluster_url: str, cluster_dir: Path, csettings: Settings
+) -> None:
+    """Script calls from many tasks while a master is killed and restarted: every failure
+    is a Redis error (a 503), never a transport-internal AttributeError escaping as a 500
+    (the cluster client closes a node's connections while another task is connecting on
+    one; seen as HTTP 500s in the fault short form on the cluster)."""
+    client = open_redis(cluster_url)
+    assert isinstance(client, RedisCluster)
+    await client.initialize()
+    scripts = Scripts(client)
+    keys = [ProjectKeys(csettings.key_prefix, f"race{i}").rate_events for i in range(6)]
+    odd: list[BaseException] = []
+    failed = 0
+    done = asyncio.Event()
+
+    async def call(key: str) -> None:
+        nonlocal failed
+        while not done.is_set():
+            try:
+                await scripts.ratelimit(keys=[key], args=["1000.0", 1000, 1, ""])
+            except REDIS_ERRORS:
+                failed += 1
+                await asyncio.sleep(0.005)
+            except Exception as exc:  # what must never happen
+                odd.append(exc)
+                await asyncio.sleep(0.005)
+
+    tasks = [asyncio.create_task(call(k)) for k in keys for _ in range(3)]
+    try:
+        for node in cluster_nodes(cluster_dir):
+            before = failed
+
+            async def failing(before: int = before) -> bool:
+                return failed > before
+
+            kill_cluster_node(cluster_dir, node.index)
+            await wait_for(failing, bool, what="calls to the killed master failing")
+            await asyncio.to_thread(ensure_valkey_cluster, cluster_dir)
+    finally:
+        done.set()
+        await asyncio.gather(*tasks)
+        await client.aclose()
+    assert failed > 0
+    assert not odd, [f"{type(e).__name__}: {e}" for e in odd[:3]]
+
+
+def test_a_none_dereference_of_ours_is_not_taken_for_an_outage() -> None:
+    """Only None dereferences raised inside redis-py or asyncio become ConnectionErrors."""
+    from lua.client import _closed_under_us
+
+    try:
+        None.writelines  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert not _closed_under_us(exc)
+    try:
+        raise AttributeError("'Thing' object has no attribute 'x'")
+    except AttributeError as exc:
+        assert not _closed_under_us(exc)
