@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import msgspec
-from redis.asyncio import RedisCluster
 
 from counters.core.clock import Clock, SystemClock
 from counters.core.config import Settings
@@ -203,16 +202,15 @@ def build_services(
         RateLimiter(
             redis, scripts, settings, metrics, None if isinstance(clock, SystemClock) else clock
         ),
-        None if isinstance(redis, RedisCluster) else read_cache(settings),
+        read_cache(settings),
     )
 
 
 def read_cache(settings: Settings) -> HistoryCache | None:
     """The read cache the settings ask for: read_cache_entries and read_cache_bytes bound
     it, and an entry lives at most half of keep_after_copy_seconds (at most 60 s), the time
-    Redis surely keeps what a read with its older snapshot needs; None when off. Not used on
-    a Redis Cluster yet: there the e2e test read late hours short with it on (not found
-    yet, docs/ARCHITECTURE.md §13)."""
+    Redis surely keeps what a read with its older snapshot needs; None when off. The same
+    on one node and on a Redis Cluster."""
     if settings.read_cache_entries <= 0 or settings.read_cache_bytes <= 0:
         return None
     age = min(MAX_AGE_SECONDS, settings.keep_after_copy_seconds / 2)

@@ -13,10 +13,13 @@ the read path already merges correctly (ARCHITECTURE §6), and the cache never k
 longer than half of keep_after_copy_seconds. Minute retention deletes only rows a read is
 refused for (older than minute_retention_days).
 
-A cached part is also tied to the project's Redis watermarks (sealed-until per grain and the
-open late generation) as read before its snapshot: every seal and every late rotation ends
-it, so a part never outlives the Redis copy of what the persister copied after it was read
-(even when Redis drops those keys early, as a maxmemory eviction or an operator would)."""
+A cached part is also tied to the project's Redis watermarks (sealed-until per grain, the
+open late generation and the last one applied to Postgres) as read before its snapshot:
+every seal, every late rotation and every late generation applied ends it, so a part never
+outlives the Redis copy of what the persister copied after it was read (even when Redis
+drops those keys early, as a maxmemory eviction or an operator would). The applied
+generation is written to the watermarks after its Postgres commit and before its keys get
+a TTL, so a part read before the commit is stale before the keys it needs can go."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import uuid
 from typing import Any
 
 from lua.client import RedisClient, redis_unavailable
-from lua.keys import ProjectKeys
+from lua.keys import LATE_APPLIED, ProjectKeys
 
 
 def new_token() -> str:
@@ -42,7 +45,7 @@ async def bump_history(redis: RedisClient, keys: ProjectKeys) -> str:
     return token
 
 
-WATERMARK_FIELDS = ("m", "h", "d", "gen")
+WATERMARK_FIELDS = ("m", "h", "d", "gen", LATE_APPLIED)
 
 
 def queue_version(pipe: Any, keys: ProjectKeys) -> None:

@@ -17,6 +17,7 @@ from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
 from lua.keys import (
     COUNT,
+    LATE_APPLIED,
     ProjectKeys,
     parse_late_field,
     parse_late_hll_member,
@@ -68,7 +69,9 @@ class LateApplier:
 
     async def apply(self, conn: Conn, keys: ProjectKeys, gen: int) -> None:
         """Adds one closed generation's deltas (counts, sums; sketches as the union with the
-        stored one) to the rollups, unless it was applied already; then its keys expire."""
+        stored one) to the rollups, unless it was applied already; then records it in the
+        watermarks (`la`, which ends every cached part read before) and lets its keys
+        expire."""
         with redis_unavailable():
             deltas = await self.redis.hgetall(keys.late(gen))
             index = cast(set[bytes], await self.redis.smembers(keys.late_hll_index(gen)))
@@ -101,6 +104,9 @@ class LateApplier:
         keep = self.settings.keep_after_copy_seconds
         with redis_unavailable():
             pipe = self.redis.pipeline(transaction=False)
+            # first: a read cache's part from before this commit lacks the generation and
+            # needs its keys, which may go from now on (history_version.WATERMARK_FIELDS)
+            pipe.hset(keys.watermarks, LATE_APPLIED, gen)
             pipe.expire(keys.late(gen), keep)
             pipe.expire(keys.late_hll_index(gen), keep)
             for member in members:
