@@ -13,6 +13,20 @@ SURVIVED_BEFORE_TRACEBACK = ("persister: pass failed",)
 (the data checks say whether it mattered)."""
 
 
+def _exception_of(lines: list[str], at: int) -> list[str]:
+    """The last frames and the exception line of the traceback at or after lines[at] (what
+    names the error; a traceback's middle is mostly the framework's frames)."""
+    start = next(
+        (j for j in range(at, min(at + 3, len(lines))) if lines[j].startswith("Traceback")), None
+    )
+    if start is None:
+        return []
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith(" ") or not lines[end]):
+        end += 1
+    return ["  [...]", *lines[max(start + 1, end - 12) : end + 1]]
+
+
 def check_logs(cluster: Cluster, f: Findings, log: Log) -> None:
     """Never a 500 and no crash: the service log holds no unexpected error, no process log a
     traceback (other than asyncpg's own pool warnings while Postgres restarts; a persister
@@ -31,7 +45,7 @@ def check_logs(cluster: Cluster, f: Findings, log: Log) -> None:
                 and not any(b in before for b in BENIGN_BEFORE_TRACEBACK)
             )
             if bad:
-                excerpt = "\n".join(lines[max(0, i - 3) : i + 40])
+                excerpt = "\n".join(lines[max(0, i - 3) : i + 3] + _exception_of(lines, i))
                 f.fail(f"{p.name} log ({p.log_path}) holds an error:\n{excerpt}", log)
                 break
         if survived:
