@@ -54,24 +54,30 @@ def _no_retries() -> Retry:
 
 
 _TRANSPORT_DIRS = (Path(sync_redis.__file__).parent, Path(asyncio.__file__).parent)
+UVLOOP_CLOSED = "the handler is closed"
+"""What uvloop's transport raises (a RuntimeError) when written to after it was closed."""
 
 
 def _closed_under_us(exc: BaseException) -> bool:
     """Whether exc is a connection torn down while this call used it, surfacing as a
-    transport-internal error: `'NoneType' object has no attribute 'writelines'` when the
-    cluster client closes a node's connections while another task is connecting on one,
-    or `'NoneType' object is not callable` from asyncio's transport after a peer reset
-    (redis-py issue 4287). Only None dereferences raised inside redis-py or asyncio count,
-    so a bug of ours is never taken for an outage."""
+    transport-internal error rather than a ConnectionError: `'NoneType' object has no
+    attribute 'writelines'` when the cluster client closes a node's connections while
+    another task is connecting on one; under uvloop the same race is `RuntimeError: unable
+    to perform operation on <TCPTransport closed=True ...>; the handler is closed`;
+    `'NoneType' object is not callable` comes from asyncio's transport after a peer reset
+    (redis-py issue 4287). Only these errors, raised inside redis-py, asyncio or uvloop,
+    count, so a bug of ours is never taken for an outage."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    where = Path(frames[-1].filename)
+    if isinstance(exc, RuntimeError):
+        return UVLOOP_CLOSED in str(exc) and where.parts[:1] == ("uvloop",)
     if isinstance(exc, AttributeError):
         if exc.obj is not None:
             return False
     elif not (isinstance(exc, TypeError) and "'NoneType'" in str(exc)):
         return False
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return False
-    where = Path(frames[-1].filename)
     return any(where.is_relative_to(d) for d in _TRANSPORT_DIRS)
 
 
@@ -83,7 +89,7 @@ class ClosedAwareConnection(Connection):
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)
-        except (AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError, RuntimeError) as exc:
             if not _closed_under_us(exc):
                 raise
             raise RedisConnectionError(
@@ -93,7 +99,7 @@ class ClosedAwareConnection(Connection):
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().read_response(*args, **kwargs)
-        except (AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError, RuntimeError) as exc:
             if not _closed_under_us(exc):
                 raise
             raise RedisConnectionError(
