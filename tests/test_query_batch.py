@@ -218,3 +218,31 @@ async def test_catalog_etag_and_304(ctx: ApiClient) -> None:
     changed = await _client(ctx).get(url, headers={**ctx.read_h, "If-None-Match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
     assert "newname" in [n["name"] for n in changed.json()["names"]]
+
+
+def test_document_describes_batch_compare_and_partial() -> None:
+    from api.routes import document
+
+    doc = document()
+    paths = doc["paths"]
+    batch = paths["/v1/projects/{project}/query"]
+    assert (batch["get"]["operationId"], batch["post"]["operationId"]) == (
+        "queryBatch",
+        "queryBatchPost",
+    )
+    assert {"200", "304", "400"} <= set(batch["get"]["responses"]) & set(batch["post"]["responses"])
+    assert "ETag" in paths["/v1/projects/{project}/catalog"]["get"]["responses"]["200"]["headers"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["Compare"]["enum"] == ["previous_period", "previous_year"]
+    for path in ("series", "total"):
+        params = {
+            p["name"]: p for p in paths[f"/v1/projects/{{project}}/{path}"]["get"]["parameters"]
+        }
+        assert params["compare"]["schema"] == {"$ref": "#/components/schemas/Compare"}
+    across = {p["name"] for p in paths["/v1/series"]["get"]["parameters"]}
+    assert "compare" not in across
+    assert "partial" in schemas["Point"]["properties"]
+    for reply in ("SeriesReply", "TotalReply", "NamedSeries", "NamedTotal"):
+        assert "comparison" in schemas[reply]["properties"]
+        assert "comparison" not in schemas[reply]["required"]
+    assert schemas["BatchRequest"]["properties"]["queries"]["maxItems"] == 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
 
@@ -18,13 +19,18 @@ Value = Measured
 _ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
 
 
+PARTIAL = "true on the bucket still in progress (its period ends after now); absent otherwise"
+SERIES_COMPARISON = "With compare only: the same series over the compared range"
+TOTAL_COMPARISON = "With compare only: the same total over the compared range"
+
+
 class Point(msgspec.Struct, gc=False, omit_defaults=True):
     """One labelled value. It holds only a string, a number and a flag, so it can be in no
     reference cycle and the GC need not track it (a 720-point reply would wake it)."""
 
     bucket: str
     value: Value
-    partial: bool = False
+    partial: Annotated[bool, msgspec.Meta(description=PARTIAL)] = False
     """True on the bucket still in progress (its period ends after now); left out when
     false, so only that point carries the key."""
 
@@ -46,6 +52,12 @@ class TotalComparison(msgspec.Struct, rename={"from_": "from"}):
     value: Value
 
 
+SeriesComparisonField = Annotated[
+    SeriesComparison | None, msgspec.Meta(description=SERIES_COMPARISON)
+]
+TotalComparisonField = Annotated[TotalComparison | None, msgspec.Meta(description=TOTAL_COMPARISON)]
+
+
 class SeriesReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     name: str
     measure: str
@@ -56,7 +68,7 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     to: str
     source: str
     data: list[Point]
-    comparison: SeriesComparison | None = None
+    comparison: SeriesComparisonField = None
     """With compare only (the key is left out otherwise)."""
 
 
@@ -65,7 +77,7 @@ class NamedSeries(msgspec.Struct, omit_defaults=True):
     dims: dict[str, str]
     total: Value
     data: list[Point]
-    comparison: SeriesComparison | None = None
+    comparison: SeriesComparisonField = None
     """With compare only (the key is left out otherwise)."""
 
 
@@ -85,14 +97,14 @@ class TotalReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     from_: str
     to: str
     value: Value
-    comparison: TotalComparison | None = None
+    comparison: TotalComparisonField = None
     """With compare only (the key is left out otherwise)."""
 
 
 class NamedTotal(msgspec.Struct, omit_defaults=True):
     name: str
     value: Value
-    comparison: TotalComparison | None = None
+    comparison: TotalComparisonField = None
     """With compare only (the key is left out otherwise)."""
 
 
