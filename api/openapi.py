@@ -18,7 +18,9 @@ from counters.core.models import (
     IngestReply,
 )
 from counters.core.periods import PRECISIONS
+from counters.engines.read.batch import KINDS, MAX_ID_CHARS, MAX_QUERIES
 from counters.engines.read.catalog import Catalog, WhoAmI
+from counters.engines.read.parse import COMPARES
 from counters.engines.read.reply import (
     MultiSeriesReply,
     MultiTotalReply,
@@ -111,6 +113,7 @@ ENUMS: dict[str, list[str]] = {
     "Precision": list(PRECISIONS),
     "Grain": ["minute", "hour", "day"],
     "Format": ["json", "csv", "long"],
+    "Compare": list(COMPARES),
 }
 """Shared enum components, each named once and referenced by every parameter using it."""
 NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN}
@@ -171,16 +174,86 @@ READ_PARAMS = [
         "Top N tuples (limit + 2 series x buckets x names <= max_points)",
     ),
     query("format", ref("Format"), "Reply shape: json (default), csv or long"),
+    query(
+        "compare",
+        ref("Compare"),
+        "Add the same read over the range just before (previous_period: as many periods)"
+        " or a calendar year earlier in tz (previous_year) as `comparison`; JSON only, not"
+        " with group_by",
+    ),
     DIM_FILTERS,
     IF_NONE_MATCH,
 ]
 TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
+PROJECTS_PARAMS = [p for p in READ_PARAMS if p["name"] != "compare"]
+"""GET /v1/series across projects takes no compare."""
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 QUERY_KEY: list[dict[str, list[str]]] = [{"queryKey": []}]
 ETAG_HEADER = {
     "ETag": {"description": "Send it back in If-None-Match", "schema": {"type": "string"}}
 }
+
+
+PARAM_VALUE = {
+    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    "description": "A read parameter's value; a list is the parameter repeated",
+}
+SCHEMAS: dict[str, Any] = {
+    "BatchQuery": {
+        "type": "object",
+        "description": "One query: id, kind and the read parameters of GET /series or /total"
+        " (catalog takes none); they override common's, key by key",
+        "required": ["id", "kind"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+            "kind": {"type": "string", "enum": list(KINDS)},
+        },
+        "additionalProperties": PARAM_VALUE,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "description": "Several reads in one request (POST body, or GET ?q=<this as JSON>)",
+        "required": ["queries"],
+        "properties": {
+            "common": {
+                "type": "object",
+                "description": "Read parameters every query starts from",
+                "additionalProperties": PARAM_VALUE,
+            },
+            "queries": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_QUERIES,
+                "items": {"$ref": "#/components/schemas/BatchQuery"},
+            },
+        },
+        "additionalProperties": False,
+    },
+    "BatchReply": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "object",
+                "description": "Per query id, exactly the JSON its single route answers",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"$ref": f"#/components/schemas/{n}"}
+                        for n in (
+                            "SeriesReply",
+                            "MultiSeriesReply",
+                            "TotalReply",
+                            "MultiTotalReply",
+                            "Catalog",
+                        )
+                    ]
+                },
+            }
+        },
+    },
+}
+"""Components written by hand (shapes no msgspec model describes)."""
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,6 +354,7 @@ def build(routes: Sequence[RouteSpec]) -> dict[str, Any]:
     components = decimals_as_numbers(components)
     for enum, values in ENUMS.items():
         components[enum] = {"type": "string", "enum": values}
+    components.update(SCHEMAS)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if route.operation is not None:

@@ -40,6 +40,7 @@ RESERVED = {
     "limit",
     "project",
     "format",
+    "compare",
 }
 FILTER_PREFIX = "d."
 """`d.<dim>=<value>`: a dim filter in the explicit form, taken even for a dim never seen."""
@@ -90,6 +91,8 @@ class ReadQuery(msgspec.Struct, frozen=True):
     any_of: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Dims filtered on several values (a repeated filter: any of them, SQL `IN`), sorted;
     `filters` holds the dims filtered on one value. A dim is in one of the two, never both."""
+    compare: str | None = None
+    """previous_period or previous_year: the reply adds the same read of that range."""
 
     @property
     def name(self) -> str:
@@ -354,6 +357,22 @@ def parse_limit(params: Mapping[str, str]) -> int:
     return top
 
 
+COMPARES = ("previous_period", "previous_year")
+"""What `compare` may ask for: the range just before, or the same range a year earlier."""
+
+
+def parse_compare(params: Mapping[str, str], group_by: tuple[str, ...]) -> str | None:
+    """The comparison asked for (None when none): one of COMPARES, never with group_by."""
+    compare = params.get("compare")
+    if compare is None:
+        return None
+    if compare not in COMPARES:
+        raise _bad(f"compare must be one of {', '.join(COMPARES)}")
+    if group_by:
+        raise _bad("compare: not with group_by")
+    return compare
+
+
 def parse_read(
     params: Mapping[str, str],
     now_ms: int,
@@ -373,6 +392,7 @@ def parse_read(
     filters = parse_filters(params, known_dims)
     group_by = parse_group_by(params, filters)
     top = parse_limit(params)
+    compare = parse_compare(params, group_by)
     rollup = rollup_for_filters([*filters, *group_by])
     # a breakdown's __none__ needs the filters' own rollup too (what the tuples add up to)
     stored = is_stored(rollup, crosstabs) and is_stored(rollup_for_filters(filters), crosstabs)
@@ -391,6 +411,7 @@ def parse_read(
         alias,
         source,
         tuple(sorted((d, vs) for d, vs in filters.items() if len(vs) > 1)),
+        compare=compare,
     )
     if oldest_minute is not None and source == "rollups":
         check_range_retention(q, oldest_minute)
