@@ -6,7 +6,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.common import app_state, authenticate, authorize, bearer_key, json_response, read_context
+from api.common import (
+    app_state,
+    authenticate,
+    authorize,
+    bearer_key,
+    etag_response,
+    json_response,
+    read_context,
+)
 from api.limits import charge_key
 from counters.engines.read.catalog import WhoAmI, read_catalog
 
@@ -22,10 +30,11 @@ async def whoami(request: Request) -> Response:
 
 
 async def catalog(request: Request) -> Response:
-    """GET /v1/projects/{project}/catalog: event names of the last 30 days and their dims."""
+    """GET /v1/projects/{project}/catalog: event names of the last 30 days and their dims,
+    with an ETag (304 when unchanged)."""
     state = app_state(request)
     project = await authorize(
         state, bearer_key(request), scope="read", project=request.path_params["project"]
     )
     now = state.clock.now_ms()
-    return json_response(await read_catalog(read_context(state, project, now), now))
+    return etag_response(request, await read_catalog(read_context(state, project, now), now))

@@ -18,6 +18,7 @@ from counters.core.models import (
     IngestReply,
 )
 from counters.core.periods import PRECISIONS
+from counters.engines.read.batch import KINDS, MAX_ID_CHARS, MAX_QUERIES
 from counters.engines.read.catalog import Catalog, WhoAmI
 from counters.engines.read.reply import (
     MultiSeriesReply,
@@ -181,6 +182,67 @@ ETAG_HEADER = {
 }
 
 
+PARAM_VALUE = {
+    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    "description": "A read parameter's value; a list is the parameter repeated",
+}
+SCHEMAS: dict[str, Any] = {
+    "BatchQuery": {
+        "type": "object",
+        "description": "One query: id, kind and the read parameters of GET /series or /total"
+        " (catalog takes none); they override common's, key by key",
+        "required": ["id", "kind"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+            "kind": {"type": "string", "enum": list(KINDS)},
+        },
+        "additionalProperties": PARAM_VALUE,
+    },
+    "BatchRequest": {
+        "type": "object",
+        "description": "Several reads in one request (POST body, or GET ?q=<this as JSON>)",
+        "required": ["queries"],
+        "properties": {
+            "common": {
+                "type": "object",
+                "description": "Read parameters every query starts from",
+                "additionalProperties": PARAM_VALUE,
+            },
+            "queries": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_QUERIES,
+                "items": {"$ref": "#/components/schemas/BatchQuery"},
+            },
+        },
+        "additionalProperties": False,
+    },
+    "BatchReply": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "object",
+                "description": "Per query id, exactly the JSON its single route answers",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"$ref": f"#/components/schemas/{n}"}
+                        for n in (
+                            "SeriesReply",
+                            "MultiSeriesReply",
+                            "TotalReply",
+                            "MultiTotalReply",
+                            "Catalog",
+                        )
+                    ]
+                },
+            }
+        },
+    },
+}
+"""Components written by hand (shapes no msgspec model describes)."""
+
+
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """What the document says about one route: summary, parameters, replies, errors."""
 
@@ -279,6 +341,7 @@ def build(routes: Sequence[RouteSpec]) -> dict[str, Any]:
     components = decimals_as_numbers(components)
     for enum, values in ENUMS.items():
         components[enum] = {"type": "string", "enum": values}
+    components.update(SCHEMAS)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if route.operation is not None:

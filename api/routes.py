@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from api import catalog, events, ingest, keys, links, ops, pixel, prom, reads, sdks
 from api.openapi import (
+    IF_NONE_MATCH,
     PROJECT,
     QUERY_KEY,
     READ_ERRORS,
@@ -26,6 +27,7 @@ from api.openapi import (
     query,
     ref,
 )
+from api.query import query_get, query_post
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -85,6 +87,27 @@ def _read(
         ok_content=content,
         not_modified=True,
         errors=READ_ERRORS,
+    )
+
+
+def _batch(
+    operation_id: str,
+    summary: str,
+    params: tuple[dict[str, Any], ...],
+    request_body: dict[str, Any] | None = None,
+) -> Operation:
+    """The operation of a batched read: secured, ETag-revalidated (304), the read errors."""
+    return Operation(
+        summary=summary,
+        operation_id=operation_id,
+        tags=("read",),
+        secured=True,
+        params=params,
+        request_body=request_body,
+        ok="Every query's reply by its id",
+        ok_schema=ref("BatchReply"),
+        not_modified=True,
+        errors=(*READ_ERRORS, 413) if request_body is not None else READ_ERRORS,
     )
 
 
@@ -164,6 +187,36 @@ ROUTES: list[RouteSpec] = [
         ),
     ),
     RouteSpec(
+        "/v1/projects/{project}/query",
+        "GET",
+        query_get,
+        _batch(
+            "queryBatch",
+            "Several series, totals and catalogs in one request, one ETag (q=<JSON>)",
+            (
+                PROJECT,
+                query(
+                    "q",
+                    {"type": "string"},
+                    "The batch as JSON (the BatchRequest schema)",
+                    required=True,
+                ),
+                IF_NONE_MATCH,
+            ),
+        ),
+    ),
+    RouteSpec(
+        "/v1/projects/{project}/query",
+        "POST",
+        query_post,
+        _batch(
+            "queryBatchPost",
+            "Several series, totals and catalogs in one request (the batch as the body)",
+            (PROJECT, IF_NONE_MATCH),
+            request_body={"required": True, **json_content(ref("BatchRequest"))},
+        ),
+    ),
+    RouteSpec(
         "/v1/series",
         "GET",
         reads.projects_series,
@@ -199,9 +252,10 @@ ROUTES: list[RouteSpec] = [
             operation_id="getCatalog",
             tags=("catalog",),
             secured=True,
-            params=(PROJECT,),
+            params=(PROJECT, IF_NONE_MATCH),
             ok="Catalog",
             ok_schema=ref("Catalog"),
+            not_modified=True,
             errors=(401, 403, 404, 429, 503),
         ),
     ),

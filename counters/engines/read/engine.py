@@ -37,11 +37,24 @@ from lua.keys import ProjectKeys
 MAX_PROJECTS = 20
 
 
+def check_query(ctx: ReadContext, q: ReadQuery, *, total: bool) -> None:
+    """Refuses (400) a series (total=False) or total read before any work: a total with
+    group_by, or a read over the bucket cap, the points limit or retention (what
+    read_series and read_total check first; a batch checks all its queries with it before
+    reading any)."""
+    if total and q.group_by:
+        raise BadRequest(
+            "group_by: total answers one value; ask series for a breakdown",
+            code="bad_parameter",
+        )
+    check_read(q, ctx.limits, ctx.oldest_minute, total=total)
+
+
 async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeriesReply:
     """Zero-padded values per period of every name; with group_by, the top tuples and
     __other__; from the raw log when no rollup covers the dims. Refused (400) before any
     work when over the bucket cap, the points limit or retention."""
-    check_read(q, ctx.limits, ctx.oldest_minute, total=False)
+    check_query(ctx, q, total=False)
     cells = series_plan(q, ctx.oldest_minute)
     if q.source == "raw":
         await check_raw_budget(ctx, q)
@@ -60,12 +73,7 @@ async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeri
 async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
     """One value per name over the whole range; uniques are the union of every sketch.
     Refused (400) before any work when over the bucket cap or retention, as series is."""
-    if q.group_by:
-        raise BadRequest(
-            "group_by: total answers one value; ask series for a breakdown",
-            code="bad_parameter",
-        )
-    check_read(q, ctx.limits, ctx.oldest_minute, total=True)
+    check_query(ctx, q, total=True)
     if q.source == "raw":
         await check_raw_budget(ctx, q)
     values: list[NamedTotal] = []
