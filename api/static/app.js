@@ -416,10 +416,11 @@ function drawChart(box, pts, cmp, o) {
     out.push(`<text class="ylab" x="${L - 6}" y="${(y(v) + 4).toFixed(1)}">${escapeHtml(fmtShort(v))}</text>`);
   }
   out.push(`<line class="axis" x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}"/>`);
-  const labels = Math.max(2, Math.floor((W - L - R) / 90));
+  const sample = fmtTick(times[0] || 0, o.precision, o.tz, span);
+  const labels = Math.max(1, Math.floor((W - L - R) / (sample.length * 6 + 24)));
   const every = Math.max(1, Math.ceil(n / labels));
-  for (let i = 0; i < n; i += every) {
-    const anchor = i === 0 && n > 1 ? "start" : "middle";
+  for (let i = Math.floor((every - 1) / 2); i < n; i += every) {
+    const anchor = "middle";
     out.push(`<line class="tick" x1="${x(i).toFixed(1)}" x2="${x(i).toFixed(1)}" y1="${H - B}" y2="${H - B + 4}"/>`);
     out.push(`<text class="xlab" text-anchor="${anchor}" x="${x(i).toFixed(1)}" y="${H - 6}">${escapeHtml(fmtTick(times[i], o.precision, o.tz, span))}</text>`);
   }
@@ -532,7 +533,9 @@ function kpiValues(totals, m, names) {
   const value = items.reduce((a, it) => a + Number(it.value), 0);
   const cmps = items.map(cmpOf);
   const cmp = cmps.length && cmps.every((c) => c !== null) ? cmps.reduce((a, c) => a + c, 0) : null;
-  return { value, cmp, sub: names.length > 1 ? `all ${names.length} events` : names[0] || "" };
+  const some = items.filter((it) => Number(it.value) !== 0).map((it) => it.name);
+  const sub = some.length === 1 ? "in " + some[0] : some.length ? `${some.length} events` : "";
+  return { value, cmp, sub };
 }
 
 function renderKpis(totals, names) {
@@ -564,20 +567,20 @@ function card(name) {
 }
 
 function renderTable(entry, dim, rows, total, m) {
-  if (!rows) return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="4">${escapeHtml(dim)}</th></tr><tr><td colspan="4" class="muted">not loaded (too many queries for one batch)</td></tr></table>`;
+  if (!rows) return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">not loaded (too many queries for one batch)</td></tr></table>`;
   const shown = rows.filter((r) => Number(r.total) > 0);
   const body = shown.map((r) => {
     const v = r.dims[dim];
     const real = v !== "__other__" && v !== "__none__";
     const share = total > 0 ? (Number(r.total) / total) * 100 : 0;
     return `<tr class="${real ? "row" : "row rest"}" data-dim="${escapeHtml(dim)}" data-value="${escapeHtml(v)}"${real ? ' tabindex="0" title="filter on this value"' : ""}>` +
-      `<td class="k">${escapeHtml(dimValueLabel(v))}</td>` +
-      `<td class="bar"><span style="width:${Math.min(100, share).toFixed(1)}%"></span></td>` +
+      `<td class="k"><span class="b" style="width:${Math.min(100, share).toFixed(1)}%"></span>` +
+      `<span class="t">${escapeHtml(dimValueLabel(v))}</span></td>` +
       `<td class="v">${escapeHtml(fmt(Number(r.total)))}</td>` +
       `<td class="pct">${share.toFixed(share < 10 ? 1 : 0)}%</td></tr>`;
   });
-  if (!body.length) body.push(`<tr><td colspan="4" class="muted">no ${escapeHtml(MEASURE_LABEL[m])} in range</td></tr>`);
-  return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="4">${escapeHtml(dim)}</th></tr>${body.join("")}</table>`;
+  if (!body.length) body.push(`<tr><td colspan="3" class="muted">no ${escapeHtml(MEASURE_LABEL[m])} in range</td></tr>`);
+  return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="3">${escapeHtml(dim)}</th></tr>${body.join("")}</table>`;
 }
 
 function renderCard(el, entry, data, meta) {
@@ -619,7 +622,7 @@ function renderCard(el, entry, data, meta) {
   for (const dim of shownDims(entry)) {
     if (filtered.has(dim)) {
       const vs = state.filters.filter(([d]) => d === dim).map(([, v]) => v).join(", ");
-      tables.push(`<table data-dim="${escapeHtml(dim)}" class="filtered"><tr><th colspan="4">${escapeHtml(dim)}</th></tr><tr><td colspan="4" class="muted">filtered to ${escapeHtml(vs)}</td></tr></table>`);
+      tables.push(`<table data-dim="${escapeHtml(dim)}" class="filtered"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">filtered to ${escapeHtml(vs)}</td></tr></table>`);
       continue;
     }
     tables.push(renderTable(entry, dim, data.breakdowns[entry.name + "\u0000" + dim], total, m));
@@ -676,6 +679,7 @@ function render(body, meta) {
 
 let timer = null;
 let generation = 0;
+let polls = 0;
 let view = null; // what the last batch was built for
 
 function syncControls(now) {
@@ -725,6 +729,8 @@ async function refresh() {
   const sig = catalogSig(catalog);
   const batch = buildBatch(precision, win);
   let again = false;
+  polls += 1;
+  document.documentElement.dataset.polls = String(polls); // one batch request per poll
   try {
     const { body, fresh } = await fetchBatch(batch);
     if (gen !== generation) return; // a newer refresh started meanwhile
