@@ -71,6 +71,7 @@ def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
         state.restore,
         limits,
         state.services.read_cache,
+        now_ms,
     )
 
 

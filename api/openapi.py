@@ -20,6 +20,7 @@ from counters.core.models import (
 from counters.core.periods import PRECISIONS
 from counters.engines.read.batch import KINDS, MAX_ID_CHARS, MAX_QUERIES
 from counters.engines.read.catalog import Catalog, WhoAmI
+from counters.engines.read.parse import COMPARES
 from counters.engines.read.reply import (
     MultiSeriesReply,
     MultiTotalReply,
@@ -112,6 +113,7 @@ ENUMS: dict[str, list[str]] = {
     "Precision": list(PRECISIONS),
     "Grain": ["minute", "hour", "day"],
     "Format": ["json", "csv", "long"],
+    "Compare": list(COMPARES),
 }
 """Shared enum components, each named once and referenced by every parameter using it."""
 NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN}
@@ -170,10 +172,19 @@ READ_PARAMS = [
         "Top N tuples (limit + 2 series x buckets x names <= max_points)",
     ),
     query("format", ref("Format"), "Reply shape: json (default), csv or long"),
+    query(
+        "compare",
+        ref("Compare"),
+        "Add the same read over the range just before (previous_period: as many periods)"
+        " or a calendar year earlier in tz (previous_year) as `comparison`; JSON only, not"
+        " with group_by",
+    ),
     DIM_FILTERS,
     IF_NONE_MATCH,
 ]
 TOTAL_PARAMS = [p for p in READ_PARAMS if p["name"] not in ("group_by", "limit")]
+PROJECTS_PARAMS = [p for p in READ_PARAMS if p["name"] != "compare"]
+"""GET /v1/series across projects takes no compare."""
 PROJECT = {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 QUERY_KEY: list[dict[str, list[str]]] = [{"queryKey": []}]

@@ -33,17 +33,29 @@ async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
     return ctx, q
 
 
+def _format(request: Request, q: ReadQuery) -> str:
+    """The reply format; compare is JSON only (400 with format long or csv)."""
+    fmt = parse_format(request.query_params, request.headers.get("accept"))
+    if q.compare is not None and fmt != "json":
+        raise BadRequest(
+            f"compare: the reply is JSON only (not format {fmt}); read the compared range"
+            " with its own from/to for rows",
+            code="bad_parameter",
+        )
+    return fmt
+
+
 async def series(request: Request) -> Response:
     """Zero-padded values per period; with group_by, the top tuples and __other__."""
     ctx, q = await _read(request)
-    fmt = parse_format(request.query_params, request.headers.get("accept"))
+    fmt = _format(request, q)
     return render(request, q, await read_series(ctx, q), fmt)
 
 
 async def total(request: Request) -> Response:
     """One value over the whole range; uniques are the union of every bucket's sketch."""
     ctx, q = await _read(request)
-    fmt = parse_format(request.query_params, request.headers.get("accept"))
+    fmt = _format(request, q)
     return render(request, q, await read_total(ctx, q), fmt)
 
 

@@ -16,6 +16,7 @@ from api import catalog, events, ingest, keys, links, ops, pixel, prom, reads, s
 from api.openapi import (
     IF_NONE_MATCH,
     PROJECT,
+    PROJECTS_PARAMS,
     QUERY_KEY,
     READ_ERRORS,
     READ_PARAMS,
@@ -223,7 +224,10 @@ ROUTES: list[RouteSpec] = [
         _read(
             "getSeriesAcrossProjects",
             "One series per project plus their union",
-            (query("project", {"type": "string"}, "Project (repeat)", required=True), *READ_PARAMS),
+            (
+                query("project", {"type": "string"}, "Project (repeat)", required=True),
+                *PROJECTS_PARAMS,
+            ),
             "Series",
             ref("ProjectsReply"),
             formats=False,

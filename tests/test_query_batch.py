@@ -5,6 +5,7 @@ ETag too (in-process app on a manual clock, real Redis and Postgres)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,10 +15,12 @@ import httpx
 import msgspec
 import pytest_asyncio
 
-from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
+from counters.core.buckets import HOUR_MS, MINUTE_MS, format_ts, parse_ts
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from persist.projects import create_key
+from tests.service import Service
+from tests.service import create_key as create_cli_key
 from tests.support import ApiClient, InProcessApp
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
@@ -30,6 +33,8 @@ QUERIES: list[dict[str, Any]] = [
     {"id": "f", "kind": "series", "name": "click", "d.source": "a", "precision": "2h"},
     {"id": "t", "kind": "total", "name": "purchase", "measure": "sum"},
     {"id": "c", "kind": "catalog"},
+    {"id": "bare", "kind": "total", "name": "click", "source": "b", "compare": "previous_period"},
+    {"id": "live", "kind": "series", "name": "click", "excluding_current": "false"},
 ]
 BATCH = {"common": COMMON, "queries": QUERIES}
 
@@ -99,6 +104,8 @@ async def test_results_equal_the_single_routes(ctx: ApiClient) -> None:
     assert [s["dims"]["source"] for s in results["b.click.source"]["series"][:2]] == ["a", "b"]
     assert len(results["m"]["series"]) == 2 and results["t"]["value"] > 0
     assert results["c"]["names"][0] == {"name": "click", "dims": ["source"]}
+    assert results["bare"]["comparison"]["to"] == "2026-04-15T00:00:00Z"
+    assert results["live"]["data"][-1]["partial"] is True
     post = await batch_post(ctx, BATCH)
     assert post.status_code == 200 and post.content == r.content
     assert post.headers["etag"] == r.headers["etag"]
@@ -218,3 +225,90 @@ async def test_catalog_etag_and_304(ctx: ApiClient) -> None:
     changed = await _client(ctx).get(url, headers={**ctx.read_h, "If-None-Match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
     assert "newname" in [n["name"] for n in changed.json()["names"]]
+
+
+def test_document_describes_batch_compare_and_partial() -> None:
+    from api.routes import document
+
+    doc = document()
+    paths = doc["paths"]
+    batch = paths["/v1/projects/{project}/query"]
+    assert (batch["get"]["operationId"], batch["post"]["operationId"]) == (
+        "queryBatch",
+        "queryBatchPost",
+    )
+    assert {"200", "304", "400"} <= set(batch["get"]["responses"]) & set(batch["post"]["responses"])
+    assert "ETag" in paths["/v1/projects/{project}/catalog"]["get"]["responses"]["200"]["headers"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["Compare"]["enum"] == ["previous_period", "previous_year"]
+    for path in ("series", "total"):
+        params = {
+            p["name"]: p for p in paths[f"/v1/projects/{{project}}/{path}"]["get"]["parameters"]
+        }
+        assert params["compare"]["schema"] == {"$ref": "#/components/schemas/Compare"}
+    across = {p["name"] for p in paths["/v1/series"]["get"]["parameters"]}
+    assert "compare" not in across
+    assert "partial" in schemas["Point"]["properties"]
+    for reply in ("SeriesReply", "TotalReply", "NamedSeries", "NamedTotal"):
+        assert "comparison" in schemas[reply]["properties"]
+        assert "comparison" not in schemas[reply]["required"]
+    assert schemas["BatchRequest"]["properties"]["queries"]["maxItems"] == 50
+
+
+def test_a_dashboard_batch_over_real_http(service: Service) -> None:
+    """50 queries in one GET URL through the real server (uvicorn): 200, then 304 on
+    revalidation; the POST of the same batch has the same ETag."""
+    project = "qe" + uuid.uuid4().hex[:8]
+    ingest, read = (create_cli_key(service.env, project, s) for s in ("ingest", "read"))
+    now = int(time.time() * 1000)
+    hour = now - now % HOUR_MS
+    events = [
+        {
+            "name": f"n{i % 5}",
+            "ts": hour - 3 * HOUR_MS + i * MINUTE_MS,
+            "dims": {"source": "ab"[i % 2]},
+        }
+        for i in range(120)
+    ]
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        posted = http.post("/v1/events", json=events, headers={"Authorization": f"Bearer {ingest}"})
+        assert posted.status_code == 200, posted.text
+        common = {"from": format_ts(hour - 4 * HOUR_MS), "to": format_ts(hour), "precision": "10m"}
+        queries: list[dict[str, Any]] = []
+        for i in range(5):
+            queries.append({"id": f"series.n{i}", "kind": "series", "name": f"n{i}"})
+            queries.append(
+                {"id": f"total.n{i}", "kind": "total", "name": f"n{i}", "measure": "uniques"}
+            )
+            for n in range(8):
+                queries.append(
+                    {
+                        "id": f"top.n{i}.{n}",
+                        "kind": "series",
+                        "name": f"n{i}",
+                        "group_by": "source",
+                        "limit": str(n + 1),
+                    }
+                )
+        assert len(queries) == 50
+        batch = msgspec.json.encode({"common": common, "queries": queries})
+        headers = {"Authorization": f"Bearer {read}"}
+        url = f"/v1/projects/{project}/query"
+        got = http.get(url, params={"q": batch.decode()}, headers=headers)
+        assert got.status_code == 200, got.text
+        assert len(got.request.url.query) > 4000  # a long URL, and the server takes it
+        results = got.json()["results"]
+        assert (
+            sum(sum(p["value"] for p in results[f"series.n{i}"]["data"]) for i in range(5)) == 120
+        )
+        single = http.get(
+            f"/v1/projects/{project}/series", params={**common, "name": "n3"}, headers=headers
+        )
+        assert results["series.n3"] == single.json()
+        tag = got.headers["etag"]
+        again = http.get(
+            url, params={"q": batch.decode()}, headers={**headers, "If-None-Match": tag}
+        )
+        assert again.status_code == 304
+        post = http.post(url, content=batch, headers=headers)
+        assert post.status_code == 200 and post.headers["etag"] == tag

@@ -33,6 +33,9 @@ class ReadContext:
     """The bounds every read of this request is checked against (engines.read.limits)."""
     history: HistoryCache | None = None
     """The process's cache of reads' Postgres parts (None: every read asks Postgres)."""
+    now_ms: int | None = None
+    """The request's one clock read: a series' point whose period ends after it is marked
+    partial (None: no point is)."""
 
     @property
     def project(self) -> str:

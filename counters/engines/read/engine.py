@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import cast
 
 from counters.core.errors import BadRequest
+from counters.core.periods import label
 from counters.engines.read.breakdown_series import breakdown_series
 from counters.engines.read.cells import Cells, Periods, Value, one_series, read_cells, reduce_cells
+from counters.engines.read.compare import comparison_query
 from counters.engines.read.context import ReadContext
 from counters.engines.read.limits import check_read
 from counters.engines.read.parse import ReadQuery
@@ -26,9 +28,12 @@ from counters.engines.read.reply import (
     SeriesReply,
     TotalReply,
     UnionSeries,
+    mark_partial,
     points,
     projects_reply,
+    series_comparison,
     series_reply,
+    total_comparison,
     total_reply,
 )
 from lua.client import redis_unavailable
@@ -48,13 +53,20 @@ def check_query(ctx: ReadContext, q: ReadQuery, *, total: bool) -> None:
             code="bad_parameter",
         )
     check_read(q, ctx.limits, ctx.oldest_minute, total=total)
+    before = comparison_query(q)
+    if before is not None:
+        try:
+            check_read(before, ctx.limits, ctx.oldest_minute, total=total)
+        except BadRequest as exc:
+            tz = before.tz
+            raise BadRequest(
+                f"compare: the {q.compare} range {label(before.start, tz)} to"
+                f" {label(before.end, tz)}: {exc.message}",
+                code=exc.code,
+            ) from exc
 
 
-async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeriesReply:
-    """Zero-padded values per period of every name; with group_by, the top tuples and
-    __other__; from the raw log when no rollup covers the dims. Refused (400) before any
-    work when over the bucket cap, the points limit or retention."""
-    check_query(ctx, q, total=False)
+async def _series(ctx: ReadContext, q: ReadQuery) -> list[NamedSeries]:
     cells = series_plan(q, ctx.oldest_minute)
     if q.source == "raw":
         await check_raw_budget(ctx, q)
@@ -67,13 +79,26 @@ async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeri
         else:
             data, total = await one_series(ctx, q, name, cells)
             out.append(NamedSeries(name, dict(q.filters), total, points(q, data)))
+    return out
+
+
+async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeriesReply:
+    """Zero-padded values per period of every name; with group_by, the top tuples and
+    __other__; from the raw log when no rollup covers the dims; the in-progress point
+    marked partial; with compare, each series carries the same read of the compared
+    range. Refused (400) before any work when over the bucket cap, the points limit or
+    retention (the compared range's too)."""
+    check_query(ctx, q, total=False)
+    out = await _series(ctx, q)
+    before = comparison_query(q)
+    if before is not None:
+        for s, b in zip(out, await _series(ctx, before), strict=True):
+            s.comparison = series_comparison(before, b.data)
+    mark_partial([s.data for s in out], q, ctx.now_ms)
     return series_reply(q, out)
 
 
-async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
-    """One value per name over the whole range; uniques are the union of every sketch.
-    Refused (400) before any work when over the bucket cap or retention, as series is."""
-    check_query(ctx, q, total=True)
+async def _totals(ctx: ReadContext, q: ReadQuery) -> list[NamedTotal]:
     if q.source == "raw":
         await check_raw_budget(ctx, q)
     values: list[NamedTotal] = []
@@ -83,6 +108,18 @@ async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalR
         else:
             _, value = await one_series(ctx, q, name, [whole(q)])
         values.append(NamedTotal(name, value))
+    return values
+
+
+async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
+    """One value per name over the whole range; uniques are the union of every sketch.
+    Refused (400) before any work when over the bucket cap or retention, as series is."""
+    check_query(ctx, q, total=True)
+    values = await _totals(ctx, q)
+    before = comparison_query(q)
+    if before is not None:
+        for v, b in zip(values, await _totals(ctx, before), strict=True):
+            v.comparison = total_comparison(before, b.value)
     return total_reply(q, values)
 
 
@@ -127,6 +164,11 @@ async def read_projects(ctxs: Sequence[ReadContext], q: ReadQuery) -> ProjectsRe
             "across projects, reads take filters that a rollup covers and no group_by",
             code="bad_parameter",
         )
+    if q.compare is not None:
+        raise BadRequest(
+            "compare: not across projects (read each project with compare)",
+            code="bad_parameter",
+        )
     check_read(q, ctxs[0].limits, ctxs[0].oldest_minute, total=False, projects=len(ctxs))
     cells = series_plan(q, ctxs[0].oldest_minute)
     series: list[ProjectSeries] = []
@@ -147,4 +189,5 @@ async def read_projects(ctxs: Sequence[ReadContext], q: ReadQuery) -> ProjectsRe
             union.append(UnionSeries(name, union_total, points(q, list(counted))))
         else:
             union.append(UnionSeries(name, whole_value, points(q, sums)))
+    mark_partial([*(s.data for s in series), *(u.data for u in union)], q, ctxs[0].now_ms)
     return projects_reply(q, [ctx.project for ctx in ctxs], series, union)

@@ -38,6 +38,7 @@ RESERVED = {
     "limit",
     "project",
     "format",
+    "compare",
 }
 FILTER_PREFIX = "d."
 """`d.<dim>=<value>`: a dim filter in the explicit form, taken even for a dim never seen."""
@@ -81,6 +82,8 @@ class ReadQuery(msgspec.Struct, frozen=True):
     source: str = "rollups"
     """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims (for a
     breakdown, also when the filters' own rollup, which `__none__` needs, is not stored)."""
+    compare: str | None = None
+    """previous_period or previous_year: the reply adds the same read of that range."""
 
     @property
     def name(self) -> str:
@@ -313,6 +316,22 @@ def parse_limit(params: Mapping[str, str]) -> int:
     return top
 
 
+COMPARES = ("previous_period", "previous_year")
+"""What `compare` may ask for: the range just before, or the same range a year earlier."""
+
+
+def parse_compare(params: Mapping[str, str], group_by: tuple[str, ...]) -> str | None:
+    """The comparison asked for (None when none): one of COMPARES, never with group_by."""
+    compare = params.get("compare")
+    if compare is None:
+        return None
+    if compare not in COMPARES:
+        raise _bad(f"compare must be one of {', '.join(COMPARES)}")
+    if group_by:
+        raise _bad("compare: not with group_by")
+    return compare
+
+
 def parse_read(
     params: Mapping[str, str],
     now_ms: int,
@@ -332,6 +351,7 @@ def parse_read(
     filters = parse_filters(params, known_dims)
     group_by = parse_group_by(params, filters)
     top = parse_limit(params)
+    compare = parse_compare(params, group_by)
     rollup = rollup_for_filters([*filters, *group_by])
     # a breakdown's __none__ needs the filters' own rollup too (what the tuples add up to)
     stored = is_stored(rollup, crosstabs) and is_stored(rollup_for_filters(filters), crosstabs)
@@ -349,6 +369,7 @@ def parse_read(
         rollup,
         alias,
         source,
+        compare=compare,
     )
     if oldest_minute is not None and source == "rollups":
         check_range_retention(q, oldest_minute)

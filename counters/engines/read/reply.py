@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
 
@@ -18,15 +19,46 @@ Value = Measured
 _ALIAS_OF = {v: k for k, v in GRAIN_ALIASES.items()}
 
 
-class Point(msgspec.Struct, gc=False):
-    """One labelled value. It holds only a string and a number, so it can be in no
+PARTIAL = "true on the bucket still in progress (its period ends after now); absent otherwise"
+SERIES_COMPARISON = "With compare only: the same series over the compared range"
+TOTAL_COMPARISON = "With compare only: the same total over the compared range"
+
+
+class Point(msgspec.Struct, gc=False, omit_defaults=True):
+    """One labelled value. It holds only a string, a number and a flag, so it can be in no
     reference cycle and the GC need not track it (a 720-point reply would wake it)."""
 
     bucket: str
     value: Value
+    partial: Annotated[bool, msgspec.Meta(description=PARTIAL)] = False
+    """True on the bucket still in progress (its period ends after now); left out when
+    false, so only that point carries the key."""
 
 
-class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
+class SeriesComparison(msgspec.Struct, rename={"from_": "from"}):
+    """The same series over the range `compare` names: its own bucket labels, as many
+    points as the series (never partial: that range ended before the series began)."""
+
+    from_: str
+    to: str
+    data: list[Point]
+
+
+class TotalComparison(msgspec.Struct, rename={"from_": "from"}):
+    """The same total over the range `compare` names."""
+
+    from_: str
+    to: str
+    value: Value
+
+
+SeriesComparisonField = Annotated[
+    SeriesComparison | None, msgspec.Meta(description=SERIES_COMPARISON)
+]
+TotalComparisonField = Annotated[TotalComparison | None, msgspec.Meta(description=TOTAL_COMPARISON)]
+
+
+class SeriesReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     name: str
     measure: str
     grain: str
@@ -36,13 +68,17 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}):
     to: str
     source: str
     data: list[Point]
+    comparison: SeriesComparisonField = None
+    """With compare only (the key is left out otherwise)."""
 
 
-class NamedSeries(msgspec.Struct):
+class NamedSeries(msgspec.Struct, omit_defaults=True):
     name: str
     dims: dict[str, str]
     total: Value
     data: list[Point]
+    comparison: SeriesComparisonField = None
+    """With compare only (the key is left out otherwise)."""
 
 
 class MultiSeriesReply(msgspec.Struct, rename={"from_": "from"}):
@@ -55,17 +91,21 @@ class MultiSeriesReply(msgspec.Struct, rename={"from_": "from"}):
     series: list[NamedSeries]
 
 
-class TotalReply(msgspec.Struct, rename={"from_": "from"}):
+class TotalReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     name: str
     measure: str
     from_: str
     to: str
     value: Value
+    comparison: TotalComparisonField = None
+    """With compare only (the key is left out otherwise)."""
 
 
-class NamedTotal(msgspec.Struct):
+class NamedTotal(msgspec.Struct, omit_defaults=True):
     name: str
     value: Value
+    comparison: TotalComparisonField = None
+    """With compare only (the key is left out otherwise)."""
 
 
 class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
@@ -144,6 +184,7 @@ def series_reply(q: ReadQuery, out: list[NamedSeries]) -> SeriesReply | MultiSer
             end,
             q.source,
             out[0].data,
+            out[0].comparison,
         )
     return MultiSeriesReply(q.measure, q.precision, q.tz_name, start, end, q.source, out)
 
@@ -153,8 +194,30 @@ def total_reply(q: ReadQuery, values: list[NamedTotal]) -> TotalReply | MultiTot
     tz = q.tz
     start, end = label(q.start, tz), label(q.end, tz)
     if len(values) == 1:
-        return TotalReply(q.name, q.measure, start, end, values[0].value)
+        return TotalReply(q.name, q.measure, start, end, values[0].value, values[0].comparison)
     return MultiTotalReply(q.measure, start, end, values)
+
+
+def mark_partial(series: Sequence[Sequence[Point]], q: ReadQuery, now_ms: int | None) -> None:
+    """Flags the last point of each series partial when its period ends after now_ms (only
+    the last can: a read's range ends at most at the end of the current period)."""
+    if now_ms is None or q.end <= now_ms:
+        return
+    for data in series:
+        if data:
+            data[-1].partial = True
+
+
+def series_comparison(q: ReadQuery, data: list[Point]) -> SeriesComparison:
+    """The comparison field of a series: q is the read of the compared range."""
+    tz = q.tz
+    return SeriesComparison(label(q.start, tz), label(q.end, tz), data)
+
+
+def total_comparison(q: ReadQuery, value: Value) -> TotalComparison:
+    """The comparison field of a total: q is the read of the compared range."""
+    tz = q.tz
+    return TotalComparison(label(q.start, tz), label(q.end, tz), value)
 
 
 def projects_reply(

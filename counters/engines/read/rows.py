@@ -17,7 +17,7 @@ from counters.engines.read.reply import (
     Value,
 )
 
-FIXED_COLUMNS = ("time", "bucket", "name", "value")
+FIXED_COLUMNS = ("time", "bucket", "name", "value", "partial")
 """Names a long row or a CSV header uses itself; a dim of one of these names is written
 as `d.<dim>` so it can never overwrite them."""
 
@@ -29,6 +29,8 @@ class Row(msgspec.Struct, frozen=True):
     name: str
     dims: dict[str, str]
     value: Value
+    partial: bool = False
+    """The bucket is still in progress (see Point.partial)."""
 
 
 def column(dim: str) -> str:
@@ -38,7 +40,7 @@ def column(dim: str) -> str:
 
 def _series(s: NamedSeries) -> Iterator[Row]:
     for p in s.data:
-        yield Row(p.bucket, s.name, s.dims, p.value)
+        yield Row(p.bucket, s.name, s.dims, p.value, p.partial)
 
 
 def reply_rows(
@@ -49,7 +51,7 @@ def reply_rows(
     range's start); `filters` are the read's dim filters, the dims of a plain series."""
     if isinstance(reply, SeriesReply):
         for p in reply.data:
-            yield Row(p.bucket, reply.name, filters, p.value)
+            yield Row(p.bucket, reply.name, filters, p.value, p.partial)
     elif isinstance(reply, MultiSeriesReply):
         for s in reply.series:
             yield from _series(s)
@@ -66,7 +68,8 @@ def dim_columns(rows: list[Row]) -> list[str]:
 
 
 def long_rows(rows: list[Row], *, with_name: bool) -> list[dict[str, object]]:
-    """`[{"time", "value", <dim>: ...}]`, plus "name" when the read asked for several."""
+    """`[{"time", "value", <dim>: ...}]`, plus "name" when the read asked for several and
+    `"partial": true` on a bucket still in progress."""
     out: list[dict[str, object]] = []
     for r in rows:
         row: dict[str, object] = {"time": r.bucket, "value": r.value}
@@ -74,5 +77,7 @@ def long_rows(rows: list[Row], *, with_name: bool) -> list[dict[str, object]]:
             row["name"] = r.name
         for d, v in r.dims.items():
             row[column(d)] = v
+        if r.partial:
+            row["partial"] = True
         out.append(row)
     return out
