@@ -555,3 +555,36 @@ async def test_offered_precisions_never_fail(service: Service, now: int) -> None
         await page.fill("#tz", "Asia/Kolkata")
         await page.dispatch_event("#tz", "change")
         await wait_js(page, "() => document.querySelector('#range option[value=\"30d\"]').disabled")
+
+
+async def test_custom_range_and_many_names(service: Service, now: int) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as c, chromium() as browser:
+        p = await seeded(service, c, now)
+        # more names than one query takes (20): the batch splits them, every card reads
+        extra = [
+            {"name": f"ev{i:02d}", "ts": now - 60_000} for i in range(22) for _ in range(i + 1)
+        ]
+        await p.send(c, extra)
+        day = 86_400_000
+        first = time.strftime("%Y-%m-%d", time.gmtime((now - day) / 1000))
+        last = time.strftime("%Y-%m-%d", time.gmtime(now / 1000))
+        page = await browser.new_page(viewport=DESKTOP)
+        watch = Watch(page)
+        await page.goto(p.link(range="custom", **{"from": first, "to": last}))
+        await wait_card(page, "ev21", "22")
+        assert await page.input_value("#from") == first and await page.is_visible("#to")
+        batch = watch.last_batch()
+        assert int(batch["common"]["from"]) == (now - day) // day * day  # midnight UTC
+        assert len(batch["queries"]) <= 50
+        assert all(len(q.get("name", [])) <= 20 for q in batch["queries"])
+        assert await page.locator(".card").count() == 25
+        names = ["click", "signup", "purchase", *(f"ev{i:02d}" for i in range(22))]
+        values = {}
+        for part in (names[:20], names[20:]):
+            totals = await p.get(c, "total", params_of(batch["common"], name=part))
+            values.update({t["name"]: t["value"] for t in totals["totals"]})
+        for name, value in values.items():
+            assert await card_value(page, name) == str(value), name
+        assert await page.get_attribute('.kpi[data-measure="count"] .kv', "data-value") == str(
+            sum(values.values())
+        )

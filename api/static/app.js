@@ -23,6 +23,8 @@ const MAX_SERIES_BUCKETS = 10000; // plan.MAX_SERIES_BUCKETS
 const MAX_POINTS = 100000; // settings.max_points
 const MINUTE_RETENTION_MS = 14 * 86400000; // settings.minute_retention_days
 const MAX_QUERIES = 50; // batch.MAX_QUERIES
+const MAX_NAMES = 20; // parse.MAX_NAMES: names per query
+const MAX_FILTERS = 8; // parse.MAX_FILTERS: filtered dims per read
 const DRAW_CAP = 3000; // more buckets than this are not worth drawing
 
 const MIN = 60000;
@@ -248,6 +250,7 @@ function escapeHtml(s) {
 let catalog = null; // the last catalog reply: {names: [{name, dims}]}
 let lastReply = null; // {batch, view, body} of the last answer drawn
 let cache = { url: "", etag: "", body: null };
+let lastOrder = []; // the card names as last drawn
 
 function cardMeasure(name) {
   return state.cm[name] || state.measure;
@@ -271,36 +274,43 @@ function chunks(items, size) {
 /** The one batch that draws the page: the catalog, per measure the names' totals (KPIs
  * and card totals), a series per card measure, and per (measure, dim) the breakdown of
  * every card listing that dim. */
-function buildBatch(precision, win) {
+function buildBatch(precision, win, ordered) {
   const common = { precision, tz: state.tz, from: String(win.from), to: String(win.to), excluding_current: "false" };
   const byDim = {};
   for (const [d, v] of state.filters) (byDim[d] = byDim[d] || []).push(v);
   for (const [d, vs] of Object.entries(byDim)) common["d." + d] = vs.length === 1 ? vs[0] : vs;
   const cmp = state.compare ? { compare: state.compare } : {};
   const queries = [{ id: "catalog", kind: "catalog" }];
-  const names = catalog ? catalog.names : [];
+  // in the order the cards were last shown: past the batch cap the last cards go unread
+  const shown = (n) => { const i = lastOrder.indexOf(n.name); return i < 0 ? Infinity : i; };
+  const names = !catalog ? [] : ordered ? catalog.names.slice().sort((a, b) => shown(a) - shown(b)) : catalog.names;
   if (names.length) {
     const buckets = Math.ceil((win.to - win.from) / SHORTEST[precision]) + 1;
     const all = names.map((n) => n.name);
-    for (const m of MEASURES) queries.push({ id: "k." + m, kind: "total", name: all, measure: m, ...cmp });
+    for (const m of MEASURES) {
+      chunks(all, MAX_NAMES).forEach((ns, i) =>
+        queries.push({ id: `k.${m}.${i}`, kind: "total", name: ns, measure: m, ...cmp }));
+    }
     const breakdowns = [];
     for (const m of MEASURES) {
       const mine = names.filter((n) => cardMeasure(n.name) === m);
       if (!mine.length) continue;
-      chunks(mine.map((n) => n.name), Math.floor(MAX_POINTS / (2 * buckets))).forEach((ns, i) =>
+      chunks(mine.map((n) => n.name), Math.min(MAX_NAMES, Math.floor(MAX_POINTS / (2 * buckets)))).forEach((ns, i) =>
         queries.push({ id: `s.${m}.${i}`, kind: "series", name: ns, measure: m, ...cmp }));
       const dimNames = {};
       for (const n of mine) {
         for (const d of shownDims(n)) if (!(d in byDim)) (dimNames[d] = dimNames[d] || []).push(n.name);
       }
       for (const [d, ns] of Object.entries(dimNames)) {
-        chunks(ns, Math.floor(MAX_POINTS / ((TOP_N + 2) * buckets))).forEach((part, i) =>
+        chunks(ns, Math.min(MAX_NAMES, Math.floor(MAX_POINTS / ((TOP_N + 2) * buckets)))).forEach((part, i) =>
           breakdowns.push({ id: `b.${m}.${d}.${i}`, kind: "series", name: part, measure: m, group_by: d, limit: String(TOP_N) }));
       }
     }
-    queries.push(...breakdowns.slice(0, Math.max(0, MAX_QUERIES - queries.length)));
+    queries.push(...breakdowns);
   }
-  return { common, queries };
+  // past the batch cap, the last cards' breakdowns (then series) are left out (they say so)
+  if (queries.length > MAX_QUERIES && !ordered) return buildBatch(precision, win, true);
+  return { common, queries: queries.slice(0, MAX_QUERIES) };
 }
 
 /** GET the batch; with the last ETag of the same URL as If-None-Match (a 304 keeps the
@@ -340,12 +350,12 @@ function byName(reply, listKey) {
 }
 
 function collect(results) {
-  const totals = {};
-  for (const m of MEASURES) totals[m] = byName(results["k." + m], "totals");
+  const totals = { count: {}, sum: {}, uniques: {} };
   const series = {};
   const breakdowns = {};
   for (const [id, reply] of Object.entries(results)) {
     const parts = id.split(".");
+    if (parts[0] === "k") Object.assign(totals[parts[1]], byName(reply, "totals"));
     if (parts[0] === "s") Object.assign(series, byName(reply, "series"));
     if (parts[0] === "b") {
       const dim = parts.slice(2, -1).join(".");
@@ -613,6 +623,9 @@ function renderCard(el, entry, data, meta) {
   if (s) {
     const cmp = state.compare && s.comparison ? s.comparison.data : null;
     drawChart(box, s.data, cmp, { height: featured ? 220 : 150, precision: meta.precision, tz: meta.tz, label: `${entry.name} ${MEASURE_LABEL[m]}`, mlabel: MEASURE_LABEL[m] });
+  } else {
+    box._chart = null;
+    box.innerHTML = `<p class="muted">not loaded: more cards than one batch reads (pin or move this card up)</p>`;
   }
   el.querySelector(".range").textContent =
     `${s ? s.data.length : 0} × ${meta.precision} buckets, ${meta.tz}, from ${meta.from}` +
@@ -634,14 +647,16 @@ function renderCard(el, entry, data, meta) {
   more.textContent = state.more.includes(entry.name) ? "fewer dims" : `${hidden} more dim${hidden === 1 ? "" : "s"}`;
 }
 
+/** Copy-paste first events for the project: curl to /v1/events and the pixel tag (the
+ * ingest key names the project; `counters keys create` makes one). */
 function snippets(project) {
   const host = location.origin;
-  const key = `<${project} ingest key>`;
   return {
-    curl: `curl -H "Authorization: Bearer ${key}" -H "Content-Type: application/json" \\\n` +
+    curl: `INGEST=$(counters keys create --project ${project} --scope ingest | tail -1)\n` +
+      `curl -H "Authorization: Bearer $INGEST" -H "Content-Type: application/json" \\\n` +
       `  -d '[{"name":"pageview","dims":{"page":"/"},"uid":"visitor-1"}]' \\\n  ${host}/v1/events`,
-    pixel: `<!-- ${key}: counters keys create --project ${project} --scope ingest -->\n` +
-      `<img src="${host}/v1/pixel.gif?key=${key}&name=pageview&d.page=%2F" width="1" height="1" alt="">`,
+    pixel: `<!-- INGEST_KEY: an ingest key of project ${project} -->\n` +
+      `<img src="${host}/v1/pixel.gif?key=INGEST_KEY&name=pageview&d.page=%2F" width="1" height="1" alt="">`,
   };
 }
 
@@ -663,10 +678,11 @@ function render(body, meta) {
   renderZero(names.length === 0 && state.filters.length === 0);
   if (!names.length) { $("kpis").innerHTML = ""; $("cards").innerHTML = ""; return; }
   const data = collect(results);
-  const first = results["k.count"] || results["s.count.0"] || {};
+  const first = results["k.count.0"] || {};
   meta = { ...meta, from: first.from || meta.from };
   renderKpis(data.totals, names.map((n) => n.name));
   const order = cardOrder(names.map((n) => n.name), data.totals);
+  lastOrder = order;
   const entries = Object.fromEntries(names.map((n) => [n.name, n]));
   const box = $("cards");
   const els = order.map((n) => card(n));
@@ -722,6 +738,7 @@ async function refresh() {
   clearTimeout(timer);
   const gen = ++generation;
   if (!state.project || !state.key) return;
+  if (document.hidden && lastReply) { timer = setTimeout(refresh, state.refresh); return; } // no polls unseen
   const now = Date.now();
   const precision = syncControls(now);
   if (!precision) return;
@@ -849,6 +866,11 @@ $("zero").addEventListener("click", (ev) => {
 
 function addFilter(dim, value) {
   if (state.filters.some(([d, v]) => d === dim && v === value)) return;
+  const dims = new Set(state.filters.map(([d]) => d));
+  if (!dims.has(dim) && dims.size >= MAX_FILTERS) {
+    setStatus(`error: at most ${MAX_FILTERS} dims can be filtered at once (remove a filter first)`);
+    return;
+  }
   state.filters.push([dim, value]);
   changed();
 }
