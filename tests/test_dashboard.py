@@ -19,7 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Request, Response, async_playwright
+from playwright.async_api import (
+    Browser,
+    Page,
+    Request,
+    Response,
+    ViewportSize,
+    async_playwright,
+)
 
 from tests.service import Service, create_key
 
@@ -35,8 +42,8 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 375, "height": 812}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 375, "height": 812}
 WAIT_MS = 15_000
 
 pytestmark = pytest.mark.skipif(
@@ -62,7 +69,7 @@ class Project:
     async def get(self, c: httpx.AsyncClient, route: str, params: list[tuple[str, str]]) -> Any:
         r = await c.get(
             f"/v1/projects/{self.name}/{route}",
-            params=params,
+            params=tuple(params),
             headers={"Authorization": f"Bearer {self.read}"},
         )
         assert r.status_code == 200, r.text
@@ -261,12 +268,12 @@ async def test_link_opens_the_view_with_the_apis_numbers(service: Service, now: 
         # pinning and moving cards is kept in the URL: the link opens the same order
         await page.click('.card[data-name="purchase"] .pin')
         await page.click('.card[data-name="click"] .down')
-        want = ["purchase", "signup", "click"]
+        order_now = ["purchase", "signup", "click"]
         await wait_js(
             page,
             "(w) => JSON.stringify([...document.querySelectorAll('#cards .card')]"
             ".map(e => e.dataset.name)) === JSON.stringify(w)",
-            want,
+            order_now,
         )
         link = await page.evaluate("location.href")
         assert "pin=purchase" in link and "order=signup%2Cclick" in link
@@ -276,7 +283,7 @@ async def test_link_opens_the_view_with_the_apis_numbers(service: Service, now: 
         order = await again.eval_on_selector_all(
             "#cards .card", "els => els.map(e => e.dataset.name)"
         )
-        assert order == want
+        assert order == order_now
 
 
 async def test_typed_key_goes_to_the_fragment_and_errors_show(service: Service, now: int) -> None:
