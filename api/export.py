@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api.common import etag_response, tagged_response
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.reply import MultiSeriesReply, MultiTotalReply, SeriesReply, TotalReply
-from counters.engines.read.rows import Row, column, dim_columns, long_rows, reply_rows
+from counters.engines.read.rows import Row, column, dim_columns, dim_text, long_rows, reply_rows
 
 CSV_TYPE = "text/csv; charset=utf-8"
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -28,7 +28,7 @@ def csv_text(rows: list[Row]) -> str:
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(["bucket", "name", *(column(d) for d in dims), "value"])
     for r in rows:
-        w.writerow([r.bucket, r.name, *(r.dims.get(d, "") for d in dims), str(r.value)])
+        w.writerow([r.bucket, r.name, *(dim_text(r.dims.get(d, "")) for d in dims), str(r.value)])
     return out.getvalue()
 
 
@@ -41,7 +41,7 @@ def render(
     """The reply as JSON (fmt json), long rows (long) or CSV (csv), ETag-revalidated."""
     if fmt == "json":
         return etag_response(request, reply)
-    rows = list(reply_rows(reply, dict(q.filters)))
+    rows = list(reply_rows(reply, q.reply_dims))
     if fmt == "long":
         data = _encoder.encode(long_rows(rows, with_name=len(q.names) > 1))
         return tagged_response(request, data, "application/json", _VARY)

@@ -129,7 +129,9 @@ DIM_FILTERS = {
     },
     "description": "Dim filters, sent as d.<dim>=<value> (e.g. d.country=DE); taken even for"
     " a dim never seen (it then matches nothing). A bare <dim>=<value> works for a dim the"
-    " project has seen; any other unknown parameter is a 400.",
+    " project has seen; any other unknown parameter is a 400. A repeated filter means any"
+    " of its values (d.source=google&d.source=bing: both; at most 20 values per dim and 64"
+    " combinations per read).",
 }
 IF_NONE_MATCH = {
     "name": "If-None-Match",

@@ -23,6 +23,8 @@ from counters.engines.prom.evaluate import (
     Evaluator,
     PromSeries,
     Window,
+    dim_of,
+    label_of,
     precision_for_step,
 )
 from counters.engines.prom.promql import Matcher, Selector, parse_promql
@@ -235,7 +237,7 @@ async def _labels(request: Request, params: dict[str, list[str]], ev: Evaluator)
     dims: set[str] = set()
     for p in ev.projects:
         dims.update(await ev.dims_of(p))
-    return sorted({*LABELS, *dims})
+    return sorted({*LABELS, *(label_of(d) for d in dims)})
 
 
 async def _label_values(request: Request, params: dict[str, list[str]], ev: Evaluator) -> Any:
@@ -252,7 +254,7 @@ async def _label_values(request: Request, params: dict[str, list[str]], ev: Eval
     for p in ev.projects:
         catalog = await read_catalog(ev.context_of(p), now)
         for n in catalog.names:
-            if label not in n.dims:
+            if dim_of(label) not in n.dims:
                 continue
             sel = Selector(
                 (

@@ -37,7 +37,8 @@ class RawScope(msgspec.Struct, frozen=True):
     name: str
     starts: Sequence[int]
     end: int
-    filters: Mapping[str, str]
+    filters: Mapping[str, Sequence[str]]
+    """Each filtered dim and the values it may take (any of them)."""
     group_by: Sequence[str]
     uniques: bool
 
@@ -69,7 +70,7 @@ async def count_rows(
 
 
 def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
-    where = "".join(f" AND dims->>${6 + 2 * n} = ${7 + 2 * n}" for n in range(filters))
+    where = "".join(f" AND dims->>${6 + 2 * n} = ANY(${7 + 2 * n}::text[])" for n in range(filters))
     groups = "".join(f", dims->>'{g}'" for g in group_by)  # names match [a-z0-9_]
     select = "".join(f", dims->>'{g}' AS g{i}" for i, g in enumerate(group_by))
     uid = ", uid" if uniques else ""
@@ -103,8 +104,8 @@ async def aggregate_raw(
         to_datetime(scope.end),
         [to_datetime(s) for s in scope.starts],
     ]
-    for dim, value in scope.filters.items():
-        args += (dim, value)
+    for dim, values in scope.filters.items():
+        args += (dim, list(values))
     sql = _sql(len(scope.filters), scope.group_by, uniques)
     n = len(scope.group_by)
     with read_postgres(hint):

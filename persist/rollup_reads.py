@@ -42,15 +42,23 @@ class Totals(msgspec.Struct):
 
 
 class RollupSelect:
-    """Which rows: one project, event name and rollup, with the dims at some positions fixed."""
+    """Which rows: one project, event name and rollup, with the dims at some positions fixed
+    to one value, or to any of several."""
 
     __slots__ = ("args", "args_after", "cond", "fixed", "key_sql")
 
-    def __init__(self, project: str, name: str, rollup: Rollup, fixed: Mapping[int, str]) -> None:
+    def __init__(
+        self, project: str, name: str, rollup: Rollup, fixed: Mapping[int, Sequence[str]]
+    ) -> None:
         self.fixed = bool(fixed)
         self.args: list[Any] = [project, name, rollup_id(rollup)]
-        self.cond = "".join(f" AND dims[{i + 1}] = ${5 + n}" for n, i in enumerate(fixed))
-        self.args_after: list[Any] = list(fixed.values())
+        self.cond = "".join(
+            f" AND dims[{i + 1}] = ${5 + n}"
+            if len(vs) == 1
+            else f" AND dims[{i + 1}] = ANY(${5 + n}::text[])"
+            for n, (i, vs) in enumerate(fixed.items())
+        )
+        self.args_after: list[Any] = [vs[0] if len(vs) == 1 else list(vs) for vs in fixed.values()]
         # grouping on text hashes faster than on text[]: one dim is the common case
         self.key_sql = "dims[1]" if len(rollup) == 1 else "array_to_string(dims, E'\\x1f')"
 

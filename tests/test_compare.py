@@ -97,6 +97,20 @@ async def test_previous_period_is_a_read_of_the_range_before(ctx: ApiClient, mea
     assert "comparison" not in await ctx.get("total", name="click", measure=measure, **rng)
 
 
+async def test_compare_with_an_any_of_filter(ctx: ApiClient) -> None:
+    rng = span("2026-04-14T12:00:00Z", "2026-04-15T12:00:00Z")
+    body = await ctx.get(
+        "total", name="click", source=["a", "b"], compare="previous_period", precision="1h", **rng
+    )
+    prev = span(body["comparison"]["from"], body["comparison"]["to"])
+    assert prev == span("2026-04-13T12:00:00Z", "2026-04-14T12:00:00Z")
+    each = [
+        (await ctx.get("total", name="click", source=v, precision="1h", **prev))["value"]
+        for v in "ab"
+    ]
+    assert body["comparison"]["value"] == sum(each) and all(each)
+
+
 async def test_several_names_each_carry_their_comparison(ctx: ApiClient) -> None:
     rng = {"from": "2026-04-14T12:00:00Z", "to": "2026-04-15T12:00:00Z", "precision": "6h"}
     names = {"name": ["click", "signup"], "measure": "uniques", "compare": "previous_period"}

@@ -66,6 +66,9 @@ async def prom(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Prom]:
             for i, src in enumerate(["google", "bing", "google", "duck", "google", "bing"])
         ]
         events.append({"name": "signup", "ts": BASE + 2 * MINUTE_MS, "dims": {"country": "DE"}})
+        # dims named like the fixed labels, and like read parameters
+        clashing = {"name": "promo", "project": "apollo", "limit": "5"}
+        events.append({"name": "tagged", "ts": BASE + 2 * MINUTE_MS, "dims": clashing})
         r = await client.post(
             "/v1/events", json=events, headers={"Authorization": f"Bearer {ingest}"}
         )
@@ -187,6 +190,40 @@ async def test_metadata_endpoints(prom: Prom) -> None:
     ]
     _, body = await get(prom, "status/buildinfo")
     assert body["status"] == "success" and body["data"]["version"]
+
+
+async def test_dims_named_like_fixed_labels_are_exported(prom: Prom) -> None:
+    """A dim `name` or `project` is the label exported_name / exported_project (Prometheus'
+    convention for a clash), never overwriting the fixed labels; a dim named like a read
+    parameter (`limit`) is a filter like any other."""
+    query = 'counters_count{name="tagged",exported_name="promo",exported_project=~"a.*",limit="5"}'
+    _, body = await get(prom, "query_range", query=query, **RANGE)
+    (series,) = body["data"]["result"]
+    assert series["metric"] == {
+        "__name__": "counters_count",
+        "project": prom.project,
+        "name": "tagged",
+        "exported_name": "promo",
+        "exported_project": "apollo",
+        "limit": "5",
+    }
+    _, body = await get(
+        prom,
+        "query_range",
+        query='sum by (exported_name) (counters_count{exported_project="apollo",limit="5"})',
+        **RANGE,
+    )
+    (series,) = body["data"]["result"]
+    assert series["metric"] == {"exported_name": "promo"}
+    assert sum(int(v) for _, v in series["values"]) == 1
+    _, body = await get(
+        prom, "query_range", query='counters_count{name="tagged",limit="6"}', **RANGE
+    )
+    assert all(v == "0" for s in body["data"]["result"] for _, v in s["values"])
+    _, body = await get(prom, "labels")
+    assert {"exported_name", "exported_project", "limit"} <= set(body["data"])
+    _, body = await get(prom, "label/exported_name/values")
+    assert body["data"] == ["promo"]
 
 
 async def test_errors_in_prometheus_shape(prom: Prom) -> None:

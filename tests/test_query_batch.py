@@ -35,6 +35,7 @@ QUERIES: list[dict[str, Any]] = [
     {"id": "c", "kind": "catalog"},
     {"id": "bare", "kind": "total", "name": "click", "source": "b", "compare": "previous_period"},
     {"id": "live", "kind": "series", "name": "click", "excluding_current": "false"},
+    {"id": "any", "kind": "total", "name": "click", "d.source": ["a", "b"]},
 ]
 BATCH = {"common": COMMON, "queries": QUERIES}
 
@@ -106,6 +107,7 @@ async def test_results_equal_the_single_routes(ctx: ApiClient) -> None:
     assert results["c"]["names"][0] == {"name": "click", "dims": ["source"]}
     assert results["bare"]["comparison"]["to"] == "2026-04-15T00:00:00Z"
     assert results["live"]["data"][-1]["partial"] is True
+    assert results["any"]["value"] == sum(p["value"] for p in results["s"]["data"])
     post = await batch_post(ctx, BATCH)
     assert post.status_code == 200 and post.content == r.content
     assert post.headers["etag"] == r.headers["etag"]

@@ -21,10 +21,27 @@ from counters.engines.read.catalog import read_catalog
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import read_series
 from counters.engines.read.parse import MAX_LIMIT, MAX_NAMES, parse_precision, parse_read
-from counters.engines.read.reply import SeriesReply, Value
+from counters.engines.read.reply import DimValues, SeriesReply, Value
+from counters.engines.read.rows import dim_text
 
 METRICS = {"counters_count": "count", "counters_sum": "sum", "counters_uniques": "uniques"}
 LABELS = ("__name__", "project", "name")
+EXPORTED = "exported_"
+"""Prefix of the label of a dim named like one of LABELS (Prometheus' own convention for a
+clashing label): a dim `name` is the label `exported_name`."""
+
+
+def label_of(dim: str) -> str:
+    """The label a dim is shown under: itself, or exported_<dim> for `project` and `name`."""
+    return EXPORTED + dim if dim in LABELS else dim
+
+
+def dim_of(label: str) -> str:
+    """The dim a (non-fixed) label stands for: the inverse of label_of."""
+    rest = label.removeprefix(EXPORTED)
+    return rest if rest != label and rest in LABELS else label
+
+
 MAX_SERIES = 1_000
 """Series one query may answer with (refused past it: narrow the matchers)."""
 _FALLBACK = (1, 5, 15, 60, 1440)
@@ -175,17 +192,17 @@ class Evaluator:
         for m in sel.matchers:
             if m.label in LABELS:
                 continue
-            if m.op == "=" and m.label not in eq:
+            if m.op == "=" and dim_of(m.label) not in eq:
                 if m.value == "":
                     raise _bad(f'unsupported: {m.label}="" (a matcher on an absent label)')
-                eq[m.label] = m.value
+                eq[dim_of(m.label)] = m.value
             else:
                 other.append(m)
         group = tuple(
             dict.fromkeys(
                 [
-                    *(d for d in need if d not in LABELS and d not in eq),
-                    *(m.label for m in other if m.label not in eq),
+                    *(dim_of(d) for d in need if d not in LABELS and dim_of(d) not in eq),
+                    *(dim_of(m.label) for m in other if dim_of(m.label) not in eq),
                 ]
             )
         )
@@ -220,7 +237,7 @@ class Evaluator:
             measure=measure,
             precision=w.precision,
             **{"from": str(max(0, w.start - w.step)), "to": str(w.end - w.step + 1)},
-            **eq,
+            **{f"d.{dim}": value for dim, value in eq.items()},
         )
         if w.include_current:
             params["excluding_current"] = "false"
@@ -235,8 +252,8 @@ class Evaluator:
             raise _bad(exc.message) from exc
         reply = await read_series(ctx, q)
         if isinstance(reply, SeriesReply):
-            families: Iterable[tuple[str, dict[str, str], list[tuple[str, Value]]]] = [
-                (reply.name, dict(q.filters), [(p.bucket, p.value) for p in reply.data])
+            families: Iterable[tuple[str, DimValues, list[tuple[str, Value]]]] = [
+                (reply.name, q.reply_dims, [(p.bucket, p.value) for p in reply.data])
             ]
         else:
             families = [
@@ -244,7 +261,10 @@ class Evaluator:
             ]
         out = []
         for name, dims, points in families:
-            labels = {"name": name, **{k: v for k, v in dims.items() if v != NONE}}
+            labels = {
+                "name": name,
+                **{label_of(k): dim_text(v) for k, v in dims.items() if v != NONE},
+            }
             samples = [(parse_ts(b) + w.step, v) for b, v in points]
             samples = [(t, v) for t, v in samples if w.start <= t <= w.end]
             if (NONE in dims.values() or OTHER in dims.values()) and not any(v for _, v in samples):

@@ -4,9 +4,10 @@ Postgres snapshot's watermarks decide which buckets come from Redis)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -73,37 +74,47 @@ TOTAL: Tuple = ()
 rollup has at least one grouped dim, so no real tuple is empty."""
 
 
-class _Scope:
-    """Which fields of which rollup, with some dims fixed by filters; and the one field of
-    the filters' own rollup (the total every breakdown adds up to), under the key TOTAL."""
+Filters = Mapping[str, Sequence[str]]
+"""Each filtered dim and the values it may take: one, or several (any of them)."""
 
-    def __init__(self, project: str, name: str, rollup: Rollup, filters: dict[str, str]) -> None:
+
+class _Scope:
+    """Which fields of which rollup, with some dims fixed by filters (to one value or any of
+    several); and the fields of the filters' own rollup (the total every breakdown adds up
+    to: one field, or one per combination of any-of values), all under the key TOTAL."""
+
+    def __init__(self, project: str, name: str, rollup: Rollup, filters: Filters) -> None:
         self.name = name
         self.rollup = rollup
-        self.fixed = {rollup.index(d): v for d, v in filters.items()}
+        self.fixed = {rollup.index(d): tuple(vs) for d, vs in filters.items()}
         self.prefix = field_prefix(name, rollup)
         self.select = RollupSelect(project, name, rollup, self.fixed)
         whole = rollup_for_filters(filters)
-        self.total_field = encode_field(name, whole, [filters[d] for d in whole])
+        self.total_fields = [
+            encode_field(name, whole, combo)
+            for combo in itertools.product(*(filters[d] for d in whole))
+        ]
+        self._totals = set(self.total_fields)
         self.total_select = RollupSelect(
             project, name, whole, dict(enumerate(filters[d] for d in whole))
         )
 
     def values(self, field: str) -> Tuple | None:
-        """The dims tuple of a rollup field in scope (TOTAL for the total's field), else None."""
-        if field == self.total_field:
+        """The dims tuple of a rollup field in scope (TOTAL for a total's field), else None."""
+        if field in self._totals:
             return TOTAL
         values = field_values(field, self.prefix)
         if values is None or len(values) != len(self.rollup):
             return None
-        if any(values[i] != v for i, v in self.fixed.items()):
+        if any(values[i] not in vs for i, vs in self.fixed.items()):
             return None
         return values
 
-    def field(self, values: Tuple) -> str:
+    def fields(self, values: Tuple) -> list[str]:
+        """The rollup fields of a tuple (TOTAL: every total field)."""
         if values == TOTAL:
-            return self.total_field
-        return encode_field(self.name, self.rollup, values)
+            return self.total_fields
+        return [encode_field(self.name, self.rollup, values)]
 
 
 def _fold_hash(
@@ -148,8 +159,11 @@ def _add_minute_sketches(
         return
     for values, t in tuples.items():
         if cell in t.hlls:
-            field = scope.field(values)
-            extra = [ctx.keys.hll(Grain.minute, m, field) for m in minutes]
+            extra = [
+                ctx.keys.hll(Grain.minute, m, field)
+                for field in scope.fields(values)
+                for m in minutes
+            ]
             t.hlls[cell] = list(dict.fromkeys(t.hlls[cell] + extra))
 
 
@@ -224,10 +238,11 @@ def _pg_buckets(state: PersistState, need: Need) -> Grains:
 
 
 async def read_breakdown(
-    ctx: ReadContext, name: str, rollup: Rollup, filters: dict[str, str], need: Need
+    ctx: ReadContext, name: str, rollup: Rollup, filters: Filters, need: Need
 ) -> Breakdown:
-    """Every dims tuple of `rollup` (values of the filtered dims fixed) with its cells over
-    the needed stored buckets, sketches included (for uniques)."""
+    """Every dims tuple of `rollup` (the filtered dims taking one of their values) with its
+    cells over the needed stored buckets, sketches included (for uniques); the total adds
+    up every field of the filters' own rollup."""
     scope = _Scope(ctx.project, name, rollup, filters)
     tmp: dict[str, bytes] = {}
     tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
@@ -239,9 +254,9 @@ async def read_breakdown(
             for r in rows + [msgspec.structs.replace(r, dims=TOTAL) for r in whole]:
                 await pacer.tick()
                 cell = (grain, r.bucket)
-                row = tuples[r.dims]
-                row.counts[cell] = r.count
-                row.sums[cell] = r.sum_micros
+                row = tuples[r.dims]  # one row per tuple and cell, but several totals
+                row.counts[cell] = row.counts.get(cell, 0) + r.count
+                row.sums[cell] = row.sums.get(cell, 0) + r.sum_micros
                 if r.hll is not None:
                     k = ctx.keys.tmp(uuid.uuid4().hex)
                     tmp[k] = r.hll
@@ -342,12 +357,13 @@ async def _top_cells(
 
 
 async def _total_cells(conn: Conn, sel: RollupSelect, per_grain: Grains) -> TupleCells:
-    """The Postgres rows of the filters' own rollup (one field) in the buckets."""
+    """The Postgres rows of the filters' own rollup (its fields added up) in the buckets."""
     out = TupleCells()
     for grain, wanted in per_grain:
         for r in await tuple_rows(conn, sel, grain, wanted, with_hll=False):
-            out.counts[(grain, r.bucket)] = r.count
-            out.sums[(grain, r.bucket)] = r.sum_micros
+            cell = (grain, r.bucket)
+            out.counts[cell] = out.counts.get(cell, 0) + r.count
+            out.sums[cell] = out.sums.get(cell, 0) + r.sum_micros
     return out
 
 
@@ -355,7 +371,7 @@ async def read_ranked(
     ctx: ReadContext,
     name: str,
     rollup: Rollup,
-    filters: dict[str, str],
+    filters: Filters,
     need: Need,
     *,
     by_sum: bool,

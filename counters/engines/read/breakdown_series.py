@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 from counters.core.measures import measure_value
 from counters.core.rollups import NONE, OTHER
-from counters.engines.read.breakdown import TupleCells, read_breakdown, read_ranked
+from counters.engines.read.breakdown import (
+    Breakdown,
+    RankedBreakdown,
+    Tuple,
+    TupleCells,
+    read_breakdown,
+    read_ranked,
+)
 from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
 from counters.engines.read.pace import Pacer
@@ -27,18 +34,53 @@ from counters.engines.read.query import (
     deletes,
     execute_chunked,
 )
-from counters.engines.read.reply import NamedSeries, points
+from counters.engines.read.reply import DimValues, NamedSeries, points
 from lua.client import RedisClient, redis_unavailable
 
 
-def _dims(q: ReadQuery, values: Sequence[str]) -> dict[str, str]:
+def _dims(q: ReadQuery, values: Sequence[str]) -> DimValues:
     """The filters plus the breakdown dims' values of one tuple (values in rollup order)."""
-    return {**dict(q.filters), **{d: values[q.rollup.index(d)] for d in q.group_by}}
+    return {**q.reply_dims, **{d: values[q.rollup.index(d)] for d in q.group_by}}
 
 
-def other_dims(q: ReadQuery, value: str = OTHER) -> dict[str, str]:
+def other_dims(q: ReadQuery, value: str = OTHER) -> DimValues:
     """The dims of the `__other__` series (or, with value=NONE, of `__none__`)."""
-    return {**dict(q.filters), **{d: value for d in q.group_by}}
+    return {**q.reply_dims, **{d: value for d in q.group_by}}
+
+
+def _filter_sets(q: ReadQuery) -> dict[str, tuple[str, ...]]:
+    return {d: tuple(vs) for d, vs in q.filter_sets.items()}
+
+
+def merge_any_of(q: ReadQuery, bd: Breakdown) -> Breakdown:
+    """The breakdown's tuples with the any-of dims' values forgotten: tuples that differ
+    only there are one (counts and sums add, sketches unite); `__none__`'s total is
+    already every total field added up."""
+    if not q.any_of:
+        return bd
+    blank = {q.rollup.index(d) for d, _ in q.any_of}
+    merged: dict[Tuple, TupleCells] = {}
+    for values, t in bd.tuples.items():
+        key = tuple("" if i in blank else v for i, v in enumerate(values))
+        merged.setdefault(key, TupleCells()).add(t)
+    return Breakdown(merged, bd.tmp_blobs, bd.total)
+
+
+def _ranked_from(q: ReadQuery, bd: Breakdown, cells: Periods) -> RankedBreakdown:
+    """A ranking of every tuple read (count or sum over the range), as read_ranked gives
+    for the tuples it proves."""
+    everything = flatten(cells)
+    source = "sums" if q.measure == "sum" else "counts"
+    totals = {
+        t: sum(getattr(c, source).get(x, 0) for x in everything) for t, c in bd.tuples.items()
+    }
+    top = sorted(totals, key=lambda t: (-totals[t], t))[: q.limit]
+    all_tuples = TupleCells()
+    for c in bd.tuples.values():
+        all_tuples.add(c)
+    return RankedBreakdown(
+        [(t, bd.tuples[t]) for t in top], all_tuples, bd.total, {t: totals[t] for t in top}
+    )
 
 
 def _value_of(q: ReadQuery, t: TupleCells, cells: Sequence[Cell]) -> Value:
@@ -51,19 +93,24 @@ async def ranked_series(
     ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
 ) -> list[NamedSeries]:
     """Breakdown by count or sum: ranked in Postgres, only the top tuples' rows read; the
-    rest is all tuples minus the top."""
-    ranked = await read_ranked(
-        ctx,
-        name,
-        q.rollup,
-        dict(q.filters),
-        need(cells),
-        by_sum=q.measure == "sum",
-        limit=q.limit,
-    )
+    rest is all tuples minus the top. With any-of filters, every tuple is read and the
+    tuples that differ only in an any-of dim are merged before ranking."""
+    if q.any_of:
+        bd = await read_breakdown(ctx, name, q.rollup, _filter_sets(q), need(cells))
+        ranked = _ranked_from(q, merge_any_of(q, bd), cells)
+    else:
+        ranked = await read_ranked(
+            ctx,
+            name,
+            q.rollup,
+            _filter_sets(q),
+            need(cells),
+            by_sum=q.measure == "sum",
+            limit=q.limit,
+        )
     everything = flatten(cells)
 
-    def series(t: TupleCells, dims: dict[str, str]) -> NamedSeries:
+    def series(t: TupleCells, dims: DimValues) -> NamedSeries:
         data = [_value_of(q, t, p) for p in cells]
         return NamedSeries(name, dims, _value_of(q, t, everything), points(q, data))
 
@@ -115,7 +162,7 @@ async def uniques_series(
 ) -> list[NamedSeries]:
     """Breakdown by uniques: every tuple's sketches read, ranked by the union over the
     range; the rest's uniques are the union of the rest's sketches, never a sum."""
-    bd = await read_breakdown(ctx, name, q.rollup, dict(q.filters), need(cells))
+    bd = merge_any_of(q, await read_breakdown(ctx, name, q.rollup, _filter_sets(q), need(cells)))
     blobs = BucketValues([], [], [], bd.tmp_blobs)
     everything = flatten(cells)
     items = list(bd.tuples.items())

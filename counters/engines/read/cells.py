@@ -35,12 +35,35 @@ class Cells:
         return [k for p, i in map(self.at.__getitem__, cells) for k in self.values.hll_keys[p][i]]
 
 
+def add_values(into: BucketValues, other: BucketValues) -> None:
+    """Adds another field's values of the same buckets: counts and sums add, the sketches
+    of each bucket join its list (united when counted, never summed)."""
+    for mine, theirs in zip(into.counts, other.counts, strict=True):
+        for i, v in enumerate(theirs):
+            mine[i] += v
+    for mine, theirs in zip(into.sums, other.sums, strict=True):
+        for i, v in enumerate(theirs):
+            mine[i] += v
+    for mine_keys, their_keys in zip(into.hll_keys, other.hll_keys, strict=True):
+        for keys, more in zip(mine_keys, their_keys, strict=True):
+            keys.extend(more)
+    into.tmp_blobs.update(other.tmp_blobs)
+
+
 async def read_cells(ctx: ReadContext, q: ReadQuery, name: str, cells: Periods) -> Cells:
-    """Every stored bucket the periods need, for one name, merged as of now."""
+    """Every stored bucket the periods need, for one name, merged as of now; with any-of
+    filters, the values of every combination of them added up (sketches united)."""
     needed = need(cells)
-    values = await read_buckets(
-        ctx, name, q.rollup, q.values, list(needed.items()), uniques=q.measure == "uniques"
-    )
+    pieces = list(needed.items())
+    uniques = q.measure == "uniques"
+    values: BucketValues | None = None
+    for one in q.expand():
+        part = await read_buckets(ctx, name, one.rollup, one.values, pieces, uniques=uniques)
+        if values is None:
+            values = part
+        else:
+            add_values(values, part)
+    assert values is not None  # expand() gives at least one query
     return Cells(values, needed, cells.at if isinstance(cells, Planned) else None)
 
 

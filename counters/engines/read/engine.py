@@ -78,7 +78,7 @@ async def _series(ctx: ReadContext, q: ReadQuery) -> list[NamedSeries]:
             out.extend(await breakdown_series(ctx, q, name, cells))
         else:
             data, total = await one_series(ctx, q, name, cells)
-            out.append(NamedSeries(name, dict(q.filters), total, points(q, data)))
+            out.append(NamedSeries(name, q.reply_dims, total, points(q, data)))
     return out
 
 

@@ -3,6 +3,8 @@ a 400 naming the first bad one."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Collection, Mapping
 from zoneinfo import ZoneInfo
@@ -53,6 +55,10 @@ MAX_GROUP_BY = 3
 """Dims one breakdown may group by (each more multiplies the tuples a read must rank)."""
 MAX_FILTERS = 8
 """Dim filters one read may carry."""
+MAX_FILTER_VALUES = 20
+"""Values one dim filter may list (`source=google&source=bing`: any of them)."""
+MAX_FILTER_COMBINATIONS = 64
+"""Product of the filters' value counts: each combination is one rollup field a read adds up."""
 MIN_TS = 0
 """1970-01-01T00:00:00Z: the earliest `from`/`to` a read takes."""
 MAX_TS = 253_402_300_799_999
@@ -82,6 +88,9 @@ class ReadQuery(msgspec.Struct, frozen=True):
     source: str = "rollups"
     """Where the answer comes from: "rollups", or "raw" when no rollup covers the dims (for a
     breakdown, also when the filters' own rollup, which `__none__` needs, is not stored)."""
+    any_of: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Dims filtered on several values (a repeated filter: any of them, SQL `IN`), sorted;
+    `filters` holds the dims filtered on one value. A dim is in one of the two, never both."""
     compare: str | None = None
     """previous_period or previous_year: the reply adds the same read of that range."""
 
@@ -101,9 +110,35 @@ class ReadQuery(msgspec.Struct, frozen=True):
 
     @property
     def values(self) -> tuple[str, ...]:
-        """Filter values in rollup order (when there is no breakdown)."""
+        """Filter values in rollup order (when there is no breakdown and no any-of filter)."""
         f = dict(self.filters)
         return tuple(f[d] for d in self.rollup)
+
+    @property
+    def filter_sets(self) -> dict[str, tuple[str, ...]]:
+        """Every filtered dim and the values it may take (one, or several for any-of)."""
+        return {**{d: (v,) for d, v in self.filters}, **dict(self.any_of)}
+
+    @property
+    def reply_dims(self) -> dict[str, str | list[str]]:
+        """The filters as a reply shows them: a value, or the list of any-of values."""
+        return {**dict(self.filters), **{d: list(vs) for d, vs in self.any_of}}
+
+    def expand(self) -> list[ReadQuery]:
+        """One query per combination of any-of values (each with one value per filtered dim),
+        whose answers add up (counts, sums) or unite (sketches) to this query's; [self] when
+        no filter has several values."""
+        if not self.any_of:
+            return [self]
+        dims = [d for d, _ in self.any_of]
+        return [
+            msgspec.structs.replace(
+                self,
+                filters=tuple(sorted([*self.filters, *zip(dims, combo, strict=True)])),
+                any_of=(),
+            )
+            for combo in itertools.product(*(vs for _, vs in self.any_of))
+        ]
 
 
 def _bad(message: str) -> BadRequest:
@@ -256,12 +291,13 @@ def filter_dim(key: str) -> tuple[str, bool]:
 
 def parse_filters(
     params: Mapping[str, str], known_dims: Collection[str] | None = None
-) -> dict[str, str]:
+) -> dict[str, tuple[str, ...]]:
     """Every non-reserved parameter is a dim filter: `d.<dim>=v` always, a bare `<dim>=v`
     only for a dim in known_dims (the project's catalog; None takes any), else 400
-    `unknown parameter`; a valid dim name, a 1..256 byte value; at most MAX_FILTERS dims;
-    a dim repeated with different values is refused (400) rather than read as one."""
-    filters: dict[str, str] = {}
+    `unknown parameter`; a valid dim name, 1..256 byte values. A repeated dim means any of
+    its values (distinct, in order): at most MAX_FILTER_VALUES per dim, MAX_FILTERS dims
+    and MAX_FILTER_COMBINATIONS combinations of values."""
+    filters: dict[str, list[str]] = {}
     for key, value in _all_items(params):
         if key in RESERVED:
             continue
@@ -276,22 +312,27 @@ def parse_filters(
         if not _value_re.match(value) or len(value.encode()) > MAX_FILTER_BYTES:
             raise _bad(f"filter {dim} must be 1..256 bytes without control characters")
         if dim in filters:
-            if filters[dim] != value:
-                raise _bad(
-                    f"filter {dim} repeated with different values: any-of filters are not"
-                    " supported yet (read each value separately)"
-                )
+            if value not in filters[dim]:
+                if len(filters[dim]) == MAX_FILTER_VALUES:
+                    raise _bad(f"filter {dim}: at most {MAX_FILTER_VALUES} values (any of them)")
+                filters[dim].append(value)
             continue
         if len(filters) == MAX_FILTERS:
             raise _bad(
                 f"at most {MAX_FILTERS} dim filters per read (got more, e.g. {key!r}):"
                 " filter on fewer dims"
             )
-        filters[dim] = value
-    return filters
+        filters[dim] = [value]
+    combinations = math.prod(len(vs) for vs in filters.values())
+    if combinations > MAX_FILTER_COMBINATIONS:
+        raise _bad(
+            f"filters: {combinations} combinations of values (each repeated filter multiplies"
+            f" them); at most {MAX_FILTER_COMBINATIONS}"
+        )
+    return {d: tuple(vs) for d, vs in filters.items()}
 
 
-def parse_group_by(params: Mapping[str, str], filters: Mapping[str, str]) -> tuple[str, ...]:
+def parse_group_by(params: Mapping[str, str], filters: Collection[str]) -> tuple[str, ...]:
     """The comma-separated breakdown dims (distinct, in order, at most MAX_GROUP_BY), none
     of them filtered on; refused before any of them reaches a query."""
     group_by = tuple(dict.fromkeys(d for d in (params.get("group_by") or "").split(",") if d))
@@ -363,12 +404,13 @@ def parse_read(
         tz.key,
         start,
         end,
-        tuple(sorted(filters.items())),
+        tuple(sorted((d, vs[0]) for d, vs in filters.items() if len(vs) == 1)),
         group_by,
         top,
         rollup,
         alias,
         source,
+        tuple(sorted((d, vs) for d, vs in filters.items() if len(vs) > 1)),
         compare=compare,
     )
     if oldest_minute is not None and source == "rollups":

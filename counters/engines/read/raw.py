@@ -24,7 +24,7 @@ from counters.core.rollups import NONE, OTHER
 from counters.engines.read.context import ReadContext
 from counters.engines.read.pace import Pacer
 from counters.engines.read.parse import ReadQuery
-from counters.engines.read.reply import NamedSeries, Point, points
+from counters.engines.read.reply import DimValues, NamedSeries, Point, points
 from lua.client import redis_unavailable
 from persist.rawlog_reads import RawGroupRow, RawScope, aggregate_raw, copied_until, count_rows
 from persist.schema import stream_order
@@ -68,8 +68,8 @@ def _fold_postgres(out: Groups, rows: list[RawGroupRow], uniques: bool) -> None:
         out[_group(r.group)][r.period].add(r.count, r.sum_micros, r.uid if uniques else None)
 
 
-def _matches(ev: RawEvent, filters: Mapping[str, str]) -> bool:
-    return all(ev.dims.get(d) == v for d, v in filters.items())
+def _matches(ev: RawEvent, filters: Mapping[str, Sequence[str]]) -> bool:
+    return all(ev.dims.get(d) in vs for d, vs in filters.items())
 
 
 async def _fold_redis(out: Groups, entries: Entries, cursor: str, scope: RawScope) -> None:
@@ -95,7 +95,7 @@ async def read_raw(
     ctx: ReadContext,
     name: str,
     spans: Sequence[tuple[int, int]],
-    filters: dict[str, str],
+    filters: Mapping[str, Sequence[str]],
     group_by: Sequence[str],
     *,
     uniques: bool,
@@ -152,7 +152,7 @@ async def check_raw_budget(ctx: ReadContext, q: ReadQuery) -> None:
     if not budget:
         return
     cap = budget // len(q.names) + 1
-    hint = narrowing_hint([d for d, _ in q.filters] + list(q.group_by))
+    hint = narrowing_hint([*q.filter_sets, *q.group_by])
     found = await count_rows(
         ctx.pool,
         ctx.project,
@@ -196,7 +196,7 @@ def _none_uniques(none: Sequence[Acc], groups: Sequence[Sequence[Acc]]) -> list[
 def _none_series(q: ReadQuery, name: str, none: list[Acc], groups: Groups) -> NamedSeries:
     """The `__none__` series: the events lacking a grouped dim (for uniques, the uids seen
     only there)."""
-    dims = {**dict(q.filters), **{d: NONE for d in q.group_by}}
+    dims: DimValues = {**q.reply_dims, **{d: NONE for d in q.group_by}}
     if q.measure != "uniques":
         return NamedSeries(name, dims, _measure(q, none), _per_period(q, [none], len(none)))
     accs = _none_uniques(none, list(groups.values()))
@@ -206,7 +206,8 @@ def _none_series(q: ReadQuery, name: str, none: list[Acc], groups: Groups) -> Na
 async def raw_total(ctx: ReadContext, q: ReadQuery, name: str) -> Value:
     """One name's value over the whole range from the raw log (exact, uniques included)."""
     spans = [(q.start, q.end)] if q.end > q.start else []
-    groups = await read_raw(ctx, name, spans, dict(q.filters), (), uniques=q.measure == "uniques")
+    uniques = q.measure == "uniques"
+    groups = await read_raw(ctx, name, spans, q.filter_sets, (), uniques=uniques)
     return _measure(q, groups.get(NO_GROUP) or [])
 
 
@@ -214,8 +215,10 @@ async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSer
     """The same answers from the raw log: one series, or the top tuples, __other__ and
     __none__ (exact, uniques included)."""
     spans = periods(q.start, q.end, q.precision, q.tz)
-    filters = dict(q.filters)
-    groups = await read_raw(ctx, name, spans, filters, q.group_by, uniques=q.measure == "uniques")
+    filters = q.reply_dims
+    groups = await read_raw(
+        ctx, name, spans, q.filter_sets, q.group_by, uniques=q.measure == "uniques"
+    )
     n = len(spans)
     none = groups.pop(NO_GROUP, None) or [Acc() for _ in spans]
     if not q.group_by:
@@ -229,12 +232,12 @@ async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSer
     top, rest = items[: q.limit], items[q.limit :]
     out: list[NamedSeries] = []
     for g, accs in top:
-        dims = {**filters, **dict(zip(q.group_by, g, strict=True))}
+        dims: DimValues = {**filters, **dict(zip(q.group_by, g, strict=True))}
         out.append(NamedSeries(name, dims, totals[g], _per_period(q, [accs], n)))
         await pacer.tick()
     rest_accs = [accs for _, accs in rest]
     everything = [a for accs in rest_accs for a in accs]
-    other = {**filters, **{d: OTHER for d in q.group_by}}
+    other: DimValues = {**filters, **{d: OTHER for d in q.group_by}}
     out.append(NamedSeries(name, other, _measure(q, everything), _per_period(q, rest_accs, n)))
     out.append(_none_series(q, name, none, groups))
     return out

@@ -72,9 +72,13 @@ class SeriesReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     """With compare only (the key is left out otherwise)."""
 
 
+DimValues = dict[str, str | list[str]]
+"""A series' dims: a value each, or for an any-of filter the list of its values."""
+
+
 class NamedSeries(msgspec.Struct, omit_defaults=True):
     name: str
-    dims: dict[str, str]
+    dims: DimValues
     total: Value
     data: list[Point]
     comparison: SeriesComparisonField = None

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import msgspec
 
 from counters.engines.read.reply import (
+    DimValues,
     MultiSeriesReply,
     MultiTotalReply,
     NamedSeries,
@@ -27,10 +28,16 @@ class Row(msgspec.Struct, frozen=True):
 
     bucket: str
     name: str
-    dims: dict[str, str]
+    dims: DimValues
     value: Value
     partial: bool = False
     """The bucket is still in progress (see Point.partial)."""
+
+
+def dim_text(value: str | list[str]) -> str:
+    """A dim's value as one text (a CSV cell, a label): an any-of filter's values joined
+    by `|`."""
+    return value if isinstance(value, str) else "|".join(value)
 
 
 def column(dim: str) -> str:
@@ -45,7 +52,7 @@ def _series(s: NamedSeries) -> Iterator[Row]:
 
 def reply_rows(
     reply: SeriesReply | MultiSeriesReply | TotalReply | MultiTotalReply,
-    filters: dict[str, str],
+    filters: DimValues,
 ) -> Iterator[Row]:
     """Every value of a series, breakdown or total reply as a row (a total's bucket is the
     range's start); `filters` are the read's dim filters, the dims of a plain series."""
