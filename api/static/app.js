@@ -256,10 +256,6 @@ function cardMeasure(name) {
   return state.cm[name] || state.measure;
 }
 
-function filteredDims() {
-  return new Set(state.filters.map(([d]) => d));
-}
-
 /** The dims a card lists (all its dims; beyond DIMS_SHOWN only when expanded). */
 function shownDims(entry) {
   return state.more.includes(entry.name) ? entry.dims : entry.dims.slice(0, DIMS_SHOWN);
@@ -299,11 +295,14 @@ function buildBatch(precision, win, ordered) {
         queries.push({ id: `s.${m}.${i}`, kind: "series", name: ns, measure: m, ...cmp }));
       const dimNames = {};
       for (const n of mine) {
-        for (const d of shownDims(n)) if (!(d in byDim)) (dimNames[d] = dimNames[d] || []).push(n.name);
+        for (const d of shownDims(n)) (dimNames[d] = dimNames[d] || []).push(n.name);
       }
       for (const [d, ns] of Object.entries(dimNames)) {
+        // a filtered dim's table lists its values without its own filter (an empty list
+        // drops the common parameter), so more values can be picked (any of them)
+        const own = d in byDim ? { ["d." + d]: [] } : {};
         chunks(ns, Math.min(MAX_NAMES, Math.floor(MAX_POINTS / ((TOP_N + 2) * buckets)))).forEach((part, i) =>
-          breakdowns.push({ id: `b.${m}.${d}.${i}`, kind: "series", name: part, measure: m, group_by: d, limit: String(TOP_N) }));
+          breakdowns.push({ id: `b.${m}.${d}.${i}`, kind: "series", name: part, measure: m, group_by: d, limit: String(TOP_N), ...own }));
       }
     }
     queries.push(...breakdowns);
@@ -576,14 +575,18 @@ function card(name) {
   return el;
 }
 
-function renderTable(entry, dim, rows, total, m) {
+function renderTable(entry, dim, rows, total, m, picked) {
   if (!rows) return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">not loaded (too many queries for one batch)</td></tr></table>`;
   const shown = rows.filter((r) => Number(r.total) > 0);
+  // a filtered dim's rows are read without its filter: shares of their own sum
+  if (picked.length) total = shown.reduce((a, r) => a + Number(r.total), 0);
   const body = shown.map((r) => {
     const v = r.dims[dim];
     const real = v !== "__other__" && v !== "__none__";
+    const on = picked.includes(v);
     const share = total > 0 ? (Number(r.total) / total) * 100 : 0;
-    return `<tr class="${real ? "row" : "row rest"}" data-dim="${escapeHtml(dim)}" data-value="${escapeHtml(v)}"${real ? ' tabindex="0" title="filter on this value"' : ""}>` +
+    const title = on ? "remove this filter" : picked.length ? "add this value (any of them)" : "filter on this value";
+    return `<tr class="${real ? "row" : "row rest"}${on ? " on" : ""}" data-dim="${escapeHtml(dim)}" data-value="${escapeHtml(v)}"${real ? ` tabindex="0" title="${title}" aria-selected="${on}"` : ""}>` +
       `<td class="k"><span class="b" style="width:${Math.min(100, share).toFixed(1)}%"></span>` +
       `<span class="t">${escapeHtml(dimValueLabel(v))}</span></td>` +
       `<td class="v">${escapeHtml(fmt(Number(r.total)))}</td>` +
@@ -630,15 +633,10 @@ function renderCard(el, entry, data, meta) {
   el.querySelector(".range").textContent =
     `${s ? s.data.length : 0} × ${meta.precision} buckets, ${meta.tz}, from ${meta.from}` +
     (state.compare && s && s.comparison ? ` · compared with ${s.comparison.from} – ${s.comparison.to}` : "");
-  const filtered = filteredDims();
   const tables = [];
   for (const dim of shownDims(entry)) {
-    if (filtered.has(dim)) {
-      const vs = state.filters.filter(([d]) => d === dim).map(([, v]) => v).join(", ");
-      tables.push(`<table data-dim="${escapeHtml(dim)}" class="filtered"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">filtered to ${escapeHtml(vs)}</td></tr></table>`);
-      continue;
-    }
-    tables.push(renderTable(entry, dim, data.breakdowns[entry.name + "\u0000" + dim], total, m));
+    const picked = state.filters.filter(([d]) => d === dim).map(([, v]) => v);
+    tables.push(renderTable(entry, dim, data.breakdowns[entry.name + "\u0000" + dim], total, m, picked));
   }
   el.querySelector(".dims").innerHTML = tables.join("");
   const more = el.querySelector(".more");
@@ -851,11 +849,11 @@ $("cards").addEventListener("click", (ev) => {
     changed(); return;
   }
   const row = ev.target.closest("tr.row:not(.rest)");
-  if (row) addFilter(row.dataset.dim, row.dataset.value);
+  if (row) toggleFilter(row.dataset.dim, row.dataset.value);
 });
 $("cards").addEventListener("keydown", (ev) => {
   const row = ev.target.closest && ev.target.closest("tr.row:not(.rest)");
-  if (row && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); addFilter(row.dataset.dim, row.dataset.value); }
+  if (row && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); toggleFilter(row.dataset.dim, row.dataset.value); }
 });
 $("zero").addEventListener("click", (ev) => {
   const b = ev.target.closest(".copy");
@@ -864,8 +862,11 @@ $("zero").addEventListener("click", (ev) => {
   if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { b.textContent = "copied"; }, () => {});
 });
 
-function addFilter(dim, value) {
-  if (state.filters.some(([d, v]) => d === dim && v === value)) return;
+/** A clicked row: adds d.<dim>=<value> (a second value of a dim means any of them), or
+ * removes it when it is already a filter. */
+function toggleFilter(dim, value) {
+  const at = state.filters.findIndex(([d, v]) => d === dim && v === value);
+  if (at >= 0) { state.filters.splice(at, 1); changed(); return; }
   const dims = new Set(state.filters.map(([d]) => d));
   if (!dims.has(dim) && dims.size >= MAX_FILTERS) {
     setStatus(`error: at most ${MAX_FILTERS} dims can be filtered at once (remove a filter first)`);
