@@ -429,7 +429,8 @@ function drawChart(box, pts, cmp, o) {
   const labels = Math.max(1, Math.floor((W - L - R) / (sample.length * 6 + 24)));
   const every = Math.max(1, Math.ceil(n / labels));
   for (let i = Math.floor((every - 1) / 2); i < n; i += every) {
-    const anchor = "middle";
+    const half = (fmtTick(times[i], o.precision, o.tz, span).length * 5.6) / 2;
+    const anchor = x(i) + half > W ? "end" : x(i) - half < 0 ? "start" : "middle";
     out.push(`<line class="tick" x1="${x(i).toFixed(1)}" x2="${x(i).toFixed(1)}" y1="${H - B}" y2="${H - B + 4}"/>`);
     out.push(`<text class="xlab" text-anchor="${anchor}" x="${x(i).toFixed(1)}" y="${H - 6}">${escapeHtml(fmtTick(times[i], o.precision, o.tz, span))}</text>`);
   }
@@ -692,6 +693,7 @@ function render(body, meta) {
 // ---------------------------------------------------------------- the refresh loop
 
 let timer = null;
+let fallback = ""; // why the range shown is not the one asked for (until the next choice)
 let generation = 0;
 let polls = 0;
 let view = null; // what the last batch was built for
@@ -713,6 +715,14 @@ function syncControls(now) {
     if (opt.value === "custom") continue;
     opt.disabled = workingPrecisions({ ...state, range: opt.value }, now).length === 0;
   }
+  if (state.range !== "custom" && !pickPrecision(state, now)) {
+    // e.g. 30 days in a half-hour zone: the longest range that can be read instead
+    const fits = Object.keys(RANGES).filter((r) => pickPrecision({ ...state, range: r }, now));
+    if (fits.length) {
+      fallback = `${state.range} cannot be read in ${state.tz} (its buckets need minute data, kept 14 days): showing ${fits[fits.length - 1]}`;
+      state.range = fits[fits.length - 1]; $("range").value = state.range; saveState();
+    }
+  }
   const ok = workingPrecisions(state, now);
   const chosen = pickPrecision(state, now);
   const auto = state.precision === "auto" || !ok.includes(state.precision);
@@ -723,6 +733,9 @@ function syncControls(now) {
   if (!chosen) {
     note.hidden = false;
     note.textContent = `no precision can answer this range in ${state.tz}: minute data is kept 14 days; pick a shorter range or a whole-hour zone`;
+  } else if (fallback) {
+    note.hidden = false;
+    note.textContent = fallback;
   } else if (state.precision !== "auto" && !ok.includes(state.precision)) {
     note.hidden = false;
     note.textContent = `${state.precision} cannot answer this range (too many buckets or past minute retention): using ${chosen}`;
@@ -809,14 +822,14 @@ $("project").addEventListener("change", () => {
   catalog = null; $("cards").innerHTML = "";
   changed();
 });
-$("range").addEventListener("change", () => { state.range = $("range").value; changed(); });
+$("range").addEventListener("change", () => { state.range = $("range").value; fallback = ""; changed(); });
 $("from").addEventListener("change", () => { if ($("from").value) { state.from = $("from").value; changed(); } });
 $("to").addEventListener("change", () => { if ($("to").value) { state.to = $("to").value; changed(); } });
 $("precision").addEventListener("change", () => { state.precision = $("precision").value; changed(); });
 $("tz").addEventListener("change", () => {
   const tz = $("tz").value.trim() || "UTC";
   if (!validZone(tz)) { setStatus(`error: unknown time zone '${tz}'`); return; }
-  state.tz = tz; changed();
+  state.tz = tz; fallback = ""; changed();
 });
 $("compare").addEventListener("change", () => { state.compare = $("compare").value; changed(); });
 $("kpis").addEventListener("click", (ev) => {
