@@ -197,6 +197,9 @@ async def shoot(page: Page, name: str, sizes: tuple[str, ...] = ("desktop", "pho
                 s => Number(s.getAttribute('width')) <= w)""",
             size["width"],
         )
+        # nothing wider than the screen (no sideways scrolling on a phone)
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= size["width"], (name, label, width)
         path = ARTIFACTS / f"{name}-{label}.png"
         await page.screenshot(path=str(path))
         assert path.stat().st_size > 5_000
@@ -284,6 +287,47 @@ async def test_link_opens_the_view_with_the_apis_numbers(service: Service, now: 
             "#cards .card", "els => els.map(e => e.dataset.name)"
         )
         assert order == order_now
+
+
+async def test_a_full_link_reproduces_the_view(service: Service, now: int) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as c, chromium() as browser:
+        p = await seeded(service, c, now)
+        page = await browser.new_page(viewport=DESKTOP)
+        watch = Watch(page)
+        link = p.link(
+            range="7d",
+            precision="1h",
+            tz="Europe/Berlin",
+            measure="sum",
+            compare="previous_period",
+            pin="signup",
+            **{"d.plan": "pro"},
+        )
+        await page.goto(link)
+        await wait_js(page, "() => document.querySelector('.card .total')?.dataset.value")
+        batch = watch.last_batch()
+        common = batch["common"]
+        assert (common["tz"], common["precision"], common["d.plan"]) == (
+            "Europe/Berlin",
+            "1h",
+            "pro",
+        )
+        assert int(common["to"]) - int(common["from"]) == 7 * 86_400_000
+        reads = [q for q in batch["queries"] if q["kind"] == "series" and "group_by" not in q]
+        assert reads and all(q["measure"] == "sum" for q in reads)
+        assert all(q.get("compare") == "previous_period" for q in reads)
+        for sel, value in (("#range", "7d"), ("#precision", "1h"), ("#tz", "Europe/Berlin")):
+            assert await page.input_value(sel) == value
+        assert await page.input_value("#compare") == "previous_period"
+        assert await page.locator('.chip[data-dim="plan"][data-value="pro"]').count() == 1
+        names = await page.eval_on_selector_all(
+            "#cards .card", "els => els.map(e => e.dataset.name)"
+        )
+        assert names[0] == "signup"
+        total = await p.get(c, "total", params_of(common, name="purchase", measure="sum"))
+        assert total["value"] == sum(2.5 + i for i in range(0, 12, 2))  # the pro plan's
+        await wait_card(page, "purchase", str(total["value"]), "sum")
+        assert await page.get_attribute('.kpi[data-measure="sum"]', "aria-pressed") == "true"
 
 
 async def test_typed_key_goes_to_the_fragment_and_errors_show(service: Service, now: int) -> None:
