@@ -659,3 +659,27 @@ async def test_custom_range_and_many_names(service: Service, now: int) -> None:
         assert await page.get_attribute('.kpi[data-measure="count"] .kv', "data-value") == str(
             sum(values.values())
         )
+
+
+async def test_other_and_none_rows(service: Service, now: int) -> None:
+    async with httpx.AsyncClient(base_url=service.url) as c, chromium() as browser:
+        p = Project(service)
+        events: list[dict[str, Any]] = [
+            {"name": "tagged", "ts": now - 60_000, "dims": {"k": f"v{i}"}}
+            for i in range(7)
+            for _ in range(10 - i)
+        ]
+        events.append({"name": "tagged", "ts": now - 60_000})
+        await p.send(c, events)
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(p.link())
+        await wait_card(page, "tagged", str(len(events)))
+        rows = page.locator('.card[data-name="tagged"] table[data-dim="k"] tr.row')
+        labels = [await r.locator("td.k").text_content() for r in await rows.all()]
+        assert labels == ["v0", "v1", "v2", "v3", "v4", "Other", "(none)"]
+        values = [await r.locator("td.v").text_content() for r in await rows.all()]
+        assert values == ["10", "9", "8", "7", "6", "9", "1"]  # Other: v5 (5) + v6 (4)
+        # Other and (none) are no value to filter on
+        assert await page.locator('.card[data-name="tagged"] tr.rest').count() == 2
+        await page.click('.card[data-name="tagged"] tr.rest >> nth=0')
+        assert "d.k" not in await page.evaluate("location.hash")  # set synchronously on click
