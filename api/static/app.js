@@ -248,7 +248,7 @@ function escapeHtml(s) {
 // ---------------------------------------------------------------- the batch
 
 let catalog = null; // the last catalog reply: {names: [{name, dims}]}
-let lastReply = null; // {batch, view, body} of the last answer drawn
+let lastReply = null; // {body, meta} of the last answer drawn (redrawn on resize, pin, move)
 let cache = { url: "", etag: "", body: null };
 let lastOrder = []; // the card names as last drawn
 
