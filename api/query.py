@@ -4,8 +4,9 @@ revalidates with If-None-Match and gets one 304 per poll).
 
 Authorized once; every query parsed by the same parse_read as the single routes and
 checked against the same read limits before anything is read, so a bad query is a 400
-naming it and nothing else is read. The queries then run one after another (they share
-the request's clock read, so every range is computed from the same now)."""
+naming it and nothing else is read; the whole batch, one reply, is held to max_points.
+The queries then run one after another (they share the request's clock read, so every
+range is computed from the same now)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from counters.engines.read.batch import BatchQuery, BatchReply, decode_batch, pa
 from counters.engines.read.catalog import read_catalog
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import check_query, read_series, read_total
+from counters.engines.read.limits import reply_points
 from counters.engines.read.parse import ReadQuery, parse_read
 from counters.engines.read.seen_dims import bare_dims
 
@@ -60,6 +62,19 @@ async def _plan(
     return bq, q
 
 
+def check_batch_points(planned: list[tuple[BatchQuery, ReadQuery | None]], max_points: int) -> None:
+    """400 too_many_points when the queries together may answer more than max_points
+    points (the batch is one reply: the same bound as one read; 0 = no limit)."""
+    asked = sum(reply_points(q, total=bq.kind == "total") for bq, q in planned if q is not None)
+    if max_points and asked > max_points:
+        raise BadRequest(
+            f"this batch asks for up to {asked:,} points in all; at most {max_points:,} per"
+            " reply (max_points): split it, or ask fewer names, smaller limits, coarser"
+            " precisions or shorter ranges",
+            code="too_many_points",
+        )
+
+
 async def _run(ctx: ReadContext, now: int, bq: BatchQuery, q: ReadQuery | None) -> Any:
     with naming(bq):
         if q is None:
@@ -75,6 +90,7 @@ async def _answer(request: Request, project: str, data: bytes | str) -> Response
     now = state.clock.now_ms()
     ctx = read_context(state, project, now)
     planned = [await _plan(state, ctx, now, bq) for bq in queries]
+    check_batch_points(planned, ctx.limits.max_points)
     results = {bq.id: await _run(ctx, now, bq, q) for bq, q in planned}
     return etag_response(request, BatchReply(results))
 

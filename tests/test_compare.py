@@ -176,6 +176,15 @@ async def test_refusals(ctx: ApiClient) -> None:
     assert status == 400 and "compare: the previous_year range" in body["error"]["message"]
 
 
+async def test_the_comparison_counts_against_max_points(ctx: ApiClient) -> None:
+    # 20 names x 3,600 minutes = 72,000 points: under 100,000 alone, not with the comparison
+    args = {"name": [f"n{i}" for i in range(20)], "precision": "1m", "from": "2026-04-13T00:00:00Z"}
+    assert (await _status(ctx, "series", **args))[0] == 200
+    status, body = await _status(ctx, "series", **args, compare="previous_period")
+    assert status == 400 and body["error"]["code"] == "too_many_points"
+    assert "144,000 points (20 names x 2 series x 3600 buckets)" in body["error"]["message"]
+
+
 async def test_partial_marks_only_the_point_in_progress(ctx: ApiClient) -> None:
     live = await ctx.get(
         "series", name="click", precision="1h", excluding_current="false", compare="previous_period"

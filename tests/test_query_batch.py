@@ -176,6 +176,18 @@ async def test_read_limits_apply_per_query(ctx: ApiClient) -> None:
         assert text.startswith(f'queries[1] (id "{query["id"]}"): ') and message in text, text
 
 
+async def test_the_batch_is_one_reply_under_max_points(ctx: ApiClient) -> None:
+    # each breakdown may answer (100 + 2) series x 720 minutes = 73,440 points: one is fine,
+    # two are over the 100,000 one reply may hold
+    top = {"kind": "series", "name": "click", "precision": "1m", "group_by": "source"}
+    one = [{"id": "p1", **top, "limit": "100"}]
+    assert (await batch_get(ctx, {"common": COMMON, "queries": one})).status_code == 200
+    two = [*one, {"id": "p2", **top, "limit": "100"}]
+    r = await batch_get(ctx, {"common": COMMON, "queries": two})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_points"
+    assert "this batch asks for up to 146,880 points in all" in r.json()["error"]["message"]
+
+
 async def test_shape_errors(ctx: ApiClient) -> None:
     over = {"queries": [{"id": str(i), "kind": "catalog"} for i in range(51)]}
     for batch, message in [

@@ -13,7 +13,7 @@ from counters.engines.read.breakdown_series import breakdown_series
 from counters.engines.read.cells import Cells, Periods, Value, one_series, read_cells, reduce_cells
 from counters.engines.read.compare import comparison_query
 from counters.engines.read.context import ReadContext
-from counters.engines.read.limits import check_read
+from counters.engines.read.limits import check_points, check_read, period_count, series_per_name
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import series_plan, whole
 from counters.engines.read.query import BucketValues, count_uniques
@@ -55,6 +55,9 @@ def check_query(ctx: ReadContext, q: ReadQuery, *, total: bool) -> None:
     check_read(q, ctx.limits, ctx.oldest_minute, total=total)
     before = comparison_query(q)
     if before is not None:
+        # the reply holds both ranges: one series more per name against max_points
+        buckets = 1 if total else period_count(q)
+        check_points(q, 2 * (1 if total else series_per_name(q)), buckets, ctx.limits.max_points)
         try:
             check_read(before, ctx.limits, ctx.oldest_minute, total=total)
         except BadRequest as exc:

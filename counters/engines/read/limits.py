@@ -72,6 +72,13 @@ def check_points(q: ReadQuery, series: int, buckets: int, max_points: int) -> No
         )
 
 
+def reply_points(q: ReadQuery, *, total: bool) -> int:
+    """The most points the reply of q may hold (a total: one per name), the compared
+    range's included: what a batch adds up against max_points for its one reply."""
+    per_name = 1 if total else series_per_name(q) * period_count(q)
+    return len(q.names) * per_name * (2 if q.compare is not None else 1)
+
+
 def raise_past_raw_retention(oldest_raw: int) -> None:
     """400 naming the oldest instant the raw log still holds."""
     raise BadRequest(
