@@ -281,7 +281,7 @@ function buildBatch(precision, win, ordered) {
   const shown = (n) => { const i = lastOrder.indexOf(n.name); return i < 0 ? Infinity : i; };
   const names = !catalog ? [] : ordered ? catalog.names.slice().sort((a, b) => shown(a) - shown(b)) : catalog.names;
   if (names.length) {
-    const buckets = Math.ceil((win.to - win.from) / SHORTEST[precision]) + 1;
+    const buckets = bucketsOf(precision, win);
     const all = names.map((n) => n.name);
     for (const m of MEASURES) {
       chunks(all, MAX_NAMES).forEach((ns, i) =>
@@ -307,9 +307,29 @@ function buildBatch(precision, win, ordered) {
     }
     queries.push(...breakdowns);
   }
-  // past the batch cap, the last cards' breakdowns (then series) are left out (they say so)
-  if (queries.length > MAX_QUERIES && !ordered) return buildBatch(precision, win, true);
-  return { common, queries: queries.slice(0, MAX_QUERIES) };
+  // one reply holds at most MAX_POINTS points in all (a compared read counts twice) and
+  // MAX_QUERIES queries: past either, the last cards' breakdowns (then series) are left
+  // out, the cards read first in the order they are shown (they say what is missing)
+  const kept = [];
+  let points = MAX_POINTS;
+  let full = false;
+  for (const q of queries) {
+    const per = q.kind !== "series" ? 1 : (q.group_by ? TOP_N + 2 : 1) * bucketsOf(precision, win);
+    const each = per * (q.compare ? 2 : 1);
+    const names = q.name ? q.name.length : 0;
+    if (full || kept.length >= MAX_QUERIES) { full = true; continue; }
+    if (names * each <= points) { kept.push(q); points -= names * each; continue; }
+    full = true;
+    const fit = Math.floor(points / each);
+    if (fit >= 1) { kept.push({ ...q, name: q.name.slice(0, fit) }); points -= fit * each; }
+  }
+  if (full && !ordered) return buildBatch(precision, win, true);
+  return { common, queries: kept };
+}
+
+/** An upper bound on the buckets of a read over the window (the service's period_count). */
+function bucketsOf(precision, win) {
+  return Math.ceil((win.to - win.from) / SHORTEST[precision]) + 1;
 }
 
 /** GET the batch; with the last ETag of the same URL as If-None-Match (a 304 keeps the
@@ -413,7 +433,7 @@ function drawChart(box, pts, cmp, o) {
   const vals = pts.map((p) => Number(p.value));
   const cvals = cmp ? cmp.map((p) => Number(p.value)) : [];
   const hi = Math.max(0, ...vals, ...cvals);
-  const step = hi > 0 ? niceStep(hi / 4) : 1;
+  const step = hi > 0 ? Math.max(o.integer ? 1 : 0, niceStep(hi / 4)) : 1;
   const top = Math.max(step, Math.ceil(hi / step) * step);
   const x = (i) => L + (n > 1 ? (i * (W - L - R)) / (n - 1) : (W - L - R) / 2);
   const y = (v) => T + (H - T - B) * (1 - v / top);
@@ -577,7 +597,7 @@ function card(name) {
 }
 
 function renderTable(entry, dim, rows, total, m, picked) {
-  if (!rows) return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">not loaded (too many queries for one batch)</td></tr></table>`;
+  if (!rows) return `<table data-dim="${escapeHtml(dim)}"><tr><th colspan="3">${escapeHtml(dim)}</th></tr><tr><td colspan="3" class="muted">not loaded: more than one reply holds (a coarser precision or fewer cards)</td></tr></table>`;
   const shown = rows.filter((r) => Number(r.total) > 0);
   // a filtered dim's rows are read without its filter: shares of their own sum
   if (picked.length) total = shown.reduce((a, r) => a + Number(r.total), 0);
@@ -626,7 +646,7 @@ function renderCard(el, entry, data, meta) {
   const featured = el === $("cards").firstElementChild;
   if (s) {
     const cmp = state.compare && s.comparison ? s.comparison.data : null;
-    drawChart(box, s.data, cmp, { height: featured ? 220 : 150, precision: meta.precision, tz: meta.tz, label: `${entry.name} ${MEASURE_LABEL[m]}`, mlabel: MEASURE_LABEL[m] });
+    drawChart(box, s.data, cmp, { height: featured ? 220 : 150, precision: meta.precision, tz: meta.tz, label: `${entry.name} ${MEASURE_LABEL[m]}`, mlabel: MEASURE_LABEL[m], integer: m !== "sum" });
   } else {
     box._chart = null;
     box.innerHTML = `<p class="muted">not loaded: more cards than one batch reads (pin or move this card up)</p>`;
