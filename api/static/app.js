@@ -564,7 +564,7 @@ function kpiValues(totals, m, names) {
   const cmps = items.map(cmpOf);
   const cmp = cmps.length && cmps.every((c) => c !== null) ? cmps.reduce((a, c) => a + c, 0) : null;
   const some = items.filter((it) => Number(it.value) !== 0).map((it) => it.name);
-  const sub = some.length === 1 ? "in " + some[0] : some.length ? `${some.length} events` : "";
+  const sub = some.length === 1 ? "in " + some[0] : some.length ? `across ${some.length} event names` : "";
   return { value, cmp, sub };
 }
 
