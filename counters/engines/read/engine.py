@@ -17,7 +17,7 @@ from counters.engines.read.limits import check_points, check_read, period_count,
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import series_plan, whole
 from counters.engines.read.query import BucketValues, count_uniques
-from counters.engines.read.raw import check_raw_budget, raw_series, raw_total
+from counters.engines.read.raw import check_raw_budget, raw_series, raw_total, raw_uids
 from counters.engines.read.reply import (
     MultiSeriesReply,
     MultiTotalReply,
@@ -28,6 +28,7 @@ from counters.engines.read.reply import (
     SeriesReply,
     TotalReply,
     UnionSeries,
+    UnionTotal,
     mark_partial,
     points,
     projects_reply,
@@ -101,9 +102,12 @@ async def read_series(ctx: ReadContext, q: ReadQuery) -> SeriesReply | MultiSeri
     return series_reply(q, out)
 
 
-async def _totals(ctx: ReadContext, q: ReadQuery) -> list[NamedTotal]:
+async def _totals(ctx: ReadContext, q: ReadQuery) -> tuple[list[NamedTotal], Value | None]:
+    """Each name's value, and for uniques of several names their union (else None)."""
     if q.source == "raw":
         await check_raw_budget(ctx, q)
+    if q.measure == "uniques" and len(q.names) > 1:
+        return await _uniques_and_union(ctx, q)
     values: list[NamedTotal] = []
     for name in q.names:
         if q.source == "raw":
@@ -111,19 +115,41 @@ async def _totals(ctx: ReadContext, q: ReadQuery) -> list[NamedTotal]:
         else:
             _, value = await one_series(ctx, q, name, [whole(q)])
         values.append(NamedTotal(name, value))
-    return values
+    return values, None
+
+
+async def _uniques_and_union(ctx: ReadContext, q: ReadQuery) -> tuple[list[NamedTotal], Value]:
+    """Uniques of each name and of all of them together: from the raw log, sets of uids;
+    from rollups, every name's sketches counted alone and then together (one PFCOUNT of
+    the union: a uid seen under two names counts once, never a sum)."""
+    if q.source == "raw":
+        uids = [await raw_uids(ctx, q, name) for name in q.names]
+        named = [NamedTotal(n, len(u)) for n, u in zip(q.names, uids, strict=True)]
+        return named, len(set().union(*uids))
+    span = whole(q)
+    read = [await read_cells(ctx, q, name, [span]) for name in q.names]
+    merged = BucketValues([], [], [], {k: v for c in read for k, v in c.values.tmp_blobs.items()})
+    groups = [c.hlls(span) for c in read]
+    counted = await count_uniques(ctx.redis, merged, [*groups, [k for g in groups for k in g]])
+    named = [NamedTotal(n, v) for n, v in zip(q.names, counted[:-1], strict=True)]
+    return named, counted[-1]
 
 
 async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalReply:
-    """One value per name over the whole range; uniques are the union of every sketch.
-    Refused (400) before any work when over the bucket cap or retention, as series is."""
+    """One value per name over the whole range; uniques are the union of every sketch, and
+    with several names the reply adds their union. Refused (400) before any work when over
+    the bucket cap or retention, as series is."""
     check_query(ctx, q, total=True)
-    values = await _totals(ctx, q)
+    values, union = await _totals(ctx, q)
+    whole_union = None if union is None else UnionTotal(union)
     before = comparison_query(q)
     if before is not None:
-        for v, b in zip(values, await _totals(ctx, before), strict=True):
+        earlier, earlier_union = await _totals(ctx, before)
+        for v, b in zip(values, earlier, strict=True):
             v.comparison = total_comparison(before, b.value)
-    return total_reply(q, values)
+        if whole_union is not None and earlier_union is not None:
+            whole_union.comparison = total_comparison(before, earlier_union)
+    return total_reply(q, values, whole_union)
 
 
 async def _union_uniques(

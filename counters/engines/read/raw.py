@@ -205,10 +205,19 @@ def _none_series(q: ReadQuery, name: str, none: list[Acc], groups: Groups) -> Na
 
 async def raw_total(ctx: ReadContext, q: ReadQuery, name: str) -> Value:
     """One name's value over the whole range from the raw log (exact, uniques included)."""
+    return _measure(q, await _raw_whole(ctx, q, name))
+
+
+async def raw_uids(ctx: ReadContext, q: ReadQuery, name: str) -> set[str]:
+    """The uids of one name's matching events over the whole range (measure uniques)."""
+    return set().union(*(a.uids or set() for a in await _raw_whole(ctx, q, name)))
+
+
+async def _raw_whole(ctx: ReadContext, q: ReadQuery, name: str) -> list[Acc]:
     spans = [(q.start, q.end)] if q.end > q.start else []
     uniques = q.measure == "uniques"
     groups = await read_raw(ctx, name, spans, q.filter_sets, (), uniques=uniques)
-    return _measure(q, groups.get(NO_GROUP) or [])
+    return groups.get(NO_GROUP) or []
 
 
 async def raw_series(ctx: ReadContext, q: ReadQuery, name: str) -> list[NamedSeries]:

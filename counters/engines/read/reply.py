@@ -112,11 +112,21 @@ class NamedTotal(msgspec.Struct, omit_defaults=True):
     """With compare only (the key is left out otherwise)."""
 
 
-class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}):
+class UnionTotal(msgspec.Struct, omit_defaults=True):
+    """Uniques across every name asked (a uid seen under two names counts once)."""
+
+    value: Value
+    comparison: TotalComparisonField = None
+
+
+class MultiTotalReply(msgspec.Struct, rename={"from_": "from"}, omit_defaults=True):
     measure: str
     from_: str
     to: str
     totals: list[NamedTotal]
+    union: UnionTotal | None = None
+    """measure=uniques only: the union of every name's sketches (what a "unique visitors"
+    headline shows; the per-name values never add up to it)."""
 
 
 class ProjectSeries(msgspec.Struct):
@@ -193,13 +203,15 @@ def series_reply(q: ReadQuery, out: list[NamedSeries]) -> SeriesReply | MultiSer
     return MultiSeriesReply(q.measure, q.precision, q.tz_name, start, end, q.source, out)
 
 
-def total_reply(q: ReadQuery, values: list[NamedTotal]) -> TotalReply | MultiTotalReply:
-    """One value for one name, else one per name."""
+def total_reply(
+    q: ReadQuery, values: list[NamedTotal], union: UnionTotal | None = None
+) -> TotalReply | MultiTotalReply:
+    """One value for one name, else one per name (and, for uniques, their union)."""
     tz = q.tz
     start, end = label(q.start, tz), label(q.end, tz)
     if len(values) == 1:
         return TotalReply(q.name, q.measure, start, end, values[0].value, values[0].comparison)
-    return MultiTotalReply(q.measure, start, end, values)
+    return MultiTotalReply(q.measure, start, end, values, union)
 
 
 def mark_partial(series: Sequence[Sequence[Point]], q: ReadQuery, now_ms: int | None) -> None:
