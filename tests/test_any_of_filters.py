@@ -190,3 +190,36 @@ async def test_any_of_bounds_are_400(ctx: ApiClient) -> None:
     )
     assert combos.status_code == 400
     assert "125 combinations" in combos.json()["error"]["message"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_uniques_of_several_names_add_their_union(ctx: ApiClient) -> None:
+    """A total of uniques over several names adds `union`: the uids seen under any of
+    them, once each (what a dashboard's "unique visitors" shows), never the sum; filtered
+    on two dims it comes from rollups with the cross-tab and from the raw log without."""
+    views = [{**e, "name": "view", "id": "v" + e["id"]} for e in EVENTS[::3]] + [
+        {**EVENTS[0], "name": "view", "uid": "only-a-viewer", "id": "v-extra"}
+    ]
+    await ctx.post(views)
+    everything = [*EVENTS, *views]
+
+    def uids(names: tuple[str, ...], keep: Callable[[Event], bool]) -> int:
+        return len({e["uid"] for e in everything if e["name"] in names and keep(e)})
+
+    def both(e: Event) -> bool:
+        return _in(e) and e["dims"].get("country") == "DE"
+
+    for extra, keep in (({}, _in), ({"country": "DE"}, both)):
+        t = await ctx.get("total", **_params(name=["click", "view"], measure="uniques", **extra))
+        per_name = {x["name"]: x["value"] for x in t["totals"]}
+        for name in ("click", "view"):
+            assert _close(per_name[name], uids((name,), keep), "uniques"), (name, t)
+        union = uids(("click", "view"), keep)
+        assert _close(t["union"]["value"], union, "uniques"), (extra, t)
+        assert sum(per_name.values()) > union + 5  # the same uids under both names
+    t = await ctx.get(
+        "total", **_params(name=["click", "view"], measure="uniques", compare="previous_period")
+    )
+    assert t["union"]["comparison"]["value"] == 0  # nothing before START
+    counts = await ctx.get("total", **_params(name=["click", "view"]))
+    assert "union" not in counts  # counts add up: no union to give

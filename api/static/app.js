@@ -370,11 +370,16 @@ function byName(reply, listKey) {
 
 function collect(results) {
   const totals = { count: {}, sum: {}, uniques: {} };
+  const unions = [];
   const series = {};
   const breakdowns = {};
   for (const [id, reply] of Object.entries(results)) {
     const parts = id.split(".");
     if (parts[0] === "k") Object.assign(totals[parts[1]], byName(reply, "totals"));
+    if (parts[0] === "k" && parts[1] === "uniques") {
+      // uids across every name (the API's union); one name's reply is its own union
+      unions.push(reply.totals ? reply.union || null : { value: reply.value, comparison: reply.comparison });
+    }
     if (parts[0] === "s") Object.assign(series, byName(reply, "series"));
     if (parts[0] === "b") {
       const dim = parts.slice(2, -1).join(".");
@@ -384,6 +389,8 @@ function collect(results) {
       }
     }
   }
+  // a union only when one query held every name (names go 20 to a query)
+  totals.uniquesUnion = unions.length === 1 ? unions[0] : null;
   return { totals, series, breakdowns };
 }
 
@@ -554,8 +561,15 @@ function renderChips() {
 function kpiValues(totals, m, names) {
   const items = names.map((n) => totals[m][n]).filter(Boolean);
   const cmpOf = (it) => (it.comparison ? Number(it.comparison.value) : null);
+  if (m === "uniques" && totals.uniquesUnion && items.length) {
+    // the uids seen under any name, once each (the API unites the names' sketches)
+    const u = totals.uniquesUnion;
+    const sub = items.length === 1 ? "in " + items[0].name : `across ${items.length} event names`;
+    return { value: Number(u.value), cmp: u.comparison ? Number(u.comparison.value) : null, sub };
+  }
   if (m === "uniques") {
-    // uniques do not add up across event names: the headline is the event with most
+    // uniques do not add up across event names: without the union (more names than one
+    // query holds), the headline is the event with most
     let best = null;
     for (const it of items) if (!best || Number(it.value) > Number(best.value)) best = it;
     return best ? { value: Number(best.value), cmp: cmpOf(best), sub: "in " + best.name } : { value: 0, cmp: null, sub: "" };
