@@ -54,15 +54,13 @@ typecheck: install
 
 # The whole suite on one Valkey -- three pytest-xdist workers (the tests mostly wait on I/O) (each with its own embedded Valkey
 # and Postgres, a test file stays on one worker), then the tests marked `serial` (they measure
-# time) alone -- then the end-to-end and durable-ack tests on a 3-master Valkey Cluster.
-# PYTEST_WORKERS=0 runs the first pass in one process. The fault short form on the cluster
-# (COUNTERS_TEST_REDIS_CLUSTER=1 pytest tests/test_faults.py) still meets HTTP 500s around
-# Valkey kills: not in CI until fixed.
+# time) alone -- then the end-to-end, durable-ack, cluster and fault short-form tests on a
+# 3-master Valkey Cluster. PYTEST_WORKERS=0 runs the first pass in one process.
 PYTEST_WORKERS ?= 3
 pytest: install browser promtool ajv
 	$(BIN)/pytest -m "not serial" --durations=15 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 	$(BIN)/pytest -m serial
-	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py
+	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py tests/test_faults.py
 
 test: lint typecheck pytest  ## everything CI runs
 
