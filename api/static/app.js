@@ -564,7 +564,8 @@ function kpiValues(totals, m, names) {
   if (m === "uniques" && totals.uniquesUnion && items.length) {
     // the uids seen under any name, once each (the API unites the names' sketches)
     const u = totals.uniquesUnion;
-    const sub = items.length === 1 ? "in " + items[0].name : `across ${items.length} event names`;
+    const some = items.filter((it) => Number(it.value) !== 0).map((it) => it.name);
+    const sub = some.length === 1 ? "in " + some[0] : some.length ? `across ${some.length} event names` : "";
     return { value: Number(u.value), cmp: u.comparison ? Number(u.comparison.value) : null, sub };
   }
   if (m === "uniques") {
