@@ -1,7 +1,7 @@
 """`python -m bench <scenario> [options]`: every benchmark behind one entry point.
 
 Scenarios: quick, ingest, workers, pixel, reads, freshness, memory, fuzz, faults, rebuild,
-cluster, backfill, all.
+cluster, backfill, sustained, all.
 `--quick` makes each one short. Results are appended to bench/RESULTS.md."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SCENARIOS = (
     "rebuild",
     "cluster",
     "backfill",
+    "sustained",
 )
 
 
