@@ -689,8 +689,9 @@ function snippets(project) {
     curl: `INGEST=$(counters keys create --project ${project} --scope ingest | tail -1)\n` +
       `curl -H "Authorization: Bearer $INGEST" -H "Content-Type: application/json" \\\n` +
       `  -d '[{"name":"pageview","dims":{"page":"/"},"uid":"visitor-1"}]' \\\n  ${host}/v1/events`,
-    pixel: `<!-- INGEST_KEY: an ingest key of project ${project} -->\n` +
-      `<img src="${host}/v1/pixel.gif?key=INGEST_KEY&name=pageview&d.page=%2F" width="1" height="1" alt="">`,
+    pixel: `<!-- PIXEL_KEY: a public pixel key (single events only), from\n` +
+      `     counters keys create --project ${project} --scope pixel --name pageview -->\n` +
+      `<img src="${host}/v1/pixel.gif?key=PIXEL_KEY&name=pageview&d.page=%2F" width="1" height="1" alt="">`,
   };
 }
 
