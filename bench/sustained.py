@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             ],
             rows,
         )
-        + "\n\nBacklog every minute (s: events): "
+        + "\n\nBacklog over the run (s: events): "
         + ", ".join(f"{s.at:.0f}: {s.backlog:,}" for s in samples[:: max(1, len(samples) // 10)])
         + "."
         + ("\n\n![sustained](sustained.png)\n" if args.append else "\n")
