@@ -126,6 +126,22 @@ async def test_missing_watermarks_are_restored_from_postgres(harness: Harness) -
     assert await harness.total("click", T0, T0 + MINUTE_MS) == 2
 
 
+async def test_the_backlog_count_never_goes_below_zero_after_a_restore(harness: Harness) -> None:
+    """The watermarks lost while the raw-log stream kept its entries: the restore counts the
+    backlog from 0 (the stream is not scanned), so trimming those entries later must stop
+    at 0 rather than leave a negative backlog (the persister's gauge summed it to 0 for
+    other projects, and the backlog cap would be loosened by as much)."""
+    await harness.ingest(ev(), ev())
+    await harness.redis.delete(harness.keys.watermarks)  # lost; the stream keeps 2 events
+    await harness.ingest(ev())  # restored with rawn 0, then this event counted
+    assert int(await harness.redis.hget(harness.keys.watermarks, "rawn") or 0) == 1
+    harness.clock.advance(HOUR_MS)
+    await harness.persist()
+    await harness.persist()
+    assert await harness.redis.xlen(harness.keys.raw) == 0
+    assert int(await harness.redis.hget(harness.keys.watermarks, "rawn") or 0) == 0
+
+
 async def test_late_event_goes_to_late_area_and_is_visible_at_once(harness: Harness) -> None:
     await harness.ingest(ev(value=1), ev(value=2, uid="a"))
     harness.clock.advance(HOUR_MS)
