@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, etag_response, read_context
 from api.ingest import read_body
+from api.reads import parse_for
 from api.state import AppState
 from counters.core.errors import BadRequest
 from counters.engines.read.batch import BatchQuery, BatchReply, decode_batch, parse_batch
@@ -26,8 +27,7 @@ from counters.engines.read.catalog import read_catalog
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import check_query, read_series, read_total
 from counters.engines.read.limits import reply_points
-from counters.engines.read.parse import ReadQuery, parse_read
-from counters.engines.read.seen_dims import bare_dims
+from counters.engines.read.parse import ReadQuery
 
 MAX_BATCH_BYTES = 64 * 1024
 """Largest POST body (50 queries of a dashboard take a few KB)."""
@@ -50,14 +50,7 @@ async def _plan(
     if bq.kind == "catalog":
         return bq, None
     with naming(bq):
-        known = await state.seen_dims.get(ctx, now, bare_dims(bq.params))
-        q = parse_read(
-            bq.params,
-            now,
-            state.settings.crosstabs,
-            oldest_minute=ctx.oldest_minute,
-            known_dims=known,
-        )
+        q = await parse_for(state, ctx, now, bq.params)
         check_query(ctx, q, total=bq.kind == "total")
     return bq, q
 

@@ -3,16 +3,34 @@ handler is authorize -> parse -> read engine -> reply (with an ETag, 304 for pol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.common import app_state, authorize, bearer_key, etag_response, read_context
 from api.export import render
+from api.state import AppState
 from counters.core.errors import BadRequest
 from counters.engines.read.context import ReadContext
 from counters.engines.read.engine import MAX_PROJECTS, read_projects, read_series, read_total
 from counters.engines.read.parse import ReadQuery, parse_format, parse_read
 from counters.engines.read.seen_dims import bare_dims
+
+
+async def parse_for(
+    state: AppState, ctx: ReadContext, now: int, params: Mapping[str, str]
+) -> ReadQuery:
+    """The read one project's parameters ask for, strictly: a bare parameter must be a dim
+    the project has seen (its catalog, cached), the range within minute retention."""
+    known = await state.seen_dims.get(ctx, now, bare_dims(params))
+    return parse_read(
+        params,
+        now,
+        state.settings.crosstabs,
+        oldest_minute=ctx.oldest_minute,
+        known_dims=known,
+    )
 
 
 async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
@@ -22,15 +40,7 @@ async def _read(request: Request) -> tuple[ReadContext, ReadQuery]:
     )
     now = state.clock.now_ms()
     ctx = read_context(state, project, now)
-    known = await state.seen_dims.get(ctx, now, bare_dims(request.query_params))
-    q = parse_read(
-        request.query_params,
-        now,
-        state.settings.crosstabs,
-        oldest_minute=ctx.oldest_minute,
-        known_dims=known,
-    )
-    return ctx, q
+    return ctx, await parse_for(state, ctx, now, request.query_params)
 
 
 def _format(request: Request, q: ReadQuery) -> str:

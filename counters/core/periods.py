@@ -117,6 +117,28 @@ def next_start(start_ms: int, precision: str, tz: ZoneInfo) -> int:
     return _midnight(_next_date(d, precision), tz)
 
 
+def periods_back(end_ms: int, n: int, precision: str, tz: ZoneInfo) -> int:
+    """Start of the n periods ending at the boundary end_ms."""
+    size = FIXED_MS.get(precision)
+    if size is not None:
+        return end_ms - n * size
+    start = end_ms
+    for _ in range(n):
+        start = floor(start - 1, precision, tz)
+    return start
+
+
+def periods_forward(start_ms: int, n: int, precision: str, tz: ZoneInfo) -> int:
+    """End of the n periods starting at the boundary start_ms."""
+    size = FIXED_MS.get(precision)
+    if size is not None:
+        return start_ms + n * size
+    end = start_ms
+    for _ in range(n):
+        end = next_start(end, precision, tz)
+    return end
+
+
 def ceil(ts_ms: int, precision: str, tz: ZoneInfo) -> int:
     """Smallest period boundary at or after ts_ms."""
     start = floor(ts_ms, precision, tz)

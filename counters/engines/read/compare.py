@@ -12,7 +12,7 @@ import msgspec
 
 from counters.core.buckets import EPOCH, format_ts, from_datetime
 from counters.core.errors import BadRequest
-from counters.core.periods import FIXED_MS, floor, next_start
+from counters.core.periods import floor, periods_back, periods_forward
 from counters.engines.read.limits import period_count
 from counters.engines.read.parse import MIN_TS, ReadQuery
 
@@ -27,36 +27,16 @@ def year_back(ts_ms: int, tz: ZoneInfo) -> int:
     return from_datetime(shifted)
 
 
-def _back(end: int, n: int, precision: str, tz: ZoneInfo) -> int:
-    size = FIXED_MS.get(precision)
-    if size is not None:
-        return end - n * size
-    start = end
-    for _ in range(n):
-        start = floor(start - 1, precision, tz)
-    return start
-
-
-def _forward(start: int, n: int, precision: str, tz: ZoneInfo) -> int:
-    size = FIXED_MS.get(precision)
-    if size is not None:
-        return start + n * size
-    end = start
-    for _ in range(n):
-        end = next_start(end, precision, tz)
-    return end
-
-
 def comparison_range(q: ReadQuery) -> tuple[int, int]:
     """[start, end) of the range q.compare names, as many periods as q's range; 400 when
     it would start before 1970."""
     n = period_count(q)
     tz = q.tz
     if q.compare == "previous_period":
-        start, end = _back(q.start, n, q.precision, tz), q.start
+        start, end = periods_back(q.start, n, q.precision, tz), q.start
     else:
         start = floor(year_back(q.start, tz), q.precision, tz)
-        end = _forward(start, n, q.precision, tz)
+        end = periods_forward(start, n, q.precision, tz)
     if start < MIN_TS:
         raise BadRequest(
             f"compare: the {q.compare} range of a read from {format_ts(q.start)} would start"

@@ -16,12 +16,12 @@ from counters.core.errors import BadRequest
 from counters.core.measures import MEASURES
 from counters.core.models import DIM_NAME_PATTERN, DIM_VALUE_PATTERN, NAME_PATTERN
 from counters.core.periods import (
-    FIXED_MS,
     GRAIN_ALIASES,
     PRECISIONS,
     canonical_precision,
     ceil,
     floor,
+    periods_back,
     zone,
 )
 from counters.core.rollups import Rollup, is_stored, rollup_for_filters
@@ -220,16 +220,6 @@ def parse_zone(params: Mapping[str, str]) -> ZoneInfo:
         raise _bad(str(exc)) from exc
 
 
-def _step_back(end: int, n: int, precision: str, tz: ZoneInfo) -> int:
-    size = FIXED_MS.get(precision)
-    if size is not None:
-        return end - n * size
-    start = end
-    for _ in range(n):
-        start = floor(start - 1, precision, tz)
-    return start
-
-
 def parse_range(
     params: Mapping[str, str], now_ms: int, precision: str, tz: ZoneInfo
 ) -> tuple[int, int]:
@@ -245,7 +235,7 @@ def parse_range(
     # cap before rounding: rounding a far-future `to` up could leave datetime's range
     end = limit if raw_end is None else ceil(min(raw_end, limit), precision, tz)
     if raw_start is None:
-        return _step_back(end, DEFAULT_BUCKETS, precision, tz), end
+        return periods_back(end, DEFAULT_BUCKETS, precision, tz), end
     start = floor(raw_start, precision, tz)
     if start > end:
         raise _bad(
