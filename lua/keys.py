@@ -5,8 +5,7 @@ base `X:{p:P}:` with the same suffixes; tests/test_keys.py runs every script and
 that each key it leaves in the slot is one parse_key names):
 
     X:{p:P}:wm                       hash   m/h/d: sealed-until (epoch ms) per grain; gen: late gen;
-                                            rawn: raw events not in Postgres; rawlast: last raw id;
-                                            la: last late gen applied to Postgres (LATE_APPLIED)
+                                            rawn: raw events not in Postgres; rawlast: last raw id
     X:{p:P}:h:<g>:<bucket>         * hash   c<US>field -> count, s<US>field -> sum (micros)
     X:{p:P}:u:<g>:<bucket>:<field> * HLL    uids of one (field, grain, bucket)
     X:{p:P}:dirty:<g>              * zset   buckets of grain g with data not yet in Postgres
@@ -46,7 +45,6 @@ from counters.core.buckets import GRAIN_BY_SHORT, Grain
 from counters.core.rollups import US
 
 __all__ = [
-    "LATE_APPLIED",
     "US",
     "COUNT",
     "SUM",
@@ -73,9 +71,6 @@ __all__ = [
 ]
 
 Measure = Literal["c", "s"]
-LATE_APPLIED = "la"
-"""Watermarks field: the last late generation the persister applied to Postgres, written
-after the commit (read caches tie their parts to it: engines/history_version.py)."""
 COUNT: Measure = "c"
 """Tag of a count field in a hot or late hash."""
 SUM: Measure = "s"

@@ -128,6 +128,24 @@ async def test_a_part_cached_before_its_late_generation_is_applied_is_not_used_a
     assert await answer(ctx) == truth
 
 
+async def test_applying_a_late_generation_never_writes_the_watermarks(harness: Harness) -> None:
+    """What ends cached parts when a late generation is applied lives outside the
+    watermarks hash: with the hash lost (a Redis loss between rotation and apply), the
+    apply must not recreate it partially, or the restore would take it for restored and
+    ingest would answer 503 (NOWM) for good."""
+    await populate(harness)
+    await harness.ingest(ev(random.Random(1), T0 + 5 * MINUTE_MS, uid="late-two"))
+    keys, applier = harness.keys, harness.persister.late
+    open_gen = await applier.rotate(keys)
+    token = await harness.redis.get(keys.history_version)
+    await harness.redis.delete(keys.watermarks)  # lost between the rotation and the apply
+    async with harness.pool.acquire() as conn:
+        assert await applier.apply_closed(conn, keys, open_gen) == 1
+    assert not await harness.redis.exists(keys.watermarks)
+    assert await harness.redis.get(keys.history_version) != token
+    await harness.ingest(ev(random.Random(2), T0 + 3 * HOUR_MS + MINUTE_MS))  # restores
+
+
 async def test_a_rebuild_that_changes_rows_is_in_the_next_read(harness: Harness) -> None:
     await populate(harness)
     async with harness.pool.acquire() as conn:

@@ -13,13 +13,14 @@ the read path already merges correctly (ARCHITECTURE §6), and the cache never k
 longer than half of keep_after_copy_seconds. Minute retention deletes only rows a read is
 refused for (older than minute_retention_days).
 
-A cached part is also tied to the project's Redis watermarks (sealed-until per grain, the
-open late generation and the last one applied to Postgres) as read before its snapshot:
-every seal, every late rotation and every late generation applied ends it, so a part never
-outlives the Redis copy of what the persister copied after it was read (even when Redis
-drops those keys early, as a maxmemory eviction or an operator would). The applied
-generation is written to the watermarks after its Postgres commit and before its keys get
-a TTL, so a part read before the commit is stale before the keys it needs can go."""
+A cached part is also tied to the project's Redis watermarks (sealed-until per grain and the
+open late generation) as read before its snapshot: every seal and every late rotation ends
+it. Applying a late generation changes no watermark, so `LateApplier.apply` replaces the
+history version after its Postgres commit and before the generation's keys get a TTL: a
+part read before the commit (which lacks the generation and adds it from those keys) is
+stale before the keys can go. So a part never outlives the Redis copy of what the
+persister copied after it was read (even when Redis drops those keys early, as a maxmemory
+eviction or an operator would)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ import uuid
 from typing import Any
 
 from lua.client import RedisClient, redis_unavailable
-from lua.keys import LATE_APPLIED, ProjectKeys
+from lua.keys import ProjectKeys
 
 
 def new_token() -> str:
     """A token no earlier version of any project ever had (random, 128 bits)."""
     return uuid.uuid4().hex
+
+
+def queue_bump(pipe: Any, keys: ProjectKeys) -> None:
+    """bump_history() queued on a pipeline (run with the writer's other calls)."""
+    pipe.set(keys.history_version, new_token())
 
 
 async def bump_history(redis: RedisClient, keys: ProjectKeys) -> str:
@@ -45,7 +51,7 @@ async def bump_history(redis: RedisClient, keys: ProjectKeys) -> str:
     return token
 
 
-WATERMARK_FIELDS = ("m", "h", "d", "gen", LATE_APPLIED)
+WATERMARK_FIELDS = ("m", "h", "d", "gen")
 
 
 def queue_version(pipe: Any, keys: ProjectKeys) -> None:

@@ -12,12 +12,12 @@ from typing import cast
 
 from counters.core.buckets import MINUTE_MS, Grain
 from counters.core.config import Settings
+from counters.engines.history_version import queue_bump
 from counters.metrics import Metrics
 from lua import Scripts
 from lua.client import RedisClient, redis_unavailable
 from lua.keys import (
     COUNT,
-    LATE_APPLIED,
     ProjectKeys,
     parse_late_field,
     parse_late_hll_member,
@@ -69,9 +69,9 @@ class LateApplier:
 
     async def apply(self, conn: Conn, keys: ProjectKeys, gen: int) -> None:
         """Adds one closed generation's deltas (counts, sums; sketches as the union with the
-        stored one) to the rollups, unless it was applied already; then records it in the
-        watermarks (`la`, which ends every cached part read before) and lets its keys
-        expire."""
+        stored one) to the rollups, unless it was applied already; then replaces the
+        project's history version (every cached part read before is stale) and lets its
+        keys expire."""
         with redis_unavailable():
             deltas = await self.redis.hgetall(keys.late(gen))
             index = cast(set[bytes], await self.redis.smembers(keys.late_hll_index(gen)))
@@ -105,8 +105,10 @@ class LateApplier:
         with redis_unavailable():
             pipe = self.redis.pipeline(transaction=False)
             # first: a read cache's part from before this commit lacks the generation and
-            # needs its keys, which may go from now on (history_version.WATERMARK_FIELDS)
-            pipe.hset(keys.watermarks, LATE_APPLIED, gen)
+            # needs its keys, which may go from now on (a new history version ends it; never
+            # a watermarks field: after a Redis loss that would recreate a partial hash the
+            # restore takes for a restored one)
+            queue_bump(pipe, keys)
             pipe.expire(keys.late(gen), keep)
             pipe.expire(keys.late_hll_index(gen), keep)
             for member in members:
