@@ -23,6 +23,9 @@ from bench.common import (
     load_now,
     log,
     md_table,
+    postgres_cpu,
+    process_cpu,
+    redis_cpu,
     report,
     require_wrk,
     run_wrk,
@@ -42,6 +45,8 @@ class Sample(msgspec.Struct, frozen=True):
     backlog: int
     lag_seconds: float
     accepted: float
+    cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """CPU seconds so far of the service (workers and persister process), Redis, Postgres."""
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -88,6 +93,28 @@ def _plot(samples: list[Sample], burst: float, sustained: float, path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _cpu_per_event(samples: list[Sample]) -> str:
+    """CPU µs per accepted event of each side, in the first and in the last sixth of the run
+    (where a slowdown over the run comes from)."""
+    marked = [s for i, s in enumerate(samples) if i % 10 == 0 and s.accepted > 0]
+    if len(marked) < 4:
+        return ""
+    k = max(1, len(marked) // 6)
+    parts = []
+    for label, a, b in (("first", marked[0], marked[k]), ("last", marked[-1 - k], marked[-1])):
+        events = b.accepted - a.accepted
+        if events <= 0:
+            return ""
+        per = [(y - x) / events * 1e6 for x, y in zip(a.cpu, b.cpu, strict=True)]
+        rate = events / (b.at - a.at)
+        parts.append(
+            f"{label} {b.at - a.at:.0f} s: {rate:,.0f} events/s, service {per[0]:.1f}, "
+            f"Redis {per[1]:.1f}, Postgres {per[2]:.1f} µs CPU per event"
+        )
+    lead = "\n\nWhere the CPU went (service = workers + persister process): "
+    return lead + "; ".join(parts) + "."
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -148,18 +175,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         t0 = time.monotonic()
         while proc.poll() is None and time.monotonic() - t0 < args.seconds + 30:
+            n = len(samples)
+            cpu = (
+                (process_cpu(svc.pid), redis_cpu(st.redis_url), postgres_cpu(svc.database_url))
+                if n % 10 == 0
+                else samples[-1].cpu
+            )
             samples.append(
                 Sample(
                     time.monotonic() - t0,
                     backlog(),
                     svc.metric("counters_persister_lag_seconds"),
                     svc.metric("counters_events_accepted_total"),
+                    cpu,
                 )
             )
             time.sleep(1.0)
         long = finish_wrk(proc, args.seconds)
         sync.close()
     burst_rate, long_rate = burst.rate * BATCH, long.rate * BATCH
+    cpu_md = _cpu_per_event(samples)
     peak = max(samples, key=lambda s: s.backlog)
     worst_lag = max(s.lag_seconds for s in samples)
     if args.append:
@@ -198,6 +233,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             ],
             rows,
         )
+        + cpu_md
         + "\n\nBacklog over the run (s: events): "
         + ", ".join(f"{s.at:.0f}: {s.backlog:,}" for s in samples[:: max(1, len(samples) // 10)])
         + "."
