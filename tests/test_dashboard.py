@@ -347,6 +347,22 @@ async def test_typed_key_goes_to_the_fragment_and_errors_show(service: Service, 
         assert frag["key"] == [p.read] and frag["project"] == [p.name]
 
 
+async def test_polls_never_undo_what_the_user_is_typing(service: Service, now: int) -> None:
+    """A control the user is typing in keeps its text through polls (each poll shows the
+    state in the controls; it used to put the old time zone back mid-typing, so the change
+    that followed changed nothing)."""
+    async with httpx.AsyncClient(base_url=service.url) as c, chromium() as browser:
+        p = await seeded(service, c, now)
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(p.link(refresh="200"))
+        await wait_card(page, "click", "120")
+        polls = "() => Number(document.documentElement.dataset.polls || 0)"
+        start = await page.evaluate(polls)
+        await page.fill("#tz", "Asia/Kolk")  # typing, no change event yet
+        await wait_js(page, f"() => ({polls})() >= {start + 4}")
+        assert await page.input_value("#tz") == "Asia/Kolk"
+
+
 async def test_quiet_dashboard_costs_one_304_per_poll(service: Service, now: int) -> None:
     async with httpx.AsyncClient(base_url=service.url) as c, chromium() as browser:
         p = await seeded(service, c, now)

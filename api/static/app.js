@@ -734,16 +734,22 @@ let generation = 0;
 let polls = 0;
 let view = null; // what the last batch was built for
 
+/** Sets a control's value, unless the user is typing in it (a poll must not undo that). */
+function show(id, value) {
+  const el = $(id);
+  if (document.activeElement !== el) el.value = value;
+}
+
 function syncControls(now) {
-  $("key").value = state.key;
-  $("range").value = state.range;
-  $("tz").value = state.tz;
-  $("compare").value = state.compare;
+  show("key", state.key);
+  show("range", state.range);
+  show("tz", state.tz);
+  show("compare", state.compare);
   for (const el of document.querySelectorAll(".custom")) el.hidden = state.range !== "custom";
   if (state.range === "custom") {
     if (!state.from) state.from = localDate(now - 7 * DAY, state.tz);
     if (!state.to) state.to = localDate(now, state.tz);
-    $("from").value = state.from; $("to").value = state.to;
+    show("from", state.from); show("to", state.to);
   }
   // ranges no precision can answer (e.g. 30 days in a half-hour zone, past minute
   // retention) are not offered
