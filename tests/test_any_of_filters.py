@@ -71,9 +71,11 @@ def _in(e: Event) -> bool:
 
 
 def _close(got: float, want: float, measure: str) -> bool:
-    # uniques come from HyperLogLog sketches: within one of the exact union at this size,
-    # far from the sum of the two values' uniques (which is what a wrong answer adds up to)
-    slack = 1 if measure == "uniques" else 1e-9
+    # uniques come from HyperLogLog sketches: uids are hashed with a per-project secret, so
+    # two of ~60 share a register in about one run in ten (each such pair counts once);
+    # within 2 (or 3 %) of the exact union, far from the sum of the two values' uniques
+    # (which is what a wrong answer adds up to: the tests check that gap separately)
+    slack = max(2, 0.03 * want) if measure == "uniques" else 1e-9
     return abs(got - want) <= slack
 
 
@@ -121,7 +123,7 @@ async def _check_plain(c: ApiClient) -> None:
         _truth(lambda e, v=v: e["dims"].get("source") == v, "uniques")  # type: ignore[misc]
         for v in WANTED
     )
-    assert apart > _truth(_in, "uniques") + 5
+    assert apart > _truth(_in, "uniques") + 10
 
 
 async def _check_breakdown(c: ApiClient) -> None:
@@ -216,7 +218,7 @@ async def test_uniques_of_several_names_add_their_union(ctx: ApiClient) -> None:
             assert _close(per_name[name], uids((name,), keep), "uniques"), (name, t)
         union = uids(("click", "view"), keep)
         assert _close(t["union"]["value"], union, "uniques"), (extra, t)
-        assert sum(per_name.values()) > union + 5  # the same uids under both names
+        assert sum(per_name.values()) > union + 10  # the same uids under both names
     t = await ctx.get(
         "total", **_params(name=["click", "view"], measure="uniques", compare="previous_period")
     )
