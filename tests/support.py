@@ -5,8 +5,10 @@ harness on the production wiring and a manual clock, waiting on conditions with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ from counters.services import Services, build_services
 from lua import Scripts
 from lua.client import RedisClient
 from lua.keys import ProjectKeys
+from persist.projects import create_key
 
 __all__ = [
     "T0",
@@ -255,3 +258,18 @@ class ApiClient:
         r = await self.app.client.get(path, params=params, headers=self.read_h)
         assert r.status_code == 200, r.text
         return r.text
+
+
+@contextlib.asynccontextmanager
+async def project_api(
+    settings: Settings, pool: asyncpg.Pool, prefix: str, now_ms: int, **overrides: Any
+) -> AsyncIterator[ApiClient]:
+    """A new project (name `prefix` + random) with an ingest and a read key, served by the
+    in-process app on a manual clock at now_ms, with the settings changed by overrides."""
+    project = prefix + uuid.uuid4().hex[:10]
+    async with pool.acquire() as conn:
+        ingest = await create_key(conn, project, "ingest")
+        read = await create_key(conn, project, "read")
+    s = msgspec.structs.replace(settings, **overrides) if overrides else settings
+    async with InProcessApp(s, ManualClock(now_ms)) as app:
+        yield ApiClient(app, project, ingest, read)

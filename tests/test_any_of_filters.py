@@ -7,20 +7,16 @@ the raw log (no cross-tab), on a manual clock with real Redis and Postgres."""
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 import pytest_asyncio
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
-from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from persist.projects import create_key
-from tests.support import ApiClient, InProcessApp
+from tests.support import ApiClient, project_api
 
 NOW = parse_ts("2026-04-15T12:30:30Z")
 START = parse_ts("2026-04-15T09:00:00Z")
@@ -83,16 +79,16 @@ def _close(got: float, want: float, measure: str) -> bool:
 async def ctx(
     request: pytest.FixtureRequest, settings: Settings, pool: asyncpg.Pool
 ) -> AsyncIterator[ApiClient]:
-    project = "ao" + uuid.uuid4().hex[:10]
-    async with pool.acquire() as conn:
-        ingest = await create_key(conn, project, "ingest")
-        read = await create_key(conn, project, "read")
     crosstabs = (("country", "source"),) if request.param == "crosstab" else ()
-    s = msgspec.structs.replace(
-        settings, max_event_age_days=30, minute_retention_days=30, crosstabs=crosstabs
-    )
-    async with InProcessApp(s, ManualClock(NOW)) as app:
-        c = ApiClient(app, project, ingest, read)
+    async with project_api(
+        settings,
+        pool,
+        "ao",
+        NOW,
+        max_event_age_days=30,
+        minute_retention_days=30,
+        crosstabs=crosstabs,
+    ) as c:
         await c.post(EVENTS)
         yield c
 

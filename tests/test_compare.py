@@ -5,24 +5,20 @@ app on a manual clock, real Redis and Postgres; the ranges' pure arithmetic at t
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 import pytest_asyncio
 
 from counters.core.buckets import DAY_MS, MINUTE_MS, format_ts, parse_ts
-from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from counters.core.errors import BadRequest
 from counters.core.periods import label, zone
 from counters.engines.read.compare import comparison_range, year_back
 from counters.engines.read.parse import parse_read
-from persist.projects import create_key
-from tests.support import ApiClient, InProcessApp
+from tests.support import ApiClient, project_api
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
 YEAR_AGO = parse_ts("2025-04-15T12:00:00Z")
@@ -35,15 +31,15 @@ def span(start: str, end: str) -> dict[str, str]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient]:
-    project = "cmp" + uuid.uuid4().hex[:10]
-    async with pool.acquire() as conn:
-        ingest = await create_key(conn, project, "ingest")
-        read = await create_key(conn, project, "read")
-    s = msgspec.structs.replace(
-        settings, max_event_age_days=400, raw_retention_days=400, minute_retention_days=400
-    )
-    async with InProcessApp(s, ManualClock(NOW)) as app:
-        c = ApiClient(app, project, ingest, read)
+    async with project_api(
+        settings,
+        pool,
+        "cmp",
+        NOW,
+        max_event_age_days=400,
+        raw_retention_days=400,
+        minute_retention_days=400,
+    ) as c:
         events: list[dict[str, Any]] = []
         for start in (NOW - 2 * DAY_MS, YEAR_AGO - 6 * DAY_MS):
             for i in range(2 * DAY_MS // (17 * MINUTE_MS)):
@@ -62,7 +58,7 @@ async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient
                 if i % 3 == 0:
                     events.append({"name": "signup", "ts": ts, "uid": f"s{i % 4}"})
         await c.post(events)
-        await app.persist(project)  # the older part answers from Postgres
+        await c.app.persist(c.project)  # the older part answers from Postgres
         yield c
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -15,10 +14,8 @@ import msgspec
 import pytest_asyncio
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
-from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from persist.projects import create_key
-from tests.support import ApiClient, InProcessApp
+from tests.support import ApiClient, project_api
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
 BASE = parse_ts("2026-04-15T10:00:00Z")
@@ -27,12 +24,7 @@ RANGE = {"from": str(BASE), "to": str(BASE + 2 * HOUR_MS)}
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient]:
-    project = "ex" + uuid.uuid4().hex[:10]
-    async with pool.acquire() as conn:
-        ingest = await create_key(conn, project, "ingest")
-        read = await create_key(conn, project, "read")
-    async with InProcessApp(settings, ManualClock(NOW)) as app:
-        c = ApiClient(app, project, ingest, read)
+    async with project_api(settings, pool, "ex", NOW) as c:
         await c.post(
             [
                 {"name": "click", "ts": BASE + 1, "dims": {"source": "google"}, "value": 2.5},

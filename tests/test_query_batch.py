@@ -16,12 +16,10 @@ import msgspec
 import pytest_asyncio
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, format_ts, parse_ts
-from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from persist.projects import create_key
 from tests.service import Service
 from tests.service import create_key as create_cli_key
-from tests.support import ApiClient, InProcessApp
+from tests.support import ApiClient, project_api
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
 BASE = parse_ts("2026-04-15T00:00:00Z")
@@ -42,13 +40,9 @@ BATCH = {"common": COMMON, "queries": QUERIES}
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient]:
-    project = "qb" + uuid.uuid4().hex[:10]
-    async with pool.acquire() as conn:
-        ingest = await create_key(conn, project, "ingest")
-        read = await create_key(conn, project, "read")
-    s = msgspec.structs.replace(settings, max_event_age_days=30, minute_retention_days=30)
-    async with InProcessApp(s, ManualClock(NOW)) as app:
-        c = ApiClient(app, project, ingest, read)
+    async with project_api(
+        settings, pool, "qb", NOW, max_event_age_days=30, minute_retention_days=30
+    ) as c:
         events: list[dict[str, Any]] = []
         for i in range(12 * 60 // 7):
             ts = BASE + i * 7 * MINUTE_MS

@@ -4,19 +4,15 @@ precision (in-process app on a manual clock, real Redis and Postgres)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import msgspec
 import pytest
 import pytest_asyncio
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
-from counters.core.clock import ManualClock
 from counters.core.config import Settings
-from persist.projects import create_key
-from tests.support import ApiClient, InProcessApp
+from tests.support import ApiClient, project_api
 
 NOW = parse_ts("2026-04-15T12:00:30Z")
 BASE = parse_ts("2026-04-15T00:00:00Z")
@@ -24,13 +20,9 @@ BASE = parse_ts("2026-04-15T00:00:00Z")
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ctx(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient]:
-    project = "sr" + uuid.uuid4().hex[:10]
-    async with pool.acquire() as conn:
-        ingest = await create_key(conn, project, "ingest")
-        read = await create_key(conn, project, "read")
-    s = msgspec.structs.replace(settings, max_event_age_days=30, minute_retention_days=30)
-    async with InProcessApp(s, ManualClock(NOW)) as app:
-        c = ApiClient(app, project, ingest, read)
+    async with project_api(
+        settings, pool, "sr", NOW, max_event_age_days=30, minute_retention_days=30
+    ) as c:
         # one event every 7 minutes from midnight to noon, source alternating
         await c.post(
             [
