@@ -39,7 +39,6 @@ from bench.common import (
     CpuMeter,
     Stack,
     busy_warning,
-    finish_wrk,
     fmt,
     load_now,
     log,
@@ -52,7 +51,6 @@ from bench.common import (
     run_wrk,
     stack,
     start_profile,
-    start_wrk,
     wrk_script,
 )
 from persist.schema import RAW_COLUMNS
@@ -107,12 +105,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "`counters persist` process, or no persister at all",
     )
     p.add_argument(
-        "--sustained",
-        type=float,
-        default=None,
-        help="seconds of one more counters run sampling the raw-log backlog (full: 45, quick: 0)",
-    )
-    p.add_argument(
         "--aof-off",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -129,7 +121,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     a.copy_events = a.copy_events or (20_000 if q else 200_000)
     a.profile = (not q) if a.profile is None else a.profile
     a.aof_off = (not q) if a.aof_off is None else a.aof_off
-    a.sustained = (0.0 if q else 45.0) if a.sustained is None else a.sustained
     a.append = (not q) if a.append is None else a.append
     return a
 
@@ -576,44 +567,6 @@ def _rounds(
                 "\n\n" + profile_table(out) + "\n"
             )
 
-    sustained_md = ""
-    if args.sustained:
-        log(f"one sustained counters run of {args.sustained:.0f}s, raw-log backlog sampled")
-        samples: list[tuple[float, int]] = []
-        proc = start_wrk(
-            svc.url,
-            script,
-            seconds=args.sustained,
-            connections=args.connections,
-            threads=args.threads,
-        )
-        t0 = time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < args.sustained + 30:
-            samples.append((time.monotonic() - t0, int(sync.hget(wm_key, "rawn") or 0)))
-            time.sleep(1.0)
-        res = finish_wrk(proc, args.sustained)
-        ingest_rate = res.rate * BATCH
-        (ta, ba), (tb, bb) = samples[1], samples[-1]
-        growth = (bb - ba) / (tb - ta) if tb > ta else 0.0
-        peak = max(b for _, b in samples)
-        drained = max(0.0, ingest_rate - growth)
-        sustained_md = (
-            f"Sustained: one {args.sustained:.0f} s counters run did {fmt(ingest_rate)} "
-            f"events/s; the raw-log backlog in Redis (events not yet in Postgres) went from "
-            f"{ba:,} to {bb:,} (peak {peak:,}), i.e. it grew by {fmt(growth)} events/s: the "
-            f"persister drained about {fmt(drained)} events/s while ingest ran"
-            + (" (nothing measurable)" if drained < 0.02 * ingest_rate else "")
-            + ". Samples (s: backlog): "
-            + ", ".join(f"{t:.0f}: {b // 1000:,}k" for t, b in samples[:: 1 + len(samples) // 12])
-            + "."
-        )
-        if growth > 0:
-            cap = 2_000_000
-            sustained_md += (
-                f" At that rate the default raw_backlog_cap ({cap:,}) is reached after about "
-                f"{(cap - bb) / growth:,.0f} s more, and ingest then answers 503."
-            )
-        log("  " + sustained_md)
     sync.close()
 
     aof_p = Path_("(c) with Redis AOF off (CONFIG SET appendonly no), once, for context")
@@ -716,7 +669,7 @@ def _rounds(
             f"Raw-log backlog in Redis after each counters run: "
             f"{', '.join(f'{b:,}' for b in backlog)} events.",
             "",
-            sustained_md,
+            "Sustained ingest (the raw-log copy running beside it) is `bench sustained`.",
             "",
             "CPU while each path ran (share of one core, and per event):",
             "",
