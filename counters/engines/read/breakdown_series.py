@@ -48,10 +48,6 @@ def other_dims(q: ReadQuery, value: str = OTHER) -> DimValues:
     return {**q.reply_dims, **{d: value for d in q.group_by}}
 
 
-def _filter_sets(q: ReadQuery) -> dict[str, tuple[str, ...]]:
-    return {d: tuple(vs) for d, vs in q.filter_sets.items()}
-
-
 def merge_any_of(q: ReadQuery, bd: Breakdown) -> Breakdown:
     """The breakdown's tuples with the any-of dims' values forgotten: tuples that differ
     only there are one (counts and sums add, sketches unite); `__none__`'s total is
@@ -96,14 +92,14 @@ async def ranked_series(
     rest is all tuples minus the top. With any-of filters, every tuple is read and the
     tuples that differ only in an any-of dim are merged before ranking."""
     if q.any_of:
-        bd = await read_breakdown(ctx, name, q.rollup, _filter_sets(q), need(cells))
+        bd = await read_breakdown(ctx, name, q.rollup, q.filter_sets, need(cells))
         ranked = _ranked_from(q, merge_any_of(q, bd), cells)
     else:
         ranked = await read_ranked(
             ctx,
             name,
             q.rollup,
-            _filter_sets(q),
+            q.filter_sets,
             need(cells),
             by_sum=q.measure == "sum",
             limit=q.limit,
@@ -162,7 +158,7 @@ async def uniques_series(
 ) -> list[NamedSeries]:
     """Breakdown by uniques: every tuple's sketches read, ranked by the union over the
     range; the rest's uniques are the union of the rest's sketches, never a sum."""
-    bd = merge_any_of(q, await read_breakdown(ctx, name, q.rollup, _filter_sets(q), need(cells)))
+    bd = merge_any_of(q, await read_breakdown(ctx, name, q.rollup, q.filter_sets, need(cells)))
     blobs = BucketValues([], [], [], bd.tmp_blobs)
     everything = flatten(cells)
     items = list(bd.tuples.items())
