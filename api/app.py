@@ -218,6 +218,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         async with open_services(resolved, the_clock, lazy=True) as services:
             state = AppState(services, KeyCache(resolved.key_cache_seconds))
             services.metrics.processes.labels("api").set(1)
+            # shard plans before the first request (reads route by them without waiting);
+            # with Postgres down, ingest reads them on its first batch
+            with contextlib.suppress(Unavailable):
+                await services.shards.refresh()
             # StatsD over UDP when statsd_listen is set (api/statsd.py); a busy address
             # fails the start, as a busy HTTP port does
             statsd = await start_statsd(state)

@@ -18,7 +18,6 @@ from counters.core.keys import INGEST_SCOPES, KeyInfo
 from counters.engines.read.context import ReadContext
 from counters.engines.read.limits import ReadLimits
 from counters.engines.retention import minute_edge, raw_edge
-from lua.keys import ProjectKeys
 from persist.projects import PROJECT_PATTERN
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -62,16 +61,18 @@ def read_context(state: AppState, project: str, now_ms: int) -> ReadContext:
         raw_row_budget=settings.raw_row_budget,
         oldest_raw=raw_edge(now_ms, settings.raw_retention_days),
     )
+    home, *shards = state.services.shards.keys_of(settings.key_prefix, project)
     return ReadContext(
         state.pool,
         state.redis,
         state.scripts,
-        ProjectKeys(settings.key_prefix, project),
+        home,
         minute_edge(now_ms, settings.minute_retention_days),
         state.restore,
         limits,
         state.services.read_cache,
         now_ms,
+        tuple(shards),
     )
 
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from counters.core.errors import CountersError, Invalid
 from counters.core.models import RawEvent
-from counters.engines.ingest import Ingestor
 from counters.engines.ratelimit import Decision
+from counters.engines.shards import ShardedIngestor
 
 MAX_BATCHES_IN_FLIGHT = 4
 """Script calls one project may have in flight at once: while some wait on Redis, the next
@@ -75,7 +75,7 @@ class GroupCommitter:
 
     def __init__(
         self,
-        ingestor: Ingestor,
+        ingestor: ShardedIngestor,
         max_in_flight: int = MAX_BATCHES_IN_FLIGHT,
         *,
         charge: ChargeHits | None = None,

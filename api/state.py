@@ -15,8 +15,8 @@ from counters.core.config import Settings
 from counters.core.errors import Unavailable
 from counters.core.keys import KeyInfo
 from counters.core.models import EventLimits
-from counters.engines.ingest import Ingestor
 from counters.engines.read.seen_dims import SeenDims
+from counters.engines.shards import ShardedIngestor
 from counters.metrics import Metrics
 from counters.services import Services
 from lua import Scripts
@@ -173,8 +173,9 @@ class AppState:
         return self.services.scripts
 
     @property
-    def ingestor(self) -> Ingestor:
-        return self.services.ingestor
+    def ingestor(self) -> ShardedIngestor:
+        """The ingest front: routes a split project's batches over its shards."""
+        return self.services.router
 
     @property
     def metrics(self) -> Metrics:

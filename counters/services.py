@@ -23,6 +23,7 @@ from counters.engines.read.history_cache import MAX_AGE_SECONDS, HistoryCache
 from counters.engines.rebuild import Rebuilder
 from counters.engines.restore import RestoreGate
 from counters.engines.schedule import nightly_reconcile
+from counters.engines.shards import ShardDirectory, ShardedIngestor
 from counters.engines.uid_secrets import UidSecrets
 from counters.metrics import Metrics
 from lua import Scripts
@@ -113,6 +114,10 @@ class Services:
     """Each project's uid hasher (its secret read from Postgres once per process)."""
     limiter: RateLimiter
     """Per-key and per-project rate limits (token buckets in Redis)."""
+    shards: ShardDirectory
+    """Every project's shard plan, as this process last read it."""
+    router: ShardedIngestor
+    """The ingestor every ingest path of the API calls: routes split projects over shards."""
     read_cache: HistoryCache | None = None
     """This process's cache of reads' Postgres parts (None when read_cache_entries is 0)."""
 
@@ -187,6 +192,7 @@ def build_services(
     )
     persister = Persister(pool, redis, scripts, settings, clock, metrics, gate)
     rebuilder = Rebuilder(pool, redis, settings, persister)
+    directory = ShardDirectory(pool, settings.shard_refresh_seconds)
     return Services(
         settings,
         clock,
@@ -202,6 +208,8 @@ def build_services(
         RateLimiter(
             redis, scripts, settings, metrics, None if isinstance(clock, SystemClock) else clock
         ),
+        directory,
+        ShardedIngestor(ingestor, directory),
         read_cache(settings),
     )
 

@@ -545,10 +545,12 @@ def embedded_stop() -> None:
 from counters.cli.deadletter import deadletter  # noqa: E402 (needs main defined above)
 from counters.cli.keys import keys  # noqa: E402  (registers on main)
 from counters.cli.links import links  # noqa: E402
+from counters.cli.projects import projects  # noqa: E402
 
 main.add_command(deadletter)
 main.add_command(keys)
 main.add_command(links)
+main.add_command(projects)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

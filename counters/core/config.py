@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Answer 2xx only once the batch is on disk (WAITAOF, or a server with appendfsync
     always); a kill -9 of Redis then loses nothing acknowledged."""
     key_cache_seconds: float = 10.0
+    shard_refresh_seconds: float = 2.0
+    """How long a process routes and reads by the shard plans it read from Postgres before
+    reading them again (`counters projects shards` takes effect within it)."""
     read_cache_entries: int = 4_096
     """Reads whose Postgres part (rows below the watermarks) each worker keeps in memory,
     least recently used first out (0 = no cache); see read_cache_bytes."""

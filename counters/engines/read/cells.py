@@ -9,7 +9,7 @@ from counters.core.measures import Measured, measure_value, measure_values
 from counters.engines.read.context import ReadContext
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import Cell, Need, Planned, flatten, need, positions
-from counters.engines.read.query import BucketValues, count_uniques, read_buckets
+from counters.engines.read.query import BucketValues, add_values, count_uniques, read_buckets
 
 Value = Measured
 Periods = list[list[Cell]]
@@ -33,21 +33,6 @@ class Cells:
 
     def hlls(self, cells: Sequence[Cell]) -> list[str]:
         return [k for p, i in map(self.at.__getitem__, cells) for k in self.values.hll_keys[p][i]]
-
-
-def add_values(into: BucketValues, other: BucketValues) -> None:
-    """Adds another field's values of the same buckets: counts and sums add, the sketches
-    of each bucket join its list (united when counted, never summed)."""
-    for mine, theirs in zip(into.counts, other.counts, strict=True):
-        for i, v in enumerate(theirs):
-            mine[i] += v
-    for mine, theirs in zip(into.sums, other.sums, strict=True):
-        for i, v in enumerate(theirs):
-            mine[i] += v
-    for mine_keys, their_keys in zip(into.hll_keys, other.hll_keys, strict=True):
-        for keys, more in zip(mine_keys, their_keys, strict=True):
-            keys.extend(more)
-    into.tmp_blobs.update(other.tmp_blobs)
 
 
 async def read_cells(ctx: ReadContext, q: ReadQuery, name: str, cells: Periods) -> Cells:

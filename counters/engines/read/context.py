@@ -36,11 +36,23 @@ class ReadContext:
     now_ms: int | None = None
     """The request's one clock read: a series' point whose period ends after it is marked
     partial (None: no point is)."""
+    shards: tuple[ProjectKeys, ...] = ()
+    """The keys of the project's other shards (1 .. span-1; counters/core/shards.py), whose
+    values every read adds to its own: empty for a project never split."""
 
     @property
     def project(self) -> str:
         return self.keys.project
 
-    def for_project(self, keys: ProjectKeys) -> ReadContext:
-        """The same request, about another project."""
-        return dataclasses.replace(self, keys=keys)
+    def for_project(self, keys: ProjectKeys, shards: tuple[ProjectKeys, ...] = ()) -> ReadContext:
+        """The same request, about another project (with its other shards' keys)."""
+        return dataclasses.replace(self, keys=keys, shards=shards)
+
+    def for_shard(self, keys: ProjectKeys) -> ReadContext:
+        """The same request, about one shard of the project alone."""
+        return dataclasses.replace(self, keys=keys, shards=())
+
+    @property
+    def all_keys(self) -> tuple[ProjectKeys, ...]:
+        """Every shard's keys, the project's own first."""
+        return (self.keys, *self.shards)

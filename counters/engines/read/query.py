@@ -4,14 +4,16 @@ watermarks decide which buckets come from Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import time
 import uuid
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+from redis.asyncio import RedisCluster
 
 from counters.core.buckets import Grain
 from counters.core.rollups import Rollup, encode_field, rollup_id
@@ -174,7 +176,71 @@ async def read_buckets(
     or above it, plus late deltas Postgres has not applied yet). With ctx.history, the
     Postgres part may come from the cache: only while the project's history version is the
     one it was read under (checked in the same Redis round trip as the hot part), so the
-    answer is the one an uncached read gives."""
+    answer is the one an uncached read gives. A split project's shards are each read so
+    (each is exact on its own) and added: counts and sums add, sketches are united."""
+    if not ctx.shards:
+        return await _read_shard(ctx, name, rollup, values, pieces, uniques=uniques)
+    parts = await asyncio.gather(
+        *(
+            _read_shard(ctx.for_shard(keys), name, rollup, values, pieces, uniques=uniques)
+            for keys in ctx.all_keys
+        )
+    )
+    out = parts[0]
+    for part in parts[1:]:
+        if uniques and isinstance(ctx.redis, RedisCluster):
+            await localize(ctx.redis, part, ctx.keys)
+        add_values(out, part)
+    return out
+
+
+def add_values(into: BucketValues, other: BucketValues) -> None:
+    """Adds another read's values of the same buckets (another field, or another shard):
+    counts and sums add, the sketches of each bucket join its list (united when counted,
+    never summed)."""
+    for mine, theirs in zip(into.counts, other.counts, strict=True):
+        for i, v in enumerate(theirs):
+            mine[i] += v
+    for mine, theirs in zip(into.sums, other.sums, strict=True):
+        for i, v in enumerate(theirs):
+            mine[i] += v
+    for mine_keys, their_keys in zip(into.hll_keys, other.hll_keys, strict=True):
+        for keys, more in zip(mine_keys, their_keys, strict=True):
+            keys.extend(more)
+    into.tmp_blobs.update(other.tmp_blobs)
+
+
+async def localize(redis: RedisClient, values: BucketValues, home: ProjectKeys) -> None:
+    """Moves every sketch of values (another shard's: another Redis Cluster slot) under
+    scratch keys of home's slot, so one PFCOUNT can unite them with home's: the resident
+    ones are read (MGET), the Postgres ones renamed. Keys that no longer exist are left
+    out (an empty sketch)."""
+    resident = sorted(
+        {k for piece in values.hll_keys for ks in piece for k in ks if k not in values.tmp_blobs}
+    )
+    found: dict[str, bytes | None] = dict(values.tmp_blobs)
+    if resident:
+        with redis_unavailable():
+            blobs = cast(list[bytes | None], await redis.mget(resident))
+        found.update(zip(resident, blobs, strict=True))
+    token = uuid.uuid4().hex
+    renamed = {k: home.tmp(f"{token}.s{n}") for n, k in enumerate(found) if found[k] is not None}
+    values.tmp_blobs = {renamed[k]: blob for k, blob in found.items() if blob is not None}
+    values.hll_keys = [
+        [[renamed[k] for k in ks if k in renamed] for ks in piece] for piece in values.hll_keys
+    ]
+
+
+async def _read_shard(
+    ctx: ReadContext,
+    name: str,
+    rollup: Rollup,
+    values: Sequence[str],
+    pieces: Sequence[Piece],
+    *,
+    uniques: bool,
+) -> BucketValues:
+    """read_buckets of one shard (ctx.keys) alone."""
     keys = ctx.keys
     field = encode_field(name, rollup, values)
     cache = ctx.history
@@ -212,14 +278,14 @@ async def read_buckets(
             cache.drop(key)
         await ctx.restore(keys.project)
         again = dataclasses.replace(ctx, restore=None)
-        return await read_buckets(again, name, rollup, values, pieces, uniques=uniques)
+        return await _read_shard(again, name, rollup, values, pieces, uniques=uniques)
     if cached is not None:
         assert cache is not None and key is not None
         token, watermarks = replies.pop(3), replies.pop(3)
         if version_of(token, watermarks) != cached.token:  # rewritten, sealed or rotated
             cache.stale += 1
             cache.drop(key)
-            return await read_buckets(ctx, name, rollup, values, pieces, uniques=uniques)
+            return await _read_shard(ctx, name, rollup, values, pieces, uniques=uniques)
         cache.hits += 1
     with redis_unavailable():
         if hot:
