@@ -163,9 +163,9 @@ class Services:
             return await pg_projects.project_exists(conn, project)
 
     async def list_projects(self) -> list[str]:
-        """Every project, as Postgres lists them."""
+        """Every project, as Postgres lists them (a split project once, not its shards)."""
         async with self.pool.acquire() as conn:
-            return await pg_projects.list_projects(conn)
+            return await pg_projects.list_projects(conn, shards=False)
 
 
 def build_services(

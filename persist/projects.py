@@ -229,8 +229,12 @@ async def project_exists(conn: Conn, project: str) -> bool:
     return bool(await conn.fetchval(f"SELECT 1 FROM {PROJECTS_TABLE} WHERE project = $1", project))
 
 
-async def list_projects(conn: Conn) -> list[str]:
-    """Every project, sorted."""
+async def list_projects(conn: Conn, *, shards: bool = True) -> list[str]:
+    """Every stored project, sorted: with shards=False only the projects themselves, not
+    the rows of their shards s > 0 (counters/core/shards.py), which the persister and the
+    nightly reconcile handle as projects of their own."""
+    where = "" if shards else " WHERE shard_of IS NULL"
     return [
-        r["project"] for r in await conn.fetch(f"SELECT project FROM {PROJECTS_TABLE} ORDER BY 1")
+        r["project"]
+        for r in await conn.fetch(f"SELECT project FROM {PROJECTS_TABLE}{where} ORDER BY 1")
     ]

@@ -344,8 +344,8 @@ def rebuild(
 ) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
-    from counters.engines.progress import planned_days
     from counters.engines.reconcile import describe
+    from counters.engines.shard_runs import planned_shard_days, run_shards, stored_names
 
     start, end = _ms(from_, "--from"), _ms(to, "--to")
     if start >= end:
@@ -357,14 +357,23 @@ def rebuild(
             await require_projects(services, [project])
             from counters.engines.deadletter import DeadLetters, range_warning
 
-            letters = await DeadLetters(services.pool).overlapping(project, start, end)
-            warning = range_warning(letters, project, "a rebuild recomputes their days")
-            if warning:
-                click.echo(warning, err=True)
-            plan = await planned_days(services.pool, project, start, end, name)
+            names = await stored_names(services.pool, project)  # every shard, one project
+            for stored in names:
+                letters = await DeadLetters(services.pool).overlapping(stored, start, end)
+                warning = range_warning(letters, stored, "a rebuild recomputes their days")
+                if warning:
+                    click.echo(warning, err=True)
+            plan = await planned_shard_days(services.pool, names, start, end, name)
             with _tracker(f"rebuild {project}", plan) as progress:
-                return await services.rebuilder.run(
-                    project, start, end, name=name, write=not dry_run, progress=progress
+                return await run_shards(
+                    services.rebuilder,
+                    project,
+                    names,
+                    start,
+                    end,
+                    name=name,
+                    write=not dry_run,
+                    progress=progress,
                 )
 
     report = asyncio.run(run())

@@ -11,8 +11,9 @@ from counters.core.buckets import DAY_MS
 from counters.core.measures import micros_text
 from counters.core.rollups import parse_rollup_id
 from counters.engines.deadletter import DeadLetters, range_warning
-from counters.engines.progress import DayProgress, planned_days
+from counters.engines.progress import DayProgress
 from counters.engines.rebuild import BucketDiff, Rebuilder, RebuildReport
+from counters.engines.shard_runs import planned_shard_days, run_shards, stored_names
 
 
 def describe(diff: BucketDiff) -> str:
@@ -57,17 +58,21 @@ async def reconcile_projects(
     total = 0
     for project in projects:
         start = now_ms - days * DAY_MS
-        letters = await DeadLetters(rebuilder.pool).overlapping(project, start, now_ms)
-        warning = range_warning(letters, project, "fixing a day recomputes it")
-        if warning:
-            echo(warning)
+        names = await stored_names(rebuilder.pool, project)  # a split project's every shard
+        for stored in names:
+            letters = await DeadLetters(rebuilder.pool).overlapping(stored, start, now_ms)
+            warning = range_warning(letters, stored, "fixing a day recomputes it")
+            if warning:
+                echo(warning)
         with contextlib.ExitStack() as stack:
             progress = None
             if progress_for is not None:
-                plan = await planned_days(rebuilder.pool, project, start, now_ms, None)
+                plan = await planned_shard_days(rebuilder.pool, names, start, now_ms, None)
                 progress = stack.enter_context(progress_for(project, plan))
-            report = await rebuilder.run(
+            report = await run_shards(
+                rebuilder,
                 project,
+                names,
                 start,
                 now_ms,
                 write=write,
