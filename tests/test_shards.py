@@ -73,7 +73,7 @@ def _truth(events: list[Event], measure: str, lo: int = START, hi: int = NOW) ->
 def _close(got: float, want: float, measure: str) -> bool:
     # uniques are HyperLogLog estimates of ~80 uids (hashed with a per-project secret);
     # the sum of the shards' uniques would be about 3 x as many
-    slack = max(2, 0.03 * want) if measure == "uniques" else 1e-9
+    slack = max(2, 0.02 * want) if measure == "uniques" else 1e-9
     return abs(got - want) <= slack
 
 
