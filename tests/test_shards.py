@@ -19,6 +19,7 @@ import pytest_asyncio
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
 from counters.core.config import Settings
 from counters.core.shards import ShardPlan, home_of, next_plan, shard_project, token_shard
+from lua.keys import event_id_token
 from persist.shards import load_plan, set_shards
 from tests.support import ApiClient, project_api
 
@@ -236,3 +237,39 @@ async def test_the_window_keeps_a_retry_on_its_first_shard(api: ApiClient) -> No
         "/v1/events", content=msgspec.json.encode(batch), headers=c.ingest_h
     )
     assert r.json()["accepted"] > 0, r.text  # moved ids are counted twice
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_split_batch_over_the_budget_applies_nothing(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Every part of a split batch is checked before any is applied: a part over
+    max_batch_groups is a 413 and the parts that would fit are not applied either."""
+    async with project_api(
+        settings, pool, "shb", NOW, max_event_age_days=30, max_batch_groups=60
+    ) as c:
+        await _split(c, 3, window_ms=0)
+        await _refresh(c)
+        small: list[Event] = []
+        big: list[Event] = []
+        i = 0
+        while len(small) < 2 or len(big) < 40:  # ids chosen by the shard they route to
+            shard = token_shard(event_id_token("click", f"b{i}"), 3)
+            ev = {
+                "name": "click",
+                "ts": START + (i % 200) * MINUTE_MS,
+                "dims": {"source": f"v{i}"},
+                "id": f"b{i}",
+            }
+            if shard == 1 and len(small) < 2:
+                small.append(ev)
+            elif shard == 2 and len(big) < 40:
+                big.append(ev)
+            i += 1
+        r = await c.app.client.post(  # type: ignore[union-attr]
+            "/v1/events", content=msgspec.json.encode(small + big), headers=c.ingest_h
+        )
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "batch_too_complex"
+        t = await c.get("total", name="click", excluding_current="false", **{"from": str(START)})
+        assert t["value"] == 0, t  # the small part (shard 1) was not applied either

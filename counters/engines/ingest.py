@@ -263,6 +263,24 @@ class Ingestor:
             code="dim_name_cap",
         )
 
+    async def precheck(self, project: str, events: list[RawEvent]) -> None:
+        """Raises what apply would raise before its first script call (413 over the script
+        budget, 422 for a batch whose own names pass a per-day cap), applying nothing: a
+        caller that splits one request over several calls checks every part first."""
+        pending, _ = first_occurrences(events)
+        sealed, minute_from = await self._late_edges(ProjectKeys(self._prefix, project), pending)
+        caps = bool(self._name_cap or self._dim_name_cap)
+        plan = plan_batch(
+            pending,
+            self._crosstabs,
+            dim_values=self._dim_cap > 0,
+            names=caps,
+            sealed=sealed,
+            minute_from=minute_from,
+        )
+        self._check_names_alone(plan)
+        self._check_budget(plan, sum(1 for ev in pending if ev.id is not None), pending)
+
     async def apply(
         self,
         project: str,

@@ -111,9 +111,10 @@ class ShardedIngestor:
     ) -> IngestReply:
         """Ingestor.apply's guarantees, per shard: a batch without event ids, or with an
         Idempotency-Key, is one shard's part and so all or nothing. A batch with ids is
-        split by (name, id); the part holding the events without ids is applied last, only
-        once every other part is applied, so a failure (503: retry) leaves at most parts
-        whose every event has an id, which the retry finds as duplicates."""
+        split by (name, id): every part is checked first (a 413 or 422 applies nothing), and
+        the part holding the events without ids is applied last, only once every other part
+        is applied, so a failure (503: retry) leaves at most parts whose every event has an
+        id, which the retry finds as duplicates."""
         plan = await self.directory.plan(project)
         if not plan.split:
             return await self.inner.apply(project, events, idempotency=idempotency, refused=refused)
@@ -135,7 +136,11 @@ class ShardedIngestor:
             shard = next(self._turn) % plan.shards
             return await self.inner.apply(shard_project(project, shard), plain, refused=refused)
         last = min(parts, key=lambda s: (-len(parts[s]), s))
+        parts[last] = parts[last] + plain
         first = [s for s in sorted(parts) if s != last]
+        if refused is None:  # bad input (413, 422) is refused before any part is applied
+            for s in sorted(parts):
+                await self.inner.precheck(shard_project(project, s), parts[s])
         reply = IngestReply(accepted=0, duplicates=0)
         if first:
             done = await asyncio.gather(
@@ -148,7 +153,7 @@ class ShardedIngestor:
             for one in done:
                 assert isinstance(one, IngestReply)
                 reply = _add(reply, one)
-        tail = await self._part(project, last, parts[last] + plain, refused)
+        tail = await self._part(project, last, parts[last], refused)
         return _add(reply, tail)
 
     async def _part(
