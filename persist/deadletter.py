@@ -12,6 +12,7 @@ import msgspec
 from asyncpg.exceptions._base import DataError as ClientDataError
 
 from counters.core.buckets import from_datetime, to_datetime
+from counters.core.shards import SHARD_SEPARATOR
 from persist.db import Conn
 from persist.schema import COPY_FAILURES_TABLE, DEAD_LETTERS_TABLE
 
@@ -147,6 +148,12 @@ async def insert_dead_letter(conn: Conn, letter: NewDeadLetter) -> None:
     await clear_failure(conn, letter.project, letter.stream_id)
 
 
+def _of_project(param: str) -> str:
+    """SQL: the row is of this project or of one of its shards (stored as `P:s`,
+    counters/core/shards.py), or of exactly this shard when a shard's name is given."""
+    return f"(project = {param} OR split_part(project, '{SHARD_SEPARATOR}', 1) = {param})"
+
+
 def _where(ids: list[int] | None, project: str | None) -> tuple[str, list[object]]:
     clauses: list[str] = []
     args: list[object] = []
@@ -155,7 +162,7 @@ def _where(ids: list[int] | None, project: str | None) -> tuple[str, list[object
         clauses.append(f"id = ANY(${len(args)}::bigint[])")
     if project is not None:
         args.append(project)
-        clauses.append(f"project = ${len(args)}")
+        clauses.append(_of_project(f"${len(args)}"))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
@@ -213,7 +220,7 @@ async def dead_letters_overlapping(
     """The project's dead letters whose events may lie in [start, end): their time range
     overlaps it, or is unknown (a payload that could not be decoded)."""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM {DEAD_LETTERS_TABLE} WHERE project = $1"
+        f"SELECT {_COLUMNS} FROM {DEAD_LETTERS_TABLE} WHERE {_of_project('$1')}"
         " AND (ts_from IS NULL OR (ts_from < $3 AND ts_to >= $2)) ORDER BY id",
         project,
         to_datetime(start),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -273,3 +274,30 @@ async def test_a_split_batch_over_the_budget_applies_nothing(
         assert r.json()["error"]["code"] == "batch_too_complex"
         t = await c.get("total", name="click", excluding_current="false", **{"from": str(START)})
         assert t["value"] == 0, t  # the small part (shard 1) was not applied either
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_dead_letters_of_a_project_include_its_shards(pool: asyncpg.Pool) -> None:
+    """`counters deadletter list --project P` (and the rebuild warning) sees the dead letters
+    of P's shards, stored as `P:s`; a shard's own name still picks only its own; a project
+    whose name merely starts alike is not P's."""
+    from persist.deadletter import dead_letters_overlapping, list_dead_letters
+
+    base = "shd" + uuid.uuid4().hex[:8]
+    stored = [base, f"{base}:1", f"{base}x", f"{base}x:1"]
+    async with pool.acquire() as conn:
+        for n, project in enumerate(stored):
+            await conn.execute(
+                "INSERT INTO raw_dead_letters (project, stream_id, events, payload, error,"
+                " attempts, first_failed_at, last_failed_at)"
+                " VALUES ($1, $2, 1, '\\x00', 'e', 3, now(), now())",
+                project,
+                f"{n}-0",
+            )
+        found = {d.project for d in await list_dead_letters(conn, project=base)}
+        assert found == {base, f"{base}:1"}
+        found = {d.project for d in await list_dead_letters(conn, project=f"{base}:1")}
+        assert found == {f"{base}:1"}
+        found = {d.project for d in await dead_letters_overlapping(conn, base, 0, 2**40)}
+        assert found == {base, f"{base}:1"}
+        await conn.execute("DELETE FROM raw_dead_letters WHERE project = ANY($1)", stored)

@@ -358,11 +358,10 @@ def rebuild(
             from counters.engines.deadletter import DeadLetters, range_warning
 
             names = await stored_names(services.pool, project)  # every shard, one project
-            for stored in names:
-                letters = await DeadLetters(services.pool).overlapping(stored, start, end)
-                warning = range_warning(letters, stored, "a rebuild recomputes their days")
-                if warning:
-                    click.echo(warning, err=True)
+            letters = await DeadLetters(services.pool).overlapping(project, start, end)
+            warning = range_warning(letters, project, "a rebuild recomputes their days")
+            if warning:  # the project's and its shards' dead letters
+                click.echo(warning, err=True)
             plan = await planned_shard_days(services.pool, names, start, end, name)
             with _tracker(f"rebuild {project}", plan) as progress:
                 return await run_shards(

@@ -59,11 +59,10 @@ async def reconcile_projects(
     for project in projects:
         start = now_ms - days * DAY_MS
         names = await stored_names(rebuilder.pool, project)  # a split project's every shard
-        for stored in names:
-            letters = await DeadLetters(rebuilder.pool).overlapping(stored, start, now_ms)
-            warning = range_warning(letters, stored, "fixing a day recomputes it")
-            if warning:
-                echo(warning)
+        letters = await DeadLetters(rebuilder.pool).overlapping(project, start, now_ms)
+        warning = range_warning(letters, project, "fixing a day recomputes it")
+        if warning:  # the project's and its shards' dead letters
+            echo(warning)
         with contextlib.ExitStack() as stack:
             progress = None
             if progress_for is not None:
