@@ -1,6 +1,7 @@
 """GET /v1/projects/{project}/events?from&to[&name]: the raw log streamed as NDJSON from
 Postgres (a server-side cursor in a read-only transaction, so memory stays bounded), for
-warehouses. Uids are exported as stored: keyed hashes, never the uid sent."""
+warehouses; a split project's events are every shard's. Uids are exported as stored:
+keyed hashes, never the uid sent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from api.common import app_state, authorize, bearer_key
 from counters.core.buckets import DAY_MS, parse_ts, to_datetime
 from counters.core.errors import BadRequest
 from counters.core.models import NAME_PATTERN
+from counters.core.shards import shard_projects
 from persist.db import postgres_unavailable
 from persist.rawlog_export import export_lines
 
@@ -73,6 +75,7 @@ async def export_events(request: Request) -> Response:
         state, bearer_key(request), scope="read", project=request.path_params["project"]
     )
     start, end, names = parse_export(request)
+    shards = shard_projects(project, state.services.shards.known(project).span)
     with postgres_unavailable():
         conn = await state.pool.acquire()
     try:
@@ -86,7 +89,7 @@ async def export_events(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in export_lines(
-                conn, project, to_datetime(start), to_datetime(end), names
+                conn, shards, to_datetime(start), to_datetime(end), names
             ):
                 yield chunk
         except (asyncpg.PostgresError, OSError) as exc:

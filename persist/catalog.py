@@ -3,6 +3,8 @@ Postgres answers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 from counters.core.buckets import Grain, to_datetime
@@ -12,16 +14,19 @@ from persist.schema import ROLLUP_TABLE
 
 _CATALOG_SQL = (
     f"SELECT DISTINCT name, rollup FROM {ROLLUP_TABLE[Grain.day]}"
-    " WHERE project = $1 AND bucket >= $2 AND position(',' in rollup) = 0"
+    " WHERE project = ANY($1::text[]) AND bucket >= $2 AND position(',' in rollup) = 0"
 )
 
 
-async def names_and_dims(pool: asyncpg.Pool, project: str, since_ms: int) -> dict[str, set[str]]:
-    """Every event name with day rollups from since_ms on, and the single dims it was
-    rolled up by (cross-tabs left out); a Postgres failure raises Unavailable."""
+async def names_and_dims(
+    pool: asyncpg.Pool, projects: Sequence[str], since_ms: int
+) -> dict[str, set[str]]:
+    """Every event name with day rollups from since_ms on in any of the stored projects (a
+    project's shards), and the single dims it was rolled up by (cross-tabs left out); a
+    Postgres failure raises Unavailable."""
     with postgres_unavailable():
         async with pool.acquire() as conn:
-            rows = await conn.fetch(_CATALOG_SQL, project, to_datetime(since_ms))
+            rows = await conn.fetch(_CATALOG_SQL, list(projects), to_datetime(since_ms))
     seen: dict[str, set[str]] = {}
     for r in rows:
         dims = seen.setdefault(r["name"], set())

@@ -1,6 +1,8 @@
 """Aggregates of the Postgres raw log for reads no rollup covers, read in one snapshot with
 the persister's copy cursor (so the snapshot holds exactly the entries up to it); bounded by
-a row count taken first and by a statement timeout, both refused as 400s."""
+a row count taken first and by a statement timeout, both refused as 400s. Each takes the
+stored project names to read (every shard of a split project: counters/core/shards.py),
+and a copy cursor is each shard's own."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import msgspec
 from counters.core.buckets import to_datetime
 from persist.read_errors import read_postgres, statement_timeout
 from persist.schema import RAW_TABLE
-from persist.state import load_state
+from persist.state import load_states
 
 FETCH_ROWS = 5_000
 """Aggregate rows fetched per round trip (the event loop runs between chunks)."""
@@ -43,28 +45,37 @@ class RawScope(msgspec.Struct, frozen=True):
     uniques: bool
 
 
-async def copied_until(pool: asyncpg.Pool, project: str) -> str:
-    """The raw-log stream id up to which Postgres holds the entries (it only grows)."""
+async def copied_until(pool: asyncpg.Pool, projects: Sequence[str]) -> list[str]:
+    """Per project (in order), the raw-log stream id up to which Postgres holds its
+    entries (each only grows)."""
     with read_postgres():
         async with pool.acquire() as conn:
-            return (await load_state(conn, project, create=False)).raw_stream_id
+            states = await load_states(conn, list(projects))
+    return [states[p].raw_stream_id for p in projects]
 
 
 async def count_rows(
-    pool: asyncpg.Pool, project: str, start: int, end: int, cap: int, *, timeout: float, hint: str
+    pool: asyncpg.Pool,
+    projects: Sequence[str],
+    start: int,
+    end: int,
+    cap: int,
+    *,
+    timeout: float,
+    hint: str,
 ) -> int:
-    """The raw-log rows of the project in [start, end), counted up to `cap` (an index scan
+    """The raw-log rows of the projects in [start, end), counted up to `cap` (an index scan
     of at most cap rows: what an aggregate over that range would have to read at least)."""
     sql = (
         f"SELECT count(*) AS n FROM (SELECT 1 FROM {RAW_TABLE}"
-        " WHERE project = $1 AND ts >= $2 AND ts < $3 LIMIT $4) t"
+        " WHERE project = ANY($1::text[]) AND ts >= $2 AND ts < $3 LIMIT $4) t"
     )
     with read_postgres(hint):
         async with pool.acquire() as conn:
             async with conn.transaction(readonly=True):
                 await statement_timeout(conn, timeout)
                 n: int = await conn.fetchval(
-                    sql, project, to_datetime(start), to_datetime(end), cap
+                    sql, list(projects), to_datetime(start), to_datetime(end), cap
                 )
     return n
 
@@ -77,28 +88,29 @@ def _sql(filters: int, group_by: Sequence[str], uniques: bool) -> str:
     return (
         f"SELECT width_bucket(ts, $5::timestamptz[]) AS i{select}{uid},"
         f" count(*) AS n, coalesce(sum(value_micros), 0)::bigint AS s FROM {RAW_TABLE}"
-        f" WHERE project = $1 AND name = $2 AND ts >= $3 AND ts < $4{where}"
+        f" WHERE project = ANY($1::text[]) AND name = $2 AND ts >= $3 AND ts < $4{where}"
         f" GROUP BY i{groups}{uid}"
     )
 
 
 async def aggregate_raw(
     pool: asyncpg.Pool,
-    project: str,
+    projects: Sequence[str],
     scope: RawScope,
     fold: Callable[[list[RawGroupRow]], None],
     *,
     timeout: float,
     hint: str,
-) -> str:
+) -> list[str]:
     """Per period (starts[i] .. the next start, the last up to end), per group of group_by
     values (None where an event lacks the dim) and, for uniques, per uid: count and sum of
-    the matching events in Postgres, handed to `fold` FETCH_ROWS at a time; returns the
-    copy cursor of the same snapshot. Each statement runs at most `timeout` seconds; over
+    the matching events in Postgres of all the projects together, handed to `fold`
+    FETCH_ROWS at a time; returns each project's copy cursor (in order) of the same
+    snapshot. Each statement runs at most `timeout` seconds; over
     it, or a shape Postgres refuses, is a 400 saying `hint`."""
     uniques = scope.uniques
     args: list[Any] = [
-        project,
+        list(projects),
         scope.name,
         to_datetime(scope.starts[0]),
         to_datetime(scope.end),
@@ -112,7 +124,7 @@ async def aggregate_raw(
         async with pool.acquire() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 await statement_timeout(conn, timeout)
-                cursor = (await load_state(conn, project, create=False)).raw_stream_id
+                states = await load_states(conn, list(projects))
                 rows = await conn.cursor(sql, *args)
                 while chunk := await rows.fetch(FETCH_ROWS):
                     fold(
@@ -127,4 +139,4 @@ async def aggregate_raw(
                             for r in chunk
                         ]
                     )
-    return cursor
+    return [states[p].raw_stream_id for p in projects]

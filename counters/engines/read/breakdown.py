@@ -238,19 +238,25 @@ def _pg_buckets(state: PersistState, need: Need) -> Grains:
 
 
 async def read_breakdown(
-    ctx: ReadContext, name: str, rollup: Rollup, filters: Filters, need: Need
+    ctx: ReadContext,
+    name: str,
+    rollup: Rollup,
+    filters: Filters,
+    need: Need,
+    *,
+    uniques: bool = True,
 ) -> Breakdown:
     """Every dims tuple of `rollup` (the filtered dims taking one of their values) with its
-    cells over the needed stored buckets, sketches included (for uniques); the total adds
-    up every field of the filters' own rollup."""
+    cells over the needed stored buckets, sketches included (unless uniques=False: counts
+    and sums only); the total adds up every field of the filters' own rollup."""
     scope = _Scope(ctx.project, name, rollup, filters)
     tmp: dict[str, bytes] = {}
     tuples: dict[Tuple, TupleCells] = defaultdict(TupleCells)
     pacer = Pacer()
     async with snapshot(ctx.pool, ctx.project) as (conn, state):
         for grain, wanted in _pg_buckets(state, need):
-            rows = await tuple_rows(conn, scope.select, grain, wanted, with_hll=True)
-            whole = await tuple_rows(conn, scope.total_select, grain, wanted, with_hll=True)
+            rows = await tuple_rows(conn, scope.select, grain, wanted, with_hll=uniques)
+            whole = await tuple_rows(conn, scope.total_select, grain, wanted, with_hll=uniques)
             for r in rows + [msgspec.structs.replace(r, dims=TOTAL) for r in whole]:
                 await pacer.tick()
                 cell = (grain, r.bucket)
@@ -261,7 +267,7 @@ async def read_breakdown(
                     k = ctx.keys.tmp(uuid.uuid4().hex)
                     tmp[k] = r.hll
                     row.hlls.setdefault(cell, []).append(k)
-        for t, cells in (await _redis_cells(ctx, state, scope, need, uniques=True)).items():
+        for t, cells in (await _redis_cells(ctx, state, scope, need, uniques=uniques)).items():
             tuples[t].add(cells)
             await pacer.tick()
     total = tuples.pop(TOTAL, None) or TupleCells()

@@ -22,6 +22,7 @@ from counters.engines.read.breakdown import (
     read_breakdown,
     read_ranked,
 )
+from counters.engines.read.breakdown_shards import read_split_breakdown
 from counters.engines.read.cells import Periods, Value
 from counters.engines.read.context import ReadContext
 from counters.engines.read.pace import Pacer
@@ -90,8 +91,14 @@ async def ranked_series(
 ) -> list[NamedSeries]:
     """Breakdown by count or sum: ranked in Postgres, only the top tuples' rows read; the
     rest is all tuples minus the top. With any-of filters, every tuple is read and the
-    tuples that differ only in an any-of dim are merged before ranking."""
-    if q.any_of:
+    tuples that differ only in an any-of dim are merged before ranking; a split project's
+    every tuple is read in each shard, merged, then ranked."""
+    if ctx.shards:
+        bd = await read_split_breakdown(
+            ctx, name, q.rollup, q.filter_sets, need(cells), uniques=False
+        )
+        ranked = _ranked_from(q, merge_any_of(q, bd), cells)
+    elif q.any_of:
         bd = await read_breakdown(ctx, name, q.rollup, q.filter_sets, need(cells))
         ranked = _ranked_from(q, merge_any_of(q, bd), cells)
     else:
@@ -157,8 +164,15 @@ async def uniques_series(
     ctx: ReadContext, q: ReadQuery, name: str, cells: Periods
 ) -> list[NamedSeries]:
     """Breakdown by uniques: every tuple's sketches read, ranked by the union over the
-    range; the rest's uniques are the union of the rest's sketches, never a sum."""
-    bd = merge_any_of(q, await read_breakdown(ctx, name, q.rollup, q.filter_sets, need(cells)))
+    range; the rest's uniques are the union of the rest's sketches, never a sum (a split
+    project's tuples merged over its shards first: their sketches united)."""
+    if ctx.shards:
+        read = await read_split_breakdown(
+            ctx, name, q.rollup, q.filter_sets, need(cells), uniques=True
+        )
+    else:
+        read = await read_breakdown(ctx, name, q.rollup, q.filter_sets, need(cells))
+    bd = merge_any_of(q, read)
     blobs = BucketValues([], [], [], bd.tmp_blobs)
     everything = flatten(cells)
     items = list(bd.tuples.items())

@@ -1,6 +1,7 @@
 """What a dashboard needs before it asks for numbers: the event names a project has seen
 lately and the single dims each was rolled up by (Postgres day rollups of the last 30 days,
-plus today's and yesterday's hot days in Redis)."""
+plus today's and yesterday's hot days in Redis); a split project's is the union of its
+shards'."""
 
 from __future__ import annotations
 
@@ -33,14 +34,18 @@ class Catalog(msgspec.Struct):
 
 
 async def read_catalog(ctx: ReadContext, now_ms: int) -> Catalog:
-    """Event names of the last CATALOG_DAYS UTC days and their single dims, sorted."""
+    """Event names of the last CATALOG_DAYS UTC days and their single dims, sorted (seen in
+    any shard of the project); the reply names the project itself."""
     today = bucket_start(now_ms, Grain.day)
-    seen = await names_and_dims(ctx.pool, ctx.project, today - CATALOG_DAYS * DAY_MS)
+    shards = ctx.all_keys
+    since = today - CATALOG_DAYS * DAY_MS
+    seen = await names_and_dims(ctx.pool, [keys.project for keys in shards], since)
+    days = [(Grain.day, today - DAY_MS), (Grain.day, today)]
+    cells = []
     with redis_unavailable():
         # today's and yesterday's hot days, with their minutes not merged into them yet
-        cells = await read_hot(
-            ctx.scripts, ctx.keys, None, [(Grain.day, today - DAY_MS), (Grain.day, today)]
-        )
+        for keys in shards:
+            cells.extend(await read_hot(ctx.scripts, keys, None, days))
     for cell in cells:
         for h in cell.hashes:
             for f in h:

@@ -212,23 +212,36 @@ def add_values(into: BucketValues, other: BucketValues) -> None:
 
 async def localize(redis: RedisClient, values: BucketValues, home: ProjectKeys) -> None:
     """Moves every sketch of values (another shard's: another Redis Cluster slot) under
-    scratch keys of home's slot, so one PFCOUNT can unite them with home's: the resident
-    ones are read (MGET), the Postgres ones renamed. Keys that no longer exist are left
-    out (an empty sketch)."""
-    resident = sorted(
-        {k for piece in values.hll_keys for ks in piece for k in ks if k not in values.tmp_blobs}
-    )
-    found: dict[str, bytes | None] = dict(values.tmp_blobs)
-    if resident:
-        with redis_unavailable():
-            blobs = cast(list[bytes | None], await redis.mget(resident))
-        found.update(zip(resident, blobs, strict=True))
-    token = uuid.uuid4().hex
-    renamed = {k: home.tmp(f"{token}.s{n}") for n, k in enumerate(found) if found[k] is not None}
-    values.tmp_blobs = {renamed[k]: blob for k, blob in found.items() if blob is not None}
+    scratch keys of home's slot, so one PFCOUNT can unite them with home's (move_sketches).
+    Keys that no longer exist are left out (an empty sketch)."""
+    wanted = (k for piece in values.hll_keys for ks in piece for k in ks)
+    renamed, values.tmp_blobs = await move_sketches(redis, wanted, values.tmp_blobs, home)
     values.hll_keys = [
         [[renamed[k] for k in ks if k in renamed] for ks in piece] for piece in values.hll_keys
     ]
+
+
+MGET_KEYS = 500
+"""Sketches read per MGET when moving a shard's sketches (a few hundred KB a round trip)."""
+
+
+async def move_sketches(
+    redis: RedisClient, keys: Iterable[str], blobs: dict[str, bytes], home: ProjectKeys
+) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Every sketch named in keys (resident in Redis, or one of blobs: loaded from
+    Postgres) under a new scratch key of home's slot: (old key -> new key, the new keys'
+    blobs to load). The resident ones are read (MGET, a few hundred at a time); keys that
+    no longer exist are left out of both (an empty sketch)."""
+    resident = sorted({k for k in keys if k not in blobs})
+    found: dict[str, bytes | None] = dict(blobs)
+    with redis_unavailable():
+        for i in range(0, len(resident), MGET_KEYS):
+            chunk = resident[i : i + MGET_KEYS]
+            got = cast(list[bytes | None], await redis.mget(chunk))
+            found.update(zip(chunk, got, strict=True))
+    token = uuid.uuid4().hex
+    renamed = {k: home.tmp(f"{token}.s{n}") for n, k in enumerate(found) if found[k] is not None}
+    return renamed, {renamed[k]: blob for k, blob in found.items() if blob is not None}
 
 
 async def _read_shard(

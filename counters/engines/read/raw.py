@@ -3,9 +3,10 @@
 Exact and slower: Postgres aggregates raw_events up to its copy cursor (read in one snapshot
 with the cursor), and the raw-log entries still in Redis past that cursor are folded in
 Python. Redis is read first (from the copy cursor as it was just before, which only grows),
-so an entry trimmed meanwhile is already in Postgres. Bounded: a row count refuses a read
-over the raw row budget before it scans, Postgres statements have a timeout, and folding
-gives the event loop a turn every few ms."""
+so an entry trimmed meanwhile is already in Postgres. A split project's shards are all
+read: their rows in one aggregate, each shard's stream past its own copy cursor. Bounded:
+a row count refuses a read over the raw row budget before it scans, Postgres statements
+have a timeout, and folding gives the event loop a turn every few ms."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from counters.engines.read.pace import Pacer
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.reply import DimValues, NamedSeries, Point, points
 from lua.client import redis_unavailable
+from lua.keys import ProjectKeys
 from persist.rawlog_reads import RawGroupRow, RawScope, aggregate_raw, copied_until, count_rows
 from persist.schema import stream_order
 
@@ -100,35 +102,39 @@ async def read_raw(
     *,
     uniques: bool,
 ) -> Groups:
-    """Per group of `group_by` values, the measures of every period, from the raw log; the
-    events lacking a grouped dim under NO_GROUP."""
+    """Per group of `group_by` values, the measures of every period, from the raw log of
+    every shard of the project; the events lacking a grouped dim under NO_GROUP."""
     if not spans:
         return {}
     scope = RawScope(name, [s for s, _ in spans], spans[-1][1], filters, group_by, uniques)
     out: Groups = defaultdict(lambda: [Acc() for _ in spans])
-    entries = await _stream_after(ctx, await copied_until(ctx.pool, ctx.project))
-    cursor = await aggregate_raw(
+    shards = ctx.all_keys
+    projects = [keys.project for keys in shards]
+    copied = await copied_until(ctx.pool, projects)
+    entries = [
+        await _stream_after(ctx, keys, after) for keys, after in zip(shards, copied, strict=True)
+    ]
+    cursors = await aggregate_raw(
         ctx.pool,
-        ctx.project,
+        projects,
         scope,
         lambda rows: _fold_postgres(out, rows, uniques),
         timeout=ctx.limits.raw_timeout_seconds,
         hint=narrowing_hint([*filters, *group_by]),
     )
-    await _fold_redis(out, entries, cursor, scope)
+    for shard_entries, cursor in zip(entries, cursors, strict=True):
+        await _fold_redis(out, shard_entries, cursor, scope)
     return dict(out)
 
 
-async def _stream_after(ctx: ReadContext, copied: str) -> Entries:
-    """The raw-log stream entries after `copied`, STREAM_CHUNK per round trip (entries at
-    or before it are in Postgres, and the cursor only grows)."""
+async def _stream_after(ctx: ReadContext, keys: ProjectKeys, copied: str) -> Entries:
+    """One shard's raw-log stream entries after `copied`, STREAM_CHUNK per round trip
+    (entries at or before it are in Postgres, and the cursor only grows)."""
     entries: Entries = []
     start = f"({copied}"
     with redis_unavailable():
         while True:
-            chunk = cast(
-                Entries, await ctx.redis.xrange(ctx.keys.raw, start, "+", count=STREAM_CHUNK)
-            )
+            chunk = cast(Entries, await ctx.redis.xrange(keys.raw, start, "+", count=STREAM_CHUNK))
             entries.extend(chunk)
             if len(chunk) < STREAM_CHUNK:
                 return entries
@@ -146,8 +152,8 @@ def narrowing_hint(dims: Sequence[str]) -> str:
 
 async def check_raw_budget(ctx: ReadContext, q: ReadQuery) -> None:
     """400 raw_budget_exceeded when the raw-log rows the read would scan (the project's rows
-    in the range, once per name) are over the raw row budget; counted before any scan, and
-    at most budget + 1 rows are counted."""
+    in the range, every shard's, once per name) are over the raw row budget; counted
+    before any scan, and at most budget + 1 rows are counted."""
     budget = ctx.limits.raw_row_budget
     if not budget:
         return
@@ -155,7 +161,7 @@ async def check_raw_budget(ctx: ReadContext, q: ReadQuery) -> None:
     hint = narrowing_hint([*q.filter_sets, *q.group_by])
     found = await count_rows(
         ctx.pool,
-        ctx.project,
+        [keys.project for keys in ctx.all_keys],
         q.start,
         q.end,
         cap,
