@@ -69,9 +69,9 @@ bench: install  ## every benchmark scenario, results appended to bench/RESULTS.m
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	$(BIN)/python -m bench all $(BENCH_ARGS)
 
-faults: install  ## the long fault-injection run (1M events, 50 faults), on one Valkey and on a 3-master cluster
+faults: install  ## the long fault-injection run (1M events, 50 faults), on one Valkey and on a 3-master cluster (the project split over 3 shards)
 	$(BIN)/python -m bench faults --events 1000000 --faults 50
-	$(BIN)/python -m bench faults --events 1000000 --faults 50 --fuzz-cases 0 --redis-cluster
+	$(BIN)/python -m bench faults --events 1000000 --faults 50 --fuzz-cases 0 --redis-cluster --shards 3
 
 stop: install  ## stop the embedded servers (data kept under .counters/)
 	$(BIN)/counters embedded stop

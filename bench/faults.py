@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
         help="run on a 3-master embedded Valkey Cluster (Valkey faults hit the project's master)",
     )
     p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the project into this many shards first (counters projects shards)",
+    )
+    p.add_argument(
         "--fuzz-cases",
         type=int,
         default=10_000,
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         drain_timeout=600.0,
         keep=args.keep,
         redis_cluster=args.redis_cluster,
+        shards=args.shards,
         log=_log,
     )
     report = asyncio.run(run_faults(cfg))

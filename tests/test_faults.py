@@ -8,8 +8,9 @@ missing; the summary says exactly how many were.
 
 The seed is printed; COUNTERS_FAULTS_SEED=<seed> replays the same plan and events (the
 moments the faults land still depend on timing). COUNTERS_FAULTS_KINDS=a,b picks the fault
-kinds; COUNTERS_TEST_REDIS_CLUSTER=1 runs it on a 3-master Valkey Cluster (the Valkey faults
-then hit the master holding the project). The long form is `python -m bench.faults`.
+kinds; COUNTERS_TEST_REDIS_CLUSTER=1 runs it on a 3-master Valkey Cluster with the project
+split into 3 shards (`counters projects shards`; the Valkey faults then hit the master of one
+of its shards, and every check covers them all). The long form is `python -m bench.faults`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ DEFAULT_KINDS = ALL_KINDS
 def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
     seed = os.environ.get("COUNTERS_FAULTS_SEED")
     kinds = os.environ.get("COUNTERS_FAULTS_KINDS")
+    cluster = os.environ.get("COUNTERS_TEST_REDIS_CLUSTER", "") not in ("", "0")
     cfg = FaultConfig(
         events=int(os.environ.get("COUNTERS_FAULTS_EVENTS", "30000")),
         faults=int(os.environ.get("COUNTERS_FAULTS_FAULTS", "8")),
@@ -42,7 +44,9 @@ def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
         kinds=tuple(k for k in kinds.split(",") if k) if kinds else DEFAULT_KINDS,
         max_losses=1,
         drain_timeout=180.0,
-        redis_cluster=os.environ.get("COUNTERS_TEST_REDIS_CLUSTER", "") not in ("", "0"),
+        redis_cluster=cluster,
+        # on the cluster, the project is split over 3 shards (their masters take the faults)
+        shards=3 if cluster else 1,
     )
     report = asyncio.run(run_faults(cfg))
     with capsys.disabled():

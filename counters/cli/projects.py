@@ -44,8 +44,14 @@ def projects() -> None:
 @projects.command("shards")
 @click.argument("project")
 @click.argument("n", type=int, required=False)
+@click.option(
+    "--ids-now",
+    is_flag=True,
+    help="Route events with ids over N at once, without the dedupe window (only safe when no"
+    " client will retry a batch sent before the change, e.g. a project that has no events).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The plan as one JSON object.")
-def projects_shards(project: str, n: int | None, as_json: bool) -> None:
+def projects_shards(project: str, n: int | None, ids_now: bool, as_json: bool) -> None:
     """Show PROJECT's shards, or split it into N (1-64) keyspaces {p:PROJECT}, {p:PROJECT:1},
     ... so one tenant's writes spread over a cluster's masters. Safe on a live project:
     every process follows within shard_refresh_seconds; shards never lose their data
@@ -58,6 +64,8 @@ def projects_shards(project: str, n: int | None, as_json: bool) -> None:
     settings = _settings()
     now_ms = int(time.time() * 1000)
     window_ms = int((settings.dedupe_window_seconds + 4 * settings.shard_refresh_seconds) * 1000)
+    if ids_now:
+        window_ms = 0
 
     async def go() -> ShardPlan:
         async with key_backends(settings) as (conn, _redis):

@@ -188,12 +188,19 @@ class Chaos:
         return f"{delay * 1000:.0f} ms after {n} posts were in flight"
 
     async def _valkey(self) -> str:
-        when = await self._while_posting()
-        pid = await asyncio.to_thread(self.cluster.kill_valkey)
-        down = self.rng.uniform(0, 1.5)
-        await asyncio.sleep(down)
-        await asyncio.to_thread(self.cluster.start_valkey)
-        return f"kill -9 Valkey pid {pid} {when}, restarted after {down:.2f}s (AOF replayed)"
+        # of a split project on a cluster, the master of any of its shards
+        shard = self.rng.choice(self.cluster.stored)
+        self.cluster.valkey_target = shard
+        try:
+            when = await self._while_posting()
+            pid = await asyncio.to_thread(self.cluster.kill_valkey)
+            down = self.rng.uniform(0, 1.5)
+            await asyncio.sleep(down)
+            await asyncio.to_thread(self.cluster.start_valkey)
+        finally:
+            self.cluster.valkey_target = ""
+        of = f" (the master of shard {shard})" if len(self.cluster.stored) > 1 else ""
+        return f"kill -9 Valkey pid {pid}{of} {when}, restarted after {down:.2f}s (AOF replayed)"
 
     async def _postgres(self) -> str:
         await asyncio.to_thread(self.cluster.stop_postgres)

@@ -23,8 +23,9 @@ import httpx
 import redis as sync_redis
 
 from counters import embedded
+from counters.core.shards import shard_projects
 from counters.harness.servers import Backends, close_sync, free_port
-from counters.harness.service import create_key, service_env
+from counters.harness.service import cli, create_key, service_env
 from lua.keys import ProjectKeys
 
 T = TypeVar("T")
@@ -190,10 +191,14 @@ class Cluster:
         crosstabs: str = "source:country",
         keep: bool = False,
         redis_cluster: bool = False,
+        shards: int = 1,
         log: Log = print,
     ) -> None:
         self.durable_ack = durable_ack
         self.redis_cluster = redis_cluster
+        self.shards = shards
+        self.valkey_target = ""
+        """The stored project (shard) whose master the Valkey faults hit ("": the project)."""
         self.grace_seconds = grace_seconds
         self.n_persisters = persisters
         self.crosstabs = crosstabs
@@ -220,6 +225,11 @@ class Cluster:
         self.persisters: list[Proc] = []
         self._commands: dict[str, bool] = {}
 
+    @property
+    def stored(self) -> list[str]:
+        """The stored names of the project's shards (itself alone when not split)."""
+        return shard_projects(self.project, self.shards)
+
     # -- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -236,6 +246,8 @@ class Cluster:
         )
         self.ingest_key = create_key(self.env, self.project, "ingest")
         self.read_key = create_key(self.env, self.project, "read")
+        if self.shards > 1:  # a new project: its ids may be split at once
+            cli(self.env, "projects", "shards", self.project, str(self.shards), "--ids-now")
         self.service = Proc(
             "service",
             ["serve", "--port", str(self.port), "--no-persister"],
@@ -250,7 +262,8 @@ class Cluster:
         self.log(
             f"cluster: {self.root} valkey{' cluster' if self.redis_cluster else ''}"
             f" {self.redis_url} postgres {self.database_url} "
-            f"service {self.url} project {self.project} durable_ack={self.durable_ack} "
+            f"service {self.url} project {self.project} shards={self.shards}"
+            f" durable_ack={self.durable_ack} "
             f"persisters={self.n_persisters}"
         )
 
@@ -320,10 +333,10 @@ class Cluster:
 
     def valkey_dir(self) -> Path:
         """The data dir of the Valkey that holds the project: the one server, or the
-        cluster master that serves the project's slot."""
+        cluster master that serves the slot of the project (of valkey_target, a shard)."""
         if not self.redis_cluster:
             return self.vdir / "valkey"
-        keys = ProjectKeys(self.prefix, self.project)
+        keys = ProjectKeys(self.prefix, self.valkey_target or self.project)
         client = sync_redis.RedisCluster.from_url(self.redis_url)
         try:
             port = client.get_node_from_key(keys.watermarks).port  # type: ignore[no-untyped-call]

@@ -52,12 +52,20 @@ class Loss:
 
 
 async def persisted_state(cluster: Cluster) -> dict[str, object]:
-    """The project's persist_state row (watermarks, late_applied, raw cursor)."""
+    """The project's persist_state row (watermarks, late_applied, raw cursor). Of a split
+    project: shard 0's late generation and cursor, the highest minute watermark of any
+    shard (what is at risk at a loss is judged against the most that may be persisted) and
+    the lowest hour and day watermarks (a bucket is sealed only once sealed in every
+    shard: the reads after a loss hold those exact)."""
     conn = await asyncpg.connect(cluster.database_url, timeout=10)
     try:
         row = await conn.fetchrow(
-            "SELECT minute_until, hour_until, day_until, late_applied, raw_stream_id"
-            " FROM persist_state WHERE project = $1",
+            "SELECT max(minute_until) AS minute_until, min(hour_until) AS hour_until,"
+            " min(day_until) AS day_until,"
+            " max(late_applied) FILTER (WHERE project = $2) AS late_applied,"
+            " max(raw_stream_id) FILTER (WHERE project = $2) AS raw_stream_id"
+            " FROM persist_state WHERE project = ANY($1) HAVING count(*) > 0",
+            cluster.stored,
             cluster.project,
         )
     finally:
@@ -78,8 +86,8 @@ async def raw_ids(cluster: Cluster) -> frozenset[str]:
     conn = await asyncpg.connect(cluster.database_url, timeout=10)
     try:
         rows = await conn.fetch(
-            "SELECT event_id FROM raw_events WHERE project = $1 AND event_id IS NOT NULL",
-            cluster.project,
+            "SELECT event_id FROM raw_events WHERE project = ANY($1) AND event_id IS NOT NULL",
+            cluster.stored,
         )
     finally:
         await conn.close()
@@ -158,7 +166,11 @@ async def check_hours_days_are_their_minutes(cluster: Cluster, log: Log) -> list
             ("hour", "rollups_hour", "st.hour_until"),
             ("day", "rollups_day", "st.day_until"),
         ):
-            rows = await conn.fetch(sql.format(table=table, until=until), cluster.project, grain)
+            rows = [
+                r
+                for stored in cluster.stored
+                for r in await conn.fetch(sql.format(table=table, until=until), stored, grain)
+            ]
             for r in rows:
                 out.append(
                     f"{grain} {r['b']:%Y-%m-%dT%H:%M}Z {r['name']} {r['rollup'] or 'total'}"

@@ -42,6 +42,9 @@ class FaultConfig:
     redis_cluster: bool = False
     """Run on a 3-master embedded Valkey Cluster (the Valkey faults hit the master that
     holds the project's slot)."""
+    shards: int = 1
+    """Split the project into this many shards before the run (`counters projects shards
+    P N --ids-now`): every check then covers all of them."""
     log: Log = print
 
 
@@ -136,6 +139,7 @@ async def run_faults(cfg: FaultConfig) -> Report:
         crosstabs=cfg.crosstabs,
         keep=cfg.keep,
         redis_cluster=cfg.redis_cluster,
+        shards=cfg.shards,
         log=log,
     )
     try:

@@ -75,17 +75,19 @@ def aggregate(events: Iterable[Event], tabs: Sequence[tuple[str, ...]]) -> dict[
 
 async def wait_drained(cluster: Cluster, timeout: float, log: Log) -> tuple[bool, Any, float]:
     """Until Postgres holds every closed minute, every closed late generation and the whole
-    raw log (tests/test_e2e.py drained(), plus the hll index of the open generation)."""
-    keys = ProjectKeys(cluster.prefix, cluster.project)
+    raw log (tests/test_e2e.py drained(), plus the hll index of the open generation), of
+    every shard of the project."""
     edge = now_ms() - cluster.grace_seconds * 1000
     began = time.monotonic()
+    Drain = tuple[int, int, int, int, int]
 
-    async def probe() -> tuple[int, int, int, int, int]:
+    async def probe_one(stored: str) -> Drain:
+        keys = ProjectKeys(cluster.prefix, stored)
         conn = await asyncpg.connect(cluster.database_url, timeout=5)
         try:
             row = await conn.fetchrow(
                 "SELECT minute_until, late_applied FROM persist_state WHERE project = $1",
-                cluster.project,
+                stored,
             )
         finally:
             await conn.close()
@@ -99,17 +101,20 @@ async def wait_drained(cluster: Cluster, timeout: float, log: Log) -> tuple[bool
         assert row is not None
         return row["minute_until"], row["late_applied"], gen, rawn, open_late
 
+    async def probe() -> list[Drain]:
+        return [await probe_one(stored) for stored in cluster.stored]
+
+    def done(s: Drain) -> bool:
+        return s[0] >= edge - edge % MINUTE_MS and s[1] == s[2] - 1 and s[3] == 0 and s[4] == 0
+
     drained = await poll_until(
-        probe,
-        lambda s: s[0] >= edge - edge % MINUTE_MS and s[1] == s[2] - 1 and s[3] == 0 and s[4] == 0,
-        timeout=timeout,
-        interval=0.1,
+        probe, lambda states: all(done(s) for s in states), timeout=timeout, interval=0.1
     )
     ok, state = drained
     took = time.monotonic() - began
     log(
         f"verify: drained={ok} after {took:.1f}s: (minute_until, late_applied, gen, rawn,"
-        f" open late keys) = {state}"
+        f" open late keys) per shard = {state}"
     )
     return ok, state, took
 
@@ -373,12 +378,12 @@ async def _check_raw_log(
     try:
         rows = await conn.fetch(
             "SELECT event_id, name, (extract(epoch FROM ts) * 1000)::bigint AS ts,"
-            " dims::text AS dims, value_micros, uid FROM raw_events WHERE project = $1",
-            cluster.project,
+            " dims::text AS dims, value_micros, uid FROM raw_events WHERE project = ANY($1)",
+            cluster.stored,
         )
         counts = await conn.fetchrow(
-            "SELECT count(*), count(DISTINCT event_id) FROM raw_events WHERE project = $1",
-            cluster.project,
+            "SELECT count(*), count(DISTINCT event_id) FROM raw_events WHERE project = ANY($1)",
+            cluster.stored,
         )
         assert counts is not None  # an aggregate always returns one row
         total, distinct = counts
