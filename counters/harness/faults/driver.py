@@ -107,10 +107,10 @@ class Driver:
     """Seconds from post to 2xx of every acknowledged first attempt."""
     spans: list[Span] = field(default_factory=list)
     """Every acknowledged batch, in acknowledgement order (indexes into acked)."""
-    reaccepted: list[tuple[float, list[Event]]] = field(default_factory=list)
+    reaccepted: list[tuple[float, list[Event], int]] = field(default_factory=list)
     """Re-sends after a Redis total loss that were accepted again (their first copy was
-    lost with Redis): (when the re-send was posted, its events). The verifier checks they
-    were at risk."""
+    lost with Redis): (when the re-send was posted, its events, how many were accepted).
+    The verifier checks that no more were accepted than were at risk."""
     losses: int = 0
     loss_done_at: float | None = None
     """While a Redis total loss is under way: inf; after one: when Redis was empty."""
@@ -305,10 +305,13 @@ class Driver:
         unique = len(batch.events)
         if batch.resend:
             self.stats["resends_acked"] += 1
-            if self.losses and (accepted, duplicates) == (unique, batch.total - unique):
-                # its first copy went with Redis before Postgres had it: counted again, once
+            if self.losses and accepted > 0 and accepted + duplicates == batch.total:
+                # its first copy went with Redis before Postgres had it: counted again, once.
+                # All of it, or (a split project: each shard's part is its own raw-log entry,
+                # copied on its own) some; verify checks that every re-accepted event was at
+                # risk at a loss (accepted <= the batch's events at risk)
                 self.stats["resends_reaccepted"] += 1
-                self.reaccepted.append((began, batch.events))
+                self.reaccepted.append((began, batch.events, accepted))
             elif accepted != 0 or duplicates != batch.total:
                 self.violation(
                     f"re-sent batch {batch.seq} ({batch.total} events, acknowledged before)"
