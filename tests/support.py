@@ -262,11 +262,18 @@ class ApiClient:
 
 @contextlib.asynccontextmanager
 async def project_api(
-    settings: Settings, pool: asyncpg.Pool, prefix: str, now_ms: int, **overrides: Any
+    settings: Settings,
+    pool: asyncpg.Pool,
+    prefix: str,
+    now_ms: int,
+    *,
+    name: str | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ApiClient]:
-    """A new project (name `prefix` + random) with an ingest and a read key, served by the
-    in-process app on a manual clock at now_ms, with the settings changed by overrides."""
-    project = prefix + uuid.uuid4().hex[:10]
+    """A new project (named name, else `prefix` + random) with an ingest and a read key,
+    served by the in-process app on a manual clock at now_ms, with the settings changed by
+    overrides."""
+    project = name or prefix + uuid.uuid4().hex[:10]
     async with pool.acquire() as conn:
         ingest = await create_key(conn, project, "ingest")
         read = await create_key(conn, project, "read")

@@ -24,18 +24,21 @@ from counters.core.buckets import HOUR_MS, MINUTE_MS
 from counters.core.clock import ManualClock
 from counters.core.config import Settings
 from counters.core.errors import Unavailable
+from counters.core.shards import shard_project
 from counters.embedded import (
     cluster_nodes,
     ensure_valkey_cluster,
     kill_cluster_node,
     stop_valkey_cluster,
 )
+from counters.harness.placement import shard_masters, spread_fraction, spread_project
 from counters.services import resolve_settings
 from lua import Scripts
 from lua.client import REDIS_ERRORS, RedisClient, cluster_enabled, open_redis
 from lua.keys import ProjectKeys
 from persist.projects import create_key, ensure_project
-from tests.support import T0, ApiClient, Harness, InProcessApp, wait_for
+from persist.shards import set_shards
+from tests.support import T0, ApiClient, Harness, InProcessApp, project_api, wait_for
 
 NOW = 1_776_000_000_000 - 1_776_000_000_000 % HOUR_MS + 30 * MINUTE_MS
 
@@ -197,6 +200,102 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
         await h.persist()
         await h.persist()
         assert await h.total("click", minute, minute + MINUTE_MS) == acked[h.project]
+
+
+def test_shards_spread_over_the_masters_by_their_hash_tags(credis: RedisClient) -> None:
+    """A shard's slot is its hash tag's ({p:P}, {p:P:1}, {p:P:2}), so where 3 shards sit
+    depends on the name: on 3 masters (a third of the slots each) for about 27% of names
+    (more than the 2/9 of independent slots: the CRC16 of `P:1` and `P:2` differ by the
+    same bits whatever P is) and all on one master for about 5%. A split spreads the load
+    over the masters only for a name chosen to (counters.harness.placement)."""
+    assert isinstance(credis, RedisCluster)
+    names = [f"p{i}" for i in range(3000)]
+    assert 0.22 < spread_fraction(credis, names, 3) < 0.32  # 0.267 on the embedded map
+    alone = sum(len(set(shard_masters(credis, n, 3))) == 1 for n in names) / len(names)
+    assert 0.02 < alone < 0.09  # 0.046
+    name = spread_project(credis, "p", 3)
+    assert sorted(shard_masters(credis, name, 3)) == sorted(n.port for n in credis.get_primaries())
+
+
+async def test_a_split_project_loses_one_master_only_for_its_shard(
+    csettings: Settings, credis: RedisClient, pool: asyncpg.Pool, cluster_dir: Path
+) -> None:
+    """A project split into 3 shards on the 3 masters: with one master killed, the batches
+    routed (round robin) to its shard answer 503 and the others are accepted; reads answer
+    503 rather than a part of the total; after its restart nothing acknowledged is lost,
+    shard by shard."""
+    assert isinstance(credis, RedisCluster)
+    project = spread_project(credis, "cs" + uuid.uuid4().hex[:8] + "n", 3)
+    ports = shard_masters(credis, project, 3)
+    s = msgspec.structs.replace(csettings, durable_ack=True, max_event_age_days=30)
+    acked = [0, 0, 0]
+    async with project_api(s, pool, "", NOW, name=project) as c:
+        assert c.app.client is not None
+        async with pool.acquire() as conn:
+            await set_shards(conn, project, 3, NOW, 0)
+        await c.app.state["services"].shards.refresh()
+        turn = 0
+
+        async def post(n: int) -> int:
+            """One batch without ids (the router's next shard in turn); its status."""
+            nonlocal turn
+            shard, turn = turn % 3, turn + 1
+            events = [{"name": "click", "ts": NOW - 1000, "uid": f"u{i}"} for i in range(n)]
+            r = await c.app.client.post(  # type: ignore[union-attr]
+                "/v1/events", content=msgspec.json.encode(events), headers=c.ingest_h
+            )
+            if r.status_code == 200:
+                acked[shard] += r.json()["accepted"]
+            else:
+                assert r.json()["error"]["code"] == "redis_unavailable", r.text
+            return r.status_code
+
+        assert [await post(10 + k) for k in range(3)] == [200, 200, 200]
+        index = next(n.index for n in cluster_nodes(cluster_dir) if n.port == ports[1])
+        kill_cluster_node(cluster_dir, index)
+        assert [await post(20 + k) for k in range(3)] == [200, 503, 200]
+        assert [await post(30 + k) for k in range(3)] == [200, 503, 200]
+        r = await c.app.client.get(
+            f"/v1/projects/{project}/total",
+            params={"name": "click", "excluding_current": "false", "from": str(NOW - HOUR_MS)},
+            headers=c.read_h,
+        )
+        assert r.status_code == 503, r.text
+        assert acked == [10 + 20 + 30, 11, 12 + 22 + 32]
+        await c.app.persist(project)  # shard 0's master is up: its persister goes on
+        await asyncio.to_thread(ensure_valkey_cluster, cluster_dir)
+
+        async def a_round() -> bool:
+            return [await post(1) for _ in range(3)] == [200, 200, 200]
+
+        await wait_for(a_round, bool, timeout=20, what="every shard accepting again")
+        c.app.clock.advance(HOUR_MS)
+        for _ in range(2):
+            for k in range(3):
+                await c.app.persist(shard_project(project, k))
+        total = await c.get(
+            "total", name="click", excluding_current="false", **{"from": str(NOW - HOUR_MS)}
+        )
+        assert total["value"] == sum(acked), (total, acked)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT project, count(*) AS n FROM raw_events WHERE project = ANY($1::text[])"
+            " GROUP BY project",
+            [shard_project(project, k) for k in range(3)],
+        )
+    assert {r["project"]: r["n"] for r in rows} == {
+        shard_project(project, k): acked[k] for k in range(3)
+    }
+
+    async def module_client_back() -> bool:
+        # the module's client held a connection to the killed process: its first call there
+        # fails, then it connects to the restarted one
+        try:
+            return bool(await credis.ping(target_nodes=RedisCluster.PRIMARIES))  # type: ignore[call-arg]
+        except REDIS_ERRORS:
+            return False
+
+    await wait_for(module_client_back, bool, timeout=20, what="the module's client reconnected")
 
 
 async def _node_ids(redis: RedisClient, url: str) -> dict[int, tuple[Redis, str]]:

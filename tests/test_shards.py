@@ -16,10 +16,13 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
+from redis.asyncio import RedisCluster
 
 from counters.core.buckets import HOUR_MS, MINUTE_MS, parse_ts
 from counters.core.config import Settings
 from counters.core.shards import ShardPlan, home_of, next_plan, shard_project, token_shard
+from counters.harness.placement import spread_project
+from lua.client import RedisClient
 from lua.keys import event_id_token
 from persist.shards import load_plan, set_shards
 from tests.support import ApiClient, project_api
@@ -132,9 +135,17 @@ async def _check(c: ApiClient, events: list[Event]) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def api(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ApiClient]:
+async def api(
+    settings: Settings, pool: asyncpg.Pool, redis: RedisClient
+) -> AsyncIterator[ApiClient]:
+    """A fresh project; on a Redis Cluster one whose first 3 shards sit on 3 different
+    masters, so every merge of shards is a merge across masters."""
+    name = None
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        name = spread_project(redis, "sh" + uuid.uuid4().hex[:8] + "n", 3)
     async with project_api(
-        settings, pool, "sh", NOW, max_event_age_days=30, minute_retention_days=30
+        settings, pool, "sh", NOW, name=name, max_event_age_days=30, minute_retention_days=30
     ) as c:
         yield c
 
