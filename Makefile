@@ -60,7 +60,7 @@ PYTEST_WORKERS ?= 3
 pytest: install browser promtool ajv
 	$(BIN)/pytest -m "not serial" --durations=15 $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 	$(BIN)/pytest -m serial
-	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py tests/test_faults.py tests/test_shards.py
+	COUNTERS_TEST_REDIS_CLUSTER=1 $(BIN)/pytest tests/test_e2e.py tests/test_durable.py tests/test_cluster.py tests/test_faults.py tests/test_shards.py tests/test_shards_reads.py
 
 test: lint typecheck pytest  ## everything CI runs
 
