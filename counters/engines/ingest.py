@@ -268,18 +268,25 @@ class Ingestor:
         budget, 422 for a batch whose own names pass a per-day cap), applying nothing: a
         caller that splits one request over several calls checks every part first."""
         pending, _ = first_occurrences(events)
-        sealed, minute_from = await self._late_edges(ProjectKeys(self._prefix, project), pending)
-        caps = bool(self._name_cap or self._dim_name_cap)
+        plan, _, _ = await self._plan(ProjectKeys(self._prefix, project), pending)
+        self._check_names_alone(plan)
+        self._check_budget(plan, sum(1 for ev in pending if ev.id is not None), pending)
+
+    async def _plan(
+        self, keys: ProjectKeys, pending: list[RawEvent]
+    ) -> tuple[Plan, Sealed | None, int]:
+        """The batch's plan against the project's known watermarks, with those watermarks
+        and the oldest minute kept (see _late_edges)."""
+        sealed, minute_from = await self._late_edges(keys, pending)
         plan = plan_batch(
             pending,
             self._crosstabs,
             dim_values=self._dim_cap > 0,
-            names=caps,
+            names=bool(self._name_cap or self._dim_name_cap),
             sealed=sealed,
             minute_from=minute_from,
         )
-        self._check_names_alone(plan)
-        self._check_budget(plan, sum(1 for ev in pending if ev.id is not None), pending)
+        return plan, sealed, minute_from
 
     async def apply(
         self,
@@ -299,7 +306,6 @@ class Ingestor:
         and the rest is applied."""
         keys = ProjectKeys(self._prefix, project)
         pending, duplicates = first_occurrences(events)
-        caps = bool(self._name_cap or self._dim_name_cap)
         checked = False
         edge_refused = False
         replan = True  # the budget is checked on the first plan and on one after EDGE
@@ -307,15 +313,7 @@ class Ingestor:
             if not pending and idempotency is None:
                 return IngestReply(accepted=0, duplicates=duplicates)
             ids = [event_id_token(ev.name, ev.id) for ev in pending if ev.id is not None]
-            sealed, minute_from = await self._late_edges(keys, pending)
-            plan = plan_batch(
-                pending,
-                self._crosstabs,
-                dim_values=self._dim_cap > 0,
-                names=caps,
-                sealed=sealed,
-                minute_from=minute_from,
-            )
+            plan, sealed, minute_from = await self._plan(keys, pending)
             if not checked:
                 if refused is None:
                     self._check_names_alone(plan)
