@@ -29,6 +29,13 @@ DEFAULT_KINDS = ALL_KINDS
 
 
 @pytest.mark.timeout(900)
+# on the cluster, redis-py's cluster client can drop a connection to a master the chaos just
+# killed without closing it; its socket then reaches the garbage collector after the run's
+# loop is gone (a ResourceWarning, raised as an unraisable-exception warning): redis-py's
+# own cleanup, not a finding; every invariant is checked by the report below (as in
+# tests/test_cluster.py's race test)
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_faults_short(capsys: pytest.CaptureFixture[str]) -> None:
     seed = os.environ.get("COUNTERS_FAULTS_SEED")
     kinds = os.environ.get("COUNTERS_FAULTS_KINDS")

@@ -81,28 +81,26 @@ async def wait_drained(cluster: Cluster, timeout: float, log: Log) -> tuple[bool
     began = time.monotonic()
     Drain = tuple[int, int, int, int, int]
 
-    async def probe_one(stored: str) -> Drain:
-        keys = ProjectKeys(cluster.prefix, stored)
+    async def probe() -> list[Drain]:
+        out: list[Drain] = []
         conn = await asyncpg.connect(cluster.database_url, timeout=5)
-        try:
-            row = await conn.fetchrow(
-                "SELECT minute_until, late_applied FROM persist_state WHERE project = $1",
-                stored,
-            )
-        finally:
-            await conn.close()
         redis = open_redis(cluster.redis_url)
         try:
-            gen = int(await redis.hget(keys.watermarks, "gen") or 0)
-            rawn = int(await redis.hget(keys.watermarks, "rawn") or 0)
-            open_late = int(await redis.exists(keys.late(gen), keys.late_hll_index(gen)))
+            for stored in cluster.stored:
+                keys = ProjectKeys(cluster.prefix, stored)
+                row = await conn.fetchrow(
+                    "SELECT minute_until, late_applied FROM persist_state WHERE project = $1",
+                    stored,
+                )
+                gen = int(await redis.hget(keys.watermarks, "gen") or 0)
+                rawn = int(await redis.hget(keys.watermarks, "rawn") or 0)
+                open_late = int(await redis.exists(keys.late(gen), keys.late_hll_index(gen)))
+                assert row is not None
+                out.append((row["minute_until"], row["late_applied"], gen, rawn, open_late))
         finally:
             await redis.aclose()
-        assert row is not None
-        return row["minute_until"], row["late_applied"], gen, rawn, open_late
-
-    async def probe() -> list[Drain]:
-        return [await probe_one(stored) for stored in cluster.stored]
+            await conn.close()
+        return out
 
     def done(s: Drain) -> bool:
         return s[0] >= edge - edge % MINUTE_MS and s[1] == s[2] - 1 and s[3] == 0 and s[4] == 0
