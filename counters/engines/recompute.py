@@ -40,7 +40,8 @@ from counters.engines.sketches import (
 
 _MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
 PAIRS_COMPACTED = 500_000
-"""The day's packed (field, register) pairs are reduced once this many more have come."""
+"""The day's packed (field, register) pairs are reduced once at least this many are held
+and they are twice as many as after the last reduction."""
 
 
 @dataclass
@@ -184,7 +185,10 @@ class DayRecompute:
         np.add.at(self._sums, day_id[hk % w], hs)
         self._pairs.append(pack(day_id[hh[0] % w], hh[1], hh[2]))
         self._pending += hh[0].size
-        if self._pending > max(self._reduced, PAIRS_COMPACTED):
+        # _pending counts every pair held (the reduced ones too): reduce once they have
+        # doubled, so each pair is sorted a bounded number of times (comparing with the
+        # reduced count alone sorted the whole day again on every slice past 500k pairs)
+        if self._pending > max(2 * self._reduced, PAIRS_COMPACTED):
             self._compact()
         return out
 
