@@ -5,10 +5,6 @@ summed). The caller ranks the merged tuples, as it does for any-of filters."""
 
 from __future__ import annotations
 
-import asyncio
-
-from redis.asyncio import RedisCluster
-
 from counters.core.rollups import Rollup
 from counters.engines.read.breakdown import Breakdown, Filters, read_breakdown
 from counters.engines.read.context import ReadContext
@@ -31,15 +27,11 @@ async def read_split_breakdown(
     """read_breakdown of every shard of ctx's project (ctx.all_keys), merged: each tuple's
     cells are the sum of its cells in every shard, its sketches those of every shard (on a
     Redis Cluster moved into shard 0's slot, so one PFCOUNT unites them); the total too."""
-    parts = await asyncio.gather(
-        *(
-            read_breakdown(ctx.for_shard(keys), name, rollup, filters, need, uniques=uniques)
-            for keys in ctx.all_keys
-        )
+    out, *others = await ctx.each_shard(
+        lambda one: read_breakdown(one, name, rollup, filters, need, uniques=uniques)
     )
-    out = parts[0]
-    for part in parts[1:]:
-        if uniques and isinstance(ctx.redis, RedisCluster):
+    for part in others:
+        if uniques and ctx.sketches_cross_slots:
             await _localize(ctx.redis, part, ctx.keys)
         await add_breakdown(out, part)
     return out

@@ -3,16 +3,21 @@ the per-request facts read once (the oldest minute bucket still kept)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
+from redis.asyncio import RedisCluster
 
 from counters.engines.read.history_cache import HistoryCache
 from counters.engines.read.limits import ReadLimits
 from lua import Scripts
 from lua.client import RedisClient
 from lua.keys import ProjectKeys
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,3 +61,13 @@ class ReadContext:
     def all_keys(self) -> tuple[ProjectKeys, ...]:
         """Every shard's keys, the project's own first."""
         return (self.keys, *self.shards)
+
+    async def each_shard(self, read: Callable[[ReadContext], Awaitable[T]]) -> list[T]:
+        """read of every shard alone (for_shard), all at once, the project's own first."""
+        return list(await asyncio.gather(*(read(self.for_shard(k)) for k in self.all_keys)))
+
+    @property
+    def sketches_cross_slots(self) -> bool:
+        """Whether another shard's sketches sit in another slot (a Redis Cluster): they
+        must be moved into the project's own slot before one PFCOUNT unites them."""
+        return isinstance(self.redis, RedisCluster)

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from typing import cast
 
 from counters.core.errors import BadRequest
 from counters.core.periods import label
@@ -16,7 +14,7 @@ from counters.engines.read.context import ReadContext
 from counters.engines.read.limits import check_points, check_read, period_count, series_per_name
 from counters.engines.read.parse import ReadQuery
 from counters.engines.read.plan import series_plan, whole
-from counters.engines.read.query import BucketValues, count_uniques
+from counters.engines.read.query import BucketValues, count_uniques, move_sketches
 from counters.engines.read.raw import check_raw_budget, raw_series, raw_total, raw_uids
 from counters.engines.read.reply import (
     MultiSeriesReply,
@@ -37,7 +35,6 @@ from counters.engines.read.reply import (
     total_comparison,
     total_reply,
 )
-from lua.client import redis_unavailable
 from lua.keys import ProjectKeys
 
 MAX_PROJECTS = 20
@@ -155,30 +152,19 @@ async def read_total(ctx: ReadContext, q: ReadQuery) -> TotalReply | MultiTotalR
 async def _union_uniques(
     ctx: ReadContext, per_project: Sequence[tuple[ProjectKeys, Cells]], cells: Periods
 ) -> tuple[list[int], int]:
-    """Uniques of the union across projects: every sketch is copied into scratch keys in
-    one slot (projects live in different Redis Cluster slots), then counted together."""
+    """Uniques of the union across projects: every sketch is moved into scratch keys of the
+    first project's slot (projects live in different Redis Cluster slots: move_sketches, as
+    for a split project's shards), then counted together."""
     home = per_project[0][0]
     blobs: dict[str, bytes] = {}
-    renamed: dict[tuple[int, str], str] = {}
-    with redis_unavailable():
-        for n, (_, c) in enumerate(per_project):
-            resident = sorted({k for p in cells for k in c.hlls(p) if k not in c.values.tmp_blobs})
-            fetched = cast(list[bytes | None], await ctx.redis.mget(resident) if resident else [])
-            found = dict(zip(resident, fetched, strict=True))
-            found.update(c.values.tmp_blobs)
-            for k, blob in found.items():
-                if blob is not None:
-                    new = home.tmp(uuid.uuid4().hex)
-                    blobs[new] = blob
-                    renamed[(n, k)] = new
+    moved: list[tuple[Cells, dict[str, str]]] = []
+    for _, c in per_project:
+        wanted = (k for p in cells for k in c.hlls(p))
+        renamed, new_blobs = await move_sketches(ctx.redis, wanted, c.values.tmp_blobs, home)
+        blobs.update(new_blobs)
+        moved.append((c, renamed))
     groups = [
-        [
-            renamed[(n, k)]
-            for n, (_, c) in enumerate(per_project)
-            for k in c.hlls(p)
-            if (n, k) in renamed
-        ]
-        for p in cells
+        [renamed[k] for c, renamed in moved for k in c.hlls(p) if k in renamed] for p in cells
     ]
     union = [k for g in groups for k in g]
     counted = await count_uniques(ctx.redis, BucketValues([], [], [], blobs), [*groups, union])

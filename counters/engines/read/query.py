@@ -4,7 +4,6 @@ watermarks decide which buckets come from Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import time
@@ -13,7 +12,6 @@ from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import msgspec
-from redis.asyncio import RedisCluster
 
 from counters.core.buckets import Grain
 from counters.core.rollups import Rollup, encode_field, rollup_id
@@ -180,15 +178,11 @@ async def read_buckets(
     (each is exact on its own) and added: counts and sums add, sketches are united."""
     if not ctx.shards:
         return await _read_shard(ctx, name, rollup, values, pieces, uniques=uniques)
-    parts = await asyncio.gather(
-        *(
-            _read_shard(ctx.for_shard(keys), name, rollup, values, pieces, uniques=uniques)
-            for keys in ctx.all_keys
-        )
+    out, *others = await ctx.each_shard(
+        lambda one: _read_shard(one, name, rollup, values, pieces, uniques=uniques)
     )
-    out = parts[0]
-    for part in parts[1:]:
-        if uniques and isinstance(ctx.redis, RedisCluster):
+    for part in others:
+        if uniques and ctx.sketches_cross_slots:
             await localize(ctx.redis, part, ctx.keys)
         add_values(out, part)
     return out
