@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -185,7 +186,23 @@ async def _stage_csv(conn: Conn, stage: str, columns: str, tables: list[pa.Table
     for table in tables:
         pcsv.write_csv(table, out, pcsv.WriteOptions(include_header=False))
     out.seek(0)
-    await conn.copy_to_table(stage, source=out, format="csv")
+    try:
+        await conn.copy_to_table(stage, source=out, format="csv")
+    finally:
+        # asyncpg's reader of a file-like source is a class made per call, a reference
+        # cycle that keeps the whole buffer until the cyclic GC runs: free it now
+        out.close()
+
+
+_COLUMNS = "(project, name, rollup, dims, bucket, count, sum_micros, hll)"
+_STAGE_COLUMNS = "field text, bucket bigint, count bigint, sum_micros bigint, hll text"
+
+
+def _select_stage() -> str:
+    return (
+        f" SELECT $1::text, {_NAME}, {_ROLLUP}, {_DIMS}, {_BUCKET}, s.count,"
+        f" s.sum_micros, decode(s.hll, 'hex') FROM {_STAGE_WRITE} s"
+    )
 
 
 async def write_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
@@ -193,20 +210,35 @@ async def write_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Tab
     count, sum in micros, the whole sketch as hex or null) hold exactly these values."""
     if not any(t.num_rows for t in tables):
         return
-    await _stage_csv(
-        conn,
-        _STAGE_WRITE,
-        "field text, bucket bigint, count bigint, sum_micros bigint, hll text",
-        tables,
-    )
+    await _stage_csv(conn, _STAGE_WRITE, _STAGE_COLUMNS, tables)
     await conn.execute(
-        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r"
-        " (project, name, rollup, dims, bucket, count, sum_micros, hll)"
-        f" SELECT {_literal(project)}, {_NAME}, {_ROLLUP}, {_DIMS}, {_BUCKET}, s.count,"
-        f" s.sum_micros, decode(s.hll, 'hex') FROM {_STAGE_WRITE} s"
+        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_select_stage()}"
         " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
-        " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll"
+        " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll",
+        project,
     )
+    await conn.execute(f"TRUNCATE {_STAGE_WRITE}")
+
+
+async def insert_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
+    """As write_rows, for rows the caller found nothing stored for: a plain INSERT (a third
+    cheaper than the upsert, which probes the unique index first); should one of them exist
+    after all, the statement is undone to a savepoint and the rows are upserted instead."""
+    if not any(t.num_rows for t in tables):
+        return
+    await _stage_csv(conn, _STAGE_WRITE, _STAGE_COLUMNS, tables)
+    try:
+        async with conn.transaction():  # a savepoint inside the caller's transaction
+            await conn.execute(
+                f"INSERT INTO {ROLLUP_TABLE[grain]} {_COLUMNS}{_select_stage()}", project
+            )
+    except asyncpg.UniqueViolationError:
+        await conn.execute(
+            f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_select_stage()}"
+            " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
+            " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll",
+            project,
+        )
     await conn.execute(f"TRUNCATE {_STAGE_WRITE}")
 
 

@@ -214,3 +214,23 @@ async def test_unsealed_buckets_are_left_alone(harness: Harness) -> None:
         + await harness.total("view", DAY0, DAY0 + DAY_MS)
         == 50
     )
+
+
+async def test_days_to_rewrite_are_counted_past_the_reported_rows(harness: Harness) -> None:
+    """A dry run lists the first 1,000 differing rows but counts the days over all of them
+    (the CLI's `would rewrite N day(s)` was counted off the listed rows: 1 day here)."""
+    rng = random.Random(5)
+    first = [ev(rng, DAY0 + i * MINUTE_MS, name="click") for i in range(1_200)]
+    second = [ev(rng, DAY0 + DAY_MS + i * MINUTE_MS, name="click") for i in range(5)]
+    harness.clock.set(DAY0 + 2 * DAY_MS + 4 * HOUR_MS)
+    for i in range(0, len(first), 200):
+        await harness.ingest(*first[i : i + 200])
+    await harness.ingest(*second)
+    await harness.persist()
+    async with harness.pool.acquire() as conn:
+        for table in ("rollups_minute", "rollups_hour", "rollups_day"):
+            await conn.execute(f"DELETE FROM {table} WHERE project = $1", harness.project)
+    dry = await rebuilder(harness).run(harness.project, DAY0, DAY0 + 2 * DAY_MS, write=False)
+    assert dry.discrepancies > 1_000 == len(dry.diffs)
+    assert {d.bucket[:10] for d in dry.diffs} == {dry.diffs[0].bucket[:10]}  # one day listed
+    assert dry.days_differing == [DAY0, DAY0 + DAY_MS]

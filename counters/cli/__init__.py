@@ -376,15 +376,9 @@ def rebuild(
                 )
 
     report = asyncio.run(run())
-    days = len({d.bucket[:10] for d in report.diffs})
+    days = len(report.days_differing)
     if as_json:
-        echo_json(
-            {
-                **msgspec.structs.asdict(report),
-                "dry_run": dry_run,
-                "differing_days": days,
-            }
-        )
+        echo_json({**msgspec.structs.asdict(report), "dry_run": dry_run, "differing_days": days})
     else:
         done = (
             f"would rewrite {days} day(s)" if dry_run else f"rewrote {report.written_days} day(s)"

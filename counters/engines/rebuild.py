@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # numpy and Arrow are imported when a rebuild runs, not with 
     import pyarrow as pa
 
     from counters.engines.recompute import DayRecompute
-    from counters.engines.rowdiff import RowDiffs
+    from counters.engines.rowdiff import RowDiffs, Writes
 
 SLICE_EVENTS = 25_000
 """Raw events a window aims at: memory holds about one window (and the day's registers)."""
@@ -73,6 +73,8 @@ class RebuildReport(msgspec.Struct):
     rows: int = 0
     discrepancies: int = 0
     written_days: int = 0
+    days_differing: list[int] = msgspec.field(default_factory=list)
+    """Start (epoch ms) of each day holding a differing row (a dry run would rewrite it)."""
     diffs: list[BucketDiff] = msgspec.field(default_factory=list)
     rows_vs_parts: int = 0
     """Hour and day rows compared with the rows they are made of (reconcile only)."""
@@ -186,7 +188,11 @@ class Rebuilder:
             if dims is None:
                 dims = await discover_day_dims(conn, project, day)
         recompute = DayRecompute(day, dims, self.settings.crosstabs)
-        found = RowDiffs(project, minutes_kept=max(0, DETAILS_REPORTED - len(report.diffs)))
+        found = RowDiffs(
+            project,
+            minutes_kept=max(0, DETAILS_REPORTED - len(report.diffs)),
+            keep_coarse=bool(checks),  # parts checks dedupe against every hour and day diff
+        )
         async with contextlib.AsyncExitStack() as stack:
             side = await stack.enter_async_context(self.pool.acquire())
             writer = DayWriter(self.pool, project, stack) if write else None
@@ -216,6 +222,8 @@ class Rebuilder:
             report.rows += found.rows
             report.rows_vs_parts += sum(found.rows_in(c.whole, c.low, c.high) for c in checks)
             report.discrepancies += found.count + len(extra)
+            if found.count or extra:
+                report.days_differing.append(day)
             room = max(0, DETAILS_REPORTED - len(report.diffs))
             report.diffs.extend(
                 [d.diff() for d in diffs[:room]] + extra[: max(0, room - len(diffs))]
@@ -309,7 +317,8 @@ class Rebuilder:
 class DayWriter:
     """Writes one day's differing rows as windows find them, in one transaction on a
     connection of its own that commits only when the whole day is done (all or nothing),
-    so memory holds one window's rows, not the day's."""
+    so memory holds a window or two of rows, not the day's. Each window's rows are written
+    in the background, in order, while the next window is computed."""
 
     def __init__(self, pool: asyncpg.Pool, project: str, stack: contextlib.AsyncExitStack) -> None:
         self.pool = pool
@@ -317,33 +326,52 @@ class DayWriter:
         self.stack = stack
         self._conn: Conn | None = None
         self._tx: Any = None
+        self._pending: asyncio.Task[None] | None = None
 
     async def flush(self, found: RowDiffs) -> None:
-        """Writes (uncommitted) the rows found since the last flush."""
-        from persist.rebuild_sql import delete_rows, write_rows
-
-        writes, deletes = found.take_writes()
-        if not writes and not deletes:
+        """Starts writing (uncommitted) the rows found since the last flush, once the rows
+        of the flush before are written (whose error, if any, is raised here)."""
+        writes = found.take_writes()
+        if not writes:
             return
+        await self._wait()
         if self._conn is None:
             self._conn = await self.stack.enter_async_context(self.pool.acquire())
             self._tx = self._conn.transaction()
             await self._tx.start()
             self.stack.push_async_callback(self._rollback)
+        self._pending = asyncio.ensure_future(self._write(self._conn, writes))
+
+    async def _write(self, conn: Conn, writes: Writes) -> None:
+        from persist.rebuild_sql import delete_rows, insert_rows, write_rows
+
         with postgres_unavailable():
-            for grain, tables in writes.items():
-                await write_rows(self._conn, self.project, grain, tables)
-            for grain, tables in deletes.items():
-                await delete_rows(self._conn, self.project, grain, tables)
+            for grain, tables in writes.updates.items():
+                await write_rows(conn, self.project, grain, tables)
+            for grain, tables in writes.inserts.items():
+                await insert_rows(conn, self.project, grain, tables)
+            for grain, tables in writes.deletes.items():
+                await delete_rows(conn, self.project, grain, tables)
+
+    async def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
 
     async def commit(self) -> None:
         """Makes the day's writes visible at once."""
+        await self._wait()
         if self._tx is not None:
             with postgres_unavailable():
                 await self._tx.commit()
             self._tx = None
 
     async def _rollback(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
         if self._tx is not None:
             tx, self._tx = self._tx, None
             with contextlib.suppress(*PG_ERRORS):

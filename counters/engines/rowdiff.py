@@ -8,8 +8,9 @@ BucketDiff only when it is reported."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,8 @@ from counters.engines.diffs import BucketDiff, bucket_diff
 from counters.engines.recompute import GrainRows
 from counters.engines.sketches import full_blob, full_hex
 from persist.hll import same_registers
+
+_T = TypeVar("_T")
 
 
 class RowDiff(NamedTuple):
@@ -42,8 +45,8 @@ class RowDiff(NamedTuple):
 @dataclass
 class RowDiffs:
     """What comparisons found: rows compared, the differing ones, and per grain the rows to
-    write (absolute values) and the rows to delete, as Arrow tables of WRITE_COLUMNS and
-    DELETE_COLUMNS."""
+    write over stored ones (absolute values), the rows to insert (nothing stored for them)
+    and the rows to delete, as Arrow tables of WRITE_COLUMNS and DELETE_COLUMNS."""
 
     project: str
     rows: int = 0
@@ -51,32 +54,62 @@ class RowDiffs:
     count: int = 0
     """Differing rows found."""
     diffs: list[RowDiff] = field(default_factory=list)
-    """The differing hour and day rows, and the first MINUTES_KEPT minute rows."""
+    """The first `minutes_kept` differing minute rows, and the differing hour and day rows
+    (all of them when keep_coarse, else as many as minutes_kept)."""
     touched: set[tuple[Grain, int]] = field(default_factory=set)
     """(grain, hour or day start) of every differing row (the hour of a minute)."""
     writes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
+    inserts: dict[Grain, list[pa.Table]] = field(default_factory=dict)
     deletes: dict[Grain, list[pa.Table]] = field(default_factory=dict)
     minutes_kept: int = 1_000
+    keep_coarse: bool = True
+    _coarse_kept: int = -1
 
-    def take_writes(self) -> tuple[dict[Grain, list[pa.Table]], dict[Grain, list[pa.Table]]]:
-        """The rows to write and to delete found so far, forgotten here."""
-        out = self.writes, self.deletes
-        self.writes, self.deletes = {}, {}
+    def __post_init__(self) -> None:
+        self._coarse_kept = self.minutes_kept
+
+    def take_writes(self) -> Writes:
+        """The rows to write, insert and delete found so far, forgotten here."""
+        out = Writes(self.writes, self.inserts, self.deletes)
+        self.writes, self.inserts, self.deletes = {}, {}, {}
         return out
 
-    def add(self, diff: RowDiff) -> None:
-        """Counts one differing row (and keeps it, see `diffs`)."""
-        self.count += 1
-        grain = diff.grain
-        self.touched.add((grain, diff.bucket - diff.bucket % Grain.hour.value))
-        if grain is not Grain.minute or self.minutes_kept > 0:
-            self.diffs.append(diff)
-            if grain is Grain.minute:
-                self.minutes_kept -= 1
+    def room(self, grain: Grain) -> int | None:
+        """How many more differing rows of this grain are kept (None: all)."""
+        if grain is Grain.minute:
+            return self.minutes_kept
+        return None if self.keep_coarse else self._coarse_kept
+
+    def note(self, grain: Grain, buckets: np.ndarray) -> None:
+        """Counts differing rows of this grain (their buckets) without keeping them."""
+        if not buckets.size:
+            return
+        self.count += int(buckets.size)
+        hours = np.unique(buckets - buckets % Grain.hour.value)
+        self.touched.update((grain, int(h)) for h in hours.tolist())
+
+    def keep(self, diff: RowDiff) -> None:
+        """Keeps one differing row already counted by note() (see `diffs`)."""
+        self.diffs.append(diff)
+        if diff.grain is Grain.minute:
+            self.minutes_kept -= 1
+        elif not self.keep_coarse:
+            self._coarse_kept -= 1
 
     def rows_in(self, grain: Grain, low: int, high: int) -> int:
         """Rows of this grain compared whose bucket is in [low, high)."""
         return sum(int(((b >= low) & (b < high)).sum()) for b in self.compared.get(grain, []))
+
+
+class Writes(NamedTuple):
+    """Rows to change, per grain: written over stored rows, inserted, deleted."""
+
+    updates: dict[Grain, list[pa.Table]]
+    inserts: dict[Grain, list[pa.Table]]
+    deletes: dict[Grain, list[pa.Table]]
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.inserts or self.deletes)
 
 
 WRITE_COLUMNS = ["field", "bucket", "count", "sum", "hll"]
@@ -152,35 +185,13 @@ def compare_rows(
     grain = rows.grain
     kept = np.array(keep, dtype=np.int64)
     missing = np.flatnonzero(~seen)  # recomputed rows nothing is stored for
-    write_at = np.concatenate([r_at[kept], missing])
-    if write_at.size:
+    if kept.size:
         found.writes.setdefault(grain, []).append(
-            _rows_table(rows, inside[write_at], ours_all, write_at)
+            _rows_table(rows, inside[r_at[kept]], ours_all, r_at[kept])
         )
-    fields = rows.fields
-    for j, differs in zip(keep, uniques_differ, strict=True):
-        si, r = int(hit_at[j]), int(inside[r_at[j]])
-        found.add(
-            RowDiff(
-                grain,
-                int(rows.buckets[r]),
-                str(fields[int(rows.fids[r])].as_py()),
-                (int(stored_count[si]), int(stored_sum[si])),
-                (int(rows.counts[r]), int(rows.sums[r])),
-                differs,
-            )
-        )
-    for m in missing.tolist():
-        r = int(inside[m])
-        found.add(
-            RowDiff(
-                grain,
-                int(rows.buckets[r]),
-                str(fields[int(rows.fids[r])].as_py()),
-                (0, 0),
-                (int(rows.counts[r]), int(rows.sums[r])),
-                bool(has_sk[m]),
-            )
+    if missing.size:
+        found.inserts.setdefault(grain, []).append(
+            _rows_table(rows, inside[missing], ours_all, missing)
         )
     gone = np.flatnonzero(~hit)  # stored rows the raw log has nothing for
     if gone.size:
@@ -190,8 +201,40 @@ def compare_rows(
                 names=DELETE_COLUMNS,
             )
         )
-    for si in gone.tolist():
-        found.add(
+    found.note(grain, rows.buckets[inside[r_at[kept]]] if kept.size else kept)
+    found.note(grain, rows.buckets[inside[missing]])
+    found.note(grain, s_bucket[gone].astype(np.int64))
+    fields = rows.fields
+
+    def rebuilt(r: int) -> tuple[int, int]:
+        return int(rows.counts[r]), int(rows.sums[r])
+
+    for j, differs in _first(found, grain, zip(keep, uniques_differ, strict=True)):
+        si, r = int(hit_at[j]), int(inside[r_at[j]])
+        found.keep(
+            RowDiff(
+                grain,
+                int(rows.buckets[r]),
+                str(fields[int(rows.fids[r])].as_py()),
+                (int(stored_count[si]), int(stored_sum[si])),
+                rebuilt(r),
+                differs,
+            )
+        )
+    for m in _first(found, grain, missing.tolist()):
+        r = int(inside[m])
+        found.keep(
+            RowDiff(
+                grain,
+                int(rows.buckets[r]),
+                str(fields[int(rows.fids[r])].as_py()),
+                (0, 0),
+                rebuilt(r),
+                bool(has_sk[m]),
+            )
+        )
+    for si in _first(found, grain, gone.tolist()):
+        found.keep(
             RowDiff(
                 grain,
                 int(s_bucket[si]),
@@ -201,6 +244,16 @@ def compare_rows(
                 stored_hex[si].is_valid,
             )
         )
+
+
+def _first(found: RowDiffs, grain: Grain, items: Iterable[_T]) -> Iterator[_T]:
+    """As many of items as found keeps of this grain (all when it keeps them all); the room
+    is read again before each item, since keeping one uses it up."""
+    for item in items:
+        room = found.room(grain)
+        if room is not None and room <= 0:
+            return
+        yield item
 
 
 def _blob(hex_text: str | None) -> bytes | None:

@@ -58,6 +58,7 @@ def merged(project: str, reports: list[RebuildReport]) -> RebuildReport:
         out.rows += r.rows
         out.discrepancies += r.discrepancies
         out.written_days += r.written_days
+        out.days_differing = sorted({*out.days_differing, *r.days_differing})
         out.rows_vs_parts += r.rows_vs_parts
         out.diffs.extend(r.diffs)
     return out
