@@ -1,9 +1,10 @@
-"""`python -m bench.rss CMD ...`: runs CMD and then prints its peak RSS.
+"""`python -m bench.rss [--session] CMD ...`: runs CMD and then prints its peak RSS.
 
 A child's ru_maxrss counts the memory it was forked with, so a benchmark that holds a large
 dataset and times a CLI child straight from os.wait4 reports its own size. This launcher
 is small: the child it forks (and execs into CMD) starts from it, and the peak it reports
-is CMD's own. The last line on stderr is `peak_rss_kb=N`; the exit code is CMD's."""
+is CMD's own. The last line on stderr is `peak_rss_kb=N`; the exit code is CMD's. With
+--session CMD leads a session of its own, as a job run by cron or systemd does."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ MARK = "peak_rss_kb="
 
 def main() -> None:
     argv = sys.argv[1:]
+    session = argv[:1] == ["--session"]
+    if session:
+        argv = argv[1:]
     pid = os.fork()
     if pid == 0:
+        if session:
+            os.setsid()
         os.execvp(argv[0], argv)
     _, status, usage = os.wait4(pid, 0)
     sys.stdout.flush()

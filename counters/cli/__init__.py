@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,6 +313,21 @@ def _tracker(label: str, plan: dict[int, int]) -> DayProgress:
     return DayProgress(plan, SystemClock(), display)
 
 
+def _nice_main_thread(nice: int) -> int:
+    """Lowers this command's main thread to niceness `nice` (the threads it starts inherit
+    it) and, when the command leads its own session (cron, systemd, `setsid`), its
+    scheduler autogroup too: with autogroups on (Linux's default) a thread's niceness only
+    ranks it within its session, and a session competes as a whole. Returns nice for the
+    run's Postgres backends."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        if os.getsid(0) == os.getpid():
+            with contextlib.suppress(OSError):
+                Path("/proc/self/autogroup").write_text(str(nice))
+    return nice
+
+
 def _ms(text: str, option: str) -> int:
     from counters.core.buckets import parse_ts
 
@@ -333,6 +349,13 @@ def _ms(text: str, option: str) -> int:
     is_flag=True,
     help=f"Exit {EXIT_DISCREPANCIES} when any bucket differed (1 stays an error).",
 )
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=None,
+    help="Niceness of the run and (Postgres on this machine) its Postgres backends;"
+    " default: 0 (full speed).",
+)
 def rebuild(
     project: str,
     name: str | None,
@@ -341,6 +364,7 @@ def rebuild(
     dry_run: bool,
     as_json: bool,
     exit_code: bool,
+    nice: int | None,
 ) -> None:
     """Recompute rollups of [from, to) (whole UTC days) from the raw log in Postgres, while
     ingest keeps running. Idempotent; --dry-run changes nothing."""
@@ -351,6 +375,7 @@ def rebuild(
     if start >= end:
         raise click.BadParameter("--from must be before --to", param_hint="--from")
     settings = _settings()
+    nice = _nice_main_thread(nice or 0)
 
     async def run() -> RebuildReport:
         async with _services(settings) as services:
@@ -373,6 +398,7 @@ def rebuild(
                     name=name,
                     write=not dry_run,
                     progress=progress,
+                    nice=nice,
                 )
 
     report = asyncio.run(run())
@@ -406,13 +432,26 @@ def rebuild(
     is_flag=True,
     help=f"Exit {EXIT_DISCREPANCIES} when any row differed (fixed or not; 1 stays an error).",
 )
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=None,
+    help="Niceness of the run and (Postgres on this machine) its Postgres backends;"
+    " default: the setting reconcile_nice (10).",
+)
 def reconcile(
-    days: int, projects: tuple[str, ...], dry_run: bool, as_json: bool, exit_code: bool
+    days: int,
+    projects: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+    exit_code: bool,
+    nice: int | None,
 ) -> None:
     """Compare every rollup of the last N days with the raw log, report and fix differences."""
     from counters.engines.reconcile import reconcile_projects
 
     settings = _settings()
+    nice = _nice_main_thread(settings.reconcile_nice if nice is None else nice)
     reports: list[RebuildReport] = []
 
     async def run() -> int:
@@ -428,6 +467,7 @@ def reconcile(
                 echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo,
                 progress_for=lambda project, plan: _tracker(f"reconcile {project}", plan),
                 on_report=reports.append,
+                nice=nice,
             )
 
     total = asyncio.run(run())

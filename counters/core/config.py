@@ -55,6 +55,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reconcile_at: str = "03:30"
     """UTC time of day (HH:MM) of the nightly reconcile."""
     reconcile_days: int = 7
+    reconcile_nice: int = 10
+    """Niceness (0-19) the reconcile runs at, nightly and `counters reconcile` (whose
+    --nice overrides it): its compute thread and, where Postgres runs on the same machine
+    and the OS allows, its Postgres backends, so ingest beside it keeps the CPU (0: no
+    change)."""
     dim_cardinality_cap: int = 10_000
     """Distinct values one dim may take per project per UTC day; the rest count as
     __other__ (0 = no cap)."""
@@ -62,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Answer 2xx only once the batch is on disk (WAITAOF, or a server with appendfsync
     always); a kill -9 of Redis then loses nothing acknowledged."""
     key_cache_seconds: float = 10.0
+    """How long the API trusts a looked-up API key without asking Postgres again."""
     shard_refresh_seconds: float = 2.0
     """How long a process routes and reads by the shard plans it read from Postgres before
     reading them again (`counters projects shards` takes effect within it)."""
@@ -71,7 +77,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     read_cache_bytes: int = 64 * 1024 * 1024
     """Most bytes (estimated: 16 per bucket plus the sketches) the read cache holds per
     worker; past it, the least recently used entries go."""
-    """How long the API trusts a looked-up API key without asking Postgres again."""
 
     # -- issue 11: limits and security (each documented in README "Security") -------------
     max_points: int = 100_000
@@ -210,6 +215,8 @@ def load_settings(
     hh, _, mm = settings.reconcile_at.partition(":")
     if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
         raise ValueError("bad setting: reconcile_at must be HH:MM (UTC)")
+    if not 0 <= settings.reconcile_nice <= 19:
+        raise ValueError("bad setting: reconcile_nice must be 0-19")
     if "{" in settings.key_prefix or "}" in settings.key_prefix:
         raise ValueError(
             "bad setting: key_prefix may not contain { or } (the hash tag is per project)"

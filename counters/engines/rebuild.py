@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +49,7 @@ from lua.client import RedisClient
 from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS, Conn, postgres_unavailable
 from persist.locks import project_lock
+from persist.nice import is_local, niced_backend
 from persist.runs import record_run
 
 if TYPE_CHECKING:  # numpy and Arrow are imported when a rebuild runs, not with the service
@@ -92,13 +95,31 @@ class Rebuilder:
         self.persister = persister
         self.rollcheck = RollupChecker(redis)
         self._oldest_minute = 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rebuild")
+        self._nice = 0
+        self._local = settings.database_url is None or is_local(settings.database_url)
+        self._workers: dict[int, ThreadPoolExecutor] = {}
 
     async def _compute(self, fn: Callable[..., None], *args: Any) -> None:
-        """Runs fn(*args) on the rebuild's one compute thread (numpy and Arrow release the
-        GIL, so Postgres reads go on meanwhile; one thread keeps one malloc arena)."""
-        await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        """Runs fn(*args) on the rebuild's one compute thread of this run's niceness (numpy
+        and Arrow release the GIL, so Postgres reads go on meanwhile; one thread keeps one
+        malloc arena)."""
+        worker = self._workers.get(self._nice)
+        if worker is None:
+            worker = self._workers[self._nice] = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="rebuild",
+                initializer=_nice_thread,
+                initargs=(self._nice,),
+            )
+        await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
         _release_memory()
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Conn]:
+        """A pool connection whose backend runs at this run's niceness (persist/nice.py)."""
+        async with self.pool.acquire() as conn:
+            async with niced_backend(conn, self._nice, local=self._local):
+                yield conn
 
     async def run(
         self,
@@ -111,12 +132,14 @@ class Rebuilder:
         kind: str = "rebuild",
         progress: Progress | None = None,
         against_parts: bool = False,
+        nice: int = 0,
     ) -> RebuildReport:
         """Rebuilds every sealed bucket of the UTC days overlapping [start, end). With
         write=False only reports what differs. With against_parts, also compares each
         sealed hour and day row with the rows it is made of (engines/rollcheck.py) at the
-        same cut; a row found on both bases counts once. Records the run in
-        reconcile_runs."""
+        same cut; a row found on both bases counts once. nice (0-19): the niceness of the
+        run's compute thread and, where Postgres is local, of its backends, so that ingest
+        beside it keeps the CPU. Records the run in reconcile_runs."""
         import pyarrow as pa
 
         # Arrow's own allocator (mimalloc) keeps what a window freed: with malloc's, the
@@ -132,11 +155,12 @@ class Rebuilder:
                 f" before {format_ts(kept)} can be rebuilt"
             )
         self._oldest_minute = minute_edge(now, self.settings.minute_retention_days)
+        self._nice = nice
         report = RebuildReport(project, first, last)
         started = datetime.now(UTC)
         keys = ProjectKeys(self.settings.key_prefix, project)
         for day in range(first, last, DAY_MS):
-            async with self.pool.acquire() as conn:
+            async with self._acquire() as conn:
                 async with project_lock(conn, project, wait=True):
                     cut = await self.persister.drain_to_cut(conn, keys)
                     checks = (
@@ -194,8 +218,8 @@ class Rebuilder:
             keep_coarse=bool(checks),  # parts checks dedupe against every hour and day diff
         )
         async with contextlib.AsyncExitStack() as stack:
-            side = await stack.enter_async_context(self.pool.acquire())
-            writer = DayWriter(self.pool, project, stack) if write else None
+            side = await stack.enter_async_context(self._acquire())
+            writer = DayWriter(self._acquire, project, stack) if write else None
             with postgres_unavailable():
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
                     # every hour is read (the report counts every raw event up to the
@@ -320,8 +344,13 @@ class DayWriter:
     so memory holds a window or two of rows, not the day's. Each window's rows are written
     in the background, in order, while the next window is computed."""
 
-    def __init__(self, pool: asyncpg.Pool, project: str, stack: contextlib.AsyncExitStack) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        acquire: Callable[[], contextlib.AbstractAsyncContextManager[Conn]],
+        project: str,
+        stack: contextlib.AsyncExitStack,
+    ) -> None:
+        self.acquire = acquire
         self.project = project
         self.stack = stack
         self._conn: Conn | None = None
@@ -336,7 +365,7 @@ class DayWriter:
             return
         await self._wait()
         if self._conn is None:
-            self._conn = await self.stack.enter_async_context(self.pool.acquire())
+            self._conn = await self.stack.enter_async_context(self.acquire())
             self._tx = self._conn.transaction()
             await self._tx.start()
             self.stack.push_async_callback(self._rollback)
@@ -411,6 +440,13 @@ _GRAIN_ORDER = {g: i for i, g in enumerate(GRAINS)}
 _LIBC = (
     ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
 )
+
+
+def _nice_thread(nice: int) -> None:
+    """A compute thread's initializer: this thread (alone, on Linux) at niceness `nice`."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _release_memory() -> None:

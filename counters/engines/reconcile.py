@@ -48,12 +48,13 @@ async def reconcile_projects(
     echo: Callable[[str], None],
     progress_for: Callable[[str, dict[int, int]], DayProgress] | None = None,
     on_report: Callable[[RebuildReport], None] | None = None,
+    nice: int = 0,
 ) -> int:
     """Compares every rollup of the last `days` days with the raw log, and every sealed hour
     and day row with the minute rows it is made of (while those are kept), for each project;
     reports what differs and (write=True) corrects it. With progress_for, each project's
     run reports to progress_for(project, its planned raw events per day); on_report is
-    handed each project's report (the CLI's --json). Returns the
+    handed each project's report (the CLI's --json); nice: see Rebuilder.run. Returns the
     number of differing rows found (a row found on both bases counts once)."""
     total = 0
     for project in projects:
@@ -78,6 +79,7 @@ async def reconcile_projects(
                 kind="reconcile",
                 against_parts=True,
                 progress=progress,
+                nice=nice,
             )
         total += report.discrepancies
         if on_report is not None:

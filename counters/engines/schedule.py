@@ -165,6 +165,7 @@ class _Night:
                     days=self.days,
                     write=True,
                     echo=self.echo,
+                    nice=self.rebuilder.settings.reconcile_nice,
                 )
                 self.share.reconciled.append(project)
                 return True

@@ -76,6 +76,7 @@ async def run_shards(
     kind: str = "rebuild",
     against_parts: bool = False,
     progress: Progress | None = None,
+    nice: int = 0,
 ) -> RebuildReport:
     """Rebuilder.run (same options) over every shard's stored name in turn: one report for
     the project; with progress, a tracker planned by planned_shard_days."""
@@ -90,6 +91,7 @@ async def run_shards(
                 write=write,
                 kind=kind,
                 against_parts=against_parts,
+                nice=nice,
                 progress=None if progress is None else ShardDays(progress, s),
             )
         )
