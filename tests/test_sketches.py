@@ -8,12 +8,16 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from counters.engines import sketches
 from counters.engines.sketches import (
     encode_groups,
     full_blob,
     hll_positions,
+    max_packed,
     max_registers,
+    pack,
     short_blob,
 )
 from persist.hll import REGISTERS, registers
@@ -116,3 +120,16 @@ def test_max_registers_keeps_the_largest_rank_per_register() -> None:
         (2, 7, 9),
         (2, 8, 1),
     ]
+
+
+def test_max_packed_is_the_same_whatever_its_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 5, 2_000)
+    index = rng.integers(0, 40, 2_000)
+    rank = rng.integers(1, 20, 2_000).astype(np.uint8)
+    whole = max_packed(pack(keys, index, rank))
+    for chunk in (1, 2, 3, 7, 1_999, 2_000):
+        monkeypatch.setattr(sketches, "_CELL_CHUNK", chunk)
+        assert np.array_equal(max_packed(pack(keys, index, rank)), whole)
+    cells = {(int(k), int(i)) for k, i in zip(keys, index, strict=True)}
+    assert whole.size == len(cells)

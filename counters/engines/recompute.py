@@ -193,7 +193,10 @@ class DayRecompute:
         return out
 
     def _compact(self) -> None:
-        kept = max_packed(np.concatenate(self._pairs))
+        merged = np.concatenate(self._pairs)
+        self._pairs = []  # the pieces go before the sort, not after
+        kept = max_packed(merged)
+        del merged
         self._pairs = [kept]
         self._reduced = self._pending = int(kept.size)
 

@@ -114,14 +114,21 @@ def pack(keys: I64, index: I64, rank: U8) -> I64:
     return (keys * REGISTERS + index) * 64 + rank.astype(np.int64)
 
 
+_CELL_CHUNK = 1 << 20
+"""Triples whose cells max_packed compares at once (bounds its temporary arrays)."""
+
+
 def max_packed(packed: I64) -> I64:
     """Of packed triples, the one with the largest rank per (key, register index), sorted.
-    Sorts `packed` in place."""
+    Sorts `packed` in place; its temporaries are a bool per triple and one chunk."""
     packed.sort()
-    cell = packed >> 6
-    last = np.empty(cell.size, dtype=bool)
-    if cell.size:
-        last[:-1] = cell[1:] != cell[:-1]
+    last = np.empty(packed.size, dtype=bool)
+    for a in range(0, packed.size, _CELL_CHUNK):
+        b = min(a + _CELL_CHUNK, packed.size - 1)
+        if b > a:
+            cell = packed[a : b + 1] >> 6
+            np.not_equal(cell[1:], cell[:-1], out=last[a:b])
+    if packed.size:
         last[-1] = True
     return packed[last]
 
