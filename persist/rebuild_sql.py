@@ -205,18 +205,23 @@ def _select_stage() -> str:
     )
 
 
-async def write_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
-    """Inside the caller's transaction: the rows of `tables` (field, bucket in epoch ms,
-    count, sum in micros, the whole sketch as hex or null) hold exactly these values."""
-    if not any(t.num_rows for t in tables):
-        return
-    await _stage_csv(conn, _STAGE_WRITE, _STAGE_COLUMNS, tables)
+async def _upsert_stage(conn: Conn, project: str, grain: Grain) -> None:
+    """The staged rows upserted into the grain's table (absolute values)."""
     await conn.execute(
         f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_select_stage()}"
         " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
         " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll",
         project,
     )
+
+
+async def write_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Table]) -> None:
+    """Inside the caller's transaction: the rows of `tables` (field, bucket in epoch ms,
+    count, sum in micros, the whole sketch as hex or null) hold exactly these values."""
+    if not any(t.num_rows for t in tables):
+        return
+    await _stage_csv(conn, _STAGE_WRITE, _STAGE_COLUMNS, tables)
+    await _upsert_stage(conn, project, grain)
     await conn.execute(f"TRUNCATE {_STAGE_WRITE}")
 
 
@@ -233,12 +238,7 @@ async def insert_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Ta
                 f"INSERT INTO {ROLLUP_TABLE[grain]} {_COLUMNS}{_select_stage()}", project
             )
     except asyncpg.UniqueViolationError:
-        await conn.execute(
-            f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_select_stage()}"
-            " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
-            " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll",
-            project,
-        )
+        await _upsert_stage(conn, project, grain)
     await conn.execute(f"TRUNCATE {_STAGE_WRITE}")
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +313,17 @@ def _tracker(label: str, plan: dict[int, int]) -> DayProgress:
     return DayProgress(plan, SystemClock(), display)
 
 
+def _nice_option(default: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The --nice option of rebuild and reconcile (None when not given)."""
+    return click.option(
+        "--nice",
+        type=click.IntRange(0, 19),
+        default=None,
+        help="Niceness of the run and (Postgres on this machine) its Postgres backends;"
+        f" default: {default}.",
+    )
+
+
 def _nice_main_thread(nice: int) -> int:
     """Lowers this command's main thread to niceness `nice` (the threads it starts inherit
     it) and, when the command leads its own session (cron, systemd, `setsid`), its
@@ -349,13 +360,7 @@ def _ms(text: str, option: str) -> int:
     is_flag=True,
     help=f"Exit {EXIT_DISCREPANCIES} when any bucket differed (1 stays an error).",
 )
-@click.option(
-    "--nice",
-    type=click.IntRange(0, 19),
-    default=None,
-    help="Niceness of the run and (Postgres on this machine) its Postgres backends;"
-    " default: 0 (full speed).",
-)
+@_nice_option("0 (full speed)")
 def rebuild(
     project: str,
     name: str | None,
@@ -432,13 +437,7 @@ def rebuild(
     is_flag=True,
     help=f"Exit {EXIT_DISCREPANCIES} when any row differed (fixed or not; 1 stays an error).",
 )
-@click.option(
-    "--nice",
-    type=click.IntRange(0, 19),
-    default=None,
-    help="Niceness of the run and (Postgres on this machine) its Postgres backends;"
-    " default: the setting reconcile_nice (10).",
-)
+@_nice_option("the setting reconcile_nice (10)")
 def reconcile(
     days: int,
     projects: tuple[str, ...],
