@@ -1,12 +1,14 @@
-"""Lower CPU priority for the Postgres backends of background work (reconcile, rebuild): a
-niced client alone leaves its backends, which do half the work, competing with ingest's.
-Only where Postgres runs on this machine (the URL names a loopback host or a Unix socket and
-the server pid is a local `postgres` process), and only as far as the OS lets us."""
+"""Lower CPU priority for background work (reconcile, rebuild): the calling thread, and the
+Postgres backends, since a niced client alone leaves its backends, which do half the work,
+competing with ingest's. Backends only where Postgres runs on this machine (the URL names a
+loopback host or a Unix socket and the server pid is a local `postgres` process), and
+everything only as far as the OS lets us."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +25,14 @@ def is_local(database_url: str) -> bool:
     if host in _LOCAL_HOSTS or host.startswith("/") or host.startswith("%2f"):
         return True
     return "host=/" in parts.query or "host=%2f" in parts.query.lower()
+
+
+def nice_this_thread(nice: int) -> None:
+    """The calling thread (alone, on Linux; threads it starts inherit it) at niceness
+    `nice`; nothing when nice is 0 or the OS refuses."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _is_postgres(pid: int) -> bool:

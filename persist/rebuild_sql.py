@@ -198,17 +198,17 @@ _COLUMNS = "(project, name, rollup, dims, bucket, count, sum_micros, hll)"
 _STAGE_COLUMNS = "field text, bucket bigint, count bigint, sum_micros bigint, hll text"
 
 
-def _select_stage() -> str:
-    return (
-        f" SELECT $1::text, {_NAME}, {_ROLLUP}, {_DIMS}, {_BUCKET}, s.count,"
-        f" s.sum_micros, decode(s.hll, 'hex') FROM {_STAGE_WRITE} s"
-    )
+_SELECT_STAGE = (
+    f" SELECT $1::text, {_NAME}, {_ROLLUP}, {_DIMS}, {_BUCKET}, s.count,"
+    f" s.sum_micros, decode(s.hll, 'hex') FROM {_STAGE_WRITE} s"
+)
+"""The staged rows as rollup rows of project $1."""
 
 
 async def _upsert_stage(conn: Conn, project: str, grain: Grain) -> None:
     """The staged rows upserted into the grain's table (absolute values)."""
     await conn.execute(
-        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_select_stage()}"
+        f"INSERT INTO {ROLLUP_TABLE[grain]} AS r {_COLUMNS}{_SELECT_STAGE}"
         " ON CONFLICT (project, name, rollup, dims, bucket) DO UPDATE SET"
         " count = EXCLUDED.count, sum_micros = EXCLUDED.sum_micros, hll = EXCLUDED.hll",
         project,
@@ -235,7 +235,7 @@ async def insert_rows(conn: Conn, project: str, grain: Grain, tables: list[pa.Ta
     try:
         async with conn.transaction():  # a savepoint inside the caller's transaction
             await conn.execute(
-                f"INSERT INTO {ROLLUP_TABLE[grain]} {_COLUMNS}{_select_stage()}", project
+                f"INSERT INTO {ROLLUP_TABLE[grain]} {_COLUMNS}{_SELECT_STAGE}", project
             )
     except asyncpg.UniqueViolationError:
         await _upsert_stage(conn, project, grain)

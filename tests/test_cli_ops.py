@@ -68,19 +68,8 @@ async def test_rebuild_and_reconcile_commands(service: Service, pool: asyncpg.Po
     assert bad.returncode != 0 and "unknown project" in bad.stderr
     bad = run_cli(service.env, "rebuild", "--project", project, "--from", "x", "--to", to)
     assert bad.returncode != 0 and "--from" in bad.stderr
-    niced = run_cli(
-        service.env,
-        "rebuild",
-        "--project",
-        project,
-        "--from",
-        frm,
-        "--to",
-        to,
-        "--dry-run",
-        "--nice",
-        "5",
-    )
+    rng = ["--project", project, "--from", frm, "--to", to]
+    niced = run_cli(service.env, "rebuild", *rng, "--dry-run", "--nice", "5")
     assert niced.returncode == 0 and niced.stdout.strip().endswith("discrepancies: 0")
     bad = run_cli(service.env, "reconcile", "--days", "1", "--nice", "20")
     assert bad.returncode == 2 and "--nice" in bad.stderr

@@ -11,8 +11,7 @@ import asyncpg
 import pytest
 
 from counters.core.config import load_settings
-from counters.engines.rebuild import _nice_thread
-from persist.nice import is_local, niced_backend
+from persist.nice import is_local, nice_this_thread, niced_backend
 
 
 def test_local_urls() -> None:
@@ -48,7 +47,7 @@ async def test_nothing_is_niced_when_postgres_is_remote_or_nice_is_0(pool: async
 
 def test_compute_thread_is_niced_alone() -> None:
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with ThreadPoolExecutor(1, initializer=_nice_thread, initargs=(main + 3,)) as pool:
+    with ThreadPoolExecutor(1, initializer=nice_this_thread, initargs=(main + 3,)) as pool:
         got = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         assert got.result() == main + 3
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main

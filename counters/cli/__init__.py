@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -330,12 +329,12 @@ def _nice_main_thread(nice: int) -> int:
     scheduler autogroup too: with autogroups on (Linux's default) a thread's niceness only
     ranks it within its session, and a session competes as a whole. Returns nice for the
     run's Postgres backends."""
-    if nice > 0:
+    from persist.nice import nice_this_thread
+
+    nice_this_thread(nice)
+    if nice > 0 and os.getsid(0) == os.getpid():
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        if os.getsid(0) == os.getpid():
-            with contextlib.suppress(OSError):
-                Path("/proc/self/autogroup").write_text(str(nice))
+            Path("/proc/self/autogroup").write_text(str(nice))
     return nice
 
 

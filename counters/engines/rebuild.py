@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import os
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +47,7 @@ from lua.client import RedisClient
 from lua.keys import ProjectKeys
 from persist.db import PG_ERRORS, Conn, postgres_unavailable
 from persist.locks import project_lock
-from persist.nice import is_local, niced_backend
+from persist.nice import is_local, nice_this_thread, niced_backend
 from persist.runs import record_run
 
 if TYPE_CHECKING:  # numpy and Arrow are imported when a rebuild runs, not with the service
@@ -108,7 +106,7 @@ class Rebuilder:
             worker = self._workers[self._nice] = ThreadPoolExecutor(
                 max_workers=1,
                 thread_name_prefix="rebuild",
-                initializer=_nice_thread,
+                initializer=nice_this_thread,
                 initargs=(self._nice,),
             )
         await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
@@ -440,13 +438,6 @@ _GRAIN_ORDER = {g: i for i, g in enumerate(GRAINS)}
 _LIBC = (
     ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
 )
-
-
-def _nice_thread(nice: int) -> None:
-    """A compute thread's initializer: this thread (alone, on Linux) at niceness `nice`."""
-    if nice > 0:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 def _release_memory() -> None:

@@ -183,11 +183,11 @@ def compare_rows(
         keep.append(j)
         uniques_differ.append(differs)
     grain = rows.grain
-    kept = np.array(keep, dtype=np.int64)
+    kept_at = r_at[np.array(keep, dtype=np.int64)]  # positions in `keys` of differing rows
     missing = np.flatnonzero(~seen)  # recomputed rows nothing is stored for
-    if kept.size:
+    if kept_at.size:
         found.writes.setdefault(grain, []).append(
-            _rows_table(rows, inside[r_at[kept]], ours_all, r_at[kept])
+            _rows_table(rows, inside[kept_at], ours_all, kept_at)
         )
     if missing.size:
         found.inserts.setdefault(grain, []).append(
@@ -201,7 +201,7 @@ def compare_rows(
                 names=DELETE_COLUMNS,
             )
         )
-    found.note(grain, rows.buckets[inside[r_at[kept]]] if kept.size else kept)
+    found.note(grain, rows.buckets[inside[kept_at]])
     found.note(grain, rows.buckets[inside[missing]])
     found.note(grain, s_bucket[gone].astype(np.int64))
     fields = rows.fields
