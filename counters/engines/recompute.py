@@ -26,22 +26,17 @@ import pyarrow.compute as pc
 
 from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
 from counters.core.rollups import US, Rollup
+from counters.engines.day_registers import DayRegisters
 from counters.engines.sketches import (
     I64,
     U8,
     Encoded,
     encode_groups,
-    encode_packed,
     hll_positions,
-    max_packed,
     max_registers,
-    pack,
 )
 
 _MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
-PAIRS_COMPACTED = 500_000
-"""The day's packed (field, register) pairs are reduced once at least this many are held
-and they are twice as many as after the last reduction."""
 
 
 @dataclass
@@ -139,10 +134,7 @@ class DayRecompute:
         self._fields: dict[str, int] = {}
         self._counts = np.zeros(0, dtype=np.int64)
         self._sums = np.zeros(0, dtype=np.int64)
-        self._pairs: list[I64] = []
-        """The day's (field, register, rank) triples so far, packed (sketches.pack)."""
-        self._pending = 0
-        self._reduced = 0
+        self._registers = DayRegisters()
         self.events = 0
 
     def add(self, events: pa.Table, *, minutes: bool, hours: bool) -> list[GrainRows]:
@@ -183,29 +175,13 @@ class DayRecompute:
             self._sums = np.r_[self._sums, np.zeros(grow, dtype=np.int64)]
         np.add.at(self._counts, day_id[hk % w], hc)
         np.add.at(self._sums, day_id[hk % w], hs)
-        self._pairs.append(pack(day_id[hh[0] % w], hh[1], hh[2]))
-        self._pending += hh[0].size
-        # _pending counts every pair held (the reduced ones too): reduce once they have
-        # doubled, so each pair is sorted a bounded number of times (comparing with the
-        # reduced count alone sorted the whole day again on every slice past 500k pairs)
-        if self._pending > max(2 * self._reduced, PAIRS_COMPACTED):
-            self._compact()
+        self._registers.add(day_id[hh[0] % w], hh[1], hh[2])
         return out
-
-    def _compact(self) -> None:
-        merged = np.concatenate(self._pairs)
-        self._pairs = []  # the pieces go before the sort, not after
-        kept = max_packed(merged)
-        del merged
-        self._pairs = [kept]
-        self._reduced = self._pending = int(kept.size)
 
     def finish(self) -> GrainRows | None:
         """The day's row per field (None when the day had no events)."""
         if not self._fields:
             return None
-        self._compact()
-        packed = self._pairs.pop()
         fields = pa.array(list(self._fields), pa.string())
         keys = np.arange(len(self._fields), dtype=np.int64)
         return self._rows(
@@ -213,7 +189,7 @@ class DayRecompute:
             keys,
             self._counts.copy(),
             self._sums.copy(),
-            packed,
+            self._registers.encoded(),
             len(keys),
             fields,
             DAY_MS,
@@ -225,7 +201,7 @@ class DayRecompute:
         keys: I64,
         counts: I64,
         sums: I64,
-        regs: tuple[I64, I64, U8] | I64,
+        regs: tuple[I64, I64, U8] | Encoded,
         width: int,
         fields: pa.Array,
         size: int,
@@ -238,7 +214,7 @@ class DayRecompute:
             fields,
             counts,
             sums,
-            encode_groups(*regs) if isinstance(regs, tuple) else encode_packed(regs),
+            encode_groups(*regs) if isinstance(regs, tuple) else regs,
             width,
         )
 

@@ -145,11 +145,6 @@ def max_registers(keys: I64, index: I64, rank: U8) -> tuple[I64, I64, U8]:
     return unpack(max_packed(pack(keys, index, rank)))
 
 
-def _zero_bytes(gap: I64) -> I64:
-    """Bytes the sparse encoding spends on a run of `gap` zero registers."""
-    return np.where(gap == 0, 0, np.where(gap <= 64, 1, 2))
-
-
 class Encoded:
     """The sketches of many groups in one buffer: group g's blob (encode_groups' form) is
     data[offsets[g]:offsets[g + 1]]."""
@@ -220,71 +215,124 @@ def _joined(parts: list[Encoded]) -> Encoded:
     )
 
 
+def merged(parts: list[Encoded]) -> Encoded:
+    """One Encoded of parts holding distinct keys, ordered by key (each part's keys need
+    not be)."""
+    keys = np.concatenate([p.keys for p in parts])
+    order = np.argsort(keys, kind="stable")
+    where = [(i, g) for i, p in enumerate(parts) for g in range(p.keys.size)]
+    views = [memoryview(p.data) for p in parts]
+    blobs = []
+    for j in order.tolist():
+        i, g = where[j]
+        blobs.append(views[i][int(parts[i].offsets[g]) : int(parts[i].offsets[g + 1])])
+    sizes = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
+    return Encoded(keys[order], np.r_[0, np.cumsum(sizes)].astype(np.int64), b"".join(blobs))
+
+
 def _encode(keys: I64, index: I64, rank: U8) -> Encoded:
-    if keys.size == 0:
+    n = keys.size
+    if n == 0:
         return Encoded(keys, np.zeros(1, dtype=np.int64), b"")
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], keys.size]
-    group = np.repeat(np.arange(starts.size), ends - starts)
+    first = np.empty(n, dtype=bool)  # a group's first register
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    reg = index.astype(np.int32)
     # VAL opcodes: runs of equal values in adjacent registers, at most 4 per opcode
-    same = np.zeros(keys.size, dtype=bool)
-    same[1:] = (group[1:] == group[:-1]) & (index[1:] == index[:-1] + 1) & (rank[1:] == rank[:-1])
-    run_id = np.cumsum(~same) - 1
-    run_start = np.flatnonzero(~same)
-    pos_in_run = np.arange(keys.size) - run_start[run_id]
-    ops = np.flatnonzero(pos_in_run % 4 == 0)
-    run_len = np.r_[run_start[1:], keys.size] - run_start
-    op_len = np.minimum(4, run_len[run_id[ops]] - pos_in_run[ops])
-    op_group = group[ops]
-    op_reg = index[ops]
-    op_val = rank[ops].astype(np.int64)
+    joins = np.zeros(n, dtype=bool)  # register i extends the run of register i - 1
+    np.equal(reg[1:], reg[:-1] + 1, out=joins[1:])
+    joins[1:] &= rank[1:] == rank[:-1]
+    joins &= ~first
+    if joins.any():
+        ops = np.flatnonzero(~joins)  # run starts; a run longer than 4 takes more opcodes
+        run_len = np.diff(np.r_[ops, n])
+        long = np.flatnonzero(run_len > 4)
+        if long.size:
+            more = (run_len[long] - 1) // 4
+            ops = np.sort(
+                np.r_[
+                    ops,
+                    np.repeat(ops[long], more)
+                    + 4 * (np.arange(more.sum()) - np.repeat(np.cumsum(more) - more, more) + 1),
+                ]
+            )
+        op_len = np.diff(np.r_[ops, n]).astype(np.int32)
+        op_reg, op_val, op_first = reg[ops], rank[ops], first[ops]
+    else:  # every register is an opcode of its own (the usual case)
+        op_len = np.ones(n, dtype=np.int32)
+        op_reg, op_val, op_first = reg, rank, first
     # zeros before each opcode: from the end of the previous opcode of the same group
-    new_group = np.r_[True, op_group[1:] != op_group[:-1]]
-    group_first_op = np.flatnonzero(new_group)
-    prev_end = np.zeros(ops.size, dtype=np.int64)
-    prev_end[1:] = op_reg[:-1] + op_len[:-1]
-    prev_end[new_group] = 0
-    gap = op_reg - prev_end
-    last_op = np.r_[group_first_op[1:] - 1, ops.size - 1]
-    tail = REGISTERS - (op_reg[last_op] + op_len[last_op])
-    op_bytes = _zero_bytes(gap) + 1
-    sparse_size = HEADER + np.add.reduceat(op_bytes, group_first_op) + _zero_bytes(tail)
-    max_val = np.maximum.reduceat(rank, starts)
-    dense = (sparse_size > SPARSE_MAX_BYTES) | (max_val > SPARSE_MAX_VALUE)
+    end = op_reg + op_len
+    gap = np.empty_like(op_reg)
+    gap[0] = op_reg[0]
+    np.subtract(op_reg[1:], end[:-1], out=gap[1:])
+    gap[op_first] = op_reg[op_first]
+    zeros = _zero_bytes(gap)
+    group_first_op = np.flatnonzero(op_first)
+    last_op = np.r_[group_first_op[1:] - 1, op_reg.size - 1]
+    tail = REGISTERS - end[last_op]
+    sparse_body = np.add.reduceat(zeros + 1, group_first_op) + _zero_bytes(tail)
+    dense = (sparse_body + HEADER > SPARSE_MAX_BYTES) | (
+        np.maximum.reduceat(rank, starts) > SPARSE_MAX_VALUE
+    )
     # one buffer: per group its 5 head bytes, then each opcode's zeros and VAL, then the
     # tail's zeros (sparse), or the 12,288 bytes of registers (dense)
-    body_size = np.where(dense, DENSE_BODY, sparse_size - HEADER) + 5
-    offsets = np.r_[0, np.cumsum(body_size)].astype(np.int64)
+    offsets = np.zeros(starts.size + 1, dtype=np.int64)
+    np.cumsum(np.where(dense, DENSE_BODY, sparse_body) + 5, out=offsets[1:])
     buf = np.zeros(int(offsets[-1]), dtype=np.uint8)
-    sparse_groups = np.flatnonzero(~dense)
-    head = np.frombuffer(SPARSE_HEAD, dtype=np.uint8)
-    for j in range(5):
-        buf[offsets[sparse_groups] + j] = head[j]
-    sel = ~dense[op_group]
-    within = np.cumsum(op_bytes) - op_bytes  # bytes before this opcode, over all groups
-    within -= within[group_first_op][op_group]
-    at = offsets[op_group] + 5 + within
-    g1 = sel & (gap >= 1) & (gap <= 64)
-    buf[at[g1]] = (gap[g1] - 1).astype(np.uint8)
-    g2 = sel & (gap > 64)
-    buf[at[g2]] = (0x40 | ((gap[g2] - 1) >> 8)).astype(np.uint8)
-    buf[at[g2] + 1] = ((gap[g2] - 1) & 0xFF).astype(np.uint8)
-    val_at = at + _zero_bytes(gap)
-    buf[val_at[sel]] = (0x80 | ((op_val[sel] - 1) << 2) | (op_len[sel] - 1)).astype(np.uint8)
-    tail_at = offsets[1:] - _zero_bytes(tail)
-    t1 = ~dense & (tail >= 1) & (tail <= 64)
-    buf[tail_at[t1]] = (tail[t1] - 1).astype(np.uint8)
-    t2 = ~dense & (tail > 64)
-    buf[tail_at[t2]] = (0x40 | ((tail[t2] - 1) >> 8)).astype(np.uint8)
-    buf[tail_at[t2] + 1] = ((tail[t2] - 1) & 0xFF).astype(np.uint8)
-    dense_head = np.frombuffer(DENSE_HEAD, dtype=np.uint8)
+    head = offsets[:-1]
+    for j, byte in enumerate(SPARSE_HEAD[:4]):
+        buf[head + j] = byte
+    buf[head + 4] = np.where(dense, DENSE_HEAD[4], SPARSE_HEAD[4])
+    # each opcode's position: its group's body start plus the bytes of the opcodes before
+    before = np.cumsum(zeros + 1, dtype=np.int64)
+    before -= zeros + 1
+    base = head + 5 - before[group_first_op]
+    op_group = np.cumsum(op_first) - 1
+    if dense.any():  # the opcodes of sparse groups only
+        keep = ~dense[op_group]
+        gap, zeros, op_val, op_len, before, op_group = (
+            gap[keep],
+            zeros[keep],
+            op_val[keep],
+            op_len[keep],
+            before[keep],
+            op_group[keep],
+        )
+    at = base[op_group] + before
+    _put_zeros(buf, at, gap, zeros)
+    buf[at + zeros] = (0x80 | ((op_val - 1) << 2) | (op_len - 1)).astype(np.uint8)
+    sparse = ~dense
+    tail_zeros = _zero_bytes(tail[sparse])
+    _put_zeros(buf, offsets[1:][sparse] - tail_zeros, tail[sparse], tail_zeros)
     for g in np.flatnonzero(dense).tolist():
         regs = np.zeros(REGISTERS, dtype=np.uint8)
-        regs[index[starts[g] : ends[g]]] = rank[starts[g] : ends[g]]
-        at0 = int(offsets[g])
-        buf[at0 : at0 + 5] = dense_head
-        buf[at0 + 5 : at0 + 5 + DENSE_BODY] = np.frombuffer(dense_body(regs), dtype=np.uint8)
+        regs[index[starts[g] : starts[g + 1] if g + 1 < starts.size else n]] = rank[
+            starts[g] : starts[g + 1] if g + 1 < starts.size else n
+        ]
+        at0 = int(offsets[g]) + 5
+        buf[at0 : at0 + DENSE_BODY] = np.frombuffer(dense_body(regs), dtype=np.uint8)
     return Encoded(keys[starts], offsets, buf.tobytes())
+
+
+def _zero_bytes(gap: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    """Bytes the sparse encoding spends on a run of `gap` zero registers (ZERO for 1..64,
+    XZERO for 65..16,384)."""
+    out = (gap > 0).astype(np.int32)
+    out += gap > 64
+    return out
+
+
+def _put_zeros(buf: U8, at: I64, gap: npt.NDArray[np.int32], zeros: npt.NDArray[np.int32]) -> None:
+    """Writes at buf[at] the ZERO or XZERO opcode of each run of `gap` zero registers that
+    takes `zeros` bytes (none when 0)."""
+    one = zeros == 1
+    buf[at[one]] = (gap[one] - 1).astype(np.uint8)
+    two = np.flatnonzero(zeros == 2)
+    run = gap[two] - 1
+    buf[at[two]] = (0x40 | (run >> 8)).astype(np.uint8)
+    buf[at[two] + 1] = (run & 0xFF).astype(np.uint8)
 
 
 def dense_body(regs: U8) -> bytes:
