@@ -61,13 +61,47 @@ class GrainRows:
 
 
 def _reduce_sum(keys: I64, counts: I64, sums: I64) -> tuple[I64, I64, I64]:
-    """Per distinct key (sorted): the counts and sums added up."""
+    """Per distinct key (sorted): the counts and sums added up. Keys spanning a range not
+    much wider than their number (a slice's minutes times its fields) are added into one
+    slot per key of the range, without a sort."""
+    if keys.size == 0:
+        return keys, counts[:0], sums[:0]
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    if span <= 4 * keys.size + 65_536:
+        slot = keys - low
+        present = np.flatnonzero(np.bincount(slot, minlength=span))
+        added = []
+        for column in (counts, sums):
+            total = np.zeros(span, dtype=np.int64)
+            np.add.at(total, slot, column)
+            added.append(total[present])
+        return present + low, added[0], added[1]
     order = np.argsort(keys, kind="stable")
     k = keys[order]
-    if k.size == 0:
-        return k, counts[:0], sums[:0]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
     return k[starts], np.add.reduceat(counts[order], starts), np.add.reduceat(sums[order], starts)
+
+
+_COMBO_SPAN = 1 << 31
+"""Above any column code (codes are below a slice's event count)."""
+
+
+def _codes(values: pa.Array | pa.ChunkedArray) -> I64:
+    """Per value a dense code (0, 1, ... in order of first appearance); -1 for null."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    out: I64 = encoded.indices.fill_null(-1).to_numpy().astype(np.int64)
+    return out
+
+
+def _first_of_each(codes: I64) -> I64:
+    """The position of each code's first appearance (codes as _codes gives them)."""
+    if codes.size == 0:
+        return codes
+    seen = np.maximum.accumulate(codes)
+    return np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]])
 
 
 class Exploded:
@@ -92,31 +126,42 @@ class Exploded:
             ix = encoded.indices.to_numpy()
             reg[has_uid] = r[ix]
             rank[has_uid] = k[ix]
-        column = {d: events.column(f"d{i}") for i, d in enumerate(dims)}
+        columns = {"": names, **{d: events.column(f"d{i}") for i, d in enumerate(dims)}}
+        codes = {c: _codes(a) for c, a in columns.items()}  # each column hashed once
         parts: list[pa.Array] = []
         rows: list[I64] = []
+        ids: list[I64] = []
+        base = 0
         for rollup in [(), *((d,) for d in dims), *crosstabs]:
-            if any(d not in column for d in rollup):
+            if any(d not in columns for d in rollup):
                 continue
+            where = np.arange(n)
             if rollup:
-                mask = np.logical_and.reduce(
-                    [pc.is_valid(column[d]).to_numpy(zero_copy_only=False) for d in rollup]
-                )
-                where = np.flatnonzero(mask)
-                take = pa.array(where)
-                values = [pc.take(column[d], take) for d in rollup]
-                field = pc.binary_join_element_wise(
-                    pc.take(names, take), ",".join(rollup), *values, US
-                )
-            else:
-                where = np.arange(n)
-                field = pc.binary_join_element_wise(names, "", US)
+                where = np.flatnonzero(np.logical_and.reduce([codes[d] >= 0 for d in rollup]))
+            # the rollup's field of each event as one dense code, then spelled once per code
+            combo = codes[""][where]
+            for d in rollup:
+                combo = _codes(pa.array(combo * _COMBO_SPAN + codes[d][where]))
+            first = _first_of_each(combo)
+            take = pa.array(where[first])
+            spelled = pc.binary_join_element_wise(
+                pc.take(names, take),
+                ",".join(rollup),
+                *(pc.take(columns[d], take) for d in rollup),
+                US,
+            )
             rows.append(where)
-            parts.append(field.combine_chunks() if isinstance(field, pa.ChunkedArray) else field)
+            ids.append(combo + base)
+            base += first.size
+            parts.append(
+                spelled.combine_chunks() if isinstance(spelled, pa.ChunkedArray) else spelled
+            )
         at = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        encoded_fields = pc.dictionary_encode(pa.chunked_array(parts, pa.string())).combine_chunks()
-        self.fields: pa.Array = encoded_fields.dictionary
-        self.fid = encoded_fields.indices.to_numpy().astype(np.int64)
+        # one id per distinct spelling (two rollups' codes could spell the same field)
+        spelled_all = pc.dictionary_encode(pa.chunked_array(parts, pa.string())).combine_chunks()
+        self.fields: pa.Array = spelled_all.dictionary
+        same = spelled_all.indices.to_numpy().astype(np.int64)
+        self.fid = same[np.concatenate(ids)] if ids else np.zeros(0, dtype=np.int64)
         self.minute = minute[at]
         self.value = value[at].astype(np.int64)
         self.reg = reg[at]

@@ -272,7 +272,11 @@ def _encode(keys: I64, index: I64, rank: U8) -> Encoded:
     group_first_op = np.flatnonzero(op_first)
     last_op = np.r_[group_first_op[1:] - 1, op_reg.size - 1]
     tail = REGISTERS - end[last_op]
-    sparse_body = np.add.reduceat(zeros + 1, group_first_op) + _zero_bytes(tail)
+    op_bytes = zeros + 1
+    before = np.cumsum(op_bytes, dtype=np.int64)  # bytes up to each opcode, all groups
+    sparse_body = before[last_op] + _zero_bytes(tail)
+    before -= op_bytes  # now: bytes before each opcode
+    sparse_body -= before[group_first_op]
     dense = (sparse_body + HEADER > SPARSE_MAX_BYTES) | (
         np.maximum.reduceat(rank, starts) > SPARSE_MAX_VALUE
     )
@@ -286,10 +290,8 @@ def _encode(keys: I64, index: I64, rank: U8) -> Encoded:
         buf[head + j] = byte
     buf[head + 4] = np.where(dense, DENSE_HEAD[4], SPARSE_HEAD[4])
     # each opcode's position: its group's body start plus the bytes of the opcodes before
-    before = np.cumsum(zeros + 1, dtype=np.int64)
-    before -= zeros + 1
     base = head + 5 - before[group_first_op]
-    op_group = np.cumsum(op_first) - 1
+    op_group = np.repeat(np.arange(starts.size), np.diff(np.r_[group_first_op, op_reg.size]))
     if dense.any():  # the opcodes of sparse groups only
         keep = ~dense[op_group]
         gap, zeros, op_val, op_len, before, op_group = (
