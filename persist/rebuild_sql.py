@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from counters.core.buckets import DAY_MS, Grain, to_datetime
-from counters.core.rollups import US
 from persist.db import Conn
 from persist.rawlog import record_dims
 from persist.schema import RAW_DIMS_TABLE, RAW_TABLE, ROLLUP_TABLE, STREAM_ORDER_SQL, stream_order
@@ -117,30 +116,27 @@ async def stored_rows(
     counters.core.rollups.encode_field spells it), count, sum (micros) and the sketch as hex
     of its first 5 bytes and its body (null when none; sketches.short_blob's form)."""
     sql = (
-        f"SELECT {_EPOCH_MS.format(col='bucket')}, name, rollup,"
-        f" array_to_string(dims, {US_SQL}), count, sum_micros,"
+        f"SELECT {_EPOCH_MS.format(col='bucket')}, {_STORED_FIELD}, count, sum_micros,"
         " encode(substr(hll, 1, 5) || substr(hll, 17), 'hex')"
         f" FROM {ROLLUP_TABLE[grain]} WHERE project = {_literal(project)}"
         f" AND bucket >= {_ts(low)} AND bucket < {_ts(high)}"
         + (f" AND name = {_literal(name)}" if name else "")
     )
-    columns = ["bucket", "name", "rollup", "values", "count", "sum", "hll"]
-    types = {c: pa.string() for c in columns}
+    types = {c: pa.string() for c in STORED_COLUMNS}
     types.update(bucket=pa.int64(), count=pa.int64(), sum=pa.int64())
     # no NULL but the sketch's, which is then the empty string: strings are never null, so
     # COPY need not quote (the cheapest CSV Postgres writes)
-    rows = await _copy_csv(conn, sql, columns, types, quoted=False)
-    total = pc.binary_join_element_wise(rows.column("name"), "", US)
-    split = pc.binary_join_element_wise(
-        rows.column("name"), rows.column("rollup"), rows.column("values"), US
-    )
-    field = pc.if_else(pc.equal(rows.column("rollup"), ""), total, split)
+    rows = await _copy_csv(conn, sql, STORED_COLUMNS, types, quoted=False)
     hll = rows.column("hll")
     hll = pc.if_else(pc.equal(hll, ""), pa.scalar(None, pa.string()), hll)
-    return pa.table(
-        [rows.column("bucket"), field, rows.column("count"), rows.column("sum"), hll],
-        names=STORED_COLUMNS,
-    )
+    return rows.set_column(STORED_COLUMNS.index("hll"), "hll", hll)
+
+
+_STORED_FIELD = (
+    f"CASE WHEN rollup = '' THEN name || {US_SQL} ELSE name || {US_SQL} || rollup || {US_SQL}"
+    f" || array_to_string(dims, {US_SQL}) END"
+)
+"""A stored row's field as counters.core.rollups.encode_field spells it."""
 
 
 async def day_dims(conn: Conn, project: str, day: int) -> list[str] | None:

@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS
+from counters.core.buckets import DAY_MS, GRAINS, HOUR_MS, MINUTE_MS, Grain
 from counters.core.config import Settings
+from counters.engines import rebuild
 from counters.engines.rebuild import Rebuilder
 from lua import Scripts
 from lua.client import RedisClient
@@ -48,7 +49,11 @@ async def _populate(h: Harness, rng: random.Random) -> None:
     await h.persist()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "budget"),
+    # budget: raw events per window; 3 or 4 cut every hour (~11 events) into parts
+    [(1, None), (2, None), (3, None), (1, 4), (2, 3)],
+)
 async def test_rebuild_equals_live_ingest_on_random_batches(
     settings: Settings,
     redis: RedisClient,
@@ -56,7 +61,11 @@ async def test_rebuild_equals_live_ingest_on_random_batches(
     scripts: Scripts,
     project: str,
     seed: int,
+    budget: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if budget is not None:
+        monkeypatch.setattr(rebuild, "SLICE_EVENTS", budget)
     h = Harness.build(
         settings,
         redis,
@@ -157,12 +166,27 @@ async def test_minutes_older_than_retention_are_not_rebuilt(
 def test_windows_hold_whole_hours_up_to_the_budget() -> None:
     from counters.engines.rebuild import Window, plan_windows
 
-    per_hour = {DAY0 + h * HOUR_MS: n for h, n in {0: 10, 1: 10, 2: 25, 5: 5, 23: 40}.items()}
+    per_hour = {DAY0 + h * HOUR_MS: n for h, n in {0: 10, 1: 10, 2: 25, 5: 5, 23: 70}.items()}
     windows = plan_windows(DAY0, per_hour, 20)
+    hour23 = DAY0 + 23 * HOUR_MS
     assert windows == [
         Window(DAY0, DAY0 + 2 * HOUR_MS),  # 20 events
-        Window(DAY0 + 2 * HOUR_MS, DAY0 + 3 * HOUR_MS),  # one hour past the budget alone
-        Window(DAY0 + 3 * HOUR_MS, DAY0 + 23 * HOUR_MS),  # quiet hours together
-        Window(DAY0 + 23 * HOUR_MS, DAY0 + DAY_MS),
+        Window(DAY0 + 2 * HOUR_MS, DAY0 + 2 * HOUR_MS + 30 * MINUTE_MS),  # 25: two parts
+        Window(DAY0 + 2 * HOUR_MS + 30 * MINUTE_MS, DAY0 + 3 * HOUR_MS),
+        Window(DAY0 + 3 * HOUR_MS, hour23),  # quiet hours together
+        Window(hour23, hour23 + 15 * MINUTE_MS),  # 70: four parts of whole minutes
+        Window(hour23 + 15 * MINUTE_MS, hour23 + 30 * MINUTE_MS),
+        Window(hour23 + 30 * MINUTE_MS, hour23 + 45 * MINUTE_MS),
+        Window(hour23 + 45 * MINUTE_MS, DAY0 + DAY_MS),
     ]
+    assert [w.part_of_hour for w in windows] == [False, True, True, False, True, True, True, True]
+    # a window finishes the hours that end inside it: a split hour with its last part
+    from counters.engines.rebuild import DayPart
+
+    whole = DayPart("p", None, dict.fromkeys(GRAINS, DAY0), dict.fromkeys(GRAINS, DAY0 + DAY_MS))
+    assert windows[1].span(whole, Grain.hour)[1] == windows[1].span(whole, Grain.hour)[0]
+    assert windows[2].span(whole, Grain.hour) == (DAY0 + 2 * HOUR_MS, DAY0 + 3 * HOUR_MS)
+    assert windows[1].span(whole, Grain.minute) == (DAY0 + 2 * HOUR_MS, windows[1].end)
+    minutely = plan_windows(DAY0, {DAY0: 10**6}, 1)  # never finer than a minute
+    assert len(minutely) == 61 and minutely[59] == Window(DAY0 + 59 * MINUTE_MS, DAY0 + HOUR_MS)
     assert plan_windows(DAY0, {}, 20) == [Window(DAY0, DAY0 + DAY_MS)]

@@ -4,16 +4,17 @@ The day's raw events arrive in time slices (Arrow tables from persist/rebuild_sq
 event contributes to the fields counters.core.rollups.fields_for names (the total, one per
 dim, each configured cross-tab it has every dim of); here that expansion, the counts and
 sums and the HyperLogLog registers (counters/engines/sketches.py) are computed for all events
-of a slice at once. Minutes and hours are finished slice by slice (a slice is whole minutes
-inside one hour, or whole hours); the day's row accumulates over the slices:
+of a slice at once. A slice is whole hours, or whole minutes inside one hour (an hour too
+busy for one slice); minutes are finished slice by slice, an hour with its slice or its
+last part, and the day's rows accumulate over the slices (FieldShare):
 
     day = DayRecompute(day, dims, crosstabs)
-    for each slice: rows = day.add(events, minutes=..., hours=...)   # GrainRows per grain
+    for each slice: rows = day.add(events, minutes=..., hours=..., part_of_hour=...)
     rows = day.finish()                                              # the day grain
 
 An hour is the sum of its minutes and the union of their registers, and a day the same of
 its hours, as lua/seal.lua merges them live (invariant 3). Memory holds one slice and the
-day's (field, register) pairs, never the day's events."""
+fields of the day (and of a split hour), never the day's events."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from counters.core.buckets import DAY_MS, HOUR_MS, MINUTE_MS, Grain
+from counters.core.buckets import HOUR_MS, MINUTE_MS, Grain
 from counters.core.rollups import US, Rollup
 from counters.engines.day_registers import DayRegisters
 from counters.engines.sketches import (
@@ -169,6 +170,63 @@ class Exploded:
         self.width = len(self.fields)
 
 
+class FieldShare:
+    """Rows of one bucket (an hour, a day) gathered slice by slice, per field: counts, sums
+    and registers (day_registers.py), so memory holds the bucket's fields, not its events."""
+
+    def __init__(self, *, register_rows: bool = True) -> None:
+        self._fields: dict[str, int] = {}
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._sums = np.zeros(0, dtype=np.int64)
+        self._registers = DayRegisters(rows=register_rows)
+
+    def add(
+        self,
+        fields: pa.Array,
+        fid: I64,
+        counts: I64,
+        sums: I64,
+        regs: tuple[I64, I64, U8],
+    ) -> None:
+        """Adds rows of a slice: field ids `fid` into the slice's `fields`, their counts and
+        sums, and (field id, register, rank) triples."""
+        known = self._fields
+        ids = np.fromiter(
+            (known.setdefault(f, len(known)) for f in fields.to_pylist()),
+            dtype=np.int64,
+            count=len(fields),
+        )
+        if len(known) > self._counts.size:
+            grow = len(known) - self._counts.size
+            self._counts = np.r_[self._counts, np.zeros(grow, dtype=np.int64)]
+            self._sums = np.r_[self._sums, np.zeros(grow, dtype=np.int64)]
+        np.add.at(self._counts, ids[fid], counts)
+        np.add.at(self._sums, ids[fid], sums)
+        self._registers.add(ids[regs[0]], regs[1], regs[2])
+
+    def __bool__(self) -> bool:
+        return bool(self._fields)
+
+    def rows(self, grain: Grain, day: int, bucket: int) -> GrainRows:
+        """The bucket's row per field (call once, at the end)."""
+        width = len(self._fields)
+        at = (bucket - day) // grain.value
+        fids = np.arange(width, dtype=np.int64)
+        regs = self._registers.encoded()
+        regs.keys += at * width
+        return GrainRows(
+            grain,
+            at * width + fids,
+            np.full(width, bucket, dtype=np.int64),
+            fids,
+            pa.array(list(self._fields), pa.string()),
+            self._counts.copy(),
+            self._sums.copy(),
+            regs,
+            width,
+        )
+
+
 class DayRecompute:
     """Accumulates one UTC day's rows slice by slice (see the module docstring)."""
 
@@ -176,18 +234,30 @@ class DayRecompute:
         self.day = day
         self.dims = list(dims)
         self.crosstabs = [t for t in crosstabs if all(d in dims for d in t)]
-        self._fields: dict[str, int] = {}
-        self._counts = np.zeros(0, dtype=np.int64)
-        self._sums = np.zeros(0, dtype=np.int64)
-        self._registers = DayRegisters()
+        self._day = FieldShare()
+        self._hour = FieldShare(register_rows=False)
+        """The hour whose parts the slices so far were, until its last part."""
+        self._hour_of = day
         self.events = 0
 
-    def add(self, events: pa.Table, *, minutes: bool, hours: bool) -> list[GrainRows]:
-        """Takes one slice (whole minutes; whole hours when `hours`); returns its minute rows
-        (when `minutes`) and its hour rows (when `hours`), and keeps its share of the day."""
+    def add(
+        self, events: pa.Table, *, minutes: bool, hours: bool, part_of_hour: bool = False
+    ) -> list[GrainRows]:
+        """Takes one slice: whole hours, or whole minutes of one hour (`part_of_hour`);
+        returns its minute rows (when `minutes`) and, when `hours`, the rows of the hours it
+        ends (its own, or the one it is the last part of), and keeps its share of the day."""
         self.events += events.num_rows
-        if events.num_rows == 0:
-            return []
+        out: list[GrainRows] = []
+        if events.num_rows:
+            out = self._add(events, minutes=minutes, hours=hours, part_of_hour=part_of_hour)
+        if part_of_hour and hours and self._hour:  # the hour's last part: its rows
+            out.append(self._hour.rows(Grain.hour, self.day, self._hour_of))
+            self._hour = FieldShare(register_rows=False)
+        return out
+
+    def _add(
+        self, events: pa.Table, *, minutes: bool, hours: bool, part_of_hour: bool
+    ) -> list[GrainRows]:
         ex = Exploded(events, self.day, self.dims, self.crosstabs)
         out: list[GrainRows] = []
         w = ex.width
@@ -205,40 +275,19 @@ class DayRecompute:
             hour = ex.minute // _MINUTES_PER_HOUR
             hk, hc, hs = _reduce_sum(hour * w + ex.fid, np.ones_like(ex.fid), ex.value)
             hh = max_registers((hour * w + ex.fid)[with_uid], ex.reg[with_uid], ex.rank[with_uid])
-        if hours:
+        if part_of_hour:
+            self._hour_of = self.day + int(hk[0] // w) * HOUR_MS
+            self._hour.add(ex.fields, hk % w, hc, hs, (hh[0] % w, hh[1], hh[2]))
+        elif hours:
             out.append(self._rows(Grain.hour, hk, hc, hs, hh, w, ex.fields, HOUR_MS))
-        # the day's share: slice field ids mapped to the day's
-        known = self._fields
-        day_id = np.fromiter(
-            (known.setdefault(f, len(known)) for f in ex.fields.to_pylist()),
-            dtype=np.int64,
-            count=w,
-        )
-        if len(known) > self._counts.size:
-            grow = len(known) - self._counts.size
-            self._counts = np.r_[self._counts, np.zeros(grow, dtype=np.int64)]
-            self._sums = np.r_[self._sums, np.zeros(grow, dtype=np.int64)]
-        np.add.at(self._counts, day_id[hk % w], hc)
-        np.add.at(self._sums, day_id[hk % w], hs)
-        self._registers.add(day_id[hh[0] % w], hh[1], hh[2])
+        self._day.add(ex.fields, hk % w, hc, hs, (hh[0] % w, hh[1], hh[2]))
         return out
 
     def finish(self) -> GrainRows | None:
         """The day's row per field (None when the day had no events)."""
-        if not self._fields:
+        if not self._day:
             return None
-        fields = pa.array(list(self._fields), pa.string())
-        keys = np.arange(len(self._fields), dtype=np.int64)
-        return self._rows(
-            Grain.day,
-            keys,
-            self._counts.copy(),
-            self._sums.copy(),
-            self._registers.encoded(),
-            len(keys),
-            fields,
-            DAY_MS,
-        )
+        return self._day.rows(Grain.day, self.day, self.day)
 
     def _rows(
         self,
@@ -246,7 +295,7 @@ class DayRecompute:
         keys: I64,
         counts: I64,
         sums: I64,
-        regs: tuple[I64, I64, U8] | Encoded,
+        regs: tuple[I64, I64, U8],
         width: int,
         fields: pa.Array,
         size: int,
@@ -259,7 +308,7 @@ class DayRecompute:
             fields,
             counts,
             sums,
-            encode_groups(*regs) if isinstance(regs, tuple) else regs,
+            encode_groups(*regs),
             width,
         )
 

@@ -152,11 +152,13 @@ def compare_rows(
     has_sk = spos < sk.keys.size
     if sk.keys.size:
         has_sk &= sk.keys[spos_ok] == keys
-        ours_all = pc.if_else(
-            pa.array(has_sk), _take(sk.hex(), spos_ok), pa.nulls(keys.size, pa.string())
-        )
-    else:
-        ours_all = pa.nulls(keys.size, pa.string())
+    sk_hex = sk.hex()
+
+    def ours_at(at: np.ndarray) -> pa.Array:
+        """The sketch hex of rows `at` (positions in `keys`; null for a row without one),
+        taken straight from the encoded sketches (no copy of them all)."""
+        return pc.take(sk_hex, pa.array(spos_ok[at], pa.int64(), mask=~has_sk[at]))
+
     stored_count = stored.column("count").to_numpy(zero_copy_only=False)
     stored_sum = stored.column("sum").to_numpy(zero_copy_only=False)
     stored_hex = stored.column("hll")
@@ -165,8 +167,8 @@ def compare_rows(
     seen = np.zeros(keys.size, dtype=bool)
     seen[r_at] = True
     same = (stored_count[hit_at] == r_count[r_at]) & (stored_sum[hit_at] == r_sum[r_at])
-    ours = _take(ours_all, r_at)
-    theirs = _take(stored_hex, hit_at)
+    ours = ours_at(r_at)
+    theirs = stored_hex if hit_at.size == len(stored_hex) else _take(stored_hex, hit_at)
     both_null = pc.and_(pc.is_null(ours), pc.is_null(theirs))
     sketch_same = pc.or_(both_null, pc.fill_null(pc.equal(ours, theirs), False)).to_numpy(
         zero_copy_only=False
@@ -187,11 +189,11 @@ def compare_rows(
     missing = np.flatnonzero(~seen)  # recomputed rows nothing is stored for
     if kept_at.size:
         found.writes.setdefault(grain, []).append(
-            _rows_table(rows, inside[kept_at], ours_all, kept_at)
+            _rows_table(rows, inside[kept_at], ours_at(kept_at))
         )
     if missing.size:
         found.inserts.setdefault(grain, []).append(
-            _rows_table(rows, inside[missing], ours_all, missing)
+            _rows_table(rows, inside[missing], ours_at(missing))
         )
     gone = np.flatnonzero(~hit)  # stored rows the raw log has nothing for
     if gone.size:
@@ -260,15 +262,15 @@ def _blob(hex_text: str | None) -> bytes | None:
     return None if hex_text is None else full_blob(bytes.fromhex(hex_text))
 
 
-def _rows_table(rows: GrainRows, at: np.ndarray, hexes: pa.Array, hex_at: np.ndarray) -> pa.Table:
-    """Recomputed rows `at` (hex_at: the same rows' positions in `hexes`) as WRITE_COLUMNS."""
+def _rows_table(rows: GrainRows, at: np.ndarray, hexes: pa.Array) -> pa.Table:
+    """Recomputed rows `at` (hexes: the same rows' sketches as hex) as WRITE_COLUMNS."""
     return pa.table(
         [
             _take(rows.fields, rows.fids[at]),
             pa.array(rows.buckets[at]),
             pa.array(rows.counts[at]),
             pa.array(rows.sums[at]),
-            full_hex(_take(hexes, hex_at)),
+            full_hex(hexes),
         ],
         names=WRITE_COLUMNS,
     )

@@ -16,6 +16,7 @@ are what two sketches with equal registers can disagree on; `full_blob` puts the
 
 from __future__ import annotations
 
+import binascii
 import itertools
 
 import numpy as np
@@ -163,7 +164,7 @@ class Encoded:
     def hex(self) -> pa.Array:
         """Every group's blob as lowercase hex, one Arrow string per group (what
         persist.rebuild_sql.stored_rows gives of a stored sketch)."""
-        text = self.data.hex().encode()
+        text = binascii.hexlify(self.data)
         offsets = (self.offsets * 2).astype(np.int32)
         return pa.Array.from_buffers(
             pa.string(), self.keys.size, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
