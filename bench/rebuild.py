@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
@@ -68,6 +68,8 @@ REBUILD_TARGET = 500_000
 RECONCILE_TARGET_S = 30.0
 RSS_TARGET_MB = 300.0
 INGEST_SLOWDOWN = 0.10
+INGEST_RATE = 10_000
+"""Events/s of the paced ingest (Routy's "10k events a second")."""
 
 
 @dataclass
@@ -396,7 +398,13 @@ async def cli_step(
 
 
 async def reconcile_and_ingest(
-    s: Stack, per_day: int, ingest_seconds: float, run: Run, *, load_only: bool = False
+    s: Stack,
+    per_day: int,
+    ingest_seconds: float,
+    run: Run,
+    *,
+    ingest_rate: float = 0.0,
+    load_only: bool = False,
 ) -> None:
     """Step 4: reconcile over 7 days x per_day events, then ingest alone and during reconcile."""
     n = per_day * RECONCILE_DAYS
@@ -420,13 +428,13 @@ async def reconcile_and_ingest(
         await cli_step(run, ds, size, "reconcile --dry-run", n, [*rec, "--dry-run"], 0)
         await cli_step(run, ds, size, "reconcile", n, rec, 0)
         if ingest_seconds > 0:
-            await ingest_under_reconcile(s, ds, rec, n, ingest_seconds, run)
+            await ingest_under_reconcile(s, ds, rec, n, ingest_seconds, run, ingest_rate)
     finally:
         await asyncio.to_thread(drop, s, ds)
 
 
 async def ingest_under_reconcile(
-    s: Stack, ds: Dataset, rec: list[str], events: int, seconds: float, run: Run
+    s: Stack, ds: Dataset, rec: list[str], events: int, seconds: float, run: Run, rate: float
 ) -> None:
     """Ingest's rate alone, then while reconcile runs back to back (same service, database
     and Redis)."""
@@ -465,14 +473,65 @@ async def ingest_under_reconcile(
                 )
             )
     run.expect(during > 0, "no events ingested during reconcile")
+    if rate > 0:
+        # the load a dashboard's users put on it (Routy's "10k events a second"), not all
+        # the machine can take: does ingest keep up, and how late are its batches?
+        for label, beside in (("alone", False), ("during reconcile, default --nice", True)):
+            if beside:
+                paced, passes = await _ingest_beside(
+                    ds, rec, svc.url, key, bodies, seconds, run, rate=rate
+                )
+                label = f"{label} ({passes} passes)"
+            else:
+                paced = await drive_paced(svc.url, key, bodies, seconds, rate)
+            run.add(
+                Step(
+                    "ingest",
+                    f"paced POST /v1/events at {rate:,.0f}/s {label}",
+                    seconds,
+                    paced.accepted,
+                    0,
+                    f"{paced.accepted / seconds:,.0f} events/s, batch lateness p50"
+                    f" {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms",
+                )
+            )
     svc.stop()
     del events
 
 
+@overload
 async def _ingest_beside(
     ds: Dataset, rec: list[str], url: str, key: str, bodies: list[bytes], seconds: float, run: Run
-) -> tuple[int, int]:
-    """Events ingested in `seconds` while `counters <rec>` runs back to back, and its passes."""
+) -> tuple[int, int]: ...
+
+
+@overload
+async def _ingest_beside(
+    ds: Dataset,
+    rec: list[str],
+    url: str,
+    key: str,
+    bodies: list[bytes],
+    seconds: float,
+    run: Run,
+    *,
+    rate: float,
+) -> tuple[Paced, int]: ...
+
+
+async def _ingest_beside(
+    ds: Dataset,
+    rec: list[str],
+    url: str,
+    key: str,
+    bodies: list[bytes],
+    seconds: float,
+    run: Run,
+    *,
+    rate: float = 0.0,
+) -> tuple[int | Paced, int]:
+    """Events ingested in `seconds` (at full speed, or paced at `rate` events/s) while
+    `counters <rec>` runs back to back, and its passes."""
     stop = asyncio.Event()
     passes = 0
 
@@ -484,10 +543,64 @@ async def _ingest_beside(
             passes += 1
 
     task = asyncio.create_task(reconcile_loop())
-    during = await drive(url, key, bodies, seconds)
+    during: int | Paced = (
+        await drive_paced(url, key, bodies, seconds, rate)
+        if rate
+        else await drive(url, key, bodies, seconds)
+    )
     stop.set()
     await task
     return during, passes
+
+
+@dataclass
+class Paced:
+    """What a paced drive got through: events accepted and how late batches finished
+    against their schedule (ms)."""
+
+    accepted: int
+    p50_ms: float
+    p99_ms: float
+
+
+async def drive_paced(
+    url: str, key: str, bodies: list[bytes], seconds: float, rate: float
+) -> Paced:
+    """POSTs batches on a fixed schedule of `rate` events/s for `seconds` (INGEST_IN_FLIGHT
+    at most at once); each batch's lateness is measured from when it was due, so a service
+    that falls behind shows it (no coordinated omission)."""
+    accepted = 0
+    late: list[float] = []
+    interval = INGEST_BATCH / rate
+    start = time.perf_counter()
+    due_count = int(seconds / interval)
+    taken = 0
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=INGEST_IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def loop() -> None:
+            nonlocal accepted, taken
+            while taken < due_count:
+                k, taken = taken, taken + 1
+                due = start + k * interval
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                r = await client.post(
+                    "/v1/events", content=bodies[k % len(bodies)], headers=headers
+                )
+                late.append((time.perf_counter() - due) * 1000)
+                if r.status_code in (200, 202):
+                    accepted += INGEST_BATCH
+
+        await asyncio.gather(*(loop() for _ in range(INGEST_IN_FLIGHT)))
+    late.sort()
+
+    def at(q: float) -> float:
+        return late[min(len(late) - 1, int(q * len(late)))] if late else 0.0
+
+    return Paced(accepted, at(0.5), at(0.99))
 
 
 async def drive(url: str, key: str, bodies: list[bytes], seconds: float) -> int:
@@ -568,6 +681,13 @@ def target(step: Step, steps: list[Step]) -> str:
     if step.label.startswith("reconcile"):
         ok = step.seconds < RECONCILE_TARGET_S and rss_ok
         return f"{'met' if ok else 'missed'} (< 30 s, < 300 MB)"
+    if step.label.startswith("paced POST /v1/events") and "during" in step.label:
+        before = steps[: steps.index(step)]
+        alone = next((s for s in reversed(before) if s.label.endswith("/s alone")), None)
+        if alone is None or not alone.rate:
+            return ""
+        ok = step.rate >= (1 - INGEST_SLOWDOWN) * alone.rate
+        return f"{'met' if ok else 'missed'} (keeps up within 10 %)"
     if step.label.startswith("POST /v1/events during"):
         before = steps[: steps.index(step)]
         alone = next(
@@ -603,6 +723,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--events", default="1000000,10000000", help="sizes, comma-separated")
     p.add_argument("--reconcile-events-per-day", type=int, default=1_000_000)
     p.add_argument("--ingest-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--ingest-rate",
+        type=float,
+        default=INGEST_RATE,
+        help="events/s of the paced ingest beside reconcile (0: none)",
+    )
     p.add_argument("--quick", action="store_true", help="200k events, 7 x 100k, 10 s ingest")
     p.add_argument(
         "--load-only", action="store_true", help="only load and run the baselines (no CLI steps)"
@@ -611,6 +737,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.reconcile_events_per_day, args.ingest_seconds = "200000", 100_000, 10.0
+        args.ingest_rate = min(args.ingest_rate, 2_000.0)
     return args
 
 
@@ -625,6 +752,7 @@ async def run_all(args: argparse.Namespace) -> Run:
                 args.reconcile_events_per_day,
                 args.ingest_seconds,
                 run,
+                ingest_rate=args.ingest_rate,
                 load_only=args.load_only,
             )
     return run
