@@ -190,3 +190,13 @@ def test_windows_hold_whole_hours_up_to_the_budget() -> None:
     minutely = plan_windows(DAY0, {DAY0: 10**6}, 1)  # never finer than a minute
     assert len(minutely) == 61 and minutely[59] == Window(DAY0 + 59 * MINUTE_MS, DAY0 + HOUR_MS)
     assert plan_windows(DAY0, {}, 20) == [Window(DAY0, DAY0 + DAY_MS)]
+
+
+def test_a_day_is_read_in_two_windows_at_least() -> None:
+    """So that reading one window overlaps computing the other (a quiet day in one window
+    would leave Postgres and numpy taking turns)."""
+    from counters.engines.rebuild import MIN_SLICE_EVENTS, SLICE_EVENTS, window_budget
+
+    assert window_budget(1_000_000) == SLICE_EVENTS
+    assert window_budget(33_001) == 16_501
+    assert window_budget(100) == MIN_SLICE_EVENTS

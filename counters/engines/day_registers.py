@@ -56,6 +56,11 @@ class DayRegisters:
         self._rows = np.zeros((0, REGISTERS), dtype=np.uint8)
         self._row_fields: list[int] = []
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the registers take now (triples and rows)."""
+        return sum(p.nbytes for p in self._pairs) + self._rows.nbytes + self._row_of.nbytes
+
     def add(self, fields: I64, index: I64, rank: U8) -> None:
         """Takes (field id >= 0, register index, rank) triples, in any order."""
         if fields.size == 0:

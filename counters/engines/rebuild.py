@@ -64,6 +64,8 @@ SLICE_EVENTS = 50_000
 """Raw events a window holds at most (an hour holding more is cut into parts): memory holds
 about one window and the fields of its day. Measured on 2 days of 1M events (42k an hour):
 at 50k, 11.0 s and 265 MB peak RSS; at 25k (every hour in two parts), 13.1 s and 244 MB."""
+MIN_SLICE_EVENTS = 5_000
+"""The smallest window budget (each window costs a few queries)."""
 DETAILS_KEPT = 50
 """Differing rows recorded in reconcile_runs."""
 DETAILS_REPORTED = 1_000
@@ -297,7 +299,8 @@ class Rebuilder:
 
             return asyncio.ensure_future(read())
 
-        windows = plan_windows(day, await hour_counts(conn, project, day, name), SLICE_EVENTS)
+        per_hour = await hour_counts(conn, project, day, name)
+        windows = plan_windows(day, per_hour, window_budget(sum(per_hour.values())))
         pending: asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]] | None = fetch(windows[0])
         for i, current in enumerate(windows):
             assert pending is not None
@@ -493,6 +496,14 @@ def _rechecks(checks: list[Span], diffs: list[tuple[Grain, int]]) -> list[Span]:
             if span.low <= h < span.high
         )
     return out
+
+
+def window_budget(day_events: int) -> int:
+    """Raw events per window for a day holding `day_events`: SLICE_EVENTS, but at least two
+    windows for a day that fits in one (the next window is read while one is computed, and
+    its rows written while the next is: one window a day would leave the two cores taking
+    turns), never under MIN_SLICE_EVENTS."""
+    return min(SLICE_EVENTS, max(MIN_SLICE_EVENTS, -(-day_events // 2)))
 
 
 def plan_windows(day: int, per_hour: dict[int, int], budget: int) -> list[Window]:
