@@ -289,13 +289,28 @@ class Rebuilder:
         project, name = part.project, part.name
 
         def fetch(w: Window) -> asyncio.Future[tuple[pa.Table, pa.Table, pa.Table]]:
-            async def read() -> tuple[pa.Table, pa.Table, pa.Table]:
-                raw = await raw_slice(conn, project, w.start, w.end, cut.stream_id, name, dims)
+            async def stored() -> tuple[pa.Table, pa.Table]:
                 lo, hi = w.span(part, Grain.minute)
                 minutes = await stored_rows(side, project, Grain.minute, lo, hi, name)
                 lo, hi = w.span(part, Grain.hour)
-                hours = await stored_rows(side, project, Grain.hour, lo, hi, name)
-                return raw, minutes, hours
+                return minutes, await stored_rows(side, project, Grain.hour, lo, hi, name)
+
+            async def read() -> tuple[pa.Table, pa.Table, pa.Table]:
+                # the raw events and the stored rows at once, on their two backends (the
+                # reads, not the computing, set the pace of a window)
+                raw = asyncio.ensure_future(
+                    raw_slice(conn, project, w.start, w.end, cut.stream_id, name, dims)
+                )
+                rows = asyncio.ensure_future(stored())
+                try:
+                    minutes, hours = await rows
+                    return await raw, minutes, hours
+                except BaseException:
+                    for task in (raw, rows):
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
+                    raise
 
             return asyncio.ensure_future(read())
 
