@@ -296,11 +296,16 @@ class Rebuilder:
                 return minutes, await stored_rows(side, project, Grain.hour, lo, hi, name)
 
             async def read() -> tuple[pa.Table, pa.Table, pa.Table]:
-                # the raw events and the stored rows at once, on their two backends (the
-                # reads, not the computing, set the pace of a window)
-                raw = asyncio.ensure_future(
-                    raw_slice(conn, project, w.start, w.end, cut.stream_id, name, dims)
-                )
+                raw_read = raw_slice(conn, project, w.start, w.end, cut.stream_id, name, dims)
+                if self._nice > 0:
+                    # beside ingest: one backend busy at a time (a backend's niceness ranks
+                    # it only against other backends; two at once took ingest's p99 batch
+                    # lateness at 10k events/s from 214 to 634 ms)
+                    raw_table = await raw_read
+                    return raw_table, *(await stored())
+                # full speed: the raw events and the stored rows at once, on their two
+                # backends (the reads, not the computing, set the pace of a window)
+                raw = asyncio.ensure_future(raw_read)
                 rows = asyncio.ensure_future(stored())
                 try:
                     minutes, hours = await rows
