@@ -28,9 +28,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar
 
 import httpx
 
@@ -68,6 +69,7 @@ REBUILD_TARGET = 500_000
 RECONCILE_TARGET_S = 30.0
 RSS_TARGET_MB = 300.0
 INGEST_SLOWDOWN = 0.10
+T = TypeVar("T")
 INGEST_RATE = 10_000
 """Events/s of the paced ingest (Routy's "10k events a second")."""
 
@@ -459,7 +461,7 @@ async def ingest_under_reconcile(
         )
         for label, extra in (("--nice 0", ["--nice", "0"]), ("default --nice", [])):
             during, passes = await _ingest_beside(
-                ds, [*rec, *extra], svc.url, key, bodies, seconds, run
+                ds, [*rec, *extra], run, lambda: drive(svc.url, key, bodies, seconds)
             )
             ratio = during / alone if alone else 0.0
             run.add(
@@ -479,7 +481,7 @@ async def ingest_under_reconcile(
         for label, beside in (("alone", False), ("during reconcile, default --nice", True)):
             if beside:
                 paced, passes = await _ingest_beside(
-                    ds, rec, svc.url, key, bodies, seconds, run, rate=rate
+                    ds, rec, run, lambda: drive_paced(svc.url, key, bodies, seconds, rate)
                 )
                 label = f"{label} ({passes} passes)"
             else:
@@ -499,39 +501,11 @@ async def ingest_under_reconcile(
     del events
 
 
-@overload
 async def _ingest_beside(
-    ds: Dataset, rec: list[str], url: str, key: str, bodies: list[bytes], seconds: float, run: Run
-) -> tuple[int, int]: ...
-
-
-@overload
-async def _ingest_beside(
-    ds: Dataset,
-    rec: list[str],
-    url: str,
-    key: str,
-    bodies: list[bytes],
-    seconds: float,
-    run: Run,
-    *,
-    rate: float,
-) -> tuple[Paced, int]: ...
-
-
-async def _ingest_beside(
-    ds: Dataset,
-    rec: list[str],
-    url: str,
-    key: str,
-    bodies: list[bytes],
-    seconds: float,
-    run: Run,
-    *,
-    rate: float = 0.0,
-) -> tuple[int | Paced, int]:
-    """Events ingested in `seconds` (at full speed, or paced at `rate` events/s) while
-    `counters <rec>` runs back to back, and its passes."""
+    ds: Dataset, rec: list[str], run: Run, driving: Callable[[], Awaitable[T]]
+) -> tuple[T, int]:
+    """What `driving()` (an ingest drive) returns while `counters <rec>` runs back to back,
+    and the reconcile's passes meanwhile."""
     stop = asyncio.Event()
     passes = 0
 
@@ -543,11 +517,7 @@ async def _ingest_beside(
             passes += 1
 
     task = asyncio.create_task(reconcile_loop())
-    during: int | Paced = (
-        await drive_paced(url, key, bodies, seconds, rate)
-        if rate
-        else await drive(url, key, bodies, seconds)
-    )
+    during = await driving()
     stop.set()
     await task
     return during, passes
