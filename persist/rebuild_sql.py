@@ -135,13 +135,6 @@ async def stored_rows(
     return rows.set_column(STORED_COLUMNS.index("hll"), "hll", hll)
 
 
-_STORED_FIELD = (
-    f"CASE WHEN rollup = '' THEN name || {US_SQL} ELSE name || {US_SQL} || rollup || {US_SQL}"
-    f" || array_to_string(dims, {US_SQL}) END"
-)
-"""A stored row's field as counters.core.rollups.encode_field spells it."""
-
-
 async def day_dims(conn: Conn, project: str, day: int) -> list[str] | None:
     """The dim names the raw events of one UTC day carry, as the catalog holds them; None
     when the catalog has nothing for that day (see discover_day_dims)."""
@@ -170,6 +163,12 @@ async def discover_day_dims(conn: Conn, project: str, day: int) -> list[str]:
 
 _STAGE_WRITE = "stage_rebuild_rows"
 _STAGE_DELETE = "stage_rebuild_gone"
+# the field of counters.core.rollups.encode_field in SQL, both ways: spelled from a rollup
+# row's columns, and split back into them from a staged row's `field`
+_STORED_FIELD = (
+    f"CASE WHEN rollup = '' THEN name || {US_SQL} ELSE name || {US_SQL} || rollup || {US_SQL}"
+    f" || array_to_string(dims, {US_SQL}) END"
+)
 _NAME = f"split_part(s.field, {US_SQL}, 1)"
 _ROLLUP = f"split_part(s.field, {US_SQL}, 2)"
 _DIMS = (

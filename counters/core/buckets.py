@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
+MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_MS = re.compile(r"-?[0-9]{1,16}\Z")
 

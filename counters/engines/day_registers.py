@@ -44,10 +44,7 @@ class DayRegisters:
     """The largest rank per (field, register) of everything added (see the module
     docstring)."""
 
-    def __init__(self, *, rows: bool = True) -> None:
-        """rows=False: every field stays in triples (for a bucket whose triples are few,
-        as a split hour's, where rows would cost more time than they save memory)."""
-        self._use_rows = rows
+    def __init__(self) -> None:
         self._pairs: list[I64] = []
         self._pending = 0
         self._reduced = 0
@@ -88,7 +85,7 @@ class DayRegisters:
         self._pairs = []  # the pieces go before the sort, not after
         kept = max_packed(merged)
         del merged
-        if kept.size and self._use_rows:
+        if kept.size:
             fields = (kept >> 6) // REGISTERS
             starts = np.flatnonzero(np.r_[True, fields[1:] != fields[:-1]])
             del fields

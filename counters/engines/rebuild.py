@@ -35,6 +35,7 @@ from counters.core.buckets import (
     GRAINS,
     HOUR_MS,
     MINUTE_MS,
+    MINUTES_PER_HOUR,
     Grain,
     bucket_ceil,
     bucket_start,
@@ -483,7 +484,6 @@ class DayPart:
 
 
 _GRAIN_ORDER = {g: i for i, g in enumerate(GRAINS)}
-_MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
 _LIBC = (
     ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
 )
@@ -539,8 +539,8 @@ def plan_windows(day: int, per_hour: dict[int, int], budget: int) -> list[Window
             out.append(Window(start, hour))
             start, held = hour, 0
         if n > budget:  # this hour alone, in parts
-            parts = min(-(-n // budget), _MINUTES_PER_HOUR)
-            cuts = [hour + (i * _MINUTES_PER_HOUR // parts) * MINUTE_MS for i in range(parts)]
+            parts = min(-(-n // budget), MINUTES_PER_HOUR)
+            cuts = [hour + (i * MINUTES_PER_HOUR // parts) * MINUTE_MS for i in range(parts)]
             out.extend(itertools.starmap(Window, itertools.pairwise([*cuts, hour + HOUR_MS])))
             start, held = hour + HOUR_MS, 0
             continue

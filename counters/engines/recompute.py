@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from counters.core.buckets import HOUR_MS, MINUTE_MS, Grain
+from counters.core.buckets import HOUR_MS, MINUTE_MS, MINUTES_PER_HOUR, Grain
 from counters.core.rollups import US, Rollup
 from counters.engines.day_registers import DayRegisters
 from counters.engines.sketches import (
@@ -36,8 +36,6 @@ from counters.engines.sketches import (
     hll_positions,
     max_registers,
 )
-
-_MINUTES_PER_HOUR = HOUR_MS // MINUTE_MS
 
 
 @dataclass
@@ -61,27 +59,33 @@ class GrainRows:
         return int(self.keys.size)
 
 
-def _reduce_sum(keys: I64, counts: I64, sums: I64) -> tuple[I64, I64, I64]:
-    """Per distinct key (sorted): the counts and sums added up. Keys spanning a range not
-    much wider than their number (a slice's minutes times its fields) are added into one
-    slot per key of the range, without a sort."""
+def _reduce_sum(keys: I64, sums: I64, counts: I64 | None = None) -> tuple[I64, I64, I64]:
+    """Per distinct key (sorted): the counts (1 per key occurrence when `counts` is None)
+    and the sums added up. Keys spanning a range not much wider than their number (a
+    slice's minutes times its fields) are added into one slot per key of the range, without
+    a sort."""
     if keys.size == 0:
-        return keys, counts[:0], sums[:0]
+        return keys, np.zeros(0, dtype=np.int64), sums[:0]
     low = int(keys.min())
     span = int(keys.max()) - low + 1
     if span <= 4 * keys.size + 65_536:
         slot = keys - low
-        present = np.flatnonzero(np.bincount(slot, minlength=span))
-        added = []
-        for column in (counts, sums):
-            total = np.zeros(span, dtype=np.int64)
-            np.add.at(total, slot, column)
-            added.append(total[present])
-        return present + low, added[0], added[1]
+        hits = np.bincount(slot, minlength=span)
+        present = np.flatnonzero(hits)
+        total = np.zeros(span, dtype=np.int64)
+        np.add.at(total, slot, sums)
+        if counts is None:
+            return present + low, hits[present].astype(np.int64), total[present]
+        added = np.zeros(span, dtype=np.int64)
+        np.add.at(added, slot, counts)
+        return present + low, added[present], total[present]
     order = np.argsort(keys, kind="stable")
     k = keys[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    return k[starts], np.add.reduceat(counts[order], starts), np.add.reduceat(sums[order], starts)
+    tally = (
+        np.diff(np.r_[starts, k.size]) if counts is None else np.add.reduceat(counts[order], starts)
+    )
+    return k[starts], tally.astype(np.int64), np.add.reduceat(sums[order], starts)
 
 
 _COMBO_SPAN = 1 << 31
@@ -164,7 +168,7 @@ class Exploded:
         same = spelled_all.indices.to_numpy().astype(np.int64)
         self.fid = same[np.concatenate(ids)] if ids else np.zeros(0, dtype=np.int64)
         self.minute = minute[at]
-        self.value = value[at].astype(np.int64)
+        self.value = value[at].astype(np.int64, copy=False)
         self.reg = reg[at]
         self.rank = rank[at]
         self.width = len(self.fields)
@@ -174,11 +178,11 @@ class FieldShare:
     """Rows of one bucket (an hour, a day) gathered slice by slice, per field: counts, sums
     and registers (day_registers.py), so memory holds the bucket's fields, not its events."""
 
-    def __init__(self, *, register_rows: bool = True) -> None:
+    def __init__(self) -> None:
         self._fields: dict[str, int] = {}
         self._counts = np.zeros(0, dtype=np.int64)
         self._sums = np.zeros(0, dtype=np.int64)
-        self._registers = DayRegisters(rows=register_rows)
+        self._registers = DayRegisters()
 
     def add(
         self,
@@ -235,7 +239,7 @@ class DayRecompute:
         self.dims = list(dims)
         self.crosstabs = [t for t in crosstabs if all(d in dims for d in t)]
         self._day = FieldShare()
-        self._hour = FieldShare(register_rows=False)
+        self._hour = FieldShare()
         """The hour whose parts the slices so far were, until its last part."""
         self._hour_of = day
         self.events = 0
@@ -252,7 +256,7 @@ class DayRecompute:
             out = self._add(events, minutes=minutes, hours=hours, part_of_hour=part_of_hour)
         if part_of_hour and hours and self._hour:  # the hour's last part: its rows
             out.append(self._hour.rows(Grain.hour, self.day, self._hour_of))
-            self._hour = FieldShare(register_rows=False)
+            self._hour = FieldShare()
         return out
 
     def _add(
@@ -263,17 +267,17 @@ class DayRecompute:
         w = ex.width
         with_uid = ex.rank > 0
         if minutes:
-            mk, mc, ms = _reduce_sum(ex.minute * w + ex.fid, np.ones_like(ex.fid), ex.value)
+            mk, mc, ms = _reduce_sum(ex.minute * w + ex.fid, ex.value)
             mh = max_registers(
                 (ex.minute * w + ex.fid)[with_uid], ex.reg[with_uid], ex.rank[with_uid]
             )
             out.append(self._rows(Grain.minute, mk, mc, ms, mh, w, ex.fields, MINUTE_MS))
-            hk_of = (mk // w) // _MINUTES_PER_HOUR * w + mk % w
-            hk, hc, hs = _reduce_sum(hk_of, mc, ms)
-            hh = max_registers((mh[0] // w) // _MINUTES_PER_HOUR * w + mh[0] % w, mh[1], mh[2])
+            hk_of = (mk // w) // MINUTES_PER_HOUR * w + mk % w
+            hk, hc, hs = _reduce_sum(hk_of, ms, mc)
+            hh = max_registers((mh[0] // w) // MINUTES_PER_HOUR * w + mh[0] % w, mh[1], mh[2])
         else:
-            hour = ex.minute // _MINUTES_PER_HOUR
-            hk, hc, hs = _reduce_sum(hour * w + ex.fid, np.ones_like(ex.fid), ex.value)
+            hour = ex.minute // MINUTES_PER_HOUR
+            hk, hc, hs = _reduce_sum(hour * w + ex.fid, ex.value)
             hh = max_registers((hour * w + ex.fid)[with_uid], ex.reg[with_uid], ex.rank[with_uid])
         if part_of_hour:
             self._hour_of = self.day + int(hk[0] // w) * HOUR_MS

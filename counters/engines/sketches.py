@@ -309,11 +309,11 @@ def _encode(keys: I64, index: I64, rank: U8) -> Encoded:
     sparse = ~dense
     tail_zeros = _zero_bytes(tail[sparse])
     _put_zeros(buf, offsets[1:][sparse] - tail_zeros, tail[sparse], tail_zeros)
+    bounds = np.r_[starts, n]
     for g in np.flatnonzero(dense).tolist():
+        a, b = int(bounds[g]), int(bounds[g + 1])
         regs = np.zeros(REGISTERS, dtype=np.uint8)
-        regs[index[starts[g] : starts[g + 1] if g + 1 < starts.size else n]] = rank[
-            starts[g] : starts[g + 1] if g + 1 < starts.size else n
-        ]
+        regs[index[a:b]] = rank[a:b]
         at0 = int(offsets[g]) + 5
         buf[at0 : at0 + DENSE_BODY] = np.frombuffer(dense_body(regs), dtype=np.uint8)
     return Encoded(keys[starts], offsets, buf.tobytes())
